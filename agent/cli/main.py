@@ -1,0 +1,55 @@
+"""Entry point of `meshlet`: the top-level command group and error reporting.
+
+Commands raise typed errors with messages meant for the user (`LabError`, `PlanError`, `KernelError`);
+here they become one red line and exit code 1 instead of a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+import click
+from rich.console import Console
+
+from agent.cli.lab import lab
+from agent.lab.cluster import LabError
+from agent.lab.kernel import KernelError
+from agent.lab.plan import PlanError
+
+err_console = Console(stderr=True)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="meshlet")
+def cli() -> None:
+    """meshlet: a sidecarless service mesh (node agent, node proxy, control service).
+
+    \b
+    Today this CLI runs the local lab: a cluster of network-namespace nodes and pods on
+    this machine (`meshlet lab --help`). Node status and debugging commands come with the agent.
+    """
+
+
+cli.add_command(lab)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except (LabError, PlanError, KernelError) as exc:
+        err_console.print(f"[red]error:[/red] {exc}", highlight=False)
+        sys.exit(1)
+    except PermissionError as exc:
+        if os.geteuid() != 0:
+            err_console.print(f"[red]error:[/red] {exc}: the lab needs root (netns, cgroups); run as root")
+            sys.exit(1)
+        raise

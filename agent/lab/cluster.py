@@ -1,0 +1,305 @@
+"""`meshlet lab up|down|status`: build the planned lab in the kernel, record it, and take it apart again.
+
+`up` saves the lab's state before touching the kernel and after every step, so whatever a crash leaves
+behind, `down` (or the next `up` under the same id) finds and removes it: by the state file, and by the
+lab's name prefix for anything the state file could not record. `down` is safe to run twice.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import shutil
+import signal
+import socket
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.lab import kernel, processes
+from agent.lab.objects import DATAPLANE_LABEL, lab_objects
+from agent.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
+from agent.lab.state import LabState, free_slot, lab_dir, locked
+from agent.lab.store import write_objects
+
+READY_TIMEOUT = 20.0
+
+
+class LabError(RuntimeError):
+    """The lab could not be brought up or inspected; the message says what to do."""
+
+
+@dataclass(slots=True)
+class Removed:
+    """What `down` found and removed (empty lists: nothing was there)."""
+
+    processes: list[int] = field(default_factory=list)
+    netns: list[str] = field(default_factory=list)
+    links: list[str] = field(default_factory=list)
+    cgroups: list[str] = field(default_factory=list)
+    directory: str | None = None
+
+
+def up(lab_id: str, nodes: int, pods_per_node: int, redirect: str) -> LabState:
+    with locked():
+        if LabState.load(lab_id) is not None or _leftovers(lab_id):
+            _down(lab_id)
+        plan = plan_lab(lab_id, free_slot(lab_id), nodes, pods_per_node, redirect)
+        _check_underlay_free(plan)
+        directory = lab_dir(lab_id)
+        directory.mkdir(parents=True, exist_ok=True)
+        state = LabState(plan=plan, directory=str(directory))
+        state.save()
+        try:
+            _build(plan)
+            write_objects(state.store, lab_objects(plan))
+            for pod in plan.pods:
+                state.processes[f"app/{pod.namespace}/{pod.name}"] = _start_app(state, pod)
+                state.save()
+            for pod in plan.pods:
+                _wait_ready(pod, Path(state.processes[f"app/{pod.namespace}/{pod.name}"].log))
+        except BaseException:
+            _down(lab_id)
+            raise
+        state.ready = True
+        state.save()
+        return state
+
+
+def down(lab_id: str) -> Removed:
+    with locked():
+        return _down(lab_id)
+
+
+def load(lab_id: str) -> LabState:
+    state = LabState.load(lab_id)
+    if state is None:
+        raise LabError(f"no lab {lab_id!r} is up (looked in {lab_dir(lab_id)}); start one with `meshlet lab up`")
+    return state
+
+
+def _leftovers(lab_id: str) -> bool:
+    prefix = prefix_for(lab_id)
+    return (
+        any(n.startswith(prefix) for n in kernel.netns_list())
+        or any(link["ifname"].startswith(prefix) for link in kernel.links())
+        or kernel.cgroup_path(f"{prefix}lab").exists()
+    )
+
+
+def _check_underlay_free(plan: LabPlan) -> None:
+    underlay = ipaddress.ip_network(plan.underlay)
+    for route in kernel.routes():
+        dst = route.get("dst", "default")
+        if dst == "default":
+            continue
+        net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
+        if net.overlaps(underlay):
+            raise LabError(
+                f"the lab underlay {underlay} overlaps the host route {dst} dev {route.get('dev')}; "
+                "another lab id gets another slot, or remove that route"
+            )
+
+
+def _build(plan: LabPlan) -> None:
+    kernel.ip_batch(
+        [
+            f"link add name {plan.bridge} type bridge",
+            f"addr add {plan.host_ip}/24 dev {plan.bridge}",
+            f"link set {plan.bridge} up",
+        ]
+    )
+    kernel.cgroup_create(plan.cgroup)
+    for node in plan.nodes:
+        kernel.netns_add(node.netns)
+        kernel.ip_batch(
+            [
+                f"link add {node.host_link} type veth peer name eth0 netns {node.netns}",
+                f"link set {node.host_link} master {plan.bridge} up",
+            ]
+        )
+        other_nodes = [n for n in plan.nodes if n is not node]
+        kernel.ip_batch(
+            [
+                "link set lo up",
+                f"addr add {node.ip}/24 dev eth0",
+                "link set eth0 up",
+                "link add br0 type bridge",
+                f"addr add {node.gateway}/24 dev br0",
+                "link set br0 up",
+                # No default route on purpose: pod traffic to anything outside the lab stops here.
+                *(f"route add {n.pod_cidr} via {n.ip}" for n in other_nodes),
+            ],
+            netns=node.netns,
+        )
+        kernel.sysctl(node.netns, "net.ipv4.ip_forward", "1")
+        kernel.cgroup_create(node.cgroup)
+    for pod in plan.pods:
+        node = plan.node(pod.node)
+        kernel.netns_add(pod.netns)
+        kernel.ip_batch(
+            [
+                f"link add {pod.node_link} type veth peer name eth0 netns {pod.netns}",
+                f"link set {pod.node_link} master br0 up",
+            ],
+            netns=node.netns,
+        )
+        kernel.ip_batch(
+            [
+                "link set lo up",
+                f"addr add {pod.ip}/24 dev eth0",
+                "link set eth0 up",
+                f"route add default via {node.gateway}",
+            ],
+            netns=pod.netns,
+        )
+        kernel.cgroup_create(pod.cgroup)
+
+
+def _start_app(state: LabState, pod: PodPlan) -> processes.Started:
+    argv = processes.python_module(
+        "agent.lab.app", "--pod", pod.name, "--namespace", pod.namespace, "--node", pod.node, "--ip", pod.ip
+    )
+    log = state.logs / f"app.{pod.namespace}.{pod.name}.log"
+    return processes.spawn(argv, pod.netns, pod.cgroup, log)
+
+
+def http_get(netns: str, ip: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:
+    """One HTTP/1.0 GET from inside `netns`; returns (status, body)."""
+    with kernel.entered(netns):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    with sock:
+        sock.settimeout(timeout)
+        sock.connect((ip, port))
+        sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {ip}:{port}\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    status = int(head.split(b" ", 2)[1]) if head.startswith(b"HTTP/") else 0
+    return status, body
+
+
+def _wait_ready(pod: PodPlan, log: Path) -> None:
+    """Wait for the pod's readiness probe, sent from its node as kubelet would."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    last: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            if http_get(pod.netns, pod.ip, APP_PORT, "/healthz")[0] == 200:
+                return
+        except OSError as exc:
+            last = exc
+        time.sleep(0.05)
+    raise LabError(f"pod {pod.namespace}/{pod.name} not ready after {READY_TIMEOUT:.0f}s ({last}); see {log}")
+
+
+def _down(lab_id: str) -> Removed:
+    removed = Removed()
+    prefix = prefix_for(lab_id)
+    try:
+        state = LabState.load(lab_id)
+    except PlanError:
+        state = None  # unreadable state: the prefix scan below still finds everything
+    cg_root = kernel.cgroup_path(f"{prefix}lab")
+    removed.processes = kernel.cgroup_pids(cg_root)
+    kernel.cgroup_stop(cg_root)
+    if state is not None:
+        # Anything recorded but outside the cgroups (it should not happen) is ended by PID, if it is
+        # still the very process we started.
+        for started in state.processes.values():
+            if processes.is_running(started):
+                os.kill(started.pid, signal.SIGKILL)
+                removed.processes.append(started.pid)
+    for name in kernel.netns_list():
+        if name.startswith(prefix):
+            kernel.netns_delete(name)
+            removed.netns.append(name)
+    for link in kernel.links():
+        if link["ifname"].startswith(prefix):
+            kernel.link_delete(link["ifname"])
+            removed.links.append(link["ifname"])
+    if cg_root.exists():
+        removed.cgroups = [str(p) for p in cg_root.rglob("*") if p.is_dir()] + [str(cg_root)]
+        kernel.cgroup_remove(cg_root)
+    directory = lab_dir(lab_id)
+    if directory.exists():
+        shutil.rmtree(directory)
+        removed.directory = str(directory)
+    return removed
+
+
+def _store_labels(state: LabState) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], dict[str, str]]]:
+    """Namespace and pod labels as the store has them now (labels may have changed since `up`)."""
+    ns_labels: dict[str, dict[str, str]] = {}
+    pod_labels: dict[tuple[str, str], dict[str, str]] = {}
+    for path in sorted(state.store.glob("*.yaml")):
+        for obj in yaml.safe_load_all(path.read_text()):
+            if not isinstance(obj, dict):
+                continue
+            meta = obj.get("metadata") or {}
+            labels = meta.get("labels") or {}
+            if obj.get("kind") == "Namespace":
+                ns_labels[meta.get("name", "")] = labels
+            elif obj.get("kind") == "Pod":
+                pod_labels[(meta.get("namespace", ""), meta.get("name", ""))] = labels
+    return ns_labels, pod_labels
+
+
+def status(lab_id: str) -> dict[str, Any]:
+    """The lab as `meshlet lab status -o json` reports it (a contract for tests and scripts)."""
+    state = load(lab_id)
+    plan = state.plan
+    ns_labels, pod_labels = _store_labels(state)
+
+    def enrolled(pod: PodPlan) -> bool:
+        # What the labels ask for; the agent (when running) decides and reports actual capture.
+        return (
+            ns_labels.get(pod.namespace, {}).get(DATAPLANE_LABEL) == "ambient"
+            and pod_labels.get((pod.namespace, pod.name), {}).get(DATAPLANE_LABEL) != "none"
+        )
+
+    return {
+        "id": plan.lab_id,
+        "ready": state.ready,
+        "redirect": plan.redirect,
+        "directory": state.directory,
+        "store": str(state.store),
+        "underlay": plan.underlay,
+        "nodes": [
+            {"name": n.name, "ip": n.ip, "podCIDR": n.pod_cidr, "gateway": n.gateway, "netns": n.netns}
+            for n in plan.nodes
+        ],
+        "pods": [
+            {
+                "name": p.name,
+                "namespace": p.namespace,
+                "node": p.node,
+                "ip": p.ip,
+                "enrolled": enrolled(p),
+                "netns": p.netns,
+                "app": "running" if processes.is_running(state.processes[f"app/{p.namespace}/{p.name}"]) else "stopped",
+            }
+            for p in plan.pods
+        ],
+        "services": [{"name": s.name, "namespace": s.namespace, "vip": s.vip} for s in plan.services],
+    }
+
+
+def target(lab_id: str, name: str) -> tuple[str, str]:
+    """(netns, cgroup) of a node or pod named `name`, `pod` or `namespace/pod`."""
+    plan = load(lab_id).plan
+    for node in plan.nodes:
+        if name == node.name:
+            return node.netns, node.cgroup
+    ns, _, pod_name = name.rpartition("/")
+    matches = [p for p in plan.pods if p.name == pod_name and ns in ("", p.namespace)]
+    if len(matches) == 1:
+        return matches[0].netns, matches[0].cgroup
+    known = [n.name for n in plan.nodes] + [f"{p.namespace}/{p.name}" for p in plan.pods]
+    if not matches:
+        raise LabError(f"no node or pod {name!r} in lab {lab_id!r}; known: {', '.join(known)}")
+    raise LabError(f"{name!r} is ambiguous in lab {lab_id!r}; use namespace/name")

@@ -1,0 +1,116 @@
+"""The local cluster, as a user drives it with `meshlet lab`: pods reach each other across nodes, the
+status contract holds, and `down` leaves nothing behind, also after a crash."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+from tests.e2e.conftest import Lab, bring_up, leftovers, meshlet, new_lab_id
+
+
+def test_status_json_contract(lab: Lab) -> None:
+    st = lab.status
+    assert [n["name"] for n in st["nodes"]] == ["node1", "node2"]
+    assert all({"name", "ip"} <= n.keys() for n in st["nodes"])
+    assert len(st["pods"]) == 4
+    for p in st["pods"]:
+        assert {"name", "namespace", "node", "ip", "enrolled"} <= p.keys()
+        assert p["enrolled"] == (p["namespace"] == "mesh")
+        assert p["app"] == "running"
+    assert {(p["node"], p["namespace"]) for p in st["pods"]} == {
+        (n, ns) for n in ("node1", "node2") for ns in ("mesh", "plain")
+    }
+
+
+def test_pod_reaches_pod_on_other_node_and_app_sees_its_ip(lab: Lab) -> None:
+    src = next(p for p in lab.status["pods"] if p["node"] == "node1")
+    for dst in (p for p in lab.status["pods"] if p["node"] == "node2"):
+        out = lab.exec(src["name"], "curl", "-sS", "-m", "5", f"http://{dst['ip']}:8080/").stdout
+        answer = json.loads(out)
+        assert answer["pod"] == dst["name"] and answer["node"] == "node2"
+        assert answer["peer"].rsplit(":", 1)[0] == src["ip"]
+
+
+def test_exec_passes_exit_code_and_runs_in_the_pods_cgroup(lab: Lab) -> None:
+    proc = lab.exec("plain/web-1b", "sh", "-c", "cat /proc/self/cgroup; exit 7", check=False)
+    assert proc.returncode == 7
+    assert f"ml-{lab.id}-lab/node1/pods/plain.web-1b" in proc.stdout
+
+
+def test_exec_on_a_node_and_nodes_have_no_way_out(lab: Lab) -> None:
+    routes = lab.exec("node1", "ip", "-j", "route").stdout
+    dsts = {r["dst"] for r in json.loads(routes)}
+    assert "default" not in dsts  # lab traffic can never leave the machine
+    assert lab.status["nodes"][1]["podCIDR"] in dsts
+
+
+def test_unknown_exec_target_is_named(lab: Lab) -> None:
+    proc = lab.exec("web-9z", "true", check=False)
+    assert proc.returncode == 1
+    assert "no node or pod 'web-9z'" in proc.stderr and "mesh/web-1a" in proc.stderr
+
+
+def test_down_leaves_nothing_and_is_safe_twice() -> None:
+    lab_id = new_lab_id()
+    try:
+        bring_up(lab_id, nodes=2, pods_per_node=3)
+        assert all(leftovers(lab_id)[k] for k in ("netns", "links", "cgroups", "processes", "files"))
+    finally:
+        first = meshlet("lab", "--id", lab_id, "down")
+    assert "removed" in first.stdout
+    assert leftovers(lab_id) == {"netns": [], "links": [], "cgroups": [], "processes": [], "files": []}
+    second = meshlet("lab", "--id", lab_id, "down")
+    assert "nothing to remove" in second.stdout
+
+
+def test_up_after_a_crash_cleans_up_first() -> None:
+    lab_id = new_lab_id()
+    try:
+        lab = bring_up(lab_id)
+        # A crash of `up` half-way: processes gone, state file lost, kernel objects still there.
+        for pid in map(
+            int, Path(f"/sys/fs/cgroup/unified/ml-{lab_id}-lab/node1/pods/mesh.web-1a/cgroup.procs").read_text().split()
+        ):
+            os.kill(pid, signal.SIGKILL)
+        (Path(lab.status["directory"]) / "lab.json").unlink()
+        again = bring_up(lab_id)
+        assert [p["app"] for p in again.status["pods"]] == ["running"] * 4
+        out = again.exec("web-2b", "curl", "-sS", "-m", "5", f"http://{again.pod('web-1a')['ip']}:8080/").stdout
+        assert json.loads(out)["pod"] == "web-1a"
+    finally:
+        meshlet("lab", "--id", lab_id, "down")
+    assert not any(leftovers(lab_id).values())
+
+
+def test_two_labs_side_by_side_do_not_collide() -> None:
+    ids = [new_lab_id(), new_lab_id()]
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            labs = list(pool.map(bring_up, ids))
+        assert labs[0].status["underlay"] != labs[1].status["underlay"]
+        for lab in labs:
+            dst = lab.pod("web-2a")["ip"]
+            assert (
+                json.loads(lab.exec("web-1a", "curl", "-sS", "-m", "5", f"http://{dst}:8080/").stdout)["node"]
+                == "node2"
+            )
+    finally:
+        for lab_id in ids:
+            meshlet("lab", "--id", lab_id, "down", check=False)
+    for lab_id in ids:
+        assert not any(leftovers(lab_id).values())
+
+
+def test_demo_reports_every_call(lab: Lab) -> None:
+    proc = lab.run("demo")
+    assert proc.returncode == 0, proc.stderr
+    assert f"meshlet lab --id {lab.id} down" in proc.stdout
+    calls = json.loads(lab.run("demo", "-o", "json").stdout)
+    assert len(calls) == 12  # 4 pods, each calls the 3 others
+    for c in calls:
+        assert c["ok"] and c["status"] == 200
+        assert c["peer_seen"] == lab.pod(c["from"].split("/")[1])["ip"]

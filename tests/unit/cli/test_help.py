@@ -1,0 +1,39 @@
+"""Every command explains itself; bad arguments get a clear error before anything is touched."""
+
+from __future__ import annotations
+
+import pytest
+from click.testing import CliRunner
+
+from agent.cli.main import cli
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        ([], ["lab"]),
+        (["lab"], ["up", "down", "status", "exec", "demo", "--id"]),
+        (["lab", "up"], ["--nodes", "--pods-per-node", "--redirect", "iptables|ebpf|auto"]),
+        (["lab", "down"], ["Remove every netns", "twice"]),
+        (["lab", "status"], ["-o, --output"]),
+        (["lab", "exec"], ["NAME", "COMMAND"]),
+        (["lab", "demo"], ["--fresh"]),
+    ],
+)
+def test_help(args: list[str], expected: list[str]) -> None:
+    result = CliRunner().invoke(cli, [*args, "--help"])
+    assert result.exit_code == 0, result.output
+    for word in expected:
+        assert word in result.output
+
+
+def test_bad_lab_id_is_rejected_with_reason() -> None:
+    result = CliRunner().invoke(cli, ["lab", "--id", "Bad_Id", "status"])
+    assert result.exit_code == 2
+    assert "lab id 'Bad_Id' is invalid" in result.output
+
+
+def test_bad_redirect_is_rejected() -> None:
+    result = CliRunner().invoke(cli, ["lab", "up", "--redirect", "bpf"])
+    assert result.exit_code == 2
+    assert "'bpf' is not one of" in result.output
