@@ -1,0 +1,97 @@
+"""The wire schema between control and the node proxies: SPIFFE identities and config-stream messages.
+
+This is the one module ztunnel may import from control (a test enforces it): both sides encode and
+decode with it and test against it. It depends on nothing but the standard library.
+
+Config stream (a WebSocket at `/v1/config`, JSON text messages):
+- control -> proxy `snapshot`: {"type", "epoch", "version", "resources": {collection: [item, ...]}}
+- control -> proxy `delta`: {"type", "epoch", "version", "base", "upsert": {collection: [item]},
+  "remove": {collection: [key]}}; `base` is the version the delta applies to.
+- proxy -> control `ack`: {"type": "ack", "version"} or `nack`: {"type": "nack", "version", "error"}.
+`epoch` changes when control restarts; versions count up within an epoch. Collections and their keys:
+workloads by `uid`, services by `namespace/name`, authorization policies and peer authentications by
+`namespace/name`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from typing import Any, NewType
+
+SpiffeId = NewType("SpiffeId", str)
+
+COLLECTIONS = ("workloads", "services", "authorization_policies", "peer_authentications")
+CONFIG_PATH = "/v1/config"
+CERTIFICATES_PATH = "/v1/certificates"
+
+_SPIFFE = re.compile(r"^spiffe://([a-z0-9.\-_]+)/ns/([a-z0-9\-]+)/sa/([a-z0-9.\-]+)$")
+
+
+class WireError(ValueError):
+    """A message or identity does not follow the schema."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkloadIdentity:
+    """A parsed workload SPIFFE ID."""
+
+    trust_domain: str
+    namespace: str
+    service_account: str
+
+    @property
+    def uri(self) -> SpiffeId:
+        return spiffe_id(self.trust_domain, self.namespace, self.service_account)
+
+
+def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
+    return SpiffeId(f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
+
+
+def parse_spiffe_id(uri: str) -> WorkloadIdentity:
+    m = _SPIFFE.match(uri)
+    if not m:
+        raise WireError(f"{uri!r} is not a workload SPIFFE ID (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)")
+    return WorkloadIdentity(m.group(1), m.group(2), m.group(3))
+
+
+def node_spiffe_id(trust_domain: str, node: str) -> SpiffeId:
+    """The identity in a node credential: it can fetch config and certificates, and is no workload."""
+    return SpiffeId(f"spiffe://{trust_domain}/meshlet/node/{node}")
+
+
+def item_key(collection: str, item: dict[str, Any]) -> str:
+    if collection == "workloads":
+        return str(item["uid"])
+    return f"{item['namespace']}/{item['name']}"
+
+
+def encode(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"), sort_keys=True)
+
+
+def decode(text: str | bytes) -> dict[str, Any]:
+    """Parse one message and check its envelope; the payload is checked by whoever applies it."""
+    try:
+        message = json.loads(text)
+    except ValueError as exc:
+        raise WireError(f"not JSON: {exc}") from exc
+    if not isinstance(message, dict) or not isinstance(message.get("type"), str):
+        raise WireError("a message is a JSON object with a string 'type'")
+    kind = message["type"]
+    required: dict[str, tuple[str, ...]] = {
+        "snapshot": ("epoch", "version", "resources"),
+        "delta": ("epoch", "version", "base", "upsert", "remove"),
+        "ack": ("version",),
+        "nack": ("version", "error"),
+    }
+    if kind not in required:
+        raise WireError(f"unknown message type {kind!r}")
+    missing = [f for f in required[kind] if f not in message]
+    if missing:
+        raise WireError(f"{kind} message lacks {', '.join(missing)}")
+    if not isinstance(message["version"], int):
+        raise WireError(f"{kind}.version must be an integer")
+    return message
