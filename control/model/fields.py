@@ -16,6 +16,10 @@ _LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
 _LABEL_VALUE = re.compile(r"^(([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?)$")
 
 
+CLUSTER_SCOPED = frozenset({"Namespace", "Node"})
+"""Kinds without a namespace: their key ignores a stray metadata.namespace, as the API server does."""
+
+
 class ValidationError(ValueError):
     """An object is invalid. `field` is the path of the offending field, when one is to blame."""
 

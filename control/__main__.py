@@ -1,0 +1,5 @@
+"""Run with `python -m control`."""
+
+from control.main import main
+
+main()

@@ -1,0 +1,109 @@
+"""`python -m control`: run the control service, or provision a node credential.
+
+python -m control serve --store DIR --state DIR [--listen HOST:PORT] [--metrics HOST:PORT] ...
+python -m control provision-node NAME --state DIR --out DIR [--trust-domain TD]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import re
+import signal
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import uvloop
+
+from control.ca import CAError
+from control.model.mesh import MeshSettings
+from control.nodes import NodeRegistry
+from control.server import Control, load_ca
+from control.settings import ControlSettings
+
+log = logging.getLogger("control")
+
+
+def host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host or "0.0.0.0", int(port)
+
+
+def duration(text: str) -> timedelta:
+    m = re.fullmatch(r"(\d+)([smhd])", text)
+    if not m:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 24h or 7d")
+    unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
+    return timedelta(**{unit: int(m.group(1))})
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m control", description="meshlet control service")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the control service")
+    serve.add_argument("--store", type=Path, required=True, help="directory of Kubernetes-shaped YAML")
+    serve.add_argument("--state", type=Path, required=True, help="CA and node registrations (kept across restarts)")
+    serve.add_argument(
+        "--listen", type=host_port, default=("127.0.0.1", 15012), help="nodes (HTTPS); default %(default)s"
+    )
+    serve.add_argument("--metrics", type=host_port, default=("127.0.0.1", 15014), help="operators (HTTP)")
+    serve.add_argument("--trust-domain", default="cluster.local")
+    serve.add_argument("--dataplane-label", default="meshlet.io/dataplane-mode", help="label key that enrolls")
+    serve.add_argument("--cert-ttl", type=duration, default=timedelta(hours=24), help="workload certificate TTL")
+    serve.add_argument("--ca-cert", type=Path, help="plug-in CA certificate (with --ca-key)")
+    serve.add_argument("--ca-key", type=Path, help="plug-in CA key")
+    serve.add_argument("--ca-root", type=Path, help="root of a plug-in intermediate CA")
+    serve.add_argument("--log-level", default="INFO")
+    prov = sub.add_parser("provision-node", help="issue and register a node credential")
+    prov.add_argument("node")
+    prov.add_argument("--state", type=Path, required=True)
+    prov.add_argument(
+        "--out", type=Path, required=True, help="directory for node-key.pem, node-cert.pem, root-cert.pem"
+    )
+    prov.add_argument("--trust-domain", default="cluster.local")
+    return p
+
+
+async def serve(settings: ControlSettings) -> None:
+    control = Control(settings)
+    runners = await control.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping")
+    for runner in runners:
+        await runner.cleanup()
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(
+        level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        if args.command == "provision-node":
+            settings = ControlSettings(store=Path("."), state=args.state, mesh=MeshSettings(args.trust_domain))
+            files = NodeRegistry(args.state, load_ca(settings)).provision(args.node, args.out)
+            print(f"node {args.node}: {files.key}, {files.cert}, {files.root}")
+            return
+        settings = ControlSettings(
+            store=args.store,
+            state=args.state,
+            listen=args.listen,
+            metrics_listen=args.metrics,
+            mesh=MeshSettings(trust_domain=args.trust_domain, dataplane_label=args.dataplane_label),
+            cert_ttl=args.cert_ttl,
+            ca_cert=args.ca_cert,
+            ca_key=args.ca_key,
+            ca_root=args.ca_root,
+        )
+        uvloop.run(serve(settings))
+    except (CAError, ValueError, OSError) as exc:
+        print(f"control: error: {exc}", file=sys.stderr)
+        sys.exit(1)

@@ -1,0 +1,136 @@
+"""From converted objects to what the node proxies need: workloads, services with endpoints, policies.
+
+A pure function of the current objects: the store calls it after every change and compares the result
+with the previous one, so a change that does not alter what proxies see (a ServiceAccount added, say)
+makes no new version. Items are plain JSON-able dicts in the wire schema (`control.wire`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from control.model.kube import Namespace, Pod, Service
+from control.model.security import AuthorizationPolicy, PeerAuthentication
+from control.wire import COLLECTIONS, item_key, spiffe_id
+
+WireItem = dict[str, Any]
+MeshState = dict[str, dict[str, WireItem]]
+"""collection -> item key -> item, for every collection in `control.wire.COLLECTIONS`."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshSettings:
+    """Cluster-wide facts the model needs."""
+
+    trust_domain: str = "cluster.local"
+    """The SPIFFE trust domain of every identity."""
+    dataplane_label: str = "meshlet.io/dataplane-mode"
+    """Namespace label (value `ambient`) that enrolls pods, and pod label (value `none`) that opts out.
+    Set it to `istio.io/dataplane-mode` to honor Istio's label."""
+    cluster_domain: str = "cluster.local"
+    root_namespace: str = "meshlet-system"
+    """Policies in this namespace without a selector apply to the whole mesh."""
+
+
+def enrolled(pod: Pod, namespace: Namespace | None, settings: MeshSettings) -> bool:
+    """Namespace label `ambient` enrolls; pod label `none` opts out; host-network pods never."""
+    if pod.host_network or namespace is None:
+        return False
+    pod_mode = dict(pod.labels).get(settings.dataplane_label)
+    return dict(namespace.labels).get(settings.dataplane_label) == "ambient" and pod_mode != "none"
+
+
+def workload_item(pod: Pod, namespace: Namespace | None, settings: MeshSettings) -> WireItem:
+    return {
+        "uid": pod.uid,
+        "name": pod.name,
+        "namespace": pod.namespace,
+        "node": pod.node,
+        "serviceAccount": pod.service_account,
+        "identity": spiffe_id(settings.trust_domain, pod.namespace, pod.service_account),
+        "ips": list(pod.ips),
+        "labels": dict(pod.labels),
+        "enrolled": enrolled(pod, namespace, settings),
+        "ready": pod.ready,
+    }
+
+
+def _selects(selector: tuple[tuple[str, str], ...], pod: Pod) -> bool:
+    pod_labels = dict(pod.labels)
+    return all(pod_labels.get(k) == v for k, v in selector)
+
+
+def service_item(service: Service, pods: Iterable[Pod], settings: MeshSettings) -> WireItem:
+    endpoints = []
+    if service.selector is not None:
+        for pod in pods:
+            if pod.namespace != service.namespace or not pod.ips or not pod.running:
+                continue
+            if not _selects(service.selector, pod):
+                continue
+            named = dict(pod.container_ports)
+            port_map = {}
+            for sp in service.ports:
+                target = sp.target_port if isinstance(sp.target_port, int) else named.get(sp.target_port)
+                if target is not None:  # a named port the pod lacks: not an endpoint for that port
+                    port_map[str(sp.port)] = target
+            endpoints.append({"workloadUid": pod.uid, "ip": pod.ips[0], "ports": port_map, "ready": pod.ready})
+    endpoints.sort(key=lambda e: (e["ip"], e["workloadUid"]))
+    return {
+        "name": service.name,
+        "namespace": service.namespace,
+        "hostname": f"{service.name}.{service.namespace}.svc.{settings.cluster_domain}",
+        "vips": list(service.vips),
+        "ports": [
+            {"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol} for p in service.ports
+        ],
+        "endpoints": endpoints,
+    }
+
+
+def build_state(objects: Iterable[object], settings: MeshSettings) -> MeshState:
+    """The mesh as the proxies see it, from every currently valid object."""
+    namespaces: dict[str, Namespace] = {}
+    pods: list[Pod] = []
+    services: list[Service] = []
+    policies: list[tuple[str, AuthorizationPolicy | PeerAuthentication]] = []
+    for obj in objects:
+        if isinstance(obj, Namespace):
+            namespaces[obj.name] = obj
+        elif isinstance(obj, Pod):
+            pods.append(obj)
+        elif isinstance(obj, Service):
+            services.append(obj)
+        elif isinstance(obj, AuthorizationPolicy):
+            policies.append(("authorization_policies", obj))
+        elif isinstance(obj, PeerAuthentication):
+            policies.append(("peer_authentications", obj))
+    state: MeshState = {c: {} for c in COLLECTIONS}
+    live = [p for p in pods if p.phase not in ("Succeeded", "Failed")]
+    for pod in live:
+        item = workload_item(pod, namespaces.get(pod.namespace), settings)
+        state["workloads"][item_key("workloads", item)] = item
+    for svc in services:
+        item = service_item(svc, live, settings)
+        state["services"][item_key("services", item)] = item
+    for collection, policy in policies:
+        item = policy.to_wire()
+        state[collection][item_key(collection, item)] = item
+    return state
+
+
+def diff(old: Mapping[str, Mapping[str, WireItem]], new: MeshState) -> tuple[MeshState, dict[str, list[str]]]:
+    """(items added or changed, keys removed) per collection, from `old` to `new`."""
+    upsert: MeshState = {}
+    remove: dict[str, list[str]] = {}
+    for c in COLLECTIONS:
+        before, after = old.get(c, {}), new.get(c, {})
+        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        gone = sorted(k for k in before if k not in after)
+        if changed:
+            upsert[c] = changed
+        if gone:
+            remove[c] = gone
+    return upsert, remove

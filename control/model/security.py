@@ -1,0 +1,469 @@
+"""AuthorizationPolicy and PeerAuthentication: raw Kubernetes objects checked and converted into frozen dataclasses.
+
+The schema and semantics are Istio's `security.istio.io/v1`, so existing policies carry over unchanged. Validation
+is strict: an unknown field is an error rather than ignored, because a typo such as `notPrincipal` would otherwise
+be dropped and silently widen a policy. Every error names the offending field by its full path, for example
+`spec.rules[0].from[1].source.ipBlocks[2]: '10.0.0.300' is not an IP address or CIDR range`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import ipaddress
+import re
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, fields
+from typing import Any, Literal, TypeVar, get_args
+
+from control.model.fields import (
+    ObjectKey,
+    ValidationError,
+    fail,
+    labels,
+    object_key,
+    opt_list,
+    opt_map,
+    opt_str,
+    port_number,
+    req_str,
+    str_list,
+)
+
+API_VERSIONS = ("security.meshlet.io/v1", "security.istio.io/v1", "security.istio.io/v1beta1")
+
+Action = Literal["ALLOW", "DENY", "AUDIT"]
+MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
+Selector = tuple[tuple[str, str], ...]
+_ACTIONS: dict[str, Action] = {a: a for a in get_args(Action)}
+_MODES: dict[str, MtlsMode] = {m: m for m in get_args(MtlsMode)}
+
+# Condition keys the node proxy can evaluate from the connection alone; any other key needs the HTTP request.
+L4_CONDITION_KEYS = frozenset(
+    {"source.ip", "remote.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"}
+)
+_EXACT_KEYS = L4_CONDITION_KEYS | {
+    "request.auth.principal",
+    "request.auth.audiences",
+    "request.auth.presenter",
+    "connection.sni",
+}
+# Map-valued keys name their entry in brackets; claims may nest (`request.auth.claims[groups][0]`).
+_MAP_KEYS = re.compile(
+    r"^(request\.headers\[[^\[\]]+\]|request\.auth\.claims(\[[^\[\]]+\])+|experimental\.envoy\.filters\.[^\[]+\[.+\])$"
+)
+# Keys Istio once had: say what replaced them rather than just "unknown".
+_RETIRED_KEYS = {
+    "destination.namespace": "is implied by the policy's metadata.namespace",
+    "destination.labels": "is replaced by spec.selector",
+    "destination.name": "is no longer supported (Istio dropped it after v1alpha1)",
+    "destination.user": "is no longer supported (Istio dropped it after v1alpha1)",
+}
+_IP_KEYS = frozenset({"source.ip", "remote.ip", "destination.ip"})
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """One `from[].source`: every non-empty field must match (AND), and within a field any value may (OR).
+
+    Principals are Istio's form without `spiffe://` (`cluster.local/ns/foo/sa/bar`); strings may use `*` alone
+    or as a prefix or suffix wildcard; IP blocks are normalized CIDR strings."""
+
+    principals: tuple[str, ...] = ()
+    not_principals: tuple[str, ...] = ()
+    request_principals: tuple[str, ...] = ()
+    not_request_principals: tuple[str, ...] = ()
+    namespaces: tuple[str, ...] = ()
+    not_namespaces: tuple[str, ...] = ()
+    ip_blocks: tuple[str, ...] = ()
+    not_ip_blocks: tuple[str, ...] = ()
+    remote_ip_blocks: tuple[str, ...] = ()
+    not_remote_ip_blocks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Operation:
+    """One `to[].operation`, matched like a Source; everything but ports needs the HTTP request."""
+
+    hosts: tuple[str, ...] = ()
+    not_hosts: tuple[str, ...] = ()
+    ports: tuple[int, ...] = ()
+    not_ports: tuple[int, ...] = ()
+    methods: tuple[str, ...] = ()
+    not_methods: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+    not_paths: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Condition:
+    """One `when` entry: the attribute `key` must equal one of `values` (if any) and none of `not_values`."""
+
+    key: str
+    values: tuple[str, ...] = ()
+    not_values: tuple[str, ...] = ()
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(part.title() for part in rest)
+
+
+# The Kubernetes field name of every dataclass field, which is also its name on the wire.
+_SOURCE_NAMES = {_camel(f.name): f.name for f in fields(Source)}
+_OPERATION_NAMES = {_camel(f.name): f.name for f in fields(Operation)}
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    """Matches when any source, any operation and every condition match; an empty tuple matches anything,
+    so the rule `{}` matches every request."""
+
+    sources: tuple[Source, ...] = ()
+    operations: tuple[Operation, ...] = ()
+    conditions: tuple[Condition, ...] = ()
+
+    @property
+    def needs_l7(self) -> bool:
+        """Whether matching needs the HTTP request rather than only the connection."""
+        return (
+            any(s.request_principals or s.not_request_principals for s in self.sources)
+            or any(
+                o.hosts or o.not_hosts or o.methods or o.not_methods or o.paths or o.not_paths for o in self.operations
+            )
+            or any(c.key not in L4_CONDITION_KEYS for c in self.conditions)
+        )
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "from": [{k: list(getattr(s, attr)) for k, attr in _SOURCE_NAMES.items()} for s in self.sources],
+            "to": [{k: list(getattr(o, attr)) for k, attr in _OPERATION_NAMES.items()} for o in self.operations],
+            "when": [
+                {"key": c.key, "values": list(c.values), "notValues": list(c.not_values)} for c in self.conditions
+            ],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizationPolicy:
+    """An AuthorizationPolicy. `selector` is None when the policy applies to the whole namespace (the whole mesh
+    in the root namespace, which is decided elsewhere). `rules` is empty both when absent and when `[]`: no rule
+    matches then, so an ALLOW policy without rules denies everything it selects."""
+
+    name: str
+    namespace: str
+    selector: Selector | None
+    action: Action
+    rules: tuple[Rule, ...]
+
+    @classmethod
+    def from_k8s(cls, obj: Mapping[str, Any]) -> AuthorizationPolicy:
+        key = _policy_key(obj, "AuthorizationPolicy")
+        spec = opt_map(obj, "spec")
+        with _within("spec"):
+            _check_fields(spec, ("selector", "targetRef", "targetRefs", "action", "provider", "rules"))
+            for name in ("targetRef", "targetRefs"):
+                if spec.get(name) is not None:
+                    fail(name, "not supported; use selector")
+            selector = _selector(spec)
+            action = _action(spec)
+            rules = _each(spec, "rules", _rule)
+            if action == "DENY" and not rules:
+                # Istio rejects this too: the author almost certainly meant "deny everything", which it is not.
+                fail("rules", "a DENY policy without rules never matches; add an empty rule {} to deny every request")
+            return cls(key.name, key.namespace, selector, action, rules)
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey("AuthorizationPolicy", self.namespace, self.name)
+
+    @property
+    def needs_l7(self) -> bool:
+        """Whether any rule needs the HTTP request; the node proxy alone enforces only connection attributes."""
+        return any(rule.needs_l7 for rule in self.rules)
+
+    def to_wire(self) -> dict[str, Any]:
+        """JSON-able, with Istio's camelCase names; every list is present, so the proxy needs no defaults."""
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "selector": None if self.selector is None else dict(self.selector),
+            "action": self.action,
+            "rules": [rule.to_wire() for rule in self.rules],
+            "needsL7": self.needs_l7,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class PeerAuthentication:
+    """A PeerAuthentication. STRICT accepts mTLS only, PERMISSIVE plaintext too, DISABLE plaintext only; UNSET
+    inherits from the namespace's policy, then the mesh's. `selector` is None for a namespace-wide policy;
+    `port_modes` (sorted by port) override `mode` for those ports of the selected workloads."""
+
+    name: str
+    namespace: str
+    selector: Selector | None
+    mode: MtlsMode
+    port_modes: tuple[tuple[int, MtlsMode], ...]
+
+    @classmethod
+    def from_k8s(cls, obj: Mapping[str, Any]) -> PeerAuthentication:
+        key = _policy_key(obj, "PeerAuthentication")
+        spec = opt_map(obj, "spec")
+        with _within("spec"):
+            _check_fields(spec, ("selector", "mtls", "portLevelMtls"))
+            selector = _selector(spec)
+            mode = _mode(spec.get("mtls"), "mtls")
+            port_modes: dict[int, MtlsMode] = {}
+            if spec.get("portLevelMtls") is not None:
+                # As in Istio: ports are a property of workloads, so a namespace-wide policy cannot name them.
+                if selector is None:
+                    fail("portLevelMtls", "needs a selector: port-level mTLS applies to selected workloads only")
+                raw_ports = opt_map(spec, "portLevelMtls")
+                if not raw_ports:
+                    fail("portLevelMtls", "must not be empty; remove it to use the workload-wide mode")
+                # YAML reads `8080:` as an int key and `"8080":` as a string one; both name the same port.
+                for raw_port, raw_mtls in raw_ports.items():
+                    path = f"portLevelMtls.{raw_port}"
+                    port = port_number(raw_port, path)
+                    if port in port_modes:
+                        fail(path, f"port {port} is listed twice")
+                    port_modes[port] = _mode(raw_mtls, path)
+            return cls(key.name, key.namespace, selector, mode, tuple(sorted(port_modes.items())))
+
+    @property
+    def key(self) -> ObjectKey:
+        return ObjectKey("PeerAuthentication", self.namespace, self.name)
+
+    def to_wire(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "namespace": self.namespace,
+            "selector": None if self.selector is None else dict(self.selector),
+            "mode": self.mode,
+            "portModes": {str(port): mode for port, mode in self.port_modes},
+        }
+
+
+@contextmanager
+def _within(prefix: str) -> Iterator[None]:
+    """Prefix the field of a ValidationError raised inside: nested parsers name fields relative to their
+    own object, so the `fields` helpers work on them, and the caller adds where that object sits."""
+    try:
+        yield
+    except ValidationError as exc:
+        raise ValidationError(exc.reason, f"{prefix}.{exc.field}" if exc.field else prefix) from None
+
+
+def _policy_key(obj: Mapping[str, Any], kind: str) -> ObjectKey:
+    """The key of a raw security object, after checking its apiVersion and kind."""
+    api_version = req_str(obj, "apiVersion")
+    if api_version not in API_VERSIONS:
+        fail(
+            "apiVersion",
+            f"unsupported apiVersion {api_version!r} for {kind}; expected one of {', '.join(API_VERSIONS)}",
+        )
+    key = object_key(obj, namespaced=True)
+    if key.kind != kind:
+        fail("kind", f"expected {kind}, got {key.kind!r}")
+    return key
+
+
+def _check_fields(raw: Mapping[str, Any], known: Collection[str]) -> None:
+    """Reject fields not in `known`, as Kubernetes' strict decoding does, suggesting the closest known one."""
+    for name in raw:
+        if name not in known:
+            # Compare case-insensitively: `mTLS` for `mtls` and `labels` for `matchLabels` are the usual slips.
+            lowered = {k.lower(): k for k in known}
+            close = difflib.get_close_matches(str(name).lower(), lowered, n=1)
+            hint = f"did you mean {lowered[close[0]]!r}?" if close else f"known fields: {', '.join(sorted(known))}"
+            fail(str(name), f"unknown field {name!r}; {hint}")
+
+
+def _mapping(value: object, field: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        fail(field, f"expected a mapping, got {'null' if value is None else type(value).__name__}")
+    return value
+
+
+def _each(raw: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, Any]], T]) -> tuple[T, ...]:
+    """Parse every entry of the list of objects `raw[name]` (absent: none)."""
+    out: list[T] = []
+    for i, item in enumerate(opt_list(raw, name)):
+        path = f"{name}[{i}]"
+        entry = _mapping(item, path)
+        with _within(path):
+            out.append(parse(entry))
+    return tuple(out)
+
+
+def _selector(spec: Mapping[str, Any]) -> Selector | None:
+    """`spec.selector.matchLabels` as sorted pairs, or None when the object selects every workload."""
+    with _within("selector"):
+        _check_fields(opt_map(spec, "selector"), ("matchLabels",))
+    # Empty matchLabels select every workload, exactly like no selector (as in Istio).
+    return tuple(sorted(labels(spec, "selector.matchLabels").items())) or None
+
+
+def _action(spec: Mapping[str, Any]) -> Action:
+    name = opt_str(spec, "action", "ALLOW")
+    if name == "CUSTOM":
+        fail("action", "CUSTOM (external authorization) is not supported; use ALLOW, DENY or AUDIT")
+    if name not in _ACTIONS:
+        fail("action", f"unknown action {name!r}; expected one of ALLOW, DENY, AUDIT")
+    if spec.get("provider") is not None:
+        fail("provider", "not supported: a provider serves CUSTOM (external authorization), which meshlet lacks")
+    return _ACTIONS[name]
+
+
+def _mode(value: object, path: str) -> MtlsMode:
+    """The `mode` of an `mtls` object or of one port's entry; absent means UNSET."""
+    raw = _mapping({} if value is None else value, path)
+    with _within(path):
+        _check_fields(raw, ("mode",))
+        name = opt_str(raw, "mode", "UNSET")
+        if name not in _MODES:
+            fail("mode", f"unknown mode {name!r}; expected one of {', '.join(_MODES)}")
+    return _MODES[name]
+
+
+def _rule(raw: Mapping[str, Any]) -> Rule:
+    _check_fields(raw, ("from", "to", "when"))
+    for name, what in (("from", "source"), ("to", "operation")):
+        # Istio rejects these as ambiguous: `from: []` might mean "no source" as well as "any source".
+        if raw.get(name) == []:
+            fail(name, f"must not be empty; remove `{name}` to match any {what}")
+    sources = _each(raw, "from", lambda entry: _wrapped(entry, "source", _source))
+    operations = _each(raw, "to", lambda entry: _wrapped(entry, "operation", _operation))
+    return Rule(sources, operations, _each(raw, "when", _condition))
+
+
+def _wrapped(entry: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, Any]], T]) -> T:
+    """The one object under `name` in a `from` or `to` entry ({source: ...} or {operation: ...})."""
+    _check_fields(entry, (name,))
+    inner = opt_map(entry, name)
+    if not inner:
+        # An empty source would match anything; Istio rejects it rather than guess what was meant.
+        example = "source: {namespaces: [foo]}" if name == "source" else 'operation: {ports: ["8080"]}'
+        fail(
+            name,
+            f"{'required' if name not in entry else 'must not be empty'}: give at least one field, as in {example}",
+        )
+    with _within(name):
+        return parse(inner)
+
+
+def _source(raw: Mapping[str, Any]) -> Source:
+    _check_fields(raw, _SOURCE_NAMES)
+    values: dict[str, tuple[str, ...]] = {}
+    for name, attr in _SOURCE_NAMES.items():
+        items = _strings(raw, name)
+        if attr.endswith("ip_blocks"):
+            items = tuple(_cidr(item, f"{name}[{i}]") for i, item in enumerate(items))
+        else:
+            for i, item in enumerate(items):
+                _check_wildcard(item, f"{name}[{i}]")
+                if attr.endswith("principals"):
+                    _check_principal(item, f"{name}[{i}]")
+        values[attr] = items
+    return Source(**values)
+
+
+def _operation(raw: Mapping[str, Any]) -> Operation:
+    _check_fields(raw, _OPERATION_NAMES)
+    strings: dict[str, tuple[str, ...]] = {}
+    for name in ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"):
+        strings[name] = _strings(raw, name)
+        for i, item in enumerate(strings[name]):
+            if name.lower().endswith("paths") and ("{*}" in item or "{**}" in item):
+                _check_path_template(item, f"{name}[{i}]")
+            else:
+                _check_wildcard(item, f"{name}[{i}]")
+    # Istio writes ports as strings of digits; YAML authors often write plain integers, so both are accepted.
+    ports = {
+        name: tuple(port_number(p, f"{name}[{i}]") for i, p in enumerate(opt_list(raw, name)))
+        for name in ("ports", "notPorts")
+    }
+    return Operation(
+        hosts=strings["hosts"],
+        not_hosts=strings["notHosts"],
+        ports=ports["ports"],
+        not_ports=ports["notPorts"],
+        methods=strings["methods"],
+        not_methods=strings["notMethods"],
+        paths=strings["paths"],
+        not_paths=strings["notPaths"],
+    )
+
+
+def _condition(raw: Mapping[str, Any]) -> Condition:
+    _check_fields(raw, ("key", "values", "notValues"))
+    key = req_str(raw, "key")
+    _check_condition_key(key)
+    values = {name: _strings(raw, name) for name in ("values", "notValues")}
+    if not values["values"] and not values["notValues"]:
+        fail("values", f"condition {key!r} needs values or notValues")
+    for name, items in values.items():
+        if key in _IP_KEYS:
+            values[name] = tuple(_cidr(item, f"{name}[{i}]") for i, item in enumerate(items))
+        elif key == "destination.port":
+            values[name] = tuple(str(port_number(item, f"{name}[{i}]")) for i, item in enumerate(items))
+        elif key in ("source.principal", "source.namespace"):
+            for i, item in enumerate(items):
+                _check_wildcard(item, f"{name}[{i}]")
+                if key == "source.principal":
+                    _check_principal(item, f"{name}[{i}]")
+    return Condition(key, values["values"], values["notValues"])
+
+
+def _check_condition_key(key: str) -> None:
+    if key in _EXACT_KEYS or _MAP_KEYS.match(key):
+        return
+    retired = _RETIRED_KEYS.get(key.partition("[")[0])
+    if retired:
+        fail("key", f"condition key {key!r} {retired}")
+    if key.startswith(("request.headers", "request.auth.claims", "experimental.envoy.filters.")):
+        fail("key", f"condition key {key!r} must name its entry in brackets, as in request.headers[User-Agent]")
+    supported = ", ".join([*sorted(_EXACT_KEYS), "request.headers[...]", "request.auth.claims[...]"])
+    fail("key", f"unknown condition key {key!r}; supported keys: {supported}, experimental.envoy.filters.*[...]")
+
+
+def _strings(raw: Mapping[str, Any], name: str) -> tuple[str, ...]:
+    items = str_list(raw, name)
+    for i, item in enumerate(items):
+        if not item:
+            fail(f"{name}[{i}]", "must not be empty")
+    return items
+
+
+def _check_wildcard(value: str, field: str) -> None:
+    """Istio matches `*` alone (any value), `*suffix`, `prefix*`, and everything else literally; a `*`
+    anywhere else would be compared literally, so such a value almost certainly never matches."""
+    core = value[1:] if value.startswith("*") else value[:-1] if value.endswith("*") else value
+    if "*" in core:
+        fail(field, f"{value!r}: '*' is allowed only alone or at the very start or end (suffix or prefix match)")
+
+
+def _check_principal(principal: str, field: str) -> None:
+    if principal.startswith("spiffe://"):
+        # The spiffe:// scheme is added when matching; written here it would never match.
+        fail(field, f"{principal!r}: write principals without 'spiffe://', as in cluster.local/ns/default/sa/sleep")
+
+
+def _check_path_template(path: str, field: str) -> None:
+    rest = path.replace("{**}", "").replace("{*}", "")
+    if "*" in rest or "{" in rest or "}" in rest:
+        fail(field, f"{path!r}: a path template may use no wildcard other than {{*}} and {{**}}")
+
+
+def _cidr(value: str, field: str) -> str:
+    """An IP address or CIDR range as a CIDR string with host bits cleared (10.1.2.3 -> 10.1.2.3/32)."""
+    _, slash, length = value.partition("/")
+    try:
+        if slash and not length.isdigit():
+            raise ValueError(value)  # ipaddress also takes a netmask after the slash; Istio does not
+        return str(ipaddress.ip_network(value, strict=False))
+    except ValueError:
+        fail(field, f"{value!r} is not an IP address or CIDR range (such as 10.1.2.3, 10.0.0.0/16 or 2001:db8::/32)")

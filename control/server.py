@@ -1,0 +1,177 @@
+"""Control's two listeners and their wiring: HTTPS for nodes (15012), plain HTTP for operators (15014).
+
+15012 asks every client for a certificate (TLS 1.3) and verifies it against the mesh root; the node
+middleware then maps it to a provisioned node or answers 401 with the reason, before any handler runs.
+15014 serves /healthz, /ready (store loaded), /metrics and /debug/status (version, proxies, errors).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import ssl
+import tempfile
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from pathlib import Path
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from control import wire
+from control.ca import CertificateAuthority
+from control.certificates import CertificateService
+from control.metrics import ControlMetrics
+from control.nodes import NodeAuthError, NodeRegistry
+from control.settings import ControlSettings
+from control.sources.files import FileSource
+from control.store import ConfigStore
+from control.stream import ConfigHub
+
+log = logging.getLogger(__name__)
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+CONTROL_IDENTITY = "spiffe://{td}/ns/meshlet-system/sa/meshlet-control"
+
+
+def load_ca(settings: ControlSettings) -> CertificateAuthority:
+    td = settings.mesh.trust_domain
+    if settings.ca_cert or settings.ca_key:
+        if not (settings.ca_cert and settings.ca_key):
+            raise ValueError("a plug-in CA needs both --ca-cert and --ca-key")
+        return CertificateAuthority.from_files(settings.ca_cert, settings.ca_key, td, settings.ca_root)
+    return CertificateAuthority.load_or_create(settings.state, td)
+
+
+def server_tls(ca: CertificateAuthority, host: str) -> ssl.SSLContext:
+    """TLS 1.3 with a fresh serving certificate from the CA; client certificates asked for, checked later."""
+    ips = [host] if _is_ip(host) else []
+    key_pem, issued = ca.issue_key_and_cert(
+        CONTROL_IDENTITY.format(td=ca.trust_domain),
+        timedelta(days=30),
+        dns_names=["meshlet-control", "localhost"],
+        ips=[*ips, "127.0.0.1"],
+    )
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    # ssl loads keys only from files: a private temporary directory, removed right after loading.
+    with tempfile.TemporaryDirectory(prefix="meshlet-control-") as tmp:
+        cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
+        cert.write_text("".join(issued.chain_pem))
+        key.touch(0o600)
+        key.write_bytes(key_pem)
+        ctx.load_cert_chain(cert, key)
+    ctx.load_verify_locations(cadata=ca.root_pem)
+    ctx.verify_mode = ssl.CERT_OPTIONAL  # so "no credential" gets a clear 401 rather than a TLS alert
+    return ctx
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+class Control:
+    """The control service: store + source, CA, node registry, config hub, certificate service."""
+
+    def __init__(self, settings: ControlSettings) -> None:
+        self.settings = settings
+        self.metrics = ControlMetrics()
+        self.ca = load_ca(settings)
+        self.nodes = NodeRegistry(settings.state, self.ca)
+        self.store = ConfigStore(settings.mesh, self.metrics)
+        self.source = FileSource(settings.store, settings.poll_interval)
+        self.hub = ConfigHub(self.store, self.metrics, settings.send_timeout)
+        self.certificates = CertificateService(self.ca, self.store, self.metrics, settings.cert_ttl)
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    @web.middleware
+    async def _authenticate_node(self, request: web.Request, handler: Handler) -> web.StreamResponse:
+        ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
+        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        try:
+            request["node"] = self.nodes.authenticate(der)
+        except NodeAuthError as exc:
+            if request.path == wire.CERTIFICATES_PATH:
+                self.metrics.certs_refused.labels(exc.reason).inc()
+            log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, exc)
+            return web.json_response({"error": str(exc), "reason": exc.reason}, status=401)
+        return await handler(request)
+
+    def node_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._authenticate_node], client_max_size=1 << 20)
+        app.router.add_get(wire.CONFIG_PATH, self.hub.handle)
+        app.router.add_post(wire.CERTIFICATES_PATH, self.certificates.handle)
+        return app
+
+    def ops_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz", self._healthz)
+        app.router.add_get("/ready", self._ready)
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/debug/status", self._status)
+        return app
+
+    async def _healthz(self, _: web.Request) -> web.Response:
+        return _text("ok\n")
+
+    async def _ready(self, _: web.Request) -> web.Response:
+        return _text("ready\n") if self.store.synced else _text("store not loaded yet\n", 503)
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        body = generate_latest(self.metrics.registry)
+        return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+    async def _status(self, _: web.Request) -> web.Response:
+        return web.json_response(
+            {
+                "epoch": self.store.epoch,
+                "version": self.store.version,
+                "updatedAt": self.store.updated_at,
+                "synced": self.store.synced,
+                "trustDomain": self.ca.trust_domain,
+                "objects": len(self.store.objects),
+                "proxies": self.hub.status(),
+                "errors": [
+                    {"origin": e.origin, "object": e.object, "reason": e.reason} for e in self.store.all_errors()
+                ],
+            }
+        )
+
+    async def start(self) -> list[web.AppRunner]:
+        """Load the store, then open both listeners; returns the runners (to clean up)."""
+        self.store.apply(await asyncio.to_thread(self.source.scan))
+        task = asyncio.create_task(self.source.run(self.store.apply), name="file-source")
+        self._tasks.add(task)
+        task.add_done_callback(self._source_done)
+        runners = []
+        host, port = self.settings.listen
+        for app, (h, p), tls in (
+            (self.node_app(), (host, port), server_tls(self.ca, host)),
+            (self.ops_app(), self.settings.metrics_listen, None),
+        ):
+            runner = web.AppRunner(app, access_log=None, handle_signals=False)
+            await runner.setup()
+            await web.TCPSite(runner, h, p, ssl_context=tls, reuse_address=True).start()
+            runners.append(runner)
+        log.info(
+            "control serving nodes on %s:%s and operators on %s:%s (store %s, version %s)",
+            host,
+            port,
+            *self.settings.metrics_listen,
+            self.settings.store,
+            self.store.version,
+        )
+        return runners
+
+    def _source_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("the file source stopped: %s; serving the last good state", task.exception())
+
+
+def _text(body: str, status: int = 200) -> web.Response:
+    return web.Response(text=body, status=status)

@@ -1,0 +1,169 @@
+"""The config store: the last good version of every object, the mesh state derived from them, a version.
+
+Sources report batches (`control.sources.base`); the store converts each raw object once
+(`from_k8s`), keeps the previous good version when a new one is invalid, and records the error with its
+origin (file), object and reason. After each set of batches it rebuilds the mesh state and, when what
+proxies see has changed, bumps the version and tells its listeners (the config stream).
+
+Rebuilding is O(objects) per change: simple and always consistent, and cheap at the scale of a node's
+view; an incremental index is the next step if control ever serves large clusters.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import time
+from collections import Counter as Tally
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from control.metrics import ControlMetrics
+from control.model.fields import ObjectKey, ValidationError
+from control.model.kube import Namespace, Node, Pod, Service, ServiceAccount
+from control.model.mesh import MeshSettings, MeshState, build_state
+from control.model.security import AuthorizationPolicy, PeerAuthentication
+from control.sources.base import SourceBatch
+
+log = logging.getLogger(__name__)
+
+Converted = Namespace | Node | Pod | Service | ServiceAccount | AuthorizationPolicy | PeerAuthentication
+CONVERTERS: Mapping[str, Callable[[Mapping[str, Any]], Converted]] = {
+    "Namespace": Namespace.from_k8s,
+    "Node": Node.from_k8s,
+    "Pod": Pod.from_k8s,
+    "Service": Service.from_k8s,
+    "ServiceAccount": ServiceAccount.from_k8s,
+    "AuthorizationPolicy": AuthorizationPolicy.from_k8s,
+    "PeerAuthentication": PeerAuthentication.from_k8s,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class StoreError:
+    """Why something from a source is not in force: where it came from, which object, the reason."""
+
+    origin: str
+    object: str | None
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.origin}: {self.object}: {self.reason}" if self.object else f"{self.origin}: {self.reason}"
+
+
+def _describe(raw: Mapping[str, Any]) -> str:
+    meta = raw.get("metadata")
+    if not isinstance(meta, Mapping):
+        meta = {}
+    ns, name = meta.get("namespace"), meta.get("name")
+    return f"{raw.get('kind', '?')} {f'{ns}/' if ns else ''}{name or '?'}"
+
+
+class ConfigStore:
+    """Objects by key, their origins, current errors, and the versioned mesh state."""
+
+    def __init__(self, settings: MeshSettings, metrics: ControlMetrics | None = None) -> None:
+        self.settings = settings
+        self.metrics = metrics or ControlMetrics()
+        self.epoch = secrets.token_hex(4)
+        """Changes on every start of control: versions are only comparable within one epoch."""
+        self.version = 0
+        self.updated_at = time.time()
+        self.synced = False
+        """True once the source has delivered its initial state."""
+        self.state: MeshState = build_state([], settings)
+        self.objects: dict[ObjectKey, Converted] = {}
+        self.errors: dict[str, list[StoreError]] = {}
+        self._origin: dict[ObjectKey, str] = {}
+        self._pod_ips: dict[str, ObjectKey] = {}
+        self._vips: dict[str, ObjectKey] = {}
+        self._listeners: list[Callable[[], None]] = []
+
+    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
+        """Call `listener` after every new version; returns the function that unsubscribes."""
+        self._listeners.append(listener)
+        return lambda: self._listeners.remove(listener)
+
+    def apply(self, batches: Sequence[SourceBatch]) -> None:
+        for batch in batches:
+            self._apply_batch(batch)
+        self.synced = True
+        new = build_state(self.objects.values(), self.settings)
+        if new != self.state:
+            self.state = new
+            self.version += 1
+            self.updated_at = time.time()
+            self.metrics.config_version.set(self.version)
+            for listener in list(self._listeners):
+                listener()
+        kinds = Tally(key.kind for key in self.objects)
+        for kind in CONVERTERS:
+            self.metrics.objects.labels(kind).set(kinds.get(kind, 0))
+        self.metrics.config_errors.set(sum(len(e) for e in self.errors.values()))
+
+    def _apply_batch(self, batch: SourceBatch) -> None:
+        errors = [StoreError(batch.origin, None, reason) for reason in batch.errors]
+        for raw in batch.upserts:
+            converter = CONVERTERS.get(str(raw.get("kind")))
+            if converter is None:
+                continue  # kinds the mesh does not use (ConfigMaps, Deployments, ...) are not errors
+            try:
+                obj = converter(raw)
+                self._check_unique(obj)
+            except ValidationError as exc:
+                # The last good version (if any) stays in force.
+                errors.append(StoreError(batch.origin, _describe(raw), str(exc)))
+                continue
+            self._put(obj, batch.origin)
+        for key in batch.deletes:
+            # An object that moved to another file is not deleted by its old file's batch.
+            if self._origin.get(key) == batch.origin:
+                self._remove(key)
+        before = {str(e) for e in self.errors.get(batch.origin, [])}
+        for error in errors:
+            if str(error) not in before:
+                log.error("rejected %s", error)  # once per distinct error, not on every rescan
+        if errors:
+            self.errors[batch.origin] = errors
+        elif self.errors.pop(batch.origin, None):
+            log.info("%s: all objects valid again", batch.origin)
+
+    def _check_unique(self, obj: Converted) -> None:
+        if isinstance(obj, Pod) and not obj.host_network:
+            for ip in obj.ips:
+                holder = self._pod_ips.get(ip)
+                if holder is not None and holder != obj.key:
+                    raise ValidationError(f"IP {ip} is already used by {holder}", "status.podIP")
+        if isinstance(obj, Service):
+            for vip in obj.vips:
+                holder = self._vips.get(vip)
+                if holder is not None and holder != obj.key:
+                    raise ValidationError(f"cluster IP {vip} is already used by {holder}", "spec.clusterIP")
+
+    def _put(self, obj: Converted, origin: str) -> None:
+        self._remove(obj.key)
+        self.objects[obj.key] = obj
+        self._origin[obj.key] = origin
+        if isinstance(obj, Pod) and not obj.host_network:
+            self._pod_ips.update(dict.fromkeys(obj.ips, obj.key))
+        if isinstance(obj, Service):
+            self._vips.update(dict.fromkeys(obj.vips, obj.key))
+
+    def _remove(self, key: ObjectKey) -> None:
+        old = self.objects.pop(key, None)
+        self._origin.pop(key, None)
+        if isinstance(old, Pod):
+            for ip in old.ips:
+                if self._pod_ips.get(ip) == key:
+                    del self._pod_ips[ip]
+        if isinstance(old, Service):
+            for vip in old.vips:
+                if self._vips.get(vip) == key:
+                    del self._vips[vip]
+
+    def pods_on_node(self, node: str) -> list[Pod]:
+        return [o for o in self.objects.values() if isinstance(o, Pod) and o.node == node and o.running]
+
+    def all_errors(self) -> list[StoreError]:
+        return [e for origin in sorted(self.errors) for e in self.errors[origin]]

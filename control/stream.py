@@ -1,0 +1,143 @@
+"""The config stream: one WebSocket per node proxy, a snapshot on connect, then deltas, acked or nacked.
+
+Each proxy has its own sender task that sends the difference between what that proxy last got and the
+current state, whenever the store has a new version. Versions a slow proxy has not yet been sent are
+coalesced into one delta, so the store never queues per client and one slow or dead proxy never delays
+the others; a proxy that cannot take a message within `send_timeout` is disconnected (it reconnects and
+gets a fresh snapshot).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from dataclasses import dataclass, field
+
+from aiohttp import WSMsgType, web
+
+from control import wire
+from control.metrics import ControlMetrics
+from control.model.mesh import MeshState, diff
+from control.store import ConfigStore
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ProxyConnection:
+    """One connected proxy and where its view of the config stands."""
+
+    node: str
+    peer: str
+    connected_at: float = field(default_factory=time.time)
+    sent_version: int = 0
+    acked_version: int = 0
+    last_error: str | None = None
+    """The error of the proxy's last nack, cleared by its next ack."""
+    dirty: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def status(self) -> dict[str, object]:
+        return {
+            "node": self.node,
+            "peer": self.peer,
+            "connectedAt": self.connected_at,
+            "sentVersion": self.sent_version,
+            "ackedVersion": self.acked_version,
+            "lastError": self.last_error,
+        }
+
+
+class ConfigHub:
+    """All proxy connections; wakes their senders when the store has a new version."""
+
+    def __init__(self, store: ConfigStore, metrics: ControlMetrics, send_timeout: float = 10.0) -> None:
+        self.store = store
+        self.metrics = metrics
+        self.send_timeout = send_timeout
+        self.connections: set[ProxyConnection] = set()
+        store.subscribe(self._wake)
+
+    def _wake(self) -> None:
+        for conn in self.connections:
+            conn.dirty.set()
+
+    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+        node: str = request["node"]
+        ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=1 << 20)
+        await ws.prepare(request)
+        conn = ProxyConnection(node=node, peer=str(request.remote))
+        self.connections.add(conn)
+        self.metrics.connected_proxies.set(len(self.connections))
+        log.info("proxy of node %s connected from %s", node, conn.peer)
+        sender = asyncio.create_task(self._send_loop(conn, ws), name=f"config-sender-{node}")
+        try:
+            async for msg in ws:
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                self._on_reply(conn, msg.data)
+        finally:
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await sender
+            self.connections.discard(conn)
+            self.metrics.connected_proxies.set(len(self.connections))
+            log.info("proxy of node %s disconnected", node)
+        return ws
+
+    def _on_reply(self, conn: ProxyConnection, text: str) -> None:
+        try:
+            message = wire.decode(text)
+        except wire.WireError as exc:
+            log.warning("proxy of node %s sent an invalid message: %s", conn.node, exc)
+            return
+        if message["type"] == "ack":
+            conn.acked_version = message["version"]
+            conn.last_error = None
+            self.metrics.acks.inc()
+        elif message["type"] == "nack":
+            conn.last_error = str(message["error"])
+            self.metrics.rejects.labels(conn.node).inc()
+            log.error("proxy of node %s rejected version %s: %s", conn.node, message["version"], conn.last_error)
+
+    async def _send_loop(self, conn: ProxyConnection, ws: web.WebSocketResponse) -> None:
+        sent: MeshState = {}
+        try:
+            while True:
+                state, version = self.store.state, self.store.version
+                if not sent:
+                    message = {
+                        "type": "snapshot",
+                        "epoch": self.store.epoch,
+                        "version": version,
+                        "resources": {c: list(items.values()) for c, items in state.items()},
+                    }
+                elif version != conn.sent_version:
+                    upsert, remove = diff(sent, state)
+                    message = {
+                        "type": "delta",
+                        "epoch": self.store.epoch,
+                        "version": version,
+                        "base": conn.sent_version,
+                        "upsert": {c: list(items.values()) for c, items in upsert.items()},
+                        "remove": remove,
+                    }
+                else:
+                    conn.dirty.clear()
+                    await conn.dirty.wait()
+                    continue
+                try:
+                    await asyncio.wait_for(ws.send_str(wire.encode(message)), self.send_timeout)
+                except TimeoutError:
+                    self.metrics.slow_disconnects.inc()
+                    log.warning("proxy of node %s did not read for %ss: disconnecting", conn.node, self.send_timeout)
+                    await ws.close()
+                    return
+                self.metrics.pushes.labels(message["type"]).inc()
+                sent, conn.sent_version = state, version
+        except ConnectionResetError:
+            await ws.close()
+
+    def status(self) -> list[dict[str, object]]:
+        return sorted((c.status() for c in self.connections), key=lambda s: str(s["node"]))

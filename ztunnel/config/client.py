@@ -1,0 +1,111 @@
+"""The config client: connects to control with the node credential, applies what it sends, acks or nacks.
+
+It reconnects with exponential backoff and full jitter (so a restarted control is not hit by every node
+at once), and keeps the last good state through any outage: the data path is never left without config
+because control is away. `on_update` is called with every newly accepted state, on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+
+from control import wire
+from ztunnel.config.state import ConfigRejected, ConfigState, Validator, apply
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class NodeCredential:
+    """Files provisioned for this node: key, certificate chain, and the mesh root to trust."""
+
+    key: Path
+    cert: Path
+    root: Path
+
+    @classmethod
+    def in_dir(cls, directory: Path) -> NodeCredential:
+        return cls(directory / "node-key.pem", directory / "node-cert.pem", directory / "root-cert.pem")
+
+    def client_context(self) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.root))
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+        ctx.load_cert_chain(self.cert, self.key)
+        return ctx
+
+
+class ConfigClient:
+    """Holds the current `ConfigState` and keeps it in step with control."""
+
+    def __init__(
+        self,
+        url: str,
+        credential: NodeCredential,
+        on_update: Callable[[ConfigState], None] | None = None,
+        validate: Validator | None = None,
+        backoff_initial: float = 0.2,
+        backoff_max: float = 10.0,
+    ) -> None:
+        self.url = url.rstrip("/") + wire.CONFIG_PATH
+        self.credential = credential
+        self.on_update = on_update
+        self.validate = validate
+        self.backoff_initial = backoff_initial
+        self.backoff_max = backoff_max
+        self.state = ConfigState()
+        self.connected = False
+        self.last_error: str | None = None
+        self.connects = 0
+
+    async def run(self) -> None:
+        """Forever: connect, follow the stream, and after any failure wait and reconnect."""
+        delay = self.backoff_initial
+        while True:
+            try:
+                await self._session()
+                delay = self.backoff_initial  # a session that got going resets the backoff
+            except (aiohttp.ClientError, OSError, TimeoutError, wire.WireError) as exc:
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                log.warning("config stream to %s failed: %s; retrying", self.url, self.last_error)
+            finally:
+                self.connected = False
+            await asyncio.sleep(random.uniform(0, delay))
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _session(self) -> None:
+        ctx = self.credential.client_context()
+        timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_connect=5.0)
+        async with (
+            aiohttp.ClientSession(timeout=timeout) as session,
+            session.ws_connect(self.url, ssl=ctx, heartbeat=15.0, max_msg_size=64 << 20) as ws,
+        ):
+            self.connected = True
+            self.connects += 1
+            self.last_error = None
+            log.info("config stream connected to %s", self.url)
+            async for msg in ws:
+                if msg.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                message = wire.decode(msg.data)
+                try:
+                    new = apply(self.state, message, self.validate)
+                except ConfigRejected as exc:
+                    log.error("rejected config version %s: %s", message["version"], exc)
+                    await ws.send_str(wire.encode({"type": "nack", "version": message["version"], "error": str(exc)}))
+                    if message["type"] == "delta":
+                        return  # out of step: reconnect for a fresh snapshot
+                    continue
+                self.state = new
+                await ws.send_str(wire.encode({"type": "ack", "version": new.version}))
+                if self.on_update is not None:
+                    self.on_update(new)
+            if ws.close_code is not None:
+                log.info("config stream closed by control (code %s)", ws.close_code)
