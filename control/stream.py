@@ -25,7 +25,7 @@ from control.store import ConfigStore
 log = logging.getLogger(__name__)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # compared and hashed by identity: one per connection
 class ProxyConnection:
     """One connected proxy and where its view of the config stands."""
 

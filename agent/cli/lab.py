@@ -6,6 +6,7 @@ import json
 import os
 import sys
 import time
+import urllib.request
 
 import click
 from rich.console import Console
@@ -13,7 +14,7 @@ from rich.table import Column, Table
 
 from agent.lab import cluster, kernel
 from agent.lab.demo import Call, traffic
-from agent.lab.plan import REDIRECT_MODES, check_id
+from agent.lab.plan import REDIRECT_MODES, LabPlan, check_id
 
 console = Console()
 progress = Console(stderr=True)  # spinners go to stderr, so stdout stays clean for -o json
@@ -166,17 +167,40 @@ def demo(ctx: click.Context, fresh: bool, output: str) -> None:
         calls = traffic(state.plan)
     _print_calls(calls)
     flag = "" if lab_id == "demo" else f" --id {lab_id}"
+    _print_control(state.plan)
     console.print(
         "\n[bold]What this shows:[/bold] pods on two nodes reach each other across the node network, and each app "
-        "sees its caller's pod IP. The mesh (control, node agent, ztunnel) is not part of the lab yet, so no "
-        "call has an identity or meets a policy: the namespace 'mesh' is labelled for enrollment, and the "
-        "calls from and to it will go through mTLS once the mesh lands.\n"
+        "sees its caller's pod IP. Control runs and serves the lab's workloads, identities and policies, but the "
+        "node agent and ztunnel are not built yet, so traffic is not captured: no call has an identity or meets a "
+        "policy. The namespace 'mesh' is labelled for enrollment; its calls will go through mTLS once they land.\n"
         f"\nThe lab keeps running. Inspect: [cyan]meshlet lab{flag} status[/cyan], "
-        f"[cyan]meshlet lab{flag} exec web-1a -- curl -s http://{state.plan.pods[-1].ip}:8080/[/cyan]; "
+        f"[cyan]meshlet lab{flag} exec web-1a -- curl -s http://{state.plan.pods[-1].ip}:8080/[/cyan], "
+        f"[cyan]curl -s {state.plan.control_metrics}/debug/status[/cyan]; "
         f"store and logs under {state.directory}. Tear down: [cyan]meshlet lab{flag} down[/cyan]"
     )
     if not all(c.ok for c in calls):
         sys.exit(1)
+
+
+def _print_control(plan: LabPlan) -> None:
+    try:
+        with urllib.request.urlopen(f"{plan.control_metrics}/debug/status", timeout=2) as resp:
+            st = json.load(resp)
+    except (OSError, ValueError) as exc:
+        console.print(f"[red]control at {plan.control_url} did not answer: {exc}[/red]")
+        return
+    workloads = ", ".join(f"{ns}: {n} pods" for ns, n in sorted(_pods_by_namespace(plan).items()))
+    console.print(
+        f"control {plan.control_url}: config version {st['version']}, {st['objects']} objects ({workloads}), "
+        f"{len(st['proxies'])} proxies connected, {len(st['errors'])} store errors"
+    )
+
+
+def _pods_by_namespace(plan: LabPlan) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for pod in plan.pods:
+        counts[pod.namespace] = counts.get(pod.namespace, 0) + 1
+    return counts
 
 
 def _print_calls(calls: list[Call]) -> None:

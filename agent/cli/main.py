@@ -15,6 +15,7 @@ from rich.console import Console
 from agent.cli.lab import lab
 from agent.lab.cluster import LabError
 from agent.lab.kernel import KernelError
+from agent.lab.mesh import MeshStartError
 from agent.lab.plan import PlanError
 
 err_console = Console(stderr=True)
@@ -45,7 +46,7 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except click.exceptions.Exit as exc:
         sys.exit(exc.exit_code)
-    except (LabError, PlanError, KernelError) as exc:
+    except (LabError, PlanError, KernelError, MeshStartError) as exc:
         err_console.print(f"[red]error:[/red] {exc}", highlight=False)
         sys.exit(1)
     except PermissionError as exc:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from agent.lab import kernel, processes
+from agent.lab import kernel, mesh, processes
 from agent.lab.objects import DATAPLANE_LABEL, lab_objects
 from agent.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
 from agent.lab.state import LabState, free_slot, lab_dir, locked
@@ -48,7 +48,7 @@ def up(lab_id: str, nodes: int, pods_per_node: int, redirect: str) -> LabState:
         if LabState.load(lab_id) is not None or _leftovers(lab_id):
             _down(lab_id)
         plan = plan_lab(lab_id, free_slot(lab_id), nodes, pods_per_node, redirect)
-        _check_underlay_free(plan)
+        _check_addresses_free(plan)
         directory = lab_dir(lab_id)
         directory.mkdir(parents=True, exist_ok=True)
         state = LabState(plan=plan, directory=str(directory))
@@ -56,11 +56,15 @@ def up(lab_id: str, nodes: int, pods_per_node: int, redirect: str) -> LabState:
         try:
             _build(plan)
             write_objects(state.store, lab_objects(plan))
+            mesh.provision_nodes(state)
+            state.processes["control"] = mesh.start_control(state)
+            state.save()
             for pod in plan.pods:
                 state.processes[f"app/{pod.namespace}/{pod.name}"] = _start_app(state, pod)
                 state.save()
             for pod in plan.pods:
                 _wait_ready(pod, Path(state.processes[f"app/{pod.namespace}/{pod.name}"].log))
+            mesh.wait_control_ready(plan, state.processes["control"])
         except BaseException:
             _down(lab_id)
             raise
@@ -90,18 +94,20 @@ def _leftovers(lab_id: str) -> bool:
     )
 
 
-def _check_underlay_free(plan: LabPlan) -> None:
-    underlay = ipaddress.ip_network(plan.underlay)
+def _check_addresses_free(plan: LabPlan) -> None:
+    """Refuse to build over a route the host already has: the lab's subnets must be its own."""
+    ours = [ipaddress.ip_network(n) for n in (plan.underlay, *(node.pod_cidr for node in plan.nodes))]
     for route in kernel.routes():
         dst = route.get("dst", "default")
         if dst == "default":
             continue
         net = ipaddress.ip_network(dst if "/" in dst else f"{dst}/32", strict=False)
-        if net.overlaps(underlay):
-            raise LabError(
-                f"the lab underlay {underlay} overlaps the host route {dst} dev {route.get('dev')}; "
-                "another lab id gets another slot, or remove that route"
-            )
+        for mine in ours:
+            if net.overlaps(mine):
+                raise LabError(
+                    f"the lab subnet {mine} overlaps the host route {dst} dev {route.get('dev')}; "
+                    "another lab id gets another slot, or remove that route"
+                )
 
 
 def _build(plan: LabPlan) -> None:
@@ -119,6 +125,9 @@ def _build(plan: LabPlan) -> None:
             [
                 f"link add {node.host_link} type veth peer name eth0 netns {node.netns}",
                 f"link set {node.host_link} master {plan.bridge} up",
+                # The host routes each pod CIDR to its node, so replies from the host (control) to pods
+                # stay in the lab; the routes go away with the bridge.
+                f"route add {node.pod_cidr} via {node.ip} dev {plan.bridge}",
             ]
         )
         other_nodes = [n for n in plan.nodes if n is not node]
@@ -269,6 +278,11 @@ def status(lab_id: str) -> dict[str, Any]:
         "directory": state.directory,
         "store": str(state.store),
         "underlay": plan.underlay,
+        "control": {
+            "url": plan.control_url,
+            "metrics": plan.control_metrics,
+            "running": processes.is_running(state.processes["control"]) if "control" in state.processes else False,
+        },
         "nodes": [
             {"name": n.name, "ip": n.ip, "podCIDR": n.pod_cidr, "gateway": n.gateway, "netns": n.netns}
             for n in plan.nodes

@@ -25,6 +25,9 @@ ID_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,7}$")
 MESH_NAMESPACE = "mesh"
 PLAIN_NAMESPACE = "plain"
 APP_PORT = 8080
+CONTROL_PORT = 15012
+CONTROL_METRICS_PORT = 15014
+TRUST_DOMAIN = "cluster.local"
 SERVICE_PORT = 80
 REDIRECT_MODES = ("iptables", "ebpf", "auto")
 
@@ -94,6 +97,20 @@ class LabPlan:
     @property
     def prefix(self) -> str:
         return prefix_for(self.lab_id)
+
+    @property
+    def control_cgroup(self) -> str:
+        return f"{self.cgroup}/control"
+
+    @property
+    def control_url(self) -> str:
+        """Control listens on the host's address on the node network, so nodes reach it and labs never
+        share a port."""
+        return f"https://{self.host_ip}:{CONTROL_PORT}"
+
+    @property
+    def control_metrics(self) -> str:
+        return f"http://{self.host_ip}:{CONTROL_METRICS_PORT}"
 
     def node(self, name: str) -> NodePlan:
         for node in self.nodes:

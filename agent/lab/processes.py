@@ -44,10 +44,10 @@ def is_running(started: Started) -> bool:
     return proc_starttime(started.pid) == started.starttime
 
 
-def spawn(argv: list[str], netns: str, cgroup: str, log: Path, env: dict[str, str] | None = None) -> Started:
-    """Start `argv` inside `netns` and `cgroup`, detached, stdout and stderr appended to `log`."""
+def spawn(argv: list[str], netns: str | None, cgroup: str, log: Path, env: dict[str, str] | None = None) -> Started:
+    """Start `argv` inside `netns` (None: the host's) and `cgroup`, detached, output appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    full = ["ip", "netns", "exec", netns, *argv]
+    full = ["ip", "netns", "exec", netns, *argv] if netns else argv
 
     def enter_cgroup() -> None:
         kernel.cgroup_join(cgroup)

@@ -8,6 +8,7 @@ because control is away. `on_update` is called with every newly accepted state, 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import ssl
@@ -64,11 +65,13 @@ class ConfigClient:
         self.connected = False
         self.last_error: str | None = None
         self.connects = 0
+        self._stopping = asyncio.Event()
+        self._ws: aiohttp.ClientWebSocketResponse | None = None
 
     async def run(self) -> None:
-        """Forever: connect, follow the stream, and after any failure wait and reconnect."""
+        """Until `stop`: connect, follow the stream, and after any failure wait and reconnect."""
         delay = self.backoff_initial
-        while True:
+        while not self._stopping.is_set():
             try:
                 await self._session()
                 delay = self.backoff_initial  # a session that got going resets the backoff
@@ -77,16 +80,28 @@ class ConfigClient:
                 log.warning("config stream to %s failed: %s; retrying", self.url, self.last_error)
             finally:
                 self.connected = False
-            await asyncio.sleep(random.uniform(0, delay))
+            # Sleep with jitter, but wake at once on stop.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), random.uniform(0, delay))
             delay = min(delay * 2, self.backoff_max)
+
+    async def stop(self) -> None:
+        """End `run` cleanly: close the stream (control sees a normal close) and stop reconnecting."""
+        self._stopping.set()
+        if self._ws is not None:
+            await self._ws.close()
 
     async def _session(self) -> None:
         ctx = self.credential.client_context()
         timeout = aiohttp.ClientTimeout(total=None, connect=5.0, sock_connect=5.0)
+        # Python 3.11's asyncio can leave the TCP transport under a TLS connection open when the peer
+        # does not finish the TLS shutdown; aiohttp then aborts it for us (cleanup_closed).
+        connector = aiohttp.TCPConnector(ssl=ctx, enable_cleanup_closed=True)
         async with (
-            aiohttp.ClientSession(timeout=timeout) as session,
+            aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
             session.ws_connect(self.url, ssl=ctx, heartbeat=15.0, max_msg_size=64 << 20) as ws,
         ):
+            self._ws = ws
             self.connected = True
             self.connects += 1
             self.last_error = None
@@ -107,5 +122,6 @@ class ConfigClient:
                 await ws.send_str(wire.encode({"type": "ack", "version": new.version}))
                 if self.on_update is not None:
                     self.on_update(new)
-            if ws.close_code is not None:
+            self._ws = None
+            if ws.close_code is not None and not self._stopping.is_set():
                 log.info("config stream closed by control (code %s)", ws.close_code)

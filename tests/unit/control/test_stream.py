@@ -1,0 +1,109 @@
+"""The config hub: each proxy gets a snapshot then deltas; a proxy that stops reading is cut off alone."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any, cast
+
+import pytest
+from aiohttp import web
+
+from control.metrics import ControlMetrics
+from control.model.fields import ObjectKey
+from control.model.mesh import MeshSettings
+from control.sources.base import SourceBatch
+from control.store import ConfigStore
+from control.stream import ConfigHub, ProxyConnection
+
+pytestmark = pytest.mark.asyncio
+
+
+class FakeSocket:
+    """Stands in for a WebSocketResponse; `stuck` never completes a send (a proxy that stopped reading)."""
+
+    def __init__(self, stuck: bool = False) -> None:
+        self.stuck = stuck
+        self.sent: list[dict[str, Any]] = []
+        self.closed = False
+
+    async def send_str(self, text: str) -> None:
+        if self.stuck:
+            await asyncio.Event().wait()
+        self.sent.append(json.loads(text))
+
+    async def close(self) -> None:
+        self.closed = True
+
+
+def ns(name: str) -> dict[str, Any]:
+    return {"kind": "Namespace", "metadata": {"name": name}}
+
+
+def pod(name: str, ip: str) -> dict[str, Any]:
+    return {
+        "kind": "Pod",
+        "metadata": {"name": name, "namespace": "a"},
+        "spec": {"nodeName": "n1"},
+        "status": {"phase": "Running", "podIP": ip},
+    }
+
+
+async def until(condition: Any, timeout: float = 2.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.005)
+
+
+async def test_slow_proxy_is_disconnected_and_never_delays_the_others() -> None:
+    metrics = ControlMetrics()
+    store = ConfigStore(MeshSettings(), metrics)
+    store.apply([SourceBatch("f", (ns("a"), pod("p1", "10.0.0.1")))])
+    hub = ConfigHub(store, metrics, send_timeout=0.2)
+    fast, slow = FakeSocket(), FakeSocket(stuck=True)
+    conns = [ProxyConnection("fast", "x"), ProxyConnection("slow", "y")]
+    hub.connections.update(conns)
+    tasks = [
+        asyncio.create_task(hub._send_loop(c, cast(web.WebSocketResponse, s)))
+        for c, s in zip(conns, (fast, slow), strict=True)
+    ]
+    try:
+        await until(lambda: len(fast.sent) == 1)
+        assert fast.sent[0]["type"] == "snapshot" and fast.sent[0]["version"] == 1
+        store.apply([SourceBatch("g", (pod("p2", "10.0.0.2"),))])
+        await until(lambda: len(fast.sent) == 2)
+        delta = fast.sent[1]
+        assert (delta["type"], delta["base"], delta["version"]) == ("delta", 1, 2)
+        assert [w["name"] for w in delta["upsert"]["workloads"]] == ["p2"] and delta["remove"] == {}
+        await until(lambda: slow.closed)
+        assert metrics.slow_disconnects._value.get() == 1
+    finally:
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def test_versions_a_proxy_missed_are_coalesced_into_one_delta() -> None:
+    metrics = ControlMetrics()
+    store = ConfigStore(MeshSettings(), metrics)
+    store.apply([SourceBatch("f", (ns("a"), pod("p1", "10.0.0.1")))])
+    hub = ConfigHub(store, metrics)
+    sock, conn = FakeSocket(), ProxyConnection("n", "x")
+    hub.connections.add(conn)
+    task = asyncio.create_task(hub._send_loop(conn, cast(web.WebSocketResponse, sock)))
+    try:
+        await until(lambda: len(sock.sent) == 1)
+        # Three versions in a row, before the sender gets to run again.
+        store.apply([SourceBatch("g", (pod("p2", "10.0.0.2"),))])
+        store.apply([SourceBatch("h", (pod("p3", "10.0.0.3"),))])
+        store.apply([SourceBatch("f", (ns("a"),), deletes=(ObjectKey("Pod", "a", "p1"),))])
+        await until(lambda: len(sock.sent) == 2)
+        delta = sock.sent[1]
+        assert (delta["base"], delta["version"]) == (1, 4)
+        assert delta["remove"] == {"workloads": [w["uid"] for w in sock.sent[0]["resources"]["workloads"]]}
+        assert sorted(w["name"] for w in delta["upsert"]["workloads"]) == ["p2", "p3"]
+        await asyncio.sleep(0.05)
+        assert len(sock.sent) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)

@@ -1,0 +1,50 @@
+"""Package layering (STYLE.md): ztunnel and control share only the wire schema; agent may use bpf.
+
+Checked on the source with `ast`, so a forbidden import fails here rather than in review.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ALLOWED = {
+    "agent": {"agent", "bpf"},
+    "bpf": {"bpf"},
+    "control": {"control"},
+    "ztunnel": {"ztunnel", "control.wire"},
+}
+
+
+def imports(path: Path) -> set[str]:
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found.add(node.module)
+            found.update(f"{node.module}.{alias.name}" for alias in node.names)
+    return found
+
+
+def _ok(name: str, allowed: set[str]) -> bool:
+    top = name.split(".")[0]
+    if top not in ALLOWED:
+        return True  # stdlib or third party
+    return any(name == a or name.startswith(a + ".") for a in allowed)
+
+
+@pytest.mark.parametrize("package", sorted(ALLOWED))
+def test_package_imports_only_what_its_layer_allows(package: str) -> None:
+    bad = []
+    for path in sorted((ROOT / package).rglob("*.py")):
+        for name in imports(path):
+            # `from control import wire` shows up as module "control" plus "control.wire".
+            if name in ALLOWED and f"{name}" not in ALLOWED[package] and package != name:
+                continue
+            if not _ok(name, ALLOWED[package]):
+                bad.append(f"{path.relative_to(ROOT)} imports {name}")
+    assert not bad, "\n".join(bad)
