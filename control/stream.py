@@ -1,10 +1,11 @@
 """The config stream: one WebSocket per node proxy, a snapshot on connect, then deltas, acked or nacked.
 
 Each proxy has its own sender task that sends the difference between what that proxy last got and the
-current state, whenever the store has a new version. Versions a slow proxy has not yet been sent are
-coalesced into one delta, so the store never queues per client and one slow or dead proxy never delays
-the others; a proxy that cannot take a message within `send_timeout` is disconnected (it reconnects and
-gets a fresh snapshot).
+current state, whenever the store has a new version. A proxy that rejects a version keeps its older one,
+so its next update is a whole snapshot rather than a delta it could not apply. Versions a slow proxy has
+not yet been sent are coalesced into one delta, so the store never queues per client and one slow or
+dead proxy never delays the others; a proxy that cannot take a message within `send_timeout` is
+disconnected (it reconnects and gets a fresh snapshot).
 """
 
 from __future__ import annotations
@@ -36,6 +37,8 @@ class ProxyConnection:
     acked_version: int = 0
     last_error: str | None = None
     """The error of the proxy's last nack, cleared by its next ack."""
+    needs_snapshot: bool = False
+    """After a nack the proxy holds an older version than we sent: its next update is a full snapshot."""
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
 
     def status(self) -> dict[str, object]:
@@ -98,6 +101,8 @@ class ConfigHub:
             self.metrics.acks.inc()
         elif message["type"] == "nack":
             conn.last_error = str(message["error"])
+            # Not resent at once: the same version would be rejected again. The next version goes whole.
+            conn.needs_snapshot = True
             self.metrics.rejects.labels(conn.node).inc()
             log.error("proxy of node %s rejected version %s: %s", conn.node, message["version"], conn.last_error)
 
@@ -106,7 +111,8 @@ class ConfigHub:
         try:
             while True:
                 state, version = self.store.state, self.store.version
-                if not sent:
+                if not sent or (conn.needs_snapshot and version != conn.sent_version):
+                    conn.needs_snapshot = False
                     message = {
                         "type": "snapshot",
                         "epoch": self.store.epoch,

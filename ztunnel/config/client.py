@@ -114,9 +114,8 @@ class ConfigClient:
                     new = apply(self.state, message, self.validate)
                 except ConfigRejected as exc:
                     log.error("rejected config version %s: %s", message["version"], exc)
+                    # The last good state stays; control answers a nack with a snapshot at its next version.
                     await ws.send_str(wire.encode({"type": "nack", "version": message["version"], "error": str(exc)}))
-                    if message["type"] == "delta":
-                        return  # out of step: reconnect for a fresh snapshot
                     continue
                 self.state = new
                 await ws.send_str(wire.encode({"type": "ack", "version": new.version}))

@@ -13,7 +13,7 @@ import pytest_asyncio
 
 from tests.integration.control.conftest import ControlProcess, namespace, pod
 from ztunnel.config.client import ConfigClient, NodeCredential
-from ztunnel.config.state import ConfigState
+from ztunnel.config.state import ConfigRejected, ConfigState
 
 pytestmark = pytest.mark.asyncio
 
@@ -119,3 +119,23 @@ async def test_restart_keeps_the_root_and_clients_resync(control: ControlProcess
     assert client.state.version == control.status()["version"]
     assert workload(client.state, "web-1e") is not None
     assert client.connects == 2
+
+
+async def test_rejected_version_shows_in_control_metrics_status_and_log(control: ControlProcess) -> None:
+    def refuse_web_1c(state: ConfigState) -> None:
+        if any(w["name"] == "web-1c" for w in state.items("workloads").values()):
+            raise ConfigRejected("workload web-1c: this proxy cannot serve it")
+
+    c = ConfigClient(control.url, NodeCredential.in_dir(control.node_dir("node1")), validate=refuse_web_1c)
+    task = asyncio.create_task(c.run())
+    try:
+        await until(lambda: c.state.version > 0, 10, "the first snapshot")
+        held = c.state.version
+        control.write("new.yaml", pod("web-1c", "mesh", "node1", "10.1.0.4"))
+        await until(lambda: control.metric("meshlet_control_rejects_total", 'node="node1"') >= 1, 2, "the reject")
+        assert "cannot serve it" in control.status()["proxies"][0]["lastError"]
+        assert "rejected version" in control.log() and "cannot serve it" in control.log()
+        assert c.state.version == held and workload(c.state, "web-1c") is None  # last good state kept
+    finally:
+        await c.stop()
+        await asyncio.wait_for(task, 10)

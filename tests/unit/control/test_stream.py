@@ -107,3 +107,28 @@ async def test_versions_a_proxy_missed_are_coalesced_into_one_delta() -> None:
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_after_a_nack_the_next_version_is_a_snapshot() -> None:
+    metrics = ControlMetrics()
+    store = ConfigStore(MeshSettings(), metrics)
+    store.apply([SourceBatch("f", (ns("a"), pod("p1", "10.0.0.1")))])
+    hub = ConfigHub(store, metrics)
+    sock, conn = FakeSocket(), ProxyConnection("n1", "x")
+    hub.connections.add(conn)
+    task = asyncio.create_task(hub._send_loop(conn, cast(web.WebSocketResponse, sock)))
+    try:
+        store.apply([SourceBatch("g", (pod("p2", "10.0.0.2"),))])
+        await until(lambda: sock.sent and sock.sent[-1]["version"] == 2)
+        hub._on_reply(conn, json.dumps({"type": "nack", "version": 2, "error": "bad p2"}))
+        assert conn.last_error == "bad p2" and metrics.rejects.labels("n1")._value.get() == 1
+        await asyncio.sleep(0.05)
+        sent = len(sock.sent)  # the rejected version is not pushed again
+        store.apply([SourceBatch("h", (pod("p3", "10.0.0.3"),))])
+        await until(lambda: len(sock.sent) == sent + 1)
+        assert sock.sent[-1]["type"] == "snapshot" and sock.sent[-1]["version"] == 3
+        hub._on_reply(conn, json.dumps({"type": "ack", "version": 3}))
+        assert conn.last_error is None and conn.acked_version == 3
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
