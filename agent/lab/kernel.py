@@ -3,13 +3,12 @@
 `ip` is driven with `-batch` so a node or a pod is set up in one process per netns; a failing line
 raises `KernelError` with the command and what `ip` said. Entering a netns (`entered`) uses setns(2) on
 the calling thread: sockets created inside keep that netns after we switch back, which is how the CLI
-talks to pods without forking a helper.
+talks to pods without forking a helper (see `agent.netns`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import json
 import os
 import signal
@@ -19,9 +18,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from agent import netns as netns_mod
+
 NETNS_DIR = Path("/var/run/netns")
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 class KernelError(RuntimeError):
@@ -81,28 +80,11 @@ def routes(netns: str | None = None) -> list[dict[str, Any]]:
     return parsed
 
 
-def setns(fd: int) -> None:
-    if _libc.setns(fd, CLONE_NEWNET) != 0:
-        err = ctypes.get_errno()
-        raise KernelError(f"setns: {os.strerror(err)}")
-
-
 @contextlib.contextmanager
 def entered(netns: str) -> Iterator[None]:
-    """Run the body with this thread in `netns`; sockets created there stay in it afterwards."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY)
-    try:
-        target = os.open(NETNS_DIR / netns, os.O_RDONLY)
-        try:
-            setns(target)
-        finally:
-            os.close(target)
-        try:
-            yield
-        finally:
-            setns(own)
-    finally:
-        os.close(own)
+    """Run the body with this thread in the named `netns`; sockets created there stay in it afterwards."""
+    with netns_mod.entered(NETNS_DIR / netns):
+        yield
 
 
 def sysctl(netns: str, key: str, value: str) -> None:

@@ -1,0 +1,212 @@
+"""The iptables backend: rules inside each enrolled pod's netns, in chains of our own.
+
+- nat OUTPUT -> MESHLET_OUTPUT: the pod's outbound TCP goes to ztunnel's 15001 (original destination via
+  SO_ORIGINAL_DST), except ztunnel's own connections (SO_MARK 0x539) and traffic that stays in the pod.
+- nat PREROUTING -> MESHLET_PRERT: inbound TCP goes to 15006, except HBONE (15008, ztunnel's own
+  listener) and the node's probe address (kubelet probes reach the app directly, as in Istio).
+- mangle: connections ztunnel opens to the app with the caller's IP as source (IP_TRANSPARENT) get
+  connmark 0x111; the app's replies restore that mark, and `ip rule fwmark 0x111 lookup 100` with
+  `local 0.0.0.0/0 dev lo` in table 100 delivers them to ztunnel instead of routing them out of the pod.
+
+Rules are data (`ruleset`), written exactly as `iptables-save` prints them, so checking for drift is a
+text comparison. They are applied in one `iptables-restore --noflush` transaction per pod: declaring an
+existing chain flushes it, so re-applying replaces our rules and never duplicates them; the jumps from
+the built-in chains are added only when missing (appended: after any Istio in-pod rules).
+All calls block (they run iptables in the pod netns): the agent runs them in a worker thread.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+ZTUNNEL_MARK = 0x539
+"""SO_MARK on every socket ztunnel opens: its own traffic is never captured again."""
+CONN_MARK = 0x111
+"""Connection mark of ztunnel's transparent connections to the app (for reply routing)."""
+MARK_MASK = 0xFFF
+ROUTE_TABLE = 100
+RULE_PREF = 32764
+CHAINS = {"mangle": ("MESHLET_PRERT", "MESHLET_OUTPUT"), "nat": ("MESHLET_PRERT", "MESHLET_OUTPUT")}
+HOOKS = {"MESHLET_PRERT": "PREROUTING", "MESHLET_OUTPUT": "OUTPUT"}
+
+
+class RedirectError(RuntimeError):
+    """Rules could not be installed, checked or removed; the message names the pod netns and the tool's
+    own words."""
+
+
+@dataclass(frozen=True, slots=True)
+class InpodSettings:
+    """The ports and addresses the rules steer to and around."""
+
+    probe_ip: str
+    """The node's address that kubelet probes come from: never captured."""
+    outbound_port: int = 15001
+    inbound_port: int = 15006
+    hbone_port: int = 15008
+
+
+def ruleset(s: InpodSettings) -> dict[str, dict[str, list[str]]]:
+    """table -> chain -> rules, each rule as `iptables-save` prints it (without the `-A CHAIN`)."""
+    mark = f"0x{ZTUNNEL_MARK:x}/0x{MARK_MASK:x}"
+    conn = f"0x{CONN_MARK:x}/0x{MARK_MASK:x}"
+    return {
+        "mangle": {
+            "MESHLET_PRERT": [f"-m mark --mark {mark} -j CONNMARK --set-xmark {conn}"],
+            "MESHLET_OUTPUT": [
+                f"-m connmark --mark {conn} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"
+            ],
+        },
+        "nat": {
+            "MESHLET_PRERT": [
+                f"-s {s.probe_ip}/32 -p tcp -j RETURN",
+                f"-p tcp -m tcp --dport {s.hbone_port} -j RETURN",
+                "-i lo -j RETURN",
+                f"-p tcp -j REDIRECT --to-ports {s.inbound_port}",
+            ],
+            "MESHLET_OUTPUT": [
+                f"-m mark --mark {mark} -j RETURN",
+                "-d 127.0.0.0/8 -j RETURN",
+                "-o lo -j RETURN",
+                f"-p tcp -j REDIRECT --to-ports {s.outbound_port}",
+            ],
+        },
+    }
+
+
+def _in_netns(netns: Path, cmd: list[str], stdin: str | None = None) -> str:
+    proc = subprocess.run(["nsenter", f"--net={netns}", *cmd], input=stdin, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        raise RedirectError(f"{' '.join(cmd)} in {netns} failed: {(proc.stderr or proc.stdout).strip()}")
+    return proc.stdout
+
+
+@dataclass(slots=True)
+class _Saved:
+    """Our part of a netns' rules, as `iptables-save` shows it."""
+
+    chains: dict[str, set[str]]
+    """table -> our chains declared there (even when empty)."""
+    rules: dict[str, dict[str, list[str]]]
+    """table -> chain -> rules: our chains' rules, and the built-in chains' jumps to ours."""
+
+    def jumps(self, table: str, chain: str) -> int:
+        return self.rules.get(table, {}).get(HOOKS[chain], []).count(f"-j {chain}")
+
+
+def _read(netns: Path) -> _Saved:
+    saved = _Saved({}, {})
+    table = ""
+    for line in _in_netns(netns, ["iptables-save"]).splitlines():
+        if line.startswith("*"):
+            table = line[1:]
+        elif line.startswith(":MESHLET_"):
+            saved.chains.setdefault(table, set()).add(line[1:].split(" ", 1)[0])
+        elif line.startswith("-A "):
+            chain, _, rule = line[3:].partition(" ")
+            if chain in HOOKS or (chain in HOOKS.values() and rule.startswith("-j MESHLET_")):
+                saved.rules.setdefault(table, {}).setdefault(chain, []).append(rule)
+    return saved
+
+
+def _table_routes(netns: Path) -> list[dict[str, object]]:
+    try:
+        routes: list[dict[str, object]] = json.loads(
+            _in_netns(netns, ["ip", "-j", "route", "show", "table", str(ROUTE_TABLE)]) or "[]"
+        )
+    except RedirectError as exc:
+        if "table does not exist" in str(exc):  # nothing was ever routed there
+            return []
+        raise
+    return routes
+
+
+def _expected(s: InpodSettings) -> dict[str, dict[str, list[str]]]:
+    want = ruleset(s)
+    for table, chains in CHAINS.items():
+        for chain in chains:
+            want[table].setdefault(HOOKS[chain], []).append(f"-j {chain}")
+    return want
+
+
+class IptablesBackend:
+    """Installs, checks and removes the in-pod rules (and the reply-routing rule) in a pod netns."""
+
+    name = "iptables"
+
+    def __init__(self, settings: InpodSettings) -> None:
+        self.settings = settings
+
+    def drift(self, netns: Path) -> list[str]:
+        """What differs from the desired rules in `netns` ([] when exactly as desired)."""
+        have, want = _read(netns).rules, _expected(self.settings)
+        problems = []
+        for table in sorted(set(want) | set(have)):
+            for chain in sorted(set(want.get(table, {})) | set(have.get(table, {}))):
+                w, h = want.get(table, {}).get(chain, []), have.get(table, {}).get(chain, [])
+                if w != h:
+                    problems.append(f"{table}/{chain}: have {h}, want {w}")
+        if not self._route_present(netns):
+            problems.append(f"ip rule fwmark 0x{CONN_MARK:x} lookup {ROUTE_TABLE} or its local route is missing")
+        return problems
+
+    def install(self, netns: Path) -> bool:
+        """Make the rules in `netns` exactly as desired; returns False when they already were (no change)."""
+        if not self.drift(netns):
+            return False
+        saved = _read(netns)
+        lines: list[str] = []
+        for table, chains in ruleset(self.settings).items():
+            lines.append(f"*{table}")
+            lines += [f":{chain} - [0:0]" for chain in chains]  # declares, or flushes when present
+            for chain, rules in chains.items():
+                lines += [f"-A {chain} {rule}" for rule in rules]
+            for chain in chains:
+                count = saved.jumps(table, chain)
+                lines += [f"-D {HOOKS[chain]} -j {chain}"] * max(0, count - 1)  # duplicates cut back to one
+                if count == 0:
+                    lines.append(f"-A {HOOKS[chain]} -j {chain}")
+            lines.append("COMMIT")
+        _in_netns(netns, ["iptables-restore", "--noflush"], "\n".join(lines) + "\n")
+        self._install_route(netns)
+        return True
+
+    def remove(self, netns: Path) -> None:
+        """Remove every rule, chain and route of ours from `netns`; nothing else is touched."""
+        saved = _read(netns)
+        lines: list[str] = []
+        for table, chains in CHAINS.items():
+            present = [c for c in chains if c in saved.chains.get(table, set())]
+            deletes = [f"-D {HOOKS[c]} -j {c}" for c in chains for _ in range(saved.jumps(table, c))]
+            if present or deletes:
+                lines += [f"*{table}", *deletes, *(f"-F {c}" for c in present), *(f"-X {c}" for c in present)]
+                lines.append("COMMIT")
+        if lines:
+            _in_netns(netns, ["iptables-restore", "--noflush"], "\n".join(lines) + "\n")
+        self._remove_route(netns)
+
+    def _route_present(self, netns: Path) -> bool:
+        rules = json.loads(_in_netns(netns, ["ip", "-j", "rule", "show"]) or "[]")
+        has_rule = any(r.get("priority") == RULE_PREF and str(r.get("table")) == str(ROUTE_TABLE) for r in rules)
+        routes = _table_routes(netns)
+        has_route = any(r.get("type") == "local" and r.get("dst") == "default" for r in routes)
+        return has_rule and has_route
+
+    def _install_route(self, netns: Path) -> None:
+        if self._route_present(netns):
+            return
+        self._remove_route(netns)
+        fwmark = f"0x{CONN_MARK:x}/0x{MARK_MASK:x}"
+        _in_netns(netns, ["ip", "rule", "add", "fwmark", fwmark, "pref", str(RULE_PREF), "lookup", str(ROUTE_TABLE)])
+        _in_netns(netns, ["ip", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(ROUTE_TABLE)])
+
+    def _remove_route(self, netns: Path) -> None:
+        rules = json.loads(_in_netns(netns, ["ip", "-j", "rule", "show"]) or "[]")
+        for r in rules:
+            if r.get("priority") == RULE_PREF:
+                _in_netns(netns, ["ip", "rule", "del", "pref", str(RULE_PREF)])
+        if _table_routes(netns):
+            _in_netns(netns, ["ip", "route", "flush", "table", str(ROUTE_TABLE)])
