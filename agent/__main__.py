@@ -1,0 +1,5 @@
+"""Run the node agent with `python -m agent`."""
+
+from agent.main import main
+
+main()

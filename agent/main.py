@@ -1,0 +1,115 @@
+"""`python -m agent`: the node agent, one per node.
+
+It watches the store (Namespaces and Pods, through control's file source and model), keeps this node's
+enrolled pods captured with the chosen backend, serves ZDS to the node's ztunnel, and reports on its
+status socket. Store changes reach the kernel within the source's poll interval plus one reconcile; a
+periodic pass every `resync` seconds repairs drift and finds pods whose netns appeared late.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import uvloop
+
+from agent.enrolling import node_pods
+from agent.reconciling import Reconciler
+from agent.redirect.iptables import InpodSettings, IptablesBackend
+from agent.status import serve_status
+from agent.zds import ZdsServer
+from control.model.mesh import MeshSettings
+from control.sources.files import FileSource
+from control.store import ConfigStore
+
+log = logging.getLogger("agent")
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m agent", description="meshlet node agent")
+    p.add_argument("--node", required=True, help="this node's name (pods with spec.nodeName == NODE)")
+    p.add_argument("--store", type=Path, required=True, help="directory of Kubernetes-shaped YAML")
+    p.add_argument("--zds-socket", type=Path, default=Path("/var/run/meshlet/ztunnel.sock"))
+    p.add_argument("--status-socket", type=Path, default=Path("/var/run/meshlet/agent.sock"))
+    p.add_argument("--redirect", choices=["iptables"], default="iptables", help="redirection backend")
+    p.add_argument("--probe-ip", required=True, help="the node address kubelet probes come from")
+    p.add_argument("--dataplane-label", default="meshlet.io/dataplane-mode", help="label key that enrolls")
+    p.add_argument("--resync", type=float, default=2.0, help="seconds between full reconcile passes")
+    p.add_argument("--log-level", default="INFO")
+    return p
+
+
+class Agent:
+    """Wires the store, the reconciler, ZDS and the status API together."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.started = time.time()
+        self.mesh = MeshSettings(dataplane_label=args.dataplane_label)
+        self.store = ConfigStore(self.mesh)
+        self.source = FileSource(args.store)
+        self.backend = IptablesBackend(InpodSettings(probe_ip=args.probe_ip))
+        self.zds = ZdsServer(args.zds_socket, lambda: self.reconciler.replay())
+        self.reconciler = Reconciler(self.backend, self.zds)
+        self._wake = asyncio.Event()
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def snapshot(self) -> dict[str, Any]:
+        pods = sorted((s.to_json() for s in self.reconciler.pods.values()), key=lambda p: (p["namespace"], p["name"]))
+        return {
+            "node": self.args.node,
+            "backend": self.backend.name,
+            "startedAt": self.started,
+            "ztunnel": {"connected": self.zds.connected, "connects": self.zds.connects, "served": len(self.zds.served)},
+            "store": {"source": "file", "path": str(self.args.store), "synced": self.store.synced,
+                      "version": self.store.version, "errors": [str(e) for e in self.store.all_errors()]},
+            "pods": pods,
+        }  # fmt: skip
+
+    async def run(self) -> None:
+        await self.zds.start()
+        self.zds.on_connect = self._wake.set
+        self.store.subscribe(self._wake.set)
+        status = await serve_status(self.args.status_socket, self.snapshot)
+        self.store.apply(await asyncio.to_thread(self.source.scan))
+        self._spawn(self.source.run(self.store.apply), "store")
+        self._spawn(self._loop(), "reconcile")
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop.set)
+        log.info("agent for node %s running (%s backend)", self.args.node, self.backend.name)
+        await stop.wait()
+        # Rules stay: captured pods stay captured (fail closed) until an agent releases them.
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.zds.close()
+        await status.cleanup()
+
+    def _spawn(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+
+    async def _loop(self) -> None:
+        while True:
+            try:
+                await self.reconciler.sync(node_pods(self.store.objects.values(), self.args.node, self.mesh))
+            except Exception:
+                log.exception("reconcile pass failed; retrying")
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), self.args.resync)
+            except TimeoutError:
+                pass
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parser().parse_args(argv)
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    uvloop.run(Agent(args).run())

@@ -1,0 +1,155 @@
+"""The agent's reconcile loop: make each pod of this node captured (or not) as its labels ask.
+
+For an enrolled pod: find its netns by IP, install the redirection (a no-op when the rules are already
+exactly right, so a restarted agent changes nothing and established connections survive), then hand
+the netns to ztunnel; the pod is `pending` until ztunnel acks. For a pod no longer enrolled: tell
+ztunnel, then remove the rules. A crash of the agent leaves the rules in place: captured traffic is
+refused while ztunnel is away (fail closed), never passed around it.
+Kernel work runs in worker threads; the event loop only decides.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from agent.discovery import FoundNetns, netns_by_ip
+from agent.enrolling import PodTarget
+from agent.zds import ZdsServer, ZdsUnavailable
+from ztunnel.inpod.protocol import WorkloadInfo
+
+log = logging.getLogger(__name__)
+
+
+class Backend(Protocol):
+    name: str
+
+    def install(self, netns: Path) -> bool: ...
+    def remove(self, netns: Path) -> None: ...
+
+
+@dataclass(slots=True)
+class PodStatus:
+    """Where one pod of this node stands."""
+
+    target: PodTarget
+    state: str
+    """captured | pending | error | plain"""
+    reason: str | None = None
+    netns: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        t = self.target
+        return {"uid": t.uid, "name": t.name, "namespace": t.namespace, "ips": list(t.ips), "enrolled": t.enrolled,
+                "state": self.state, "reason": self.reason, "netns": self.netns}  # fmt: skip
+
+
+class Reconciler:
+    """Holds every pod's status and the netns fds ztunnel may be handed again on a reconnect."""
+
+    def __init__(self, backend: Backend, zds: ZdsServer) -> None:
+        self.backend = backend
+        self.zds = zds
+        self.pods: dict[str, PodStatus] = {}
+        self._netns: dict[str, FoundNetns] = {}
+        self._fds: dict[str, int] = {}
+        self._lock = asyncio.Lock()
+        self._first = True
+
+    def replay(self) -> list[tuple[str, WorkloadInfo, int]]:
+        """What ztunnel gets after it (re)connects: every enrolled pod whose rules are in place."""
+        return [
+            (uid, _info(st.target), self._fds[uid])
+            for uid, st in sorted(self.pods.items())
+            if st.target.enrolled and uid in self._fds and st.state in ("captured", "pending")
+        ]
+
+    async def sync(self, targets: dict[str, PodTarget]) -> None:
+        async with self._lock:
+            index: dict[str, FoundNetns] | None = None
+            for uid, target in targets.items():
+                netns = self._netns.get(uid)
+                if netns is None or not os.path.exists(netns.path):
+                    if index is None:
+                        index = await asyncio.to_thread(netns_by_ip)
+                    netns = next((index[ip] for ip in target.ips if ip in index), None)
+                if target.enrolled:
+                    await self._enroll(target, netns)
+                elif (uid in self.pods and self.pods[uid].target.enrolled) or (self._first and netns is not None):
+                    # Unenrolled now, or maybe enrolled before an agent restart: take our rules away.
+                    await self._unenroll(target, netns)
+                else:
+                    self.pods[uid] = PodStatus(target, "plain", netns=str(netns.path) if netns else None)
+                if netns is not None:
+                    self._netns[uid] = netns
+            for uid in set(self.pods) - set(targets):
+                await self._forget(uid)
+            self._first = False
+
+    async def _enroll(self, target: PodTarget, netns: FoundNetns | None) -> None:
+        if netns is None:
+            self._set(target, "error", f"no network namespace holds {', '.join(target.ips)} (yet)", None)
+            return
+        try:
+            changed = await asyncio.to_thread(self.backend.install, netns.path)
+        except Exception as exc:  # an iptables failure is this pod's problem only
+            self._set(target, "error", f"{self.backend.name}: {exc}", netns)
+            return
+        if changed:
+            log.info("captured %s (%s rules installed in %s)", target.ref, self.backend.name, netns.path)
+        if target.uid not in self._fds:
+            self._fds[target.uid] = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
+        if target.uid in self.zds.served:
+            self._set(target, "captured", None, netns)
+            return
+        try:
+            await self.zds.add(target.uid, _info(target), self._fds[target.uid])
+            self._set(target, "captured", None, netns)
+        except ZdsUnavailable as exc:
+            self._set(target, "pending", str(exc), netns)
+
+    async def _unenroll(self, target: PodTarget, netns: FoundNetns | None) -> None:
+        if target.uid in self.zds.served:
+            try:
+                await self.zds.delete(target.uid)
+            except ZdsUnavailable as exc:
+                log.warning("could not tell ztunnel to drop %s: %s", target.ref, exc)
+        self._close_fd(target.uid)
+        if netns is not None:
+            try:
+                await asyncio.to_thread(self.backend.remove, netns.path)
+            except Exception as exc:
+                self._set(target, "error", f"removing rules: {exc}", netns)
+                return
+        log.info("released %s", target.ref)
+        self._set(target, "plain", None, netns)
+
+    async def _forget(self, uid: str) -> None:
+        status = self.pods.pop(uid)
+        self._netns.pop(uid, None)
+        if uid in self.zds.served:
+            try:
+                await self.zds.delete(uid)
+            except ZdsUnavailable as exc:
+                log.warning("could not tell ztunnel to drop %s: %s", status.target.ref, exc)
+        self._close_fd(uid)
+
+    def _close_fd(self, uid: str) -> None:
+        fd = self._fds.pop(uid, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _set(self, target: PodTarget, state: str, reason: str | None, netns: FoundNetns | None) -> None:
+        old = self.pods.get(target.uid)
+        if old is None or (old.state, old.reason) != (state, reason):
+            if state == "error":
+                log.error("%s: %s", target.ref, reason)  # once per distinct error
+        self.pods[target.uid] = PodStatus(target, state, reason, str(netns.path) if netns else None)
+
+
+def _info(t: PodTarget) -> WorkloadInfo:
+    return WorkloadInfo(t.name, t.namespace, t.service_account, t.ips)
