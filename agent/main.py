@@ -18,11 +18,13 @@ from typing import Any
 
 import uvloop
 
-from agent.enrolling import node_pods
+from agent.annotating import set_annotation
+from agent.enrolling import PodTarget, node_pods
 from agent.reconciling import Reconciler
 from agent.redirect.iptables import InpodSettings, IptablesBackend
 from agent.status import serve_status
 from agent.zds import ZdsServer
+from control.model.fields import ObjectKey
 from control.model.mesh import MeshSettings
 from control.sources.files import FileSource
 from control.store import ConfigStore
@@ -55,9 +57,13 @@ class Agent:
         self.source = FileSource(args.store)
         self.backend = IptablesBackend(InpodSettings(probe_ip=args.probe_ip))
         self.zds = ZdsServer(args.zds_socket, lambda: self.reconciler.replay())
-        self.reconciler = Reconciler(self.backend, self.zds)
+        self.reconciler = Reconciler(self.backend, self.zds, self._annotate)
         self._wake = asyncio.Event()
         self._tasks: set[asyncio.Task[None]] = set()
+
+    def _annotate(self, target: PodTarget, value: str | None) -> bool:
+        origin = self.store.origin(ObjectKey("Pod", target.namespace, target.name))
+        return origin is not None and set_annotation(Path(origin), target.namespace, target.name, value)
 
     def snapshot(self) -> dict[str, Any]:
         pods = sorted((s.to_json() for s in self.reconciler.pods.values()), key=lambda p: (p["namespace"], p["name"]))

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
@@ -51,9 +52,14 @@ class PodStatus:
 class Reconciler:
     """Holds every pod's status and the netns fds ztunnel may be handed again on a reconnect."""
 
-    def __init__(self, backend: Backend, zds: ZdsServer) -> None:
+    def __init__(
+        self, backend: Backend, zds: ZdsServer, annotate: Callable[[PodTarget, str | None], object] | None = None
+    ) -> None:
         self.backend = backend
         self.zds = zds
+        self.annotate = annotate
+        """Records a pod's redirection state on its object ('enabled' or None); blocking, run in a thread."""
+        self._annotated: dict[str, str | None] = {}
         self.pods: dict[str, PodStatus] = {}
         self._netns: dict[str, FoundNetns] = {}
         self._fds: dict[str, int] = {}
@@ -88,7 +94,25 @@ class Reconciler:
                     self._netns[uid] = netns
             for uid in set(self.pods) - set(targets):
                 await self._forget(uid)
+                self._annotated.pop(uid, None)
+            await self._annotate_changes()
             self._first = False
+
+    async def _annotate_changes(self) -> None:
+        if self.annotate is None:
+            return
+        for uid, st in self.pods.items():
+            value = "enabled" if st.state in ("captured", "pending") else None
+            if uid in self._annotated and self._annotated[uid] == value:
+                continue
+            if uid not in self._annotated and value is None and not st.target.enrolled:
+                self._annotated[uid] = None  # never enrolled: nothing to record
+                continue
+            try:
+                await asyncio.to_thread(self.annotate, st.target, value)
+                self._annotated[uid] = value
+            except OSError as exc:
+                log.warning("could not annotate %s: %s", st.target.ref, exc)
 
     async def _enroll(self, target: PodTarget, netns: FoundNetns | None) -> None:
         if netns is None:

@@ -162,6 +162,10 @@ class ConfigStore:
                 if self._vips.get(vip) == key:
                     del self._vips[vip]
 
+    def origin(self, key: ObjectKey) -> str | None:
+        """Where the object in force for `key` came from (a file, for the file source)."""
+        return self._origin.get(key)
+
     def pods_on_node(self, node: str) -> list[Pod]:
         return [o for o in self.objects.values() if isinstance(o, Pod) and o.node == node and o.running]
 

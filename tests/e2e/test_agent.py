@@ -143,6 +143,13 @@ def captured(lab: Lab, pod: str) -> bool:
     return "-A OUTPUT -j MESHLET_OUTPUT" in save(lab, pod)
 
 
+def annotation(lab: Lab, pod: str) -> str | None:
+    ns = lab.pod(pod)["namespace"]
+    obj = yaml.safe_load((Path(lab.status["store"]) / f"pod.{ns}.{pod}.yaml").read_text())
+    value: str | None = (obj["metadata"].get("annotations") or {}).get("meshlet.io/redirection")
+    return value
+
+
 def set_namespace_label(lab: Lab, namespace: str, ambient: bool) -> None:
     path = Path(lab.status["store"]) / f"namespace._.{namespace}.yaml"
     obj = yaml.safe_load(path.read_text())
@@ -196,9 +203,11 @@ def test_label_flips_capture_both_ways_within_a_second_without_restarting_pods(l
         wait_for(lambda: captured(lab, "web-1b"), 1.5, "capture of web-1b")
         wait_for(lambda: agent.pod("web-1b")["state"] == "captured", 1.0, "web-1b handed to ztunnel")
         assert "add_workload" in zt.types()
+        wait_for(lambda: annotation(lab, "web-1b") == "enabled", 2.0, "the pod annotated")
         set_namespace_label(lab, "plain", ambient=False)
         wait_for(lambda: not captured(lab, "web-1b"), 1.5, "release of web-1b")
         wait_for(lambda: "del_workload" in zt.types(), 1.0, "ztunnel told")
+        wait_for(lambda: annotation(lab, "web-1b") is None, 2.0, "the annotation removed")
         out = lab.exec("web-1b", "curl", "-sS", "-m", "3", f"http://{lab.pod('web-2b')['ip']}:8080/").stdout
         assert json.loads(out)["peer"].startswith(lab.pod("web-1b")["ip"])  # direct, in plaintext again
         assert lab.exec("web-1b", "sh", "-c", "ss -ltnpH | grep -o 'pid=[0-9]*'").stdout == app_pid
