@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
@@ -39,6 +40,9 @@ class ProxyConnection:
     """The error of the proxy's last nack, cleared by its next ack."""
     needs_snapshot: bool = False
     """After a nack the proxy holds an older version than we sent: its next update is a full snapshot."""
+    snapshot_now: bool = False
+    """A nack of a version older than the newest sent: the newer one was built on what the proxy lacks,
+    so the current version goes to it whole, right away."""
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
 
     def status(self) -> dict[str, object]:
@@ -74,7 +78,9 @@ class ConfigHub:
         self.connections.add(conn)
         self.metrics.connected_proxies.set(len(self.connections))
         log.info("proxy of node %s connected from %s", node, conn.peer)
-        sender = asyncio.create_task(self._send_loop(conn, ws), name=f"config-sender-{node}")
+        # uvloop's transports are not asyncio.Transport subclasses: take the abort method itself.
+        abort = getattr(request.transport, "abort", None)
+        sender = asyncio.create_task(self._send_loop(conn, ws, abort), name=f"config-sender-{node}")
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -101,18 +107,24 @@ class ConfigHub:
             self.metrics.acks.inc()
         elif message["type"] == "nack":
             conn.last_error = str(message["error"])
-            # Not resent at once: the same version would be rejected again. The next version goes whole.
+            # Not resent at once: the same version would be rejected again. The next version goes whole,
+            # or the current one now when the proxy has already been sent a newer delta it cannot apply.
             conn.needs_snapshot = True
+            if message["version"] != conn.sent_version:
+                conn.snapshot_now = True
+                conn.dirty.set()
             self.metrics.rejects.labels(conn.node).inc()
             log.error("proxy of node %s rejected version %s: %s", conn.node, message["version"], conn.last_error)
 
-    async def _send_loop(self, conn: ProxyConnection, ws: web.WebSocketResponse) -> None:
+    async def _send_loop(
+        self, conn: ProxyConnection, ws: web.WebSocketResponse, abort: Callable[[], None] | None = None
+    ) -> None:
         sent: MeshState = {}
         try:
             while True:
                 state, version = self.store.state, self.store.version
-                if not sent or (conn.needs_snapshot and version != conn.sent_version):
-                    conn.needs_snapshot = False
+                if not sent or conn.snapshot_now or (conn.needs_snapshot and version != conn.sent_version):
+                    conn.needs_snapshot = conn.snapshot_now = False
                     message = {
                         "type": "snapshot",
                         "epoch": self.store.epoch,
@@ -138,7 +150,12 @@ class ConfigHub:
                 except TimeoutError:
                     self.metrics.slow_disconnects.inc()
                     log.warning("proxy of node %s did not read for %ss: disconnecting", conn.node, self.send_timeout)
-                    await ws.close()
+                    # A graceful close would wait for the very buffer the proxy is not reading: abort, so
+                    # the socket and its buffered data go now and the proxy sees a reset and reconnects.
+                    if abort is not None:
+                        abort()
+                    else:
+                        await ws.close()
                     return
                 self.metrics.pushes.labels(message["type"]).inc()
                 sent, conn.sent_version = state, version

@@ -22,6 +22,9 @@ from control import wire
 from ztunnel.config.state import ConfigRejected, ConfigState, Validator, apply
 
 log = logging.getLogger(__name__)
+STABLE_SESSION = 5.0
+"""Seconds a session must last before the backoff starts over: a control that accepts and hangs up at
+once must not be hammered by every node."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,9 +75,11 @@ class ConfigClient:
         """Until `stop`: connect, follow the stream, and after any failure wait and reconnect."""
         delay = self.backoff_initial
         while not self._stopping.is_set():
+            started = asyncio.get_running_loop().time()
             try:
                 await self._session()
-                delay = self.backoff_initial  # a session that got going resets the backoff
+                if asyncio.get_running_loop().time() - started > STABLE_SESSION:
+                    delay = self.backoff_initial  # only a session that lasted resets the backoff
             except (aiohttp.ClientError, OSError, TimeoutError, wire.WireError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("config stream to %s failed: %s; retrying", self.url, self.last_error)
@@ -101,6 +106,8 @@ class ConfigClient:
             aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
             session.ws_connect(self.url, ssl=ctx, heartbeat=15.0, max_msg_size=64 << 20) as ws,
         ):
+            if self._stopping.is_set():
+                return  # stop() came while we were connecting
             self._ws = ws
             self.connected = True
             self.connects += 1
@@ -112,7 +119,8 @@ class ConfigClient:
                 message = wire.decode(msg.data)
                 try:
                     new = apply(self.state, message, self.validate)
-                except ConfigRejected as exc:
+                except (ConfigRejected, ValueError, TypeError, KeyError, AttributeError) as exc:
+                    # Whatever is wrong with a message concerns that version only: nack it, keep going.
                     log.error("rejected config version %s: %s", message["version"], exc)
                     # The last good state stays; control answers a nack with a snapshot at its next version.
                     await ws.send_str(wire.encode({"type": "nack", "version": message["version"], "error": str(exc)}))
@@ -120,7 +128,10 @@ class ConfigClient:
                 self.state = new
                 await ws.send_str(wire.encode({"type": "ack", "version": new.version}))
                 if self.on_update is not None:
-                    self.on_update(new)
+                    try:
+                        self.on_update(new)
+                    except Exception:
+                        log.exception("applying config version %s failed", new.version)
             self._ws = None
             if ws.close_code is not None and not self._stopping.is_set():
                 log.info("config stream closed by control (code %s)", ws.close_code)

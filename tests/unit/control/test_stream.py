@@ -19,6 +19,15 @@ from control.stream import ConfigHub, ProxyConnection
 pytestmark = pytest.mark.asyncio
 
 
+class FakeTransport:
+    """Records that the hub aborted the connection."""
+
+    aborted = False
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
 class FakeSocket:
     """Stands in for a WebSocketResponse; `stuck` never completes a send (a proxy that stopped reading)."""
 
@@ -63,9 +72,10 @@ async def test_slow_proxy_is_disconnected_and_never_delays_the_others() -> None:
     fast, slow = FakeSocket(), FakeSocket(stuck=True)
     conns = [ProxyConnection("fast", "x"), ProxyConnection("slow", "y")]
     hub.connections.update(conns)
+    transport = FakeTransport()
     tasks = [
-        asyncio.create_task(hub._send_loop(c, cast(web.WebSocketResponse, s)))
-        for c, s in zip(conns, (fast, slow), strict=True)
+        asyncio.create_task(hub._send_loop(conns[0], cast(web.WebSocketResponse, fast))),
+        asyncio.create_task(hub._send_loop(conns[1], cast(web.WebSocketResponse, slow), transport.abort)),
     ]
     try:
         await until(lambda: len(fast.sent) == 1)
@@ -75,7 +85,7 @@ async def test_slow_proxy_is_disconnected_and_never_delays_the_others() -> None:
         delta = fast.sent[1]
         assert (delta["type"], delta["base"], delta["version"]) == ("delta", 1, 2)
         assert [w["name"] for w in delta["upsert"]["workloads"]] == ["p2"] and delta["remove"] == {}
-        await until(lambda: slow.closed)
+        await until(lambda: transport.aborted)  # aborted: a graceful close would wait on the unread buffer
         assert metrics.slow_disconnects._value.get() == 1
     finally:
         for t in tasks:
@@ -104,6 +114,28 @@ async def test_versions_a_proxy_missed_are_coalesced_into_one_delta() -> None:
         assert sorted(w["name"] for w in delta["upsert"]["workloads"]) == ["p2", "p3"]
         await asyncio.sleep(0.05)
         assert len(sock.sent) == 2
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_nack_of_an_older_version_sends_the_current_one_whole_at_once() -> None:
+    metrics = ControlMetrics()
+    store = ConfigStore(MeshSettings(), metrics)
+    store.apply([SourceBatch("f", (ns("a"), pod("p1", "10.0.0.1")))])
+    hub = ConfigHub(store, metrics)
+    sock, conn = FakeSocket(), ProxyConnection("n1", "x")
+    hub.connections.add(conn)
+    task = asyncio.create_task(hub._send_loop(conn, cast(web.WebSocketResponse, sock)))
+    try:
+        store.apply([SourceBatch("g", (pod("p2", "10.0.0.2"),))])
+        store.apply([SourceBatch("h", (pod("p3", "10.0.0.3"),))])
+        await until(lambda: sock.sent and sock.sent[-1]["version"] == 3)
+        sent = len(sock.sent)
+        # The proxy rejected version 2 after version 3 (built on 2) was already on its way.
+        hub._on_reply(conn, json.dumps({"type": "nack", "version": 2, "error": "bad p2"}))
+        await until(lambda: len(sock.sent) == sent + 1)
+        assert sock.sent[-1]["type"] == "snapshot" and sock.sent[-1]["version"] == 3
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
