@@ -60,6 +60,11 @@ def _describe(raw: Mapping[str, Any]) -> str:
     return f"{raw.get('kind', '?')} {f'{ns}/' if ns else ''}{name or '?'}"
 
 
+def _holds_ip(pod: Pod) -> bool:
+    """Host-network pods share the node's IP, and finished pods have given theirs back."""
+    return not pod.host_network and pod.phase not in ("Succeeded", "Failed")
+
+
 class ConfigStore:
     """Objects by key, their origins, current errors, and the versioned mesh state."""
 
@@ -79,6 +84,8 @@ class ConfigStore:
         self._pod_ips: dict[str, ObjectKey] = {}
         self._vips: dict[str, ObjectKey] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._parked: dict[ObjectKey, tuple[dict[str, Any], str]] = {}
+        """Objects rejected only for an address another object holds: retried when addresses free up."""
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener` after every new version; returns the function that unsubscribes."""
@@ -88,6 +95,7 @@ class ConfigStore:
     def apply(self, batches: Sequence[SourceBatch]) -> None:
         for batch in batches:
             self._apply_batch(batch)
+        self._retry_parked()
         self.synced = True
         new = build_state(self.objects.values(), self.settings)
         if new != self.state:
@@ -110,16 +118,24 @@ class ConfigStore:
                 continue  # kinds the mesh does not use (ConfigMaps, Deployments, ...) are not errors
             try:
                 obj = converter(raw)
-                self._check_unique(obj)
             except ValidationError as exc:
                 # The last good version (if any) stays in force.
                 errors.append(StoreError(batch.origin, _describe(raw), str(exc)))
+                continue
+            self._parked.pop(obj.key, None)
+            try:
+                self._check_unique(obj)
+            except ValidationError as exc:
+                errors.append(StoreError(batch.origin, _describe(raw), str(exc)))
+                self._parked[obj.key] = (raw, batch.origin)
                 continue
             self._put(obj, batch.origin)
         for key in batch.deletes:
             # An object that moved to another file is not deleted by its old file's batch.
             if self._origin.get(key) == batch.origin:
                 self._remove(key)
+            if key in self._parked and self._parked[key][1] == batch.origin:
+                del self._parked[key]
         before = {str(e) for e in self.errors.get(batch.origin, [])}
         for error in errors:
             if str(error) not in before:
@@ -129,8 +145,25 @@ class ConfigStore:
         elif self.errors.pop(batch.origin, None):
             log.info("%s: all objects valid again", batch.origin)
 
+    def _retry_parked(self) -> None:
+        """Objects waiting for an address: those whose address is free now come into force."""
+        for key, (raw, origin) in list(self._parked.items()):
+            obj = CONVERTERS[str(raw.get("kind"))](raw)
+            try:
+                self._check_unique(obj)
+            except ValidationError:
+                continue
+            del self._parked[key]
+            self._put(obj, origin)
+            remaining = [e for e in self.errors.get(origin, []) if e.object != _describe(raw)]
+            if remaining:
+                self.errors[origin] = remaining
+            else:
+                self.errors.pop(origin, None)
+            log.info("%s: %s now in force (its address was freed)", origin, key)
+
     def _check_unique(self, obj: Converted) -> None:
-        if isinstance(obj, Pod) and not obj.host_network:
+        if isinstance(obj, Pod) and _holds_ip(obj):
             for ip in obj.ips:
                 holder = self._pod_ips.get(ip)
                 if holder is not None and holder != obj.key:
@@ -145,7 +178,7 @@ class ConfigStore:
         self._remove(obj.key)
         self.objects[obj.key] = obj
         self._origin[obj.key] = origin
-        if isinstance(obj, Pod) and not obj.host_network:
+        if isinstance(obj, Pod) and _holds_ip(obj):
             self._pod_ips.update(dict.fromkeys(obj.ips, obj.key))
         if isinstance(obj, Service):
             self._vips.update(dict.fromkeys(obj.vips, obj.key))

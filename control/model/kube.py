@@ -20,7 +20,6 @@ from control.model.fields import (
     object_key,
     opt_bool,
     opt_list,
-    opt_map,
     opt_str,
     port_number,
 )
@@ -203,7 +202,8 @@ class Service:
             if protocol not in ("TCP", "UDP", "SCTP"):
                 fail(f"{field}.protocol", f"{protocol!r} is not one of TCP, UDP, SCTP")
             ports.append(ServicePort(opt_str(port, "name"), number, target, protocol))
-        selector = labels(obj, "spec.selector") if opt_map(obj, "spec").get("selector") is not None else None
+        # An empty selector selects nothing, as in Kubernetes (endpoints are then managed by hand).
+        selector = labels(obj, "spec.selector") or None
         return cls(
             name=key.name,
             namespace=key.namespace,

@@ -9,7 +9,7 @@ object is valid beyond "is this an object at all": the store converts and keeps 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from control.model.fields import ObjectKey
@@ -24,8 +24,6 @@ class SourceBatch:
     deletes: tuple[ObjectKey, ...] = ()
     errors: tuple[str, ...] = ()
     """Problems with the origin as a whole (unparsable YAML, say): its objects keep their last good state."""
-    keep: tuple[ObjectKey, ...] = field(default=())
-    """Objects the origin still names but could not give in valid form: neither updated nor deleted."""
 
 
 Sink = Callable[[Sequence[SourceBatch]], None]

@@ -35,6 +35,9 @@ class _Seen:
     keys: set[ObjectKey] = field(default_factory=set)
 
 
+Signature = tuple[int, int, int]
+
+
 def raw_key(obj: dict[str, Any]) -> ObjectKey:
     """The key of a raw document, before full validation (the store checks names properly)."""
     kind = req_str(obj, "kind")
@@ -51,11 +54,17 @@ class FileSource:
         self.directory = directory
         self.interval = interval
         self._seen: dict[Path, _Seen] = {}
+        self._pending: dict[Path, Signature] = {}
+        """Files seen changing in the last poll: read once their signature holds still for one more."""
         self._started = False
 
     async def run(self, sink: Sink) -> None:
         while True:
-            batches = await asyncio.to_thread(self.scan)
+            try:
+                batches = await asyncio.to_thread(self.scan)
+            except OSError as exc:  # the directory itself went bad: keep serving, keep looking
+                log.error("scanning %s failed: %s", self.directory, exc)
+                batches = []
             if batches or not self._started:
                 sink(batches)
                 self._started = True
@@ -83,10 +92,25 @@ class FileSource:
                 except FileNotFoundError:
                     present.discard(path)  # removed between listing and stat
                     continue
+                except OSError as exc:  # a symlink loop, a permission problem: this file only
+                    if path in self._seen:
+                        continue  # keep what it held; the error was reported when it first occurred
+                    self._seen[path] = _Seen((0, 0, 0))
+                    batches.append(SourceBatch(origin=str(path), errors=(f"unreadable: {exc}",)))
+                    continue
                 signature = (st.st_ino, st.st_size, st.st_mtime_ns)
                 seen = self._seen.get(path)
                 if seen is not None and seen.signature == signature:
                     continue
+                # An editor writing in place may be caught mid-write (an empty or cut file parses fine
+                # and would delete objects): a file changed in place is read once it has held still
+                # for one poll. A new inode (an atomic rename, as the lab and most tools write) is
+                # complete at once.
+                in_place = seen is not None and seen.signature[0] == signature[0]
+                if in_place and self._pending.get(path) != signature:
+                    self._pending[path] = signature
+                    continue
+                self._pending.pop(path, None)
                 batches.append(self._read(path, signature, seen))
         for path in sorted(set(self._seen) - present):
             gone = self._seen.pop(path)
@@ -100,7 +124,7 @@ class FileSource:
         except (OSError, yaml.YAMLError) as exc:
             # Keep every object the file held: an editor's half-written save must not delete them.
             self._seen[path] = _Seen(signature, before)
-            return SourceBatch(origin=str(path), errors=(f"unreadable YAML: {_one_line(exc)}",), keep=tuple(before))
+            return SourceBatch(origin=str(path), errors=(f"unreadable YAML: {_one_line(exc)}",))
         upserts: list[dict[str, Any]] = []
         errors: list[str] = []
         keys: set[ObjectKey] = set()

@@ -90,3 +90,8 @@ def test_service_port_of_wrong_type_is_named() -> None:
 def test_namespace_ignores_stray_namespace_field() -> None:
     ns = Namespace.from_k8s({"kind": "Namespace", "metadata": {"name": "mesh", "namespace": "x", "labels": {"a": "b"}}})
     assert ns.key.namespace == "" and ns.labels == (("a", "b"),)
+
+
+def test_empty_service_selector_selects_nothing() -> None:
+    svc = Service.from_k8s({"kind": "Service", "metadata": {"name": "a", "namespace": "b"}, "spec": {"selector": {}}})
+    assert svc.selector is None

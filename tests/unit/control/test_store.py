@@ -134,3 +134,20 @@ def test_service_endpoints_resolve_named_ports(store: ConfigStore) -> None:
     item = store.state["services"]["mesh/web"]
     assert item["hostname"] == "web.mesh.svc.cluster.local"
     assert [(e["ip"], e["ports"]) for e in item["endpoints"]] == [("10.0.0.1", {}), ("10.0.0.4", {"80": 8080})]
+
+
+def test_duplicate_comes_into_force_when_the_first_holder_goes(store: ConfigStore) -> None:
+    store.apply([SourceBatch("b.yaml", (pod("p2", "10.0.0.1"),))])
+    assert "p2" not in workloads(store)
+    store.apply(
+        [SourceBatch("a.yaml", (ns("mesh", ambient=True), ns("plain")), deletes=(ObjectKey("Pod", "mesh", "p1"),))]
+    )
+    assert "p2" in workloads(store) and "p1" not in workloads(store)
+    assert not store.all_errors()
+
+
+def test_finished_pods_give_their_ip_back(store: ConfigStore) -> None:
+    done = pod("job", "10.0.0.7")
+    done["status"]["phase"] = "Succeeded"
+    store.apply([SourceBatch("c.yaml", (done,)), SourceBatch("d.yaml", (pod("new", "10.0.0.7"),))])
+    assert "new" in workloads(store) and not store.all_errors()
