@@ -54,9 +54,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--trust-domain", default="cluster.local")
     serve.add_argument("--dataplane-label", default="meshlet.io/dataplane-mode", help="label key that enrolls")
     serve.add_argument("--cert-ttl", type=duration, default=timedelta(hours=24), help="workload certificate TTL")
-    serve.add_argument("--ca-cert", type=Path, help="plug-in CA certificate (with --ca-key)")
-    serve.add_argument("--ca-key", type=Path, help="plug-in CA key")
-    serve.add_argument("--ca-root", type=Path, help="root of a plug-in intermediate CA")
+    _ca_options(serve)
     serve.add_argument("--log-level", default="INFO")
     prov = sub.add_parser("provision-node", help="issue and register a node credential")
     prov.add_argument("node")
@@ -65,7 +63,14 @@ def parser() -> argparse.ArgumentParser:
         "--out", type=Path, required=True, help="directory for node-key.pem, node-cert.pem, root-cert.pem"
     )
     prov.add_argument("--trust-domain", default="cluster.local")
+    _ca_options(prov)  # a node credential must come from the CA that serve uses
     return p
+
+
+def _ca_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--ca-cert", type=Path, help="plug-in CA certificate (with --ca-key)")
+    p.add_argument("--ca-key", type=Path, help="plug-in CA key")
+    p.add_argument("--ca-root", type=Path, help="root of a plug-in intermediate CA")
 
 
 async def serve(settings: ControlSettings) -> None:
@@ -88,7 +93,10 @@ def main(argv: list[str] | None = None) -> None:
     )
     try:
         if args.command == "provision-node":
-            settings = ControlSettings(store=Path("."), state=args.state, mesh=MeshSettings(args.trust_domain))
+            settings = ControlSettings(
+                store=Path("."), state=args.state, mesh=MeshSettings(args.trust_domain),
+                ca_cert=args.ca_cert, ca_key=args.ca_key, ca_root=args.ca_root,
+            )  # fmt: skip
             files = NodeRegistry(args.state, load_ca(settings)).provision(args.node, args.out)
             print(f"node {args.node}: {files.key}, {files.cert}, {files.root}")
             return

@@ -13,7 +13,7 @@ import logging
 import ssl
 import tempfile
 from collections.abc import Awaitable, Callable
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from aiohttp import web
@@ -43,17 +43,17 @@ def load_ca(settings: ControlSettings) -> CertificateAuthority:
     return CertificateAuthority.load_or_create(settings.state, td)
 
 
-def server_tls(ca: CertificateAuthority, host: str) -> ssl.SSLContext:
-    """TLS 1.3 with a fresh serving certificate from the CA; client certificates asked for, checked later."""
-    ips = [host] if _is_ip(host) else []
+SERVING_TTL = timedelta(days=30)
+
+
+def load_serving_cert(ctx: ssl.SSLContext, ca: CertificateAuthority, host: str) -> datetime:
+    """Issue control's serving certificate and load it into `ctx` (new handshakes use it); returns its
+    expiry. Loading into the live context is how it is renewed without a restart."""
+    ips = [host] if _is_ip(host) and host not in ("0.0.0.0", "::") else []
     key_pem, issued = ca.issue_key_and_cert(
-        CONTROL_IDENTITY.format(td=ca.trust_domain),
-        timedelta(days=30),
-        dns_names=["meshlet-control", "localhost"],
+        CONTROL_IDENTITY.format(td=ca.trust_domain), SERVING_TTL, dns_names=["meshlet-control", "localhost"],
         ips=[*ips, "127.0.0.1"],
-    )
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    )  # fmt: skip
     # ssl loads keys only from files: a private temporary directory, removed right after loading.
     with tempfile.TemporaryDirectory(prefix="meshlet-control-") as tmp:
         cert, key = Path(tmp) / "cert.pem", Path(tmp) / "key.pem"
@@ -61,9 +61,17 @@ def server_tls(ca: CertificateAuthority, host: str) -> ssl.SSLContext:
         key.touch(0o600)
         key.write_bytes(key_pem)
         ctx.load_cert_chain(cert, key)
+    return issued.not_after
+
+
+def server_tls(ca: CertificateAuthority, host: str) -> tuple[ssl.SSLContext, datetime]:
+    """TLS 1.3 with a serving certificate from the CA; client certificates asked for, checked later."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_3
+    not_after = load_serving_cert(ctx, ca, host)
     ctx.load_verify_locations(cadata=ca.root_pem)
     ctx.verify_mode = ssl.CERT_OPTIONAL  # so "no credential" gets a clear 401 rather than a TLS alert
-    return ctx
+    return ctx, not_after
 
 
 def _is_ip(host: str) -> bool:
@@ -149,13 +157,16 @@ class Control:
         task.add_done_callback(self._source_done)
         runners = []
         host, port = self.settings.listen
-        for app, (h, p), tls in (
-            (self.node_app(), (host, port), server_tls(self.ca, host)),
+        tls, not_after = server_tls(self.ca, host)
+        renew = asyncio.create_task(self._renew_serving_cert(tls, host, not_after), name="serving-cert")
+        self._tasks.add(renew)
+        for app, (h, p), ctx in (
+            (self.node_app(), (host, port), tls),
             (self.ops_app(), self.settings.metrics_listen, None),
         ):
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
-            await web.TCPSite(runner, h, p, ssl_context=tls, reuse_address=True).start()
+            await web.TCPSite(runner, h, p, ssl_context=ctx, reuse_address=True).start()
             runners.append(runner)
         log.info(
             "control serving nodes on %s:%s and operators on %s:%s (store %s, version %s)",
@@ -166,6 +177,18 @@ class Control:
             self.store.version,
         )
         return runners
+
+    async def _renew_serving_cert(self, ctx: ssl.SSLContext, host: str, not_after: datetime) -> None:
+        """Renew the serving certificate at half its life, for as long as control runs."""
+        while True:
+            left = (not_after - datetime.now(UTC)).total_seconds()
+            await asyncio.sleep(max(1.0, left - SERVING_TTL.total_seconds() / 2))
+            try:
+                not_after = load_serving_cert(ctx, self.ca, host)
+                log.info("renewed the serving certificate (expires %s)", not_after.isoformat())
+            except (OSError, ssl.SSLError, ValueError) as exc:
+                log.error("renewing the serving certificate failed: %s; retrying in a minute", exc)
+                await asyncio.sleep(60)
 
     def _source_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)

@@ -17,6 +17,8 @@ from agent.lab.demo import Call, traffic
 from agent.lab.plan import REDIRECT_MODES, LabPlan, check_id
 
 console = Console()
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Talks to lab addresses directly, whatever http_proxy the environment sets."""
 progress = Console(stderr=True)  # spinners go to stderr, so stdout stays clean for -o json
 
 
@@ -184,7 +186,7 @@ def demo(ctx: click.Context, fresh: bool, output: str) -> None:
 
 def _print_control(plan: LabPlan) -> None:
     try:
-        with urllib.request.urlopen(f"{plan.control_metrics}/debug/status", timeout=2) as resp:
+        with _DIRECT.open(f"{plan.control_metrics}/debug/status", timeout=2) as resp:
             st = json.load(resp)
     except (OSError, ValueError) as exc:
         console.print(f"[red]control at {plan.control_url} did not answer: {exc}[/red]")

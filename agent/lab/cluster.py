@@ -246,16 +246,25 @@ def _store_labels(state: LabState) -> tuple[dict[str, dict[str, str]], dict[tupl
     ns_labels: dict[str, dict[str, str]] = {}
     pod_labels: dict[tuple[str, str], dict[str, str]] = {}
     for path in sorted(state.store.glob("*.yaml")):
-        for obj in yaml.safe_load_all(path.read_text()):
-            if not isinstance(obj, dict):
+        try:
+            docs = list(yaml.safe_load_all(path.read_text()))
+        except (OSError, yaml.YAMLError):
+            continue  # a broken hand edit: control reports it; the status shows the rest
+        for obj in docs:
+            if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
                 continue
-            meta = obj.get("metadata") or {}
-            labels = meta.get("labels") or {}
+            meta = obj["metadata"]
+            labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
             if obj.get("kind") == "Namespace":
                 ns_labels[meta.get("name", "")] = labels
             elif obj.get("kind") == "Pod":
                 pod_labels[(meta.get("namespace", ""), meta.get("name", ""))] = labels
     return ns_labels, pod_labels
+
+
+def _running(state: LabState, key: str) -> str:
+    started = state.processes.get(key)  # absent when `up` crashed before starting it
+    return "running" if started is not None and processes.is_running(started) else "stopped"
 
 
 def status(lab_id: str) -> dict[str, Any]:
@@ -281,7 +290,7 @@ def status(lab_id: str) -> dict[str, Any]:
         "control": {
             "url": plan.control_url,
             "metrics": plan.control_metrics,
-            "running": processes.is_running(state.processes["control"]) if "control" in state.processes else False,
+            "running": _running(state, "control") == "running",
         },
         "nodes": [
             {"name": n.name, "ip": n.ip, "podCIDR": n.pod_cidr, "gateway": n.gateway, "netns": n.netns}
@@ -295,7 +304,7 @@ def status(lab_id: str) -> dict[str, Any]:
                 "ip": p.ip,
                 "enrolled": enrolled(p),
                 "netns": p.netns,
-                "app": "running" if processes.is_running(state.processes[f"app/{p.namespace}/{p.name}"]) else "stopped",
+                "app": _running(state, f"app/{p.namespace}/{p.name}"),
             }
             for p in plan.pods
         ],

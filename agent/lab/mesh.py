@@ -19,6 +19,8 @@ from agent.lab.plan import CONTROL_METRICS_PORT, CONTROL_PORT, TRUST_DOMAIN, Lab
 from agent.lab.state import LabState
 
 READY_TIMEOUT = 20.0
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Talks to lab addresses directly, whatever http_proxy the environment sets."""
 
 
 class MeshStartError(RuntimeError):
@@ -61,7 +63,7 @@ def wait_control_ready(plan: LabPlan, started: processes.Started) -> None:
         if not processes.is_running(started):
             raise MeshStartError(f"control exited during start; see {started.log}")
         try:
-            with urllib.request.urlopen(f"{plan.control_metrics}/ready", timeout=1) as resp:
+            with _DIRECT.open(f"{plan.control_metrics}/ready", timeout=1) as resp:
                 if resp.status == 200:
                     return
         except (urllib.error.URLError, OSError):

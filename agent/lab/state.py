@@ -64,16 +64,17 @@ class LabState:
         path = lab_dir(lab_id) / "lab.json"
         try:
             data = json.loads(path.read_text())
+            return cls(
+                plan=_plan_from_dict(data["plan"]),
+                directory=data["directory"],
+                processes={k: _started(v) for k, v in data["processes"].items()},
+                ready=data["ready"],
+            )
         except FileNotFoundError:
             return None
-        except (OSError, ValueError) as exc:
-            raise PlanError(f"{path} is unreadable ({exc}); `meshlet lab down --id {lab_id}` cleans up") from exc
-        return cls(
-            plan=_plan_from_dict(data["plan"]),
-            directory=data["directory"],
-            processes={k: _started(v) for k, v in data["processes"].items()},
-            ready=data["ready"],
-        )
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
+            # Unreadable, or written by another version: `down` still cleans up by name prefix.
+            raise PlanError(f"{path} is unreadable ({exc!r}); `meshlet lab down --id {lab_id}` cleans up") from exc
 
 
 def _started(d: dict[str, Any]) -> Started:
