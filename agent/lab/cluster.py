@@ -17,13 +17,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from agent.lab import kernel, mesh, processes
 from agent.lab.objects import DATAPLANE_LABEL, lab_objects
 from agent.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
 from agent.lab.state import LabState, free_slot, lab_dir, locked
 from agent.lab.store import write_objects
+from control.model.kube import Namespace, Pod
+from control.model.mesh import MeshSettings, enrolled
+from control.sources.files import FileSource
+from control.store import ConfigStore
 
 READY_TIMEOUT = 20.0
 
@@ -241,25 +243,18 @@ def _down(lab_id: str) -> Removed:
     return removed
 
 
-def _store_labels(state: LabState) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], dict[str, str]]]:
-    """Namespace and pod labels as the store has them now (labels may have changed since `up`)."""
-    ns_labels: dict[str, dict[str, str]] = {}
-    pod_labels: dict[tuple[str, str], dict[str, str]] = {}
-    for path in sorted(state.store.glob("*.yaml")):
-        try:
-            docs = list(yaml.safe_load_all(path.read_text()))
-        except (OSError, yaml.YAMLError):
-            continue  # a broken hand edit: control reports it; the status shows the rest
-        for obj in docs:
-            if not isinstance(obj, dict) or not isinstance(obj.get("metadata"), dict):
-                continue
-            meta = obj["metadata"]
-            labels = meta.get("labels") if isinstance(meta.get("labels"), dict) else {}
-            if obj.get("kind") == "Namespace":
-                ns_labels[meta.get("name", "")] = labels
-            elif obj.get("kind") == "Pod":
-                pod_labels[(meta.get("namespace", ""), meta.get("name", ""))] = labels
-    return ns_labels, pod_labels
+def _enrolled_pods(state: LabState) -> set[tuple[str, str]]:
+    """(namespace, name) of the pods the store's labels enroll now (labels may have changed since `up`),
+    by control's own rule; the agent, when running, decides and reports actual capture."""
+    source = FileSource(state.store)
+    store = ConfigStore(MeshSettings(dataplane_label=DATAPLANE_LABEL))
+    store.apply(source.scan())  # invalid objects are skipped here; control reports them
+    namespaces = {o.name: o for o in store.objects.values() if isinstance(o, Namespace)}
+    return {
+        (o.namespace, o.name)
+        for o in store.objects.values()
+        if isinstance(o, Pod) and enrolled(o, namespaces.get(o.namespace), store.settings)
+    }
 
 
 def _running(state: LabState, key: str) -> str:
@@ -271,14 +266,7 @@ def status(lab_id: str) -> dict[str, Any]:
     """The lab as `meshlet lab status -o json` reports it (a contract for tests and scripts)."""
     state = load(lab_id)
     plan = state.plan
-    ns_labels, pod_labels = _store_labels(state)
-
-    def enrolled(pod: PodPlan) -> bool:
-        # What the labels ask for; the agent (when running) decides and reports actual capture.
-        return (
-            ns_labels.get(pod.namespace, {}).get(DATAPLANE_LABEL) == "ambient"
-            and pod_labels.get((pod.namespace, pod.name), {}).get(DATAPLANE_LABEL) != "none"
-        )
+    enrolled_pods = _enrolled_pods(state)
 
     return {
         "id": plan.lab_id,
@@ -302,7 +290,7 @@ def status(lab_id: str) -> dict[str, Any]:
                 "namespace": p.namespace,
                 "node": p.node,
                 "ip": p.ip,
-                "enrolled": enrolled(p),
+                "enrolled": (p.namespace, p.name) in enrolled_pods,
                 "netns": p.netns,
                 "app": _running(state, f"app/{p.namespace}/{p.name}"),
             }

@@ -19,7 +19,7 @@ from typing import Any
 
 from agent.lab.plan import MAX_SLOTS, LabPlan, NodePlan, PlanError, PodPlan, ServicePlan
 from agent.lab.processes import Started
-from agent.lab.store import write_atomic
+from control.atomic import write_atomic
 
 DEFAULT_ROOT = Path("/var/run/meshlet/labs")
 

@@ -2,39 +2,24 @@
 
 One file per object, `<kind>.<namespace>.<name>.yaml` (cluster-scoped objects use `_` as namespace), so a
 change to one object touches one file and a watcher sees exactly what changed. Files are written
-atomically (temporary file in the same directory, fsync, rename): a reader never sees half an object.
+atomically (`control.atomic`: temporary file, fsync, rename): a reader never sees half an object.
 Temporary files start with a dot; readers of the store skip dot-files.
 """
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from control.atomic import write_atomic
+
 
 def object_filename(obj: dict[str, Any]) -> str:
     meta = obj["metadata"]
     return f"{obj['kind'].lower()}.{meta.get('namespace', '_')}.{meta['name']}.yaml"
-
-
-def write_atomic(path: Path, data: bytes, mode: int = 0o644) -> None:
-    """Replace `path` with `data` so readers see the old or the new content, never a mix."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_objects(store: Path, objs: Iterable[dict[str, Any]]) -> list[Path]:

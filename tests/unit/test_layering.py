@@ -15,7 +15,15 @@ ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     # The agent reads the store through control's source and model (one way: control never imports
     # agent) and speaks ZDS with ztunnel's schema module.
-    "agent": {"agent", "bpf", "control.model", "control.sources", "control.store", "ztunnel.inpod.protocol"},
+    "agent": {
+        "agent",
+        "bpf",
+        "control.atomic",
+        "control.model",
+        "control.sources",
+        "control.store",
+        "ztunnel.inpod.protocol",
+    },
     "bpf": {"bpf"},
     "control": {"control"},
     "ztunnel": {"ztunnel", "control.wire"},

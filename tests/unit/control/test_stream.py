@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any, cast
 
 import pytest
@@ -58,6 +60,23 @@ def pod(name: str, ip: str) -> dict[str, Any]:
     }
 
 
+@contextlib.asynccontextmanager
+async def proxy(node: str) -> AsyncIterator[tuple[ConfigStore, ConfigHub, ProxyConnection, FakeSocket, ControlMetrics]]:
+    """A store holding pod p1, a hub, and one proxy connection whose sender runs for the body."""
+    metrics = ControlMetrics()
+    store = ConfigStore(MeshSettings(), metrics)
+    store.apply([SourceBatch("f", (ns("a"), pod("p1", "10.0.0.1")))])
+    hub = ConfigHub(store, metrics)
+    sock, conn = FakeSocket(), ProxyConnection(node, "x")
+    hub.connections.add(conn)
+    task = asyncio.create_task(hub._send_loop(conn, cast(web.WebSocketResponse, sock)))
+    try:
+        yield store, hub, conn, sock, metrics
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
 async def until(condition: Any, timeout: float = 2.0) -> None:
     async with asyncio.timeout(timeout):
         while not condition():
@@ -94,14 +113,7 @@ async def test_slow_proxy_is_disconnected_and_never_delays_the_others() -> None:
 
 
 async def test_versions_a_proxy_missed_are_coalesced_into_one_delta() -> None:
-    metrics = ControlMetrics()
-    store = ConfigStore(MeshSettings(), metrics)
-    store.apply([SourceBatch("f", (ns("a"), pod("p1", "10.0.0.1")))])
-    hub = ConfigHub(store, metrics)
-    sock, conn = FakeSocket(), ProxyConnection("n", "x")
-    hub.connections.add(conn)
-    task = asyncio.create_task(hub._send_loop(conn, cast(web.WebSocketResponse, sock)))
-    try:
+    async with proxy("n") as (store, hub, conn, sock, metrics):
         await until(lambda: len(sock.sent) == 1)
         # Three versions in a row, before the sender gets to run again.
         store.apply([SourceBatch("g", (pod("p2", "10.0.0.2"),))])
@@ -114,20 +126,10 @@ async def test_versions_a_proxy_missed_are_coalesced_into_one_delta() -> None:
         assert sorted(w["name"] for w in delta["upsert"]["workloads"]) == ["p2", "p3"]
         await asyncio.sleep(0.05)
         assert len(sock.sent) == 2
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_nack_of_an_older_version_sends_the_current_one_whole_at_once() -> None:
-    metrics = ControlMetrics()
-    store = ConfigStore(MeshSettings(), metrics)
-    store.apply([SourceBatch("f", (ns("a"), pod("p1", "10.0.0.1")))])
-    hub = ConfigHub(store, metrics)
-    sock, conn = FakeSocket(), ProxyConnection("n1", "x")
-    hub.connections.add(conn)
-    task = asyncio.create_task(hub._send_loop(conn, cast(web.WebSocketResponse, sock)))
-    try:
+    async with proxy("n1") as (store, hub, conn, sock, metrics):
         store.apply([SourceBatch("g", (pod("p2", "10.0.0.2"),))])
         store.apply([SourceBatch("h", (pod("p3", "10.0.0.3"),))])
         await until(lambda: sock.sent and sock.sent[-1]["version"] == 3)
@@ -136,20 +138,10 @@ async def test_nack_of_an_older_version_sends_the_current_one_whole_at_once() ->
         hub._on_reply(conn, json.dumps({"type": "nack", "version": 2, "error": "bad p2"}))
         await until(lambda: len(sock.sent) == sent + 1)
         assert sock.sent[-1]["type"] == "snapshot" and sock.sent[-1]["version"] == 3
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
 
 
 async def test_after_a_nack_the_next_version_is_a_snapshot() -> None:
-    metrics = ControlMetrics()
-    store = ConfigStore(MeshSettings(), metrics)
-    store.apply([SourceBatch("f", (ns("a"), pod("p1", "10.0.0.1")))])
-    hub = ConfigHub(store, metrics)
-    sock, conn = FakeSocket(), ProxyConnection("n1", "x")
-    hub.connections.add(conn)
-    task = asyncio.create_task(hub._send_loop(conn, cast(web.WebSocketResponse, sock)))
-    try:
+    async with proxy("n1") as (store, hub, conn, sock, metrics):
         store.apply([SourceBatch("g", (pod("p2", "10.0.0.2"),))])
         await until(lambda: sock.sent and sock.sent[-1]["version"] == 2)
         hub._on_reply(conn, json.dumps({"type": "nack", "version": 2, "error": "bad p2"}))
@@ -161,6 +153,3 @@ async def test_after_a_nack_the_next_version_is_a_snapshot() -> None:
         assert sock.sent[-1]["type"] == "snapshot" and sock.sent[-1]["version"] == 3
         hub._on_reply(conn, json.dumps({"type": "ack", "version": 3}))
         assert conn.last_error is None and conn.acked_version == 3
-    finally:
-        task.cancel()
-        await asyncio.gather(task, return_exceptions=True)
