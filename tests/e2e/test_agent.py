@@ -20,10 +20,10 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.netns import entered_fd
 from tests.conftest import wait_for
 from tests.e2e.conftest import Lab
 from ztunnel.inpod import protocol
+from ztunnel.inpod.netns import entered_fd
 
 
 class FakeZtunnel:

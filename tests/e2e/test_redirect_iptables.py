@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from agent.netns import entered
 from agent.redirect.iptables import ZTUNNEL_MARK, InpodSettings, IptablesBackend
+from ztunnel.inpod.netns import entered
 
 SO_ORIGINAL_DST = 80
 

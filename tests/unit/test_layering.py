@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     # The agent reads the store through control's source and model (one way: control never imports
-    # agent) and speaks ZDS with ztunnel's schema module.
+    # agent), speaks ZDS with ztunnel's schema module and enters namespaces with ztunnel's helper.
     "agent": {
         "agent",
         "bpf",
@@ -22,6 +22,7 @@ ALLOWED = {
         "control.model",
         "control.sources",
         "control.store",
+        "ztunnel.inpod.netns",
         "ztunnel.inpod.protocol",
     },
     "bpf": {"bpf"},
