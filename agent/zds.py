@@ -27,21 +27,6 @@ class ZdsUnavailable(Exception):
     """No ztunnel is connected, or it did not acknowledge."""
 
 
-async def _readable(sock: socket.socket) -> None:
-    loop = asyncio.get_running_loop()
-    ready: asyncio.Future[None] = loop.create_future()
-
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
-
-    loop.add_reader(sock.fileno(), wake)
-    try:
-        await ready
-    finally:
-        loop.remove_reader(sock.fileno())
-
-
 class ZdsServer:
     """Listens on the ZDS socket; `send_*` deliver to the connected ztunnel and wait for its ack."""
 
@@ -118,13 +103,7 @@ class ZdsServer:
         try:
             protocol.send(conn, message, fd)  # a small datagram on a fresh socket: does not block
             async with asyncio.timeout(ACK_TIMEOUT):
-                while True:
-                    await _readable(conn)
-                    try:
-                        got = protocol.recv(conn)
-                    except BlockingIOError:
-                        continue
-                    break
+                got = await protocol.recv_async(conn)
         except (TimeoutError, OSError, protocol.ZdsError) as exc:
             self._drop()
             raise ZdsUnavailable(f"ztunnel did not acknowledge {message['type']}: {exc!r}") from None

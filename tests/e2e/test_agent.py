@@ -6,6 +6,7 @@ the netns fd from ZDS and opens 15001 inside it."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -23,6 +24,8 @@ import yaml
 from tests.conftest import wait_for
 from tests.e2e.conftest import Lab
 from ztunnel.inpod import protocol
+from ztunnel.inpod.client import ZdsClient
+from ztunnel.inpod.manager import WorkloadManager
 from ztunnel.inpod.netns import entered_fd
 
 
@@ -113,8 +116,11 @@ class AgentProcess:
         return result
 
     def pod(self, name: str) -> dict[str, Any]:
-        pod: dict[str, Any] = next(p for p in self.status()["pods"] if p["name"] == name)
-        return pod
+        for pod in self.status()["pods"]:
+            if pod["name"] == name:
+                result: dict[str, Any] = pod
+                return result
+        raise KeyError(f"the agent does not report pod {name} (yet)")
 
     def kill(self, sig: int = signal.SIGKILL) -> None:
         assert self.proc is not None
@@ -239,3 +245,59 @@ def test_agent_kill_and_restart_changes_no_rule_and_keeps_established_connection
                 assert client.recv(100) == b"and back"
     finally:
         zt.close()
+
+
+def listening(lab: Lab, pod: str) -> set[int]:
+    out = lab.exec(pod, "ss", "-ltnH").stdout
+    return {int(line.split()[3].rsplit(":", 1)[1]) for line in out.splitlines() if line.strip()}
+
+
+@pytest.mark.asyncio
+async def test_ztunnel_inpod_listeners_follow_the_agent(lab: Lab, agent: AgentProcess) -> None:
+    manager = WorkloadManager()
+    client = ZdsClient(agent.zds, manager)
+    task = asyncio.create_task(client.run())
+
+    def holds(condition: Any) -> bool:
+        try:
+            return bool(condition())
+        except (KeyError, subprocess.CalledProcessError):  # not there yet
+            return False
+
+    async def until(condition: Any, timeout: float, what: str) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not await asyncio.to_thread(holds, condition):
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+            await asyncio.sleep(0.05)
+
+    try:
+        await until(lambda: agent.pod("web-1a")["state"] == "captured", 5, "web-1a captured by a real ZDS client")
+        uid = agent.pod("web-1a")["uid"]
+        assert {15001, 15006, 15008} <= await asyncio.to_thread(listening, lab, "web-1a")
+        assert 15001 not in await asyncio.to_thread(listening, lab, "web-1b")
+        outbound = manager.pods[uid][1].sockets["outbound"]
+        curl = await asyncio.create_subprocess_exec(
+            str(Path(sys.executable).parent / "meshlet"), "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS",
+            "-m", "3", f"http://{lab.pod('web-2b')['ip']}:8080/",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+        )  # fmt: skip
+        conn, peer = await asyncio.wait_for(asyncio.get_running_loop().sock_accept(outbound), 5)
+        conn.close()
+        assert peer[0] == lab.pod("web-1a")["ip"]
+        await curl.wait()
+        # The agent restarts: the pod is replayed (keep), its listeners are the same sockets.
+        agent.kill(signal.SIGKILL)
+        await asyncio.to_thread(agent.start)
+        await until(lambda: agent.status()["ztunnel"]["connects"] == 1 and agent.status()["ztunnel"]["served"] == 1,
+                    10, "the replay")  # fmt: skip
+        assert manager.pods[uid][1].sockets["outbound"] is outbound
+        # Unenrolled: ztunnel closes the pod's listeners.
+        set_namespace_label(lab, "mesh", ambient=False)
+        await until(lambda: uid not in manager.pods, 3, "del_workload")
+        assert not {15001, 15006, 15008} & await asyncio.to_thread(listening, lab, "web-1a")
+    finally:
+        client.stop()
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+        manager.close()

@@ -17,6 +17,7 @@ nothing of the agent).
 from __future__ import annotations
 
 import array
+import asyncio
 import json
 import socket
 from dataclasses import dataclass
@@ -103,3 +104,28 @@ def recv(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
         for fd in fds:
             socket.close(fd)
         raise
+
+
+async def readable(sock: socket.socket) -> None:
+    """Wait until a non-blocking `sock` has a message (or end of stream) to read."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await ready
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
+async def recv_async(sock: socket.socket) -> tuple[dict[str, Any], list[int]] | None:
+    """`recv` for a non-blocking socket on the event loop."""
+    while True:
+        try:
+            return recv(sock)
+        except BlockingIOError:
+            await readable(sock)

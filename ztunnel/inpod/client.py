@@ -1,0 +1,86 @@
+"""ztunnel's ZDS client: connects to the agent's socket, applies each message, acks it.
+
+Each message is acked after it has been applied (listeners open, or closed), with the error when it
+could not be, so the agent's view (`pending` until acked) is exact. The client reconnects with backoff
+when the agent restarts; on every connect the agent replays its pods and ends with `snapshot_sent`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import random
+import socket
+from pathlib import Path
+
+from ztunnel.inpod import protocol
+from ztunnel.inpod.manager import WorkloadManager
+
+log = logging.getLogger(__name__)
+
+
+class ZdsClient:
+    """Follows the agent's ZDS stream into a `WorkloadManager`."""
+
+    def __init__(self, path: Path, manager: WorkloadManager, backoff_max: float = 5.0) -> None:
+        self.path = path
+        self.manager = manager
+        self.backoff_max = backoff_max
+        self.connected = False
+        self._stopping = asyncio.Event()
+
+    async def run(self) -> None:
+        delay = 0.1
+        while not self._stopping.is_set():
+            try:
+                await self._session()
+                delay = 0.1
+            except (OSError, protocol.ZdsError) as exc:
+                log.warning("ZDS connection to %s failed: %s; retrying", self.path, exc)
+            finally:
+                self.connected = False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), random.uniform(0, delay))
+            delay = min(delay * 2, self.backoff_max)
+
+    def stop(self) -> None:
+        """Stop reconnecting; the caller cancels the task running `run` to end a live session."""
+        self._stopping.set()
+
+    async def _session(self) -> None:
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        with sock:
+            sock.setblocking(False)
+            await loop.sock_connect(sock, str(self.path))
+            self.connected = True
+            self.manager.replay_started()
+            while True:
+                got = await protocol.recv_async(sock)
+                if got is None:
+                    return  # the agent went away: reconnect
+                message, fds = got
+                error = self._apply(message, fds)
+                protocol.send(sock, {"type": "ack", "error": error})
+
+    def _apply(self, message: dict[str, object], fds: list[int]) -> str | None:
+        """Apply one message; returns the error to ack with (None when applied)."""
+        kind, uid = message["type"], str(message.get("uid", ""))
+        try:
+            if kind in ("add_workload", "keep_workload"):
+                raw = message.get("workload")
+                info = protocol.WorkloadInfo.from_wire(raw) if isinstance(raw, dict) else None
+                self.manager.add(uid, info, fds.pop())
+            elif kind == "del_workload":
+                self.manager.delete(uid)
+            elif kind == "snapshot_sent":
+                self.manager.snapshot_done()
+            return None
+        except (OSError, protocol.ZdsError) as exc:
+            log.error("could not apply %s for %s: %s", kind, uid, exc)
+            return f"{type(exc).__name__}: {exc}"
+        finally:
+            for fd in fds:
+                os.close(fd)

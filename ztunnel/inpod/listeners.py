@@ -1,0 +1,64 @@
+"""ztunnel's listeners inside one pod's netns: 15001 outbound, 15006 inbound plaintext, 15008 HBONE.
+
+Sockets are created while this thread is in the pod's netns and keep it afterwards, so one process
+serves every pod. Each listener carries SO_MARK (ztunnel's traffic is never captured again by the pod's
+rules), SO_REUSEPORT (a new ztunnel can bind beside the old one during an upgrade and take over without
+a refused connection) and IP_TRANSPARENT (it may accept connections addressed to other IPs).
+"""
+
+from __future__ import annotations
+
+import socket
+from dataclasses import dataclass, field
+
+from ztunnel.inpod.netns import entered_fd
+
+ZTUNNEL_MARK = 0x539
+IP_TRANSPARENT = 19
+PORTS = {"outbound": 15001, "inbound_plaintext": 15006, "hbone": 15008}
+BACKLOG = 1024
+
+
+def _listener(port: int) -> socket.socket:
+    s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZTUNNEL_MARK)
+        s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        s.bind(("0.0.0.0", port))
+        s.listen(BACKLOG)
+        s.setblocking(False)
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+@dataclass(slots=True)
+class PodListeners:
+    """The three listening sockets of one pod, and the netns fd they were opened in."""
+
+    netns_fd: int
+    sockets: dict[str, socket.socket] = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, netns_fd: int) -> PodListeners:
+        """Open all three in the netns of `netns_fd`; on any failure none stays open."""
+        pod = cls(netns_fd)
+        try:
+            with entered_fd(netns_fd):
+                for name, port in PORTS.items():
+                    pod.sockets[name] = _listener(port)
+        except BaseException:
+            pod.close()
+            raise
+        return pod
+
+    def close(self) -> None:
+        for s in self.sockets.values():
+            s.close()
+        self.sockets.clear()
+
+    def state(self) -> dict[str, object]:
+        return {name: {"port": PORTS[name], "open": s.fileno() != -1} for name, s in self.sockets.items()}
