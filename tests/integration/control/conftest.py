@@ -52,6 +52,7 @@ class ControlProcess:
     port: int = field(default_factory=free_port)
     metrics_port: int = field(default_factory=free_port)
     proc: subprocess.Popen[bytes] | None = None
+    extra_args: tuple[str, ...] = ()
 
     @property
     def store(self) -> Path:
@@ -113,6 +114,7 @@ class ControlProcess:
                 f"127.0.0.1:{self.metrics_port}",
                 "--trust-domain",
                 TD,
+                *self.extra_args,
             ],
             stdout=log,
             stderr=log,
@@ -148,8 +150,14 @@ class ControlProcess:
 
 
 @pytest.fixture
-def control(tmp_path: Path) -> Iterator[ControlProcess]:
-    c = ControlProcess(tmp_path)
+def control_args() -> tuple[str, ...]:
+    """Extra `control serve` arguments; a test module overrides this fixture to change them."""
+    return ()
+
+
+@pytest.fixture
+def control(tmp_path: Path, control_args: tuple[str, ...]) -> Iterator[ControlProcess]:
+    c = ControlProcess(tmp_path, extra_args=control_args)
     c.store.mkdir()
     c.write(
         "cluster.yaml",
