@@ -230,18 +230,6 @@ class CertificateAuthority:
             raise CAError(f"{spiffe_id!r} is not a SPIFFE ID in trust domain {self.trust_domain} ({prefix}<path>)")
 
 
-def csr_for(spiffe_id: str) -> tuple[bytes, bytes]:
-    """A new P-256 key (PKCS8 PEM) and a CSR (PEM) asking for `spiffe_id`: what a client sends to control."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    csr = (
-        x509.CertificateSigningRequestBuilder()
-        .subject_name(x509.Name([]))
-        .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe_id)]), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    return _key_pem(key), csr.public_bytes(serialization.Encoding.PEM)
-
-
 def peer_spiffe_id(cert_der: bytes) -> str | None:
     """The URI SAN of a peer's DER certificate (after TLS verified its chain), or None when it has none.
 

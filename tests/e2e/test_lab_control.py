@@ -6,14 +6,14 @@ import json
 import subprocess
 from pathlib import Path
 
-from control.ca import csr_for
 from tests.e2e.conftest import Lab
+from ztunnel.identity.manager import new_csr
 
 
 def csr_from_node(lab: Lab, node: str, spiffe: str, tmp: Path) -> tuple[int, dict[str, object]]:
     cred = Path(lab.status["directory"]) / "nodes" / node / "credential"
     body = tmp / "csr.json"
-    body.write_text(json.dumps({"csr": csr_for(spiffe)[1].decode()}))
+    body.write_text(json.dumps({"csr": new_csr(spiffe)[1].decode()}))
     proc = lab.exec(
         node, "curl", "-sS", "-m", "5", "--cacert", str(cred / "root-cert.pem"), "--cert", str(cred / "node-cert.pem"),
         "--key", str(cred / "node-key.pem"), "--data-binary", f"@{body}", "-w", "\n%{http_code}",

@@ -10,12 +10,12 @@ from typing import Any
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
-from control.ca import csr_for
 from tests.integration.control.conftest import TD, ControlProcess
+from ztunnel.identity.manager import new_csr
 
 
 def request_cert(control: ControlProcess, spiffe: str, node: str | None, tmp: Path) -> tuple[int, dict[str, Any]]:
-    _, csr = csr_for(spiffe)
+    _, csr = new_csr(spiffe)
     body = tmp / "req.json"
     body.write_text(json.dumps({"csr": csr.decode()}))
     cred = (

@@ -24,10 +24,10 @@ from control.ca import (
     CertificateAuthority,
     Issued,
     cert_not_after,
-    csr_for,
     peer_spiffe_id,
 )
 from control.wire import node_spiffe_id, spiffe_id
+from ztunnel.identity.manager import new_csr
 
 TD = "example.org"
 ALICE = spiffe_id(TD, "default", "alice")
@@ -155,7 +155,7 @@ def test_root_is_generated_once_and_kept_across_restarts(tmp_path: Path) -> None
     key_bytes, cert_bytes = key_path.read_bytes(), cert_path.read_bytes()
     assert stat.S_IMODE(key_path.stat().st_mode) == 0o600
     assert stat.S_IMODE(cert_path.stat().st_mode) == 0o644
-    issued_before = first.sign_csr(csr_for(ALICE)[1], ALICE, DEFAULT_TTL)
+    issued_before = first.sign_csr(new_csr(ALICE)[1], ALICE, DEFAULT_TTL)
 
     second = CertificateAuthority.load_or_create(tmp_path, TD)
 
@@ -190,7 +190,7 @@ def test_a_lost_root_certificate_is_reported_and_never_regenerated(tmp_path: Pat
 
 def test_sign_csr_issues_an_x509_svid_for_the_id(ca: CertificateAuthority) -> None:
     ttl = timedelta(hours=3)
-    issued = ca.sign_csr(csr_for(ALICE)[1], ALICE, ttl)
+    issued = ca.sign_csr(new_csr(ALICE)[1], ALICE, ttl)
     leaf = _leaf(issued)
     now = datetime.now(UTC)
 
@@ -215,7 +215,7 @@ def test_sign_csr_issues_an_x509_svid_for_the_id(ca: CertificateAuthority) -> No
 
 def test_ttl_is_capped_by_the_ca_expiry(ca: CertificateAuthority) -> None:
     root = x509.load_pem_x509_certificate(ca.root_pem.encode())
-    issued = ca.sign_csr(csr_for(ALICE)[1], ALICE, timedelta(days=365 * 20))
+    issued = ca.sign_csr(new_csr(ALICE)[1], ALICE, timedelta(days=365 * 20))
     assert issued.not_after == root.not_valid_after_utc
 
 
@@ -228,7 +228,7 @@ def _csr(names: list[x509.GeneralName], key: ec.EllipticCurvePrivateKey | rsa.RS
 
 def _tampered_csr() -> bytes:
     """Alice's CSR with the name changed to Mally's after signing: what an attacker on the path could send."""
-    der = x509.load_pem_x509_csr(csr_for(ALICE)[1]).public_bytes(serialization.Encoding.DER)
+    der = x509.load_pem_x509_csr(new_csr(ALICE)[1]).public_bytes(serialization.Encoding.DER)
     assert der.count(b"/sa/alice") == 1
     tampered = der.replace(b"/sa/alice", b"/sa/mally")
     return x509.load_der_x509_csr(tampered).public_bytes(serialization.Encoding.PEM)
@@ -241,7 +241,7 @@ MALLY = spiffe_id(TD, "default", "mally")
     ("make_csr", "asked_id", "message"),
     [
         pytest.param(
-            lambda: csr_for(MALLY)[1],
+            lambda: new_csr(MALLY)[1],
             ALICE,
             rf"^CSR: it asks for URI {MALLY}, but may ask only for URI {ALICE}$",
             id="other-uri",
@@ -261,7 +261,7 @@ MALLY = spiffe_id(TD, "default", "mally")
         pytest.param(_tampered_csr, MALLY, r"^CSR: its signature does not verify", id="bad-signature"),
         pytest.param(lambda: b"hello", ALICE, r"^CSR: not a usable PEM certificate signing request", id="not-pem"),
         pytest.param(
-            lambda: csr_for("spiffe://other.org/ns/default/sa/alice")[1],
+            lambda: new_csr("spiffe://other.org/ns/default/sa/alice")[1],
             "spiffe://other.org/ns/default/sa/alice",
             r"is not a SPIFFE ID in trust domain example.org",
             id="other-trust-domain",
@@ -276,7 +276,7 @@ def test_sign_csr_refuses_bad_requests(
 
 
 def test_requested_spiffe_id_reads_the_single_uri_san() -> None:
-    assert CertificateAuthority.requested_spiffe_id(csr_for(ALICE)[1]) == ALICE
+    assert CertificateAuthority.requested_spiffe_id(new_csr(ALICE)[1]) == ALICE
     with pytest.raises(CAError, match=r"exactly one URI SAN .*found 0"):
         CertificateAuthority.requested_spiffe_id(_csr([]))
     with pytest.raises(CAError, match=r"exactly one URI SAN .*found 2"):
@@ -310,7 +310,7 @@ def test_peer_spiffe_id_is_none_without_a_uri_san(org: OrgPKI) -> None:
 
 def test_plug_in_intermediate_signs_chains_that_carry_it(org: OrgPKI) -> None:
     ca = CertificateAuthority.from_files(org.inter_path, org.inter_key_path, TD, root_path=org.root_path)
-    issued = ca.sign_csr(csr_for(ALICE)[1], ALICE, DEFAULT_TTL)
+    issued = ca.sign_csr(new_csr(ALICE)[1], ALICE, DEFAULT_TTL)
 
     assert ca.root_pem == _pem(org.root).decode()
     assert issued.chain_pem[1:] == (_pem(org.inter).decode(),)
@@ -321,7 +321,7 @@ def test_plug_in_intermediate_signs_chains_that_carry_it(org: OrgPKI) -> None:
 def test_plug_in_chain_file_ending_in_the_root_needs_no_root_path(org: OrgPKI, tmp_path: Path) -> None:
     chain_path = _write(tmp_path / "cert-chain.pem", org.inter, org.root)
     ca = CertificateAuthority.from_files(chain_path, org.inter_key_path, TD)
-    issued = ca.sign_csr(csr_for(ALICE)[1], ALICE, DEFAULT_TTL)
+    issued = ca.sign_csr(new_csr(ALICE)[1], ALICE, DEFAULT_TTL)
     assert ca.root_pem == _pem(org.root).decode()
     assert _verify_chain(issued, ca.root_pem) == [x509.UniformResourceIdentifier(ALICE)]
 
@@ -331,7 +331,7 @@ def test_plug_in_rsa_root_is_accepted(tmp_path: Path) -> None:
     ca = CertificateAuthority.from_files(
         _write(tmp_path / "ca.pem", _ca_cert("RSA Root", key)), _write(tmp_path / "key.pem", key), TD
     )
-    issued = ca.sign_csr(csr_for(ALICE)[1], ALICE, DEFAULT_TTL)
+    issued = ca.sign_csr(new_csr(ALICE)[1], ALICE, DEFAULT_TTL)
     assert _verify_chain(issued, ca.root_pem) == [x509.UniformResourceIdentifier(ALICE)]
 
 
@@ -343,7 +343,7 @@ def test_plug_in_ttl_is_capped_by_the_intermediate_expiry(org: OrgPKI, tmp_path:
     ca = CertificateAuthority.from_files(
         _write(tmp_path / "sub.pem", sub, org.inter), _write(tmp_path / "sub-key.pem", key), TD, org.root_path
     )
-    issued = ca.sign_csr(csr_for(ALICE)[1], ALICE, DEFAULT_TTL)
+    issued = ca.sign_csr(new_csr(ALICE)[1], ALICE, DEFAULT_TTL)
     assert issued.not_after == soon
     assert len(issued.chain_pem) == 3
     assert _verify_chain(issued, ca.root_pem) == [x509.UniformResourceIdentifier(ALICE)]
@@ -454,7 +454,7 @@ def _server_and_client(ca: CertificateAuthority, tmp: Path) -> tuple[ssl.SSLCont
     server_key, server_cert = ca.issue_key_and_cert(
         spiffe_id(TD, "default", "server"), DEFAULT_TTL, dns_names=["localhost"], ips=["127.0.0.1"]
     )
-    client_key, csr = csr_for(ALICE)
+    client_key, csr = new_csr(ALICE)
     client_cert = ca.sign_csr(csr, ALICE, DEFAULT_TTL)
     return (
         _context(ssl.PROTOCOL_TLS_SERVER, ca, server_key, server_cert, tmp),
