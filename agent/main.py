@@ -38,7 +38,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--store", type=Path, required=True, help="directory of Kubernetes-shaped YAML")
     p.add_argument("--zds-socket", type=Path, default=Path("/var/run/meshlet/ztunnel.sock"))
     p.add_argument("--status-socket", type=Path, default=Path("/var/run/meshlet/agent.sock"))
-    p.add_argument("--redirect", choices=["iptables"], default="iptables", help="redirection backend")
+    p.add_argument(
+        "--redirect", choices=["iptables", "auto"], default="auto", help="redirection backend (auto picks one)"
+    )
     p.add_argument("--probe-ip", required=True, help="the node address kubelet probes come from")
     p.add_argument("--dataplane-label", default="meshlet.io/dataplane-mode", help="label key that enrolls")
     p.add_argument("--resync", type=float, default=2.0, help="seconds between full reconcile passes")
@@ -56,6 +58,11 @@ class Agent:
         self.store = ConfigStore(self.mesh)
         self.source = FileSource(args.store)
         self.backend = IptablesBackend(InpodSettings(probe_ip=args.probe_ip))
+        self.backend_reason = (
+            "chosen with --redirect iptables"
+            if args.redirect == "iptables"
+            else "auto: iptables is the only backend this agent has (no eBPF backend yet)"
+        )
         self.zds = ZdsServer(args.zds_socket, lambda: self.reconciler.replay())
         self.reconciler = Reconciler(self.backend, self.zds, self._annotate)
         self._wake = asyncio.Event()
@@ -70,6 +77,7 @@ class Agent:
         return {
             "node": self.args.node,
             "backend": self.backend.name,
+            "backendReason": self.backend_reason,
             "startedAt": self.started,
             "ztunnel": {"connected": self.zds.connected, "connects": self.zds.connects, "served": len(self.zds.served)},
             "store": {"source": "file", "path": str(self.args.store), "synced": self.store.synced,

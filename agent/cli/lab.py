@@ -68,13 +68,19 @@ def lab(ctx: click.Context, lab_id: str) -> None:
     show_default=True,
     help="How nodes will steer enrolled pods' traffic into the node proxy.",
 )
+@click.option(
+    "--node-daemons/--no-node-daemons",
+    default=True,
+    show_default=True,
+    help="Start each node's agent and ztunnel (without: control and pods only, to run them by hand).",
+)
 @click.pass_context
-def up(ctx: click.Context, nodes: int, pods_per_node: int, redirect: str) -> None:
+def up(ctx: click.Context, nodes: int, pods_per_node: int, redirect: str, node_daemons: bool) -> None:
     """Create the lab (removing any earlier one under the same id first)."""
     _need_root()
     started = time.monotonic()
     with progress.status(f"bringing up lab {_lab_id(ctx)!r}: {nodes} nodes x {pods_per_node} pods"):
-        state = cluster.up(_lab_id(ctx), nodes, pods_per_node, redirect)
+        state = cluster.up(_lab_id(ctx), nodes, pods_per_node, redirect, node_daemons)
     console.print(
         f"lab [bold]{state.plan.lab_id}[/bold] up in {time.monotonic() - started:.1f}s: "
         f"{len(state.plan.nodes)} nodes, {len(state.plan.pods)} pods; store {state.store}"

@@ -45,7 +45,7 @@ class Removed:
     directory: str | None = None
 
 
-def up(lab_id: str, nodes: int, pods_per_node: int, redirect: str) -> LabState:
+def up(lab_id: str, nodes: int, pods_per_node: int, redirect: str, node_daemons: bool = True) -> LabState:
     with locked():
         if LabState.load(lab_id) is not None or _leftovers(lab_id):
             _down(lab_id)
@@ -67,6 +67,11 @@ def up(lab_id: str, nodes: int, pods_per_node: int, redirect: str) -> LabState:
             for pod in plan.pods:
                 _wait_ready(pod, Path(state.processes[f"app/{pod.namespace}/{pod.name}"].log))
             mesh.wait_control_ready(plan, state.processes["control"])
+            for node in plan.nodes if node_daemons else ():
+                state.processes.update(mesh.start_node(state, node))
+                state.save()
+            for node in plan.nodes if node_daemons else ():
+                mesh.wait_node_ready(state, node)
         except BaseException:
             _down(lab_id)
             raise
@@ -281,7 +286,16 @@ def status(lab_id: str) -> dict[str, Any]:
             "running": _running(state, "control") == "running",
         },
         "nodes": [
-            {"name": n.name, "ip": n.ip, "podCIDR": n.pod_cidr, "gateway": n.gateway, "netns": n.netns}
+            {
+                "name": n.name,
+                "ip": n.ip,
+                "podCIDR": n.pod_cidr,
+                "gateway": n.gateway,
+                "netns": n.netns,
+                "agent": _running(state, f"agent/{n.name}"),
+                "ztunnel": _running(state, f"ztunnel/{n.name}"),
+                "agentSocket": str(mesh.node_run_dir(state, n.name) / "agent.sock"),
+            }
             for n in plan.nodes
         ],
         "pods": [

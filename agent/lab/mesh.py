@@ -1,4 +1,5 @@
-"""The mesh's own processes in the lab: control in the host netns, with a credential for every node.
+"""The mesh's own processes in the lab: control in the host netns, with a credential for every node,
+and on every node its agent and ztunnel (what the DaemonSet runs on a cluster).
 
 The lab plays cluster admin here: it provisions each node's credential (as a node joining a cluster
 would get one) with `python -m control provision-node`, then starts `python -m control serve` on the
@@ -15,10 +16,11 @@ import urllib.request
 from pathlib import Path
 
 from agent.lab import kernel, processes
-from agent.lab.plan import CONTROL_METRICS_PORT, CONTROL_PORT, TRUST_DOMAIN, LabPlan
+from agent.lab.plan import CONTROL_METRICS_PORT, CONTROL_PORT, TRUST_DOMAIN, LabPlan, NodePlan
 from agent.lab.state import LabState
 
 READY_TIMEOUT = 20.0
+ZTUNNEL_READY_PORT = 15021
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Talks to lab addresses directly, whatever http_proxy the environment sets."""
 
@@ -70,3 +72,49 @@ def wait_control_ready(plan: LabPlan, started: processes.Started) -> None:
             pass
         time.sleep(0.05)
     raise MeshStartError(f"control not ready after {READY_TIMEOUT:.0f}s; see {started.log}")
+
+
+def node_run_dir(state: LabState, node: str) -> Path:
+    """Where a node's sockets live (its `/var/run/meshlet`): one directory per node, so nodes never share."""
+    return Path(state.directory) / "nodes" / node / "run"
+
+
+def start_node(state: LabState, node: NodePlan) -> dict[str, processes.Started]:
+    """The node's DaemonSet pod: its agent and its ztunnel, both in the node's netns and cgroup."""
+    run = node_run_dir(state, node.name)
+    run.mkdir(parents=True, exist_ok=True)
+    kernel.cgroup_create(node.cgroup)
+    agent = processes.python_module(
+        "agent", "--node", node.name, "--store", str(state.store), "--zds-socket", str(run / "ztunnel.sock"),
+        "--status-socket", str(run / "agent.sock"), "--redirect", state.plan.redirect, "--probe-ip", node.gateway,
+    )  # fmt: skip
+    ztunnel = processes.python_module(
+        "ztunnel", "--node", node.name, "--control", state.plan.control_url,
+        "--credentials", str(node_credential_dir(state, node.name)), "--zds-socket", str(run / "ztunnel.sock"),
+        "--trust-domain", TRUST_DOMAIN, "--drain-timeout", "2",
+    )  # fmt: skip
+    logs = state.logs
+    return {
+        f"agent/{node.name}": processes.spawn(agent, node.netns, node.cgroup, logs / f"agent-{node.name}.log"),
+        f"ztunnel/{node.name}": processes.spawn(ztunnel, node.netns, node.cgroup, logs / f"ztunnel-{node.name}.log"),
+    }
+
+
+def wait_node_ready(state: LabState, node: NodePlan) -> None:
+    """ztunnel's readiness (config and the agent's snapshot arrived) and the agent's status socket."""
+    deadline = time.monotonic() + READY_TIMEOUT
+    agent_socket = node_run_dir(state, node.name) / "agent.sock"
+    while time.monotonic() < deadline:
+        for key in (f"agent/{node.name}", f"ztunnel/{node.name}"):
+            if not processes.is_running(state.processes[key]):
+                raise MeshStartError(f"{key} exited during start; see {state.processes[key].log}")
+        try:
+            with _DIRECT.open(f"http://{node.ip}:{ZTUNNEL_READY_PORT}/healthz/ready", timeout=1) as resp:
+                if resp.status == 200 and agent_socket.exists():
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        time.sleep(0.05)
+    raise MeshStartError(
+        f"node {node.name} not ready after {READY_TIMEOUT:.0f}s; see {state.processes[f'ztunnel/{node.name}'].log}"
+    )

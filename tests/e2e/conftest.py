@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -86,19 +87,33 @@ def _cgroup(pid: int) -> str:
         return ""
 
 
-def bring_up(lab_id: str, nodes: int = 2, pods_per_node: int = 2) -> Lab:
-    meshlet("lab", "--id", lab_id, "up", "--nodes", str(nodes), "--pods-per-node", str(pods_per_node))
+def bring_up(lab_id: str, nodes: int = 2, pods_per_node: int = 2, *extra: str) -> Lab:
+    meshlet("lab", "--id", lab_id, "up", "--nodes", str(nodes), "--pods-per-node", str(pods_per_node), *extra)
     status = json.loads(meshlet("lab", "--id", lab_id, "status", "-o", "json").stdout)
     return Lab(lab_id, status)
 
 
-@pytest.fixture
-def lab() -> Iterator[Lab]:
+@contextlib.contextmanager
+def lab_of(*extra: str) -> Iterator[Lab]:
     """A fresh 2-node x 2-pod lab, removed afterwards even when the test fails."""
     lab_id = new_lab_id()
     try:
-        yield bring_up(lab_id)
+        yield bring_up(lab_id, 2, 2, *extra)
     finally:
         meshlet("lab", "--id", lab_id, "down", check=False)
         left = leftovers(lab_id)
         assert not any(left.values()), f"lab {lab_id} left {left}"
+
+
+@pytest.fixture
+def lab() -> Iterator[Lab]:
+    """The whole mesh: control, and every node's agent and ztunnel."""
+    with lab_of() as running:
+        yield running
+
+
+@pytest.fixture
+def bare_lab() -> Iterator[Lab]:
+    """Control and pods only: tests start an agent or a ztunnel themselves."""
+    with lab_of("--no-node-daemons") as running:
+        yield running

@@ -130,6 +130,12 @@ class AgentProcess:
 
 
 @pytest.fixture
+def lab(bare_lab: Lab) -> Lab:
+    """These tests run the agent by hand, with a fake or in-process ztunnel: no node daemons in the lab."""
+    return bare_lab
+
+
+@pytest.fixture
 def agent(lab: Lab, tmp_path: Path) -> Iterator[AgentProcess]:
     a = AgentProcess(lab, tmp_path)
     a.start()

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from typing import Protocol
 
 from ztunnel.inpod.listeners import PodListeners
 from ztunnel.inpod.protocol import WorkloadInfo
@@ -17,13 +17,24 @@ from ztunnel.inpod.protocol import WorkloadInfo
 log = logging.getLogger(__name__)
 
 
+class PodHooks(Protocol):
+    """What the proxy does when a pod starts or stops being served."""
+
+    def pod_added(self, uid: str, info: WorkloadInfo | None, listeners: PodListeners) -> None:
+        """The pod's listeners are open: start accepting on them."""
+
+    def pod_removed(self, uid: str) -> None:
+        """Stop accepting; called before the listeners close, so no server is left on a closed socket."""
+
+
 class WorkloadManager:
     """Pods served by this ztunnel, by uid."""
 
-    def __init__(self, on_change: Callable[[], None] | None = None) -> None:
+    def __init__(self, hooks: PodHooks | None = None) -> None:
         self.pods: dict[str, tuple[WorkloadInfo | None, PodListeners]] = {}
-        self.on_change = on_change
-        """Called after pods were added or removed (the proxy starts or stops accepting on them)."""
+        self.hooks = hooks
+        self.snapshots = 0
+        """Completed replays (`snapshot_sent`): ztunnel is ready only after the first."""
         self._replayed: set[str] | None = None
 
     def add(self, uid: str, info: WorkloadInfo | None, netns_fd: int) -> None:
@@ -42,18 +53,18 @@ class WorkloadManager:
             raise
         self.pods[uid] = (info, listeners)
         log.info("serving %s", info and f"{info.namespace}/{info.name}" or uid)
-        if self.on_change is not None:
-            self.on_change()
+        if self.hooks is not None:
+            self.hooks.pod_added(uid, info, listeners)
 
     def delete(self, uid: str) -> None:
         entry = self.pods.pop(uid, None)
         if entry is None:
             return
+        if self.hooks is not None:
+            self.hooks.pod_removed(uid)
         entry[1].close()
         os.close(entry[1].netns_fd)
         log.info("stopped serving %s", uid)
-        if self.on_change is not None:
-            self.on_change()
 
     def replay_started(self) -> None:
         """A (re)connect: pods not replayed before `snapshot_done` are dropped then."""
@@ -61,6 +72,7 @@ class WorkloadManager:
 
     def snapshot_done(self) -> None:
         replayed, self._replayed = self._replayed or set(), None
+        self.snapshots += 1
         for uid in set(self.pods) - replayed:
             self.delete(uid)
 

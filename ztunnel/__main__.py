@@ -1,0 +1,7 @@
+"""`python -m ztunnel`."""
+
+import sys
+
+from ztunnel.main import main
+
+sys.exit(main())

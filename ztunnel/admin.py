@@ -1,0 +1,145 @@
+"""ztunnel's own HTTP endpoints, in the node's netns: admin (15000, localhost only), metrics, readiness.
+
+- 15000 `/config_dump`: what this proxy holds (workloads, services, policies, certificates with expiry,
+  served pods with their listener state, open connections, pooled HBONE connections), and
+  `/quitquitquit` (POST): drain and exit, as Envoy and Istio's ztunnel offer.
+- 15020 `/metrics` (also `/stats/prometheus`): Prometheus text.
+- 15021 `/healthz/ready`: 200 once config and the agent's pod snapshot have arrived, 503 while draining.
+These run on the same loop as the data path but do no blocking work: each reply is built from memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from dataclasses import asdict
+from datetime import UTC, datetime
+from typing import Any
+
+from aiohttp import web
+
+from ztunnel.config.client import ConfigClient
+from ztunnel.inpod.client import ZdsClient
+from ztunnel.proxy.context import ProxyContext
+
+
+class Admin:
+    """Builds the three apps over one proxy's state."""
+
+    def __init__(self, ctx: ProxyContext, config: ConfigClient, zds: ZdsClient, shutdown: Callable[[], None]) -> None:
+        self.ctx = ctx
+        self.config = config
+        self.zds = zds
+        self.shutdown = shutdown
+        self.started = datetime.now(UTC)
+
+    @property
+    def ready(self) -> bool:
+        return self.config.state.version > 0 and self.zds.manager.snapshots > 0 and not self.ctx.draining
+
+    def problems(self) -> list[str]:
+        out = []
+        if self.config.state.version == 0:
+            out.append(f"no config from control yet ({self.config.last_error or 'connecting'})")
+        if self.zds.manager.snapshots == 0:
+            out.append(f"no pod snapshot from the agent yet ({self.zds.path})")
+        if self.ctx.draining:
+            out.append("draining")
+        return out
+
+    def config_dump(self) -> dict[str, Any]:
+        ctx, state = self.ctx, self.config.state
+        index = ctx.index
+        certs = []
+        for entry in ctx.identities.status():
+            cert = ctx.identities.certs.get(str(entry["identity"]))
+            certs.append({**entry, "notBefore": cert.not_before.isoformat() if cert else None})
+        return {
+            "node": ctx.node,
+            "startedAt": self.started.isoformat(),
+            "ready": self.ready,
+            "problems": self.problems(),
+            "config": {
+                "epoch": state.epoch,
+                "version": state.version,
+                "connected": self.config.connected,
+                "lastError": self.config.last_error,
+                "url": self.config.url,
+            },
+            "zds": {"connected": self.zds.connected, "socket": str(self.zds.path)},
+            "workloads": [_workload(w) for w in sorted(index.workloads.values(), key=lambda w: (w.namespace, w.name))],
+            "services": [dict(s) for s in state.items("services").values()],
+            "policies": {
+                "authorization": [dict(p) for p in state.items("authorization_policies").values()],
+                "peerAuthentication": [dict(p) for p in state.items("peer_authentications").values()],
+            },
+            "certificates": certs,
+            "pods": [
+                {
+                    "uid": p.uid,
+                    "name": p.name,
+                    "namespace": p.namespace,
+                    "identity": p.identity,
+                    "ips": list(p.ips),
+                    "listeners": {
+                        "outbound": {"port": 15001, "accepting": len(p.servers) >= 1},
+                        "inbound_plaintext": {"port": 15006, "accepting": len(p.servers) >= 2},
+                        "hbone": {"port": 15008, "accepting": p.hbone_ready and bool(p.servers)},
+                    },
+                    "error": p.error,
+                }
+                for p in sorted(ctx.pods.values(), key=lambda p: (p.namespace, p.name))
+            ],
+            "connections": [t.status() for t in sorted(ctx.tunnels, key=lambda t: t.id)],
+            "pool": ctx.pool.status() if ctx.pool is not None else [],
+        }
+
+    # ----- apps -----
+
+    def admin_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/config_dump", self._config_dump)
+        app.router.add_post("/quitquitquit", self._quit)
+        return app
+
+    def metrics_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self._metrics)
+        app.router.add_get("/stats/prometheus", self._metrics)
+        return app
+
+    def readiness_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/healthz/ready", self._ready)
+        return app
+
+    async def _config_dump(self, _: web.Request) -> web.Response:
+        return web.json_response(self.config_dump(), dumps=_dumps)
+
+    async def _quit(self, _: web.Request) -> web.Response:
+        asyncio.get_running_loop().call_soon(self.shutdown)
+        return web.Response(text="draining\n")
+
+    async def _metrics(self, _: web.Request) -> web.Response:
+        ctx = self.ctx
+        ctx.metrics.gauges["meshlet_ztunnel_open_connections"] = len(ctx.tunnels)
+        ctx.metrics.gauges["meshlet_ztunnel_served_pods"] = len(ctx.pods)
+        ctx.metrics.gauges["meshlet_ztunnel_config_version"] = self.config.state.version
+        ctx.metrics.gauges["meshlet_ztunnel_hbone_handshakes_total"] = ctx.pool.handshakes if ctx.pool else 0
+        return web.Response(text=ctx.metrics.render(), content_type="text/plain", charset="utf-8")
+
+    async def _ready(self, _: web.Request) -> web.Response:
+        if self.ready:
+            return web.Response(text="ready\n")
+        return web.Response(status=503, text="; ".join(self.problems()) + "\n")
+
+
+def _workload(w: Any) -> dict[str, Any]:
+    d = asdict(w)
+    d["labels"] = dict(w.labels)
+    return d
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, indent=2, sort_keys=True, default=str)

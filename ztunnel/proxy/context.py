@@ -1,0 +1,85 @@
+"""What every connection handler shares: the node's served pods, the current mesh index, identities.
+
+One `ProxyContext` per ztunnel process. The mesh index is replaced whole by the config client; a
+handler reads `ctx.index` once per connection and uses that snapshot throughout, so a config change
+never lands half-way through a decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass, field
+
+from ztunnel.identity.manager import IdentityManager, WorkloadCertificate
+from ztunnel.metrics import UNKNOWN, Metrics, Peer
+from ztunnel.proxy.pool import HbonePool
+from ztunnel.proxy.relay import Tunnel
+from ztunnel.state.mesh import MeshIndex, Workload
+from ztunnel.tls import TlsContexts
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(slots=True)
+class ServedPod:
+    """A pod whose listeners this process holds."""
+
+    uid: str
+    name: str
+    namespace: str
+    service_account: str
+    identity: str
+    ips: tuple[str, ...]
+    netns_fd: int
+    servers: list[asyncio.AbstractServer] = field(default_factory=list)
+    hbone_ready: bool = False
+    """15008 accepts once the pod's certificate is in hand; until then connections wait in the backlog."""
+    error: str | None = None
+
+
+@dataclass(slots=True)
+class ProxyContext:
+    node: str
+    trust_domain: str
+    root_namespace: str
+    identities: IdentityManager
+    metrics: Metrics = field(default_factory=Metrics)
+    index: MeshIndex = field(default_factory=MeshIndex)
+    tls: TlsContexts = field(default_factory=TlsContexts)
+    pool: HbonePool | None = None
+    pods: dict[str, ServedPod] = field(default_factory=dict)
+    pods_by_ip: dict[str, ServedPod] = field(default_factory=dict)
+    tunnels: set[Tunnel] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    """Connection set-up tasks, referenced until done (asyncio keeps only weak references)."""
+    draining: bool = False
+
+    def __post_init__(self) -> None:
+        if self.pool is None:
+            self.pool = HbonePool(self.trust_domain)
+
+    def spawn(self, coro: object, name: str) -> None:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def certificate(self, identity: str) -> WorkloadCertificate:
+        return await self.identities.certificate(identity)
+
+    def count_error(self, direction: str, reason: str, detail: object) -> None:
+        """Count a failed connection and log it once (at the place it failed)."""
+        self.metrics.errors[(direction, reason)] += 1
+        log.info("%s connection failed (%s): %s", direction, reason, detail)
+
+
+def peer_of(workload: Workload | None, principal: str | None = None) -> Peer:
+    """A workload as metrics label it; `principal` overrides (what the certificate proved)."""
+    if workload is None:
+        return Peer(principal=principal or UNKNOWN)
+    return Peer(
+        workload=workload.name,
+        namespace=workload.namespace,
+        principal=principal or (workload.identity if workload.enrolled else UNKNOWN),
+        app=workload.labels.get("app", UNKNOWN),
+    )

@@ -1,0 +1,331 @@
+"""HBONE over a TLS transport: the asyncio side of `ztunnel.hbone.H2Connection`, and streams as tunnel sides.
+
+`HboneConnection` feeds what the TLS transport reads into the sans-IO connection, dispatches the events
+to the streams, and writes out what the connection queued, once per read. A `StreamSide` is one CONNECT
+stream as a relay `Side`: writes become DATA frames as far as the flow-control windows allow (the rest
+waits for a WINDOW_UPDATE while its TCP peer is paused), and received data is acknowledged to the peer
+only once the TCP side can take more, so HTTP/2 flow control is the tunnel's backpressure end to end.
+Errors stay per stream: a reset stream resets its TCP peer; only a broken connection ends them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import cast
+
+from ztunnel.hbone import (
+    ConnectionTerminated,
+    DataReceived,
+    ErrorCode,
+    H2Connection,
+    H2Settings,
+    ProtocolError,
+    RequestReceived,
+    ResponseReceived,
+    StreamEnded,
+    StreamReset,
+    StreamStateError,
+    WindowUpdated,
+)
+from ztunnel.proxy.relay import WRITE_HIGH_WATER, Side, Tunnel
+
+log = logging.getLogger(__name__)
+
+
+class StreamSide:
+    """One CONNECT stream of an `HboneConnection`, as a side of a tunnel."""
+
+    def __init__(self, conn: HboneConnection, stream_id: int, tunnel: Tunnel) -> None:
+        self.conn = conn
+        self.stream_id = stream_id
+        self.tunnel = tunnel
+        self.peer: Side | None = None
+        self.received = 0
+        self.closed = False
+        self.eof_in = False
+        self.eof_out = False
+        self.paused = True  # until the tunnel is established: data waits in `early`, unacknowledged
+        self._unacked = 0
+        self._pending: list[bytes | memoryview] = []
+        self._eof_wanted = False
+        self._early: list[bytes | memoryview] = []
+
+    # ----- from the connection -----
+
+    def deliver(self, data: bytes | memoryview, flow_length: int) -> None:
+        self.received += len(data)
+        if self.peer is None:
+            self._early.append(data)
+        else:
+            self.peer.write(data)
+        if self.paused:
+            self._unacked += flow_length
+        else:
+            self.conn.h2.acknowledge_received(self.stream_id, flow_length)
+
+    def remote_ended(self) -> None:
+        self.eof_in = True
+        if self.peer is not None:
+            self.peer.write_eof()
+        self._maybe_done()
+
+    def remote_reset(self) -> None:
+        self._done(ConnectionResetError("stream reset by the peer"))
+
+    def window_opened(self) -> None:
+        """Offer what the windows refused before; resume the TCP peer once all of it went."""
+        h2 = self.conn.h2
+        try:
+            while self._pending:
+                chunk = self._pending[0]
+                n = h2.send_data(self.stream_id, chunk)
+                if n < len(chunk):
+                    self._pending[0] = memoryview(chunk)[n:]
+                    return
+                self._pending.pop(0)
+            if self._eof_wanted:
+                self._eof_wanted = False
+                self._end()
+        except StreamStateError:
+            self.abort()
+            return
+        if self.peer is not None and not self.conn.paused:
+            self.peer.resume_reading()
+
+    # ----- Side: driven by the TCP peer -----
+
+    def write(self, data: bytes | memoryview) -> None:
+        if self.closed:
+            return
+        if self._pending:
+            self._pending.append(data)
+            return
+        try:
+            n = self.conn.h2.send_data(self.stream_id, data)
+        except StreamStateError:
+            self.abort()
+            return
+        if n < len(data):
+            self._pending.append(memoryview(data)[n:])
+            if self.peer is not None:
+                self.peer.pause_reading()
+        self.conn.flush()
+
+    def write_eof(self) -> None:
+        if self.closed or self.eof_out or self._eof_wanted:
+            return
+        if self._pending:
+            self._eof_wanted = True
+            return
+        self._end()
+        self.conn.flush()
+
+    def pause_reading(self) -> None:
+        self.paused = True
+
+    def resume_reading(self) -> None:
+        self.paused = False
+        if self._early and self.peer is not None:
+            early, self._early = self._early, []
+            for chunk in early:
+                self.peer.write(chunk)
+        if self._unacked:
+            self.conn.h2.acknowledge_received(self.stream_id, self._unacked)
+            self._unacked = 0
+            self.conn.flush()
+
+    def abort(self) -> None:
+        if self.closed:
+            return
+        self.conn.h2.reset_stream(self.stream_id, ErrorCode.CANCEL)
+        self.conn.flush()
+        self._done(None)
+
+    def close(self) -> None:
+        self.write_eof()
+
+    def _end(self) -> None:
+        try:
+            self.conn.h2.end_stream(self.stream_id)
+        except StreamStateError:
+            pass  # reset meanwhile: the reset event ends this side
+        self.eof_out = True
+        self._maybe_done()
+
+    def _maybe_done(self) -> None:
+        if self.eof_in and self.eof_out:
+            self._done(None)
+
+    def _done(self, error: BaseException | None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.conn.stream_done(self)
+        self.tunnel.side_lost(self, error)
+
+
+RequestHandler = Callable[["HboneConnection", RequestReceived], None]
+
+
+class HboneConnection(asyncio.Protocol):
+    """One HBONE (HTTP/2 over TLS) connection, client or server side."""
+
+    def __init__(
+        self,
+        client: bool,
+        on_request: RequestHandler | None = None,
+        on_lost: Callable[[HboneConnection], None] | None = None,
+        settings: H2Settings | None = None,
+    ) -> None:
+        self.h2 = H2Connection(client, settings)
+        self.client = client
+        self.on_request = on_request
+        self.on_lost = on_lost
+        self.transport: asyncio.Transport | None = None
+        self.streams: dict[int, StreamSide] = {}
+        self.responses: dict[int, asyncio.Future[int]] = {}
+        self.paused = False
+        self.lost = False
+        self.goaway = False
+        self.peer_identity = ""
+        self.on_idle: Callable[[HboneConnection], None] | None = None
+
+    # ----- asyncio.Protocol -----
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, though they implement it.
+        self.transport = transport = cast(asyncio.Transport, transport)
+        transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
+        self.flush()  # the preface
+
+    def data_received(self, data: bytes) -> None:
+        h2 = self.h2
+        try:
+            events = h2.receive_data(data)
+        except ProtocolError as exc:
+            log.warning("HBONE connection broken by the peer: %s", exc)
+            h2.close(exc.error_code, str(exc))
+            self.flush()
+            if self.transport is not None:
+                self.transport.close()
+            return
+        streams = self.streams
+        for ev in events:
+            kind = type(ev)
+            if kind is DataReceived:
+                side = streams.get(ev.stream_id)  # type: ignore[attr-defined]
+                if side is None:
+                    h2.acknowledge_received(ev.stream_id, ev.flow_controlled_length)  # type: ignore[attr-defined]
+                else:
+                    side.deliver(ev.data, ev.flow_controlled_length)  # type: ignore[attr-defined]
+            elif kind is WindowUpdated:
+                if ev.stream_id == 0:  # type: ignore[attr-defined]
+                    for side in list(streams.values()):
+                        side.window_opened()
+                elif (side := streams.get(ev.stream_id)) is not None:  # type: ignore[attr-defined]
+                    side.window_opened()
+            elif kind is RequestReceived and self.on_request is not None:
+                self.on_request(self, ev)  # type: ignore[arg-type]
+            elif kind is ResponseReceived:
+                fut = self.responses.pop(ev.stream_id, None)  # type: ignore[attr-defined]
+                if fut is not None and not fut.done():
+                    fut.set_result(ev.status)  # type: ignore[attr-defined]
+            elif kind is StreamEnded:
+                if (side := streams.get(ev.stream_id)) is not None:  # type: ignore[attr-defined]
+                    side.remote_ended()
+            elif kind is StreamReset:
+                self._stream_reset(ev.stream_id)  # type: ignore[attr-defined]
+            elif kind is ConnectionTerminated:
+                self.goaway = True
+        self.flush()
+
+    def pause_writing(self) -> None:
+        self.paused = True
+        for side in self.streams.values():
+            if side.peer is not None:
+                side.peer.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        for side in list(self.streams.values()):
+            if side.peer is not None and not side._pending:
+                side.peer.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        for fut in self.responses.values():
+            if not fut.done():
+                fut.set_exception(ConnectionResetError("HBONE connection lost"))
+        self.responses.clear()
+        for side in list(self.streams.values()):
+            side.remote_reset()
+        if self.on_lost is not None:
+            self.on_lost(self)
+
+    # ----- for the proxy -----
+
+    def flush(self) -> None:
+        bufs = self.h2.buffers_to_send()
+        if bufs and self.transport is not None and not self.lost:
+            self.transport.writelines(bufs)
+
+    @property
+    def usable(self) -> bool:
+        return not self.lost and not self.goaway and self.h2.available_streams > 0
+
+    def open(
+        self, authority: str, tunnel: Tunnel, headers: list[tuple[str, str]]
+    ) -> tuple[StreamSide, asyncio.Future[int]]:
+        """(client) Send a CONNECT; the future gets the response status."""
+        stream_id = self.h2.open_stream(authority, headers)
+        side = StreamSide(self, stream_id, tunnel)
+        self.streams[stream_id] = side
+        fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+        self.responses[stream_id] = fut
+        self.flush()
+        return side, fut
+
+    def accept(self, stream_id: int, tunnel: Tunnel) -> StreamSide:
+        """(server) Track a requested stream before it is answered, so data for it is kept."""
+        side = StreamSide(self, stream_id, tunnel)
+        self.streams[stream_id] = side
+        return side
+
+    def respond(self, stream_id: int, status: int) -> None:
+        """(server) 200 opens the tunnel; anything else refuses it and ends the stream."""
+        try:
+            self.h2.respond(stream_id, status, end_stream=status != 200)
+        except StreamStateError:
+            return  # reset by the client meanwhile
+        if status != 200:
+            side = self.streams.get(stream_id)
+            if side is not None:
+                side.eof_out = True
+                side.abort()
+        self.flush()
+
+    def stream_done(self, side: StreamSide) -> None:
+        self.streams.pop(side.stream_id, None)
+        fut = self.responses.pop(side.stream_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionResetError("stream reset before the response"))
+        if not self.streams and self.on_idle is not None:
+            self.on_idle(self)
+
+    def close(self) -> None:
+        """GOAWAY then close: streams in flight end with the connection."""
+        if self.lost or self.transport is None:
+            return
+        self.h2.close(ErrorCode.NO_ERROR)
+        self.flush()
+        self.transport.close()
+
+    def _stream_reset(self, stream_id: int) -> None:
+        fut = self.responses.pop(stream_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionResetError(f"stream {stream_id} reset by the peer"))
+        side = self.streams.get(stream_id)
+        if side is not None:
+            side.remote_reset()

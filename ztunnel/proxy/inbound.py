@@ -1,0 +1,158 @@
+"""Inbound: connections to an enrolled pod, over HBONE (15008) or in plaintext (15006), to its app.
+
+HBONE: the TLS handshake has verified the client's chain; its SPIFFE identity must belong to our trust
+domain. Each CONNECT stream is authorized (L4 AuthorizationPolicy) and, when allowed, connected to the
+app from inside the pod's netns with the caller's IP as source (IP_TRANSPARENT), so the app and its
+logs see who called; the reply 200 opens the tunnel, 401 refuses it, 503 says the app refused.
+Plaintext: PeerAuthentication decides whether it is accepted at all (STRICT refuses), then the same
+authorization applies with no identity. `deliver` is also the same-node path of outbound connections.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+
+from ztunnel.hbone import RequestReceived
+from ztunnel.metrics import tcp_labels
+from ztunnel.proxy import sockets
+from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
+from ztunnel.proxy.hbone import HboneConnection, StreamSide
+from ztunnel.proxy.relay import TcpSide, Tunnel
+from ztunnel.rbac import Connection, authorize, mtls_mode
+from ztunnel.state.mesh import MeshIndex
+from ztunnel.tls import PeerIdentityError, peer_identity
+
+log = logging.getLogger(__name__)
+HBONE_PORT = 15008
+
+
+def allowed(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, conn: Connection, direction: str) -> bool:
+    """Authorize `conn` to `pod` with the index the caller holds; counts and logs the decision."""
+    workload = index.workloads.get(pod.uid)
+    labels = workload.labels if workload is not None else {}
+    decision = authorize(index.policies.authorization, pod.namespace, labels, conn, ctx.root_namespace)
+    ctx.metrics.decisions[(direction, "allow" if decision.allowed else "deny")] += 1
+    if not decision.allowed:
+        log.info("denied %s -> %s/%s:%d: %s", conn.source_identity or conn.source_ip, pod.namespace, pod.name,
+                 conn.dest_port, decision.reason)  # fmt: skip
+    return decision.allowed
+
+
+async def deliver(ctx: ProxyContext, pod: ServedPod, source_ip: str, ip: str, port: int, tunnel: Tunnel) -> TcpSide:
+    """Connect to the app in `pod` from `source_ip` (spoofed with IP_TRANSPARENT) and return that side."""
+    sock = await sockets.connect(pod.netns_fd, ip, port, source_ip)
+    loop = asyncio.get_running_loop()
+    _, side = await loop.create_connection(lambda: TcpSide(tunnel), sock=sock)
+    return side
+
+
+class InboundHbone(HboneConnection):
+    """A 15008 connection into one pod: checks the client's identity, then serves its CONNECT streams."""
+
+    def __init__(self, ctx: ProxyContext, pod: ServedPod) -> None:
+        super().__init__(client=False, on_request=self._request)
+        self.ctx = ctx
+        self.pod = pod
+        self.source_ip = ""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        try:
+            self.peer_identity = peer_identity(transport.get_extra_info("ssl_object"), self.ctx.trust_domain)
+        except (PeerIdentityError, ssl.SSLError) as exc:
+            self.ctx.count_error("inbound", "peer_identity", exc)
+            transport.abort()  # type: ignore[attr-defined]
+            return
+        peer = transport.get_extra_info("peername")
+        self.source_ip = peer[0] if peer else ""
+        super().connection_made(transport)
+
+    def _request(self, conn: HboneConnection, ev: RequestReceived) -> None:
+        ctx = self.ctx
+        tunnel = Tunnel("inbound", ctx.metrics, ctx.tunnels, f"{self.source_ip} -> {ev.authority}")
+        side = self.accept(ev.stream_id, tunnel)
+        tunnel.downstream = side
+        if ctx.draining:
+            self.respond(ev.stream_id, 503)
+            return
+        ctx.spawn(self._serve(side, tunnel, ev.authority), name=f"inbound-{tunnel.id}")
+
+    async def _serve(self, side: StreamSide, tunnel: Tunnel, authority: str) -> None:
+        ctx, pod = self.ctx, self.pod
+        host, _, port_text = authority.rpartition(":")
+        if host not in pod.ips:
+            ctx.count_error("inbound", "wrong_destination", f"{authority} is not an address of {pod.name}")
+            self.respond(side.stream_id, 400)
+            return
+        port = int(port_text)
+        index = ctx.index
+        request = Connection(self.source_ip, self.peer_identity, host, port)
+        if not allowed(ctx, index, pod, request, "inbound"):
+            ctx.metrics.errors[("inbound", "denied")] += 1
+            self.respond(side.stream_id, 401)
+            return
+        try:
+            upstream = await deliver(ctx, pod, self.source_ip, host, port, tunnel)
+        except (OSError, TimeoutError) as exc:
+            ctx.count_error("inbound", "app_unreachable", f"{pod.namespace}/{pod.name}:{port}: {exc}")
+            self.respond(side.stream_id, 503)
+            return
+        if side.closed:
+            upstream.abort()
+            return
+        self.respond(side.stream_id, 200)
+        source = peer_of(index.by_ip.get(self.source_ip), self.peer_identity)
+        labels = tcp_labels("destination", source, peer_of(index.workloads.get(pod.uid), pod.identity), None, True)
+        tunnel.established(upstream, labels)
+
+
+class InboundPlaintext(TcpSide):
+    """A 15006 connection: plaintext from outside the mesh to an enrolled pod."""
+
+    def __init__(self, ctx: ProxyContext, pod: ServedPod) -> None:
+        super().__init__(Tunnel("inbound_plaintext", ctx.metrics, ctx.tunnels, ""))
+        self.tunnel.downstream = self
+        self.ctx = ctx
+        self.pod = pod
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.ctx.spawn(self._serve(), name=f"inbound-plaintext-{self.tunnel.id}")
+
+    async def _serve(self) -> None:
+        ctx, pod, tunnel = self.ctx, self.pod, self.tunnel
+        assert self.transport is not None
+        try:
+            ip, port = sockets.original_dst(self.transport.get_extra_info("socket"))
+            source_ip = self.transport.get_extra_info("peername")[0]
+        except (OSError, TypeError) as exc:
+            ctx.count_error("inbound_plaintext", "original_dst", exc)
+            tunnel.fail()
+            return
+        tunnel.describe = f"{source_ip} -> {ip}:{port}"
+        index = ctx.index
+        workload = index.workloads.get(pod.uid)
+        mode = mtls_mode(
+            index.policies.peer_authentication,
+            pod.namespace,
+            workload.labels if workload is not None else {},
+            port,
+            ctx.root_namespace,
+        )
+        if mode == "STRICT":
+            ctx.count_error("inbound_plaintext", "strict_mtls", f"{tunnel.describe}: plaintext refused (STRICT)")
+            tunnel.fail()
+            return
+        if not allowed(ctx, index, pod, Connection(source_ip, None, ip, port), "inbound_plaintext"):
+            ctx.metrics.errors[("inbound_plaintext", "denied")] += 1
+            tunnel.fail()
+            return
+        try:
+            upstream = await deliver(ctx, pod, source_ip, ip, port, tunnel)
+        except (OSError, TimeoutError) as exc:
+            ctx.count_error("inbound_plaintext", "app_unreachable", f"{tunnel.describe}: {exc}")
+            tunnel.fail()
+            return
+        labels = tcp_labels("destination", peer_of(index.by_ip.get(source_ip)), peer_of(workload), None, False)
+        tunnel.established(upstream, labels)

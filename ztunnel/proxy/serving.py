@@ -1,0 +1,123 @@
+"""Accepting on each served pod's listeners: the bridge between ZDS (which pods) and the proxy.
+
+When the agent hands over a pod, its three listeners are already open (`ztunnel.inpod`); here each gets
+an asyncio server: 15001 and 15006 at once, 15008 as soon as the pod's certificate is in hand (until
+then connecting clients wait in the kernel's backlog rather than being refused). Removing a pod closes
+its servers; connections already relayed continue until they end.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+from control.wire import spiffe_id
+from ztunnel.identity.manager import IdentityError
+from ztunnel.inpod.listeners import PodListeners
+from ztunnel.inpod.protocol import WorkloadInfo
+from ztunnel.proxy.context import ProxyContext, ServedPod
+from ztunnel.proxy.inbound import InboundHbone, InboundPlaintext
+from ztunnel.proxy.outbound import Outbound
+
+log = logging.getLogger(__name__)
+CERT_RETRY_MAX = 10.0
+
+
+class PodServing:
+    """Implements the workload manager's hooks for a `ProxyContext`."""
+
+    def __init__(self, ctx: ProxyContext) -> None:
+        self.ctx = ctx
+
+    def pod_added(self, uid: str, info: WorkloadInfo | None, listeners: PodListeners) -> None:
+        ctx = self.ctx
+        if info is None:  # a keep without details: what control says about the uid
+            known = ctx.index.workloads.get(uid)
+            if known is None:
+                raise IdentityError(f"pod {uid} was handed over without its details and control does not know it")
+            info = WorkloadInfo(known.name, known.namespace, known.service_account, known.ips)
+        pod = ServedPod(
+            uid=uid,
+            name=info.name,
+            namespace=info.namespace,
+            service_account=info.service_account,
+            identity=spiffe_id(ctx.trust_domain, info.namespace, info.service_account),
+            ips=info.ips,
+            netns_fd=listeners.netns_fd,
+        )
+        ctx.pods[uid] = pod
+        for ip in pod.ips:
+            ctx.pods_by_ip[ip] = pod
+        self._track()
+        # The sockets are listening already: connections made before the servers start wait in the
+        # kernel's backlog, so starting them in a task loses nothing.
+        ctx.spawn(self._serve(pod, listeners), name=f"servers-{pod.name}")
+
+    async def _serve(self, pod: ServedPod, listeners: PodListeners) -> None:
+        ctx, loop = self.ctx, asyncio.get_running_loop()
+        outbound = await loop.create_server(lambda: Outbound(ctx, pod), sock=listeners.sockets["outbound"])
+        plaintext = await loop.create_server(
+            lambda: InboundPlaintext(ctx, pod), sock=listeners.sockets["inbound_plaintext"]
+        )
+        if ctx.pods.get(pod.uid) is not pod or ctx.draining:
+            outbound.close()
+            plaintext.close()
+            return
+        pod.servers += [outbound, plaintext]
+        delay = 0.2
+        while ctx.pods.get(pod.uid) is pod:
+            try:
+                cert = await ctx.certificate(pod.identity)
+                break
+            except Exception as exc:  # control away or refusing: keep the listener, retry
+                pod.error = f"certificate: {exc}"
+                log.warning("no certificate yet for %s (%s); retrying in %.1fs", pod.identity, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, CERT_RETRY_MAX)
+        else:
+            return  # removed meanwhile
+        server = await asyncio.get_running_loop().create_server(
+            lambda: InboundHbone(ctx, pod),
+            sock=listeners.sockets["hbone"],
+            ssl=ctx.tls.server(cert),
+            ssl_handshake_timeout=5.0,
+        )
+        if ctx.pods.get(pod.uid) is not pod or ctx.draining:
+            server.close()
+            return
+        pod.servers.append(server)
+        pod.hbone_ready = True
+        pod.error = None
+
+    def pod_removed(self, uid: str) -> None:
+        ctx = self.ctx
+        pod = ctx.pods.pop(uid, None)
+        if pod is None:
+            return
+        for ip in pod.ips:
+            if ctx.pods_by_ip.get(ip) is pod:
+                del ctx.pods_by_ip[ip]
+        for server in pod.servers:
+            server.close()
+        pod.servers.clear()
+        self._track()
+
+    def stop_accepting(self) -> None:
+        """Drain: close every server (a newer ztunnel holding the same ports takes new connections)."""
+        for pod in self.ctx.pods.values():
+            for server in pod.servers:
+                server.close()
+            pod.servers.clear()
+
+    def refresh_certificates(self) -> None:
+        """Load renewed certificates into the server contexts that 15008 servers hold."""
+        ctx = self.ctx
+        for pod in ctx.pods.values():
+            cert = ctx.identities.certs.get(pod.identity)
+            if cert is not None:
+                ctx.tls.server(cert)
+
+    def _track(self) -> None:
+        wanted = {p.identity for p in self.ctx.pods.values()}
+        self.ctx.identities.track(wanted)
+        self.ctx.tls.forget(wanted)

@@ -1,0 +1,74 @@
+"""Sockets of the data path: opened inside a pod's netns, marked, and reset rather than closed on refusal.
+
+Every upstream socket is created while the thread is in the pod's netns (so it leaves with the pod's IP
+and its routes), carries ztunnel's mark (so the pod's own capture rules let it pass), and, towards an
+app, may bind the caller's IP with IP_TRANSPARENT so the app sees who called. setns(2) is two fast
+syscalls and never blocks, so it is done on the event loop thread: the home netns fd is opened once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import struct
+
+from ztunnel.inpod.listeners import IP_TRANSPARENT, ZTUNNEL_MARK
+from ztunnel.inpod.netns import setns
+
+SO_ORIGINAL_DST = 80
+CONNECT_TIMEOUT = 5.0
+_HOME = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+"""This process' own netns, taken at import (before any thread moves): where every setns returns to."""
+_LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int]:
+    """Where a REDIRECTed connection was going (netfilter's SO_ORIGINAL_DST, a sockaddr_in)."""
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port, packed = struct.unpack_from("!2xH4s", raw)
+    return socket.inet_ntoa(packed), port
+
+
+def pod_socket(netns_fd: int, source_ip: str | None = None) -> socket.socket:
+    """A non-blocking TCP socket in the netns of `netns_fd`, marked as ztunnel's own; bound to
+    `source_ip` (any address, with IP_TRANSPARENT) when given."""
+    setns(netns_fd)
+    try:
+        s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    finally:
+        setns(_HOME)
+    try:
+        s.setblocking(False)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZTUNNEL_MARK)
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if source_ip is not None:
+            s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+            s.bind((source_ip, 0))
+    except BaseException:
+        s.close()
+        raise
+    return s
+
+
+async def connect(netns_fd: int, ip: str, port: int, source_ip: str | None = None) -> socket.socket:
+    """A connected socket from the pod's netns to `ip:port` (ConnectionRefusedError, TimeoutError, OSError)."""
+    sock = pod_socket(netns_fd, source_ip)
+    try:
+        async with asyncio.timeout(CONNECT_TIMEOUT):
+            await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+def reset(transport: asyncio.BaseTransport) -> None:
+    """Close with RST, not FIN: a refused or failed tunnel must not look like a clean end of stream."""
+    sock = transport.get_extra_info("socket")
+    if sock is not None:
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+        except OSError:
+            pass  # already closed: there is nothing left to reset
+    transport.abort()  # type: ignore[attr-defined]

@@ -1,0 +1,207 @@
+"""Authorization and mTLS mode at L4: pure functions of the policies and one connection, with Istio's semantics.
+
+The node proxy sees only the connection: the peer's identity from its certificate, the addresses and the port. Parts
+of a policy that need the HTTP request (request principals, hosts, methods, paths, and `when` keys other than
+source.ip, remote.ip, source.namespace, source.principal, destination.ip and destination.port) cannot be checked here,
+so they are resolved the way that fails closed, as Istio's ztunnel does:
+- in an ALLOW policy, a rule with any such part never matches: the proxy cannot prove the request would pass it;
+- in a DENY policy, such parts are ignored and the rest of the rule is matched, so the deny covers more than it
+  would at L7 (a rule denying `methods: [DELETE]` from a namespace denies every connection from it).
+AUDIT policies only mark requests for logging and never change a decision.
+
+There are no proxy headers at L4, so `ipBlocks` and `remoteIpBlocks` (and `source.ip` and `remote.ip`) all compare
+the connection's source address.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+from ztunnel.state.policy import (
+    AuthorizationPolicy,
+    Condition,
+    MtlsMode,
+    Network,
+    Operation,
+    PeerAuthentication,
+    Rule,
+    Selector,
+    Source,
+)
+
+_SPIFFE = "spiffe://"
+_Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+T = TypeVar("T")
+
+
+@dataclass(frozen=True, slots=True)
+class Connection:
+    """What the proxy knows about one connection at L4."""
+
+    source_ip: str
+    source_identity: str | None
+    """The full `spiffe://td/ns/<ns>/sa/<sa>` from the peer certificate; None when the connection is plaintext."""
+    dest_ip: str
+    dest_port: int
+    """The port the application listens on (not the HBONE port)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Whether a connection may proceed, and why, for logs, metrics and the admin endpoint."""
+
+    allowed: bool
+    reason: str
+    policy: str | None
+    """`namespace/name` of the policy that decided, or None when no single policy did."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Peer:
+    """A connection's attributes in the form rules compare them, worked out once per decision."""
+
+    principal: str
+    namespace: str
+    source_ip: _Address
+    dest_ip: _Address
+    dest_port: int
+
+    @classmethod
+    def of(cls, conn: Connection) -> _Peer:
+        # Plaintext has no principal and no namespace: "" is matched by no pattern, not even "*", as in Istio.
+        principal = (conn.source_identity or "").removeprefix(_SPIFFE)
+        parts = principal.split("/")
+        namespace = parts[2] if len(parts) >= 3 and parts[1] == "ns" else ""
+        return cls(principal, namespace, _address(conn.source_ip), _address(conn.dest_ip), conn.dest_port)
+
+
+def _address(text: str) -> _Address:
+    address = ipaddress.ip_address(text)
+    # A dual-stack socket reports IPv4 peers as ::ffff:a.b.c.d, which no IPv4 block would contain.
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
+
+
+def applicable(
+    policies: Iterable[AuthorizationPolicy], namespace: str, labels: Mapping[str, str], root_namespace: str
+) -> list[AuthorizationPolicy]:
+    """The policies that apply to a workload, in the order given: those of its namespace whose selector (if any)
+    matches its labels, and those of the root namespace without a selector or with one matching its labels."""
+    return [
+        p
+        for p in policies
+        if (p.namespace == namespace or p.namespace == root_namespace) and _selects(p.selector, labels)
+    ]
+
+
+def authorize(
+    policies: Sequence[AuthorizationPolicy],
+    namespace: str,
+    labels: Mapping[str, str],
+    conn: Connection,
+    root_namespace: str,
+) -> Decision:
+    """Whether `conn` may reach the workload (`namespace`, `labels`): any matching DENY policy denies; otherwise,
+    if no ALLOW policy applies, the connection is allowed, else it is allowed only if some ALLOW policy matches."""
+    peer = _Peer.of(conn)
+    selected = applicable(policies, namespace, labels, root_namespace)
+    for policy in selected:
+        if policy.action == "DENY" and any(_rule_matches(rule, peer) for rule in policy.rules):
+            return Decision(False, f"denied by DENY policy {policy.key}", policy.key)
+    allows = [policy for policy in selected if policy.action == "ALLOW"]
+    if not allows:
+        return Decision(True, "no ALLOW policy selects this workload", None)
+    for policy in allows:
+        if any(not rule.needs_l7 and _rule_matches(rule, peer) for rule in policy.rules):
+            return Decision(True, f"allowed by ALLOW policy {policy.key}", policy.key)
+    names = ", ".join(policy.key for policy in allows)
+    return Decision(False, f"no ALLOW policy matched ({names} select this workload)", None)
+
+
+def mtls_mode(
+    peer_auths: Iterable[PeerAuthentication], namespace: str, labels: Mapping[str, str], port: int, root_namespace: str
+) -> MtlsMode:
+    """The mTLS mode ("STRICT", "PERMISSIVE" or "DISABLE") for inbound connections to `port` of a workload.
+
+    The most specific policy wins: one in the workload's namespace selecting it (its entry for `port`, if any,
+    before its mode), then the namespace-wide one, then the mesh-wide one (root namespace, no selector). UNSET
+    defers to the next of these, and PERMISSIVE applies when none sets a mode. Istio breaks ties between policies
+    of one level by age, which the wire does not carry; here the first by name wins, which is at least stable."""
+    by_name = sorted(peer_auths, key=lambda p: p.name)
+    own = [p for p in by_name if p.namespace == namespace]
+    workload = next((p for p in own if p.selector is not None and _selects(p.selector, labels)), None)
+    namespace_wide = next((p for p in own if p.selector is None), None)
+    mesh_wide = next((p for p in by_name if p.namespace == root_namespace and p.selector is None), None)
+    modes: list[MtlsMode] = []
+    if workload is not None:
+        modes.extend(mode for p, mode in workload.port_modes if p == port)
+        modes.append(workload.mode)
+    modes.extend(p.mode for p in (namespace_wide, mesh_wide) if p is not None)
+    return next((mode for mode in modes if mode != "UNSET"), "PERMISSIVE")
+
+
+def _selects(selector: Selector | None, labels: Mapping[str, str]) -> bool:
+    return selector is None or all(labels.get(key) == value for key, value in selector)
+
+
+def _rule_matches(rule: Rule, peer: _Peer) -> bool:
+    """Whether the L4 parts of `rule` match; callers decide what the L7 parts mean (see the module docstring)."""
+    return (
+        (not rule.sources or any(_source_matches(s, peer) for s in rule.sources))
+        and (not rule.operations or any(_operation_matches(o, peer) for o in rule.operations))
+        and all(_condition_matches(c, peer) for c in rule.conditions)
+    )
+
+
+def _source_matches(source: Source, peer: _Peer) -> bool:
+    return (
+        _field(source.principals, source.not_principals, lambda p: _string_matches(p, peer.principal))
+        and _field(source.namespaces, source.not_namespaces, lambda n: _string_matches(n, peer.namespace))
+        and _field(source.ip_blocks, source.not_ip_blocks, lambda net: _contains(net, peer.source_ip))
+        and _field(source.remote_ip_blocks, source.not_remote_ip_blocks, lambda net: _contains(net, peer.source_ip))
+    )
+
+
+def _operation_matches(operation: Operation, peer: _Peer) -> bool:
+    return _field(operation.ports, operation.not_ports, lambda port: port == peer.dest_port)
+
+
+def _condition_matches(condition: Condition, peer: _Peer) -> bool:
+    key = condition.key
+    if key in ("source.ip", "remote.ip", "destination.ip"):
+        address = peer.dest_ip if key == "destination.ip" else peer.source_ip
+        return _field(condition.networks, condition.not_networks, lambda net: _contains(net, address))
+    if key in ("source.principal", "source.namespace"):
+        value = peer.principal if key == "source.principal" else peer.namespace
+        return _field(condition.values, condition.not_values, lambda v: _string_matches(v, value))
+    if key == "destination.port":
+        port = str(peer.dest_port)
+        return _field(condition.values, condition.not_values, lambda v: v == port)
+    return True  # needs the request: an ALLOW rule with it never gets here, a DENY rule ignores it
+
+
+def _field(values: tuple[T, ...], not_values: tuple[T, ...], matches: Callable[[T], bool]) -> bool:
+    """One field of a source, operation or condition: empty `values` match anything, else one must match; then
+    no entry of `not_values` may match."""
+    return (not values or any(map(matches, values))) and not any(map(matches, not_values))
+
+
+def _contains(network: Network, address: _Address) -> bool:
+    # An IPv4 address is in no IPv6 network and the reverse; `in` says so rather than raising.
+    return address in network
+
+
+def _string_matches(pattern: str, value: str) -> bool:
+    """Istio's string match: `*` alone matches any non-empty value, `*suffix` and `prefix*` match the end or the
+    start, anything else must be equal."""
+    if pattern == "*":
+        return value != ""
+    if pattern.startswith("*"):
+        return value.endswith(pattern[1:])
+    if pattern.endswith("*"):
+        return value.startswith(pattern[:-1])
+    return value == pattern

@@ -1,0 +1,161 @@
+"""Workloads and services as the data path reads them, indexed by uid, IP and VIP.
+
+`MeshIndex.from_config` converts one accepted `ConfigState` into domain objects once; it is also the
+config client's validator, so a version whose items cannot be converted is nacked and the last good
+index stays in force. The data path holds an index and never sees one half-built.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from ztunnel.config.state import ConfigRejected, ConfigState
+from ztunnel.state.policy import PolicySet
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """One pod of the mesh (enrolled or not), by the fields the proxy routes and authorizes on."""
+
+    uid: str
+    name: str
+    namespace: str
+    node: str
+    service_account: str
+    identity: str
+    """Its SPIFFE ID: what its certificate carries and what a client must see on its 15008."""
+    ips: tuple[str, ...]
+    labels: Mapping[str, str]
+    enrolled: bool
+    ready: bool
+
+    @classmethod
+    def from_wire(cls, item: Mapping[str, Any]) -> Workload:
+        return cls(
+            uid=str(item["uid"]),
+            name=str(item["name"]),
+            namespace=str(item["namespace"]),
+            node=str(item.get("node") or ""),
+            service_account=str(item["serviceAccount"]),
+            identity=str(item["identity"]),
+            ips=tuple(str(ip) for ip in item["ips"]),
+            labels={str(k): str(v) for k, v in dict(item.get("labels") or {}).items()},
+            enrolled=bool(item["enrolled"]),
+            ready=bool(item.get("ready", True)),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    workload_uid: str
+    ip: str
+    ports: Mapping[int, int]
+    """Service port -> the pod's port."""
+    ready: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    name: str
+    namespace: str
+    hostname: str
+    vips: tuple[str, ...]
+    ports: tuple[int, ...]
+    endpoints: tuple[Endpoint, ...]
+
+    @classmethod
+    def from_wire(cls, item: Mapping[str, Any]) -> Service:
+        return cls(
+            name=str(item["name"]),
+            namespace=str(item["namespace"]),
+            hostname=str(item.get("hostname") or ""),
+            vips=tuple(str(v) for v in item["vips"]),
+            ports=tuple(int(p["port"]) for p in item["ports"]),
+            endpoints=tuple(
+                Endpoint(
+                    workload_uid=str(e["workloadUid"]),
+                    ip=str(e["ip"]),
+                    ports={int(k): int(v) for k, v in dict(e["ports"]).items()},
+                    ready=bool(e.get("ready", True)),
+                )
+                for e in item["endpoints"]
+            ),
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Upstream:
+    """Where one outbound connection goes: an address, and the workload behind it if the mesh knows one."""
+
+    ip: str
+    port: int
+    workload: Workload | None
+    service: Service | None = None
+
+
+class NoHealthyEndpoint(LookupError):
+    """A service VIP and port with no ready endpoint: the connection is refused, as kube-proxy would."""
+
+
+@dataclass(frozen=True, slots=True)
+class MeshIndex:
+    """One config version, converted and indexed."""
+
+    version: int = 0
+    workloads: Mapping[str, Workload] = field(default_factory=dict)
+    by_ip: Mapping[str, Workload] = field(default_factory=dict)
+    services: Mapping[str, Service] = field(default_factory=dict)
+    """`namespace/name` -> service."""
+    by_vip: Mapping[str, Service] = field(default_factory=dict)
+    policies: PolicySet = field(default_factory=PolicySet)
+    # Round-robin cursors per service: the only mutable part, and only ever advanced.
+    _cursors: dict[str, itertools.count[int]] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, state: ConfigState) -> MeshIndex:
+        """Convert `state`; raises ConfigRejected naming the item that could not be converted."""
+        workloads: dict[str, Workload] = {}
+        by_ip: dict[str, Workload] = {}
+        services: dict[str, Service] = {}
+        by_vip: dict[str, Service] = {}
+        for key, item in state.items("workloads").items():
+            try:
+                w = Workload.from_wire(item)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigRejected(f"workloads/{key}: {type(exc).__name__}: {exc}") from None
+            workloads[w.uid] = w
+            for ip in w.ips:
+                by_ip[ip] = w
+        for key, item in state.items("services").items():
+            try:
+                s = Service.from_wire(item)
+            except (KeyError, TypeError, ValueError) as exc:
+                raise ConfigRejected(f"services/{key}: {type(exc).__name__}: {exc}") from None
+            services[f"{s.namespace}/{s.name}"] = s
+            for vip in s.vips:
+                by_vip[vip] = s
+        try:
+            policies = PolicySet.from_wire(
+                state.items("authorization_policies").values(), state.items("peer_authentications").values()
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ConfigRejected(str(exc)) from None
+        return cls(state.version, workloads, by_ip, services, by_vip, policies)
+
+    def resolve(self, ip: str, port: int) -> Upstream:
+        """The upstream of a connection to `ip:port`: a VIP picks an endpoint by round robin."""
+        service = self.by_vip.get(ip)
+        if service is None:
+            return Upstream(ip, port, self.by_ip.get(ip))
+        candidates = [e for e in service.endpoints if e.ready and port in e.ports]
+        if not candidates:
+            raise NoHealthyEndpoint(f"service {service.namespace}/{service.name} has no ready endpoint for port {port}")
+        key = f"{service.namespace}/{service.name}"
+        cursor = self._cursors.get(key)
+        if cursor is None:
+            cursor = self._cursors.setdefault(key, itertools.count())
+        endpoint = candidates[next(cursor) % len(candidates)]
+        return Upstream(endpoint.ip, endpoint.ports[port], self.workloads.get(endpoint.workload_uid), service)
