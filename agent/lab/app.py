@@ -4,7 +4,7 @@
   check that the mesh preserved the caller's pod IP.
 - `GET /healthz` -> `ok` (the pod's readiness probe).
 - `GET /bytes?n=N` -> N bytes of a fixed pattern (bulk transfers).
-- `POST /sha256` -> JSON {sha256, bytes} of the request body (integrity of large uploads).
+- `POST /sha256` -> JSON {sha256, bytes, pod, peer, ...} of the request body (integrity of large uploads).
 - `POST /echo` -> the request body.
 Stdlib only and one thread per connection: it starts in a fraction of a second and needs nothing the
 pod might not have.
@@ -79,7 +79,8 @@ class AppHandler(BaseHTTPRequestHandler):
                     break
                 digest.update(chunk)
                 left -= len(chunk)
-            self._json({"sha256": digest.hexdigest(), "bytes": length - left})
+            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            self._json({**self.server.identity, "peer": peer, "sha256": digest.hexdigest(), "bytes": length - left})
         elif path == "/echo":
             self._reply(200, self.rfile.read(length), "application/octet-stream")
         else:

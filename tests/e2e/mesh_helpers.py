@@ -1,0 +1,122 @@
+"""What the mesh e2e tests do to a running lab: curl from pods, read ztunnel metrics, edit the store,
+capture a node's link, and find the lab's own processes by the PIDs it recorded."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from agent.lab.plan import prefix_for
+from agent.lab.processes import proc_starttime
+from tests.conftest import wait_for
+from tests.e2e.conftest import Lab
+
+_SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+
+
+def curl(lab: Lab, pod: str, url: str, *args: str, timeout: float = 5) -> subprocess.CompletedProcess[str]:
+    return lab.exec(pod, "curl", "-sS", "-m", str(timeout), *args, url, check=False)
+
+
+def get_json(lab: Lab, pod: str, url: str, *args: str) -> dict[str, Any]:
+    proc = curl(lab, pod, url, *args)
+    assert proc.returncode == 0, f"curl {url} from {pod} failed ({proc.returncode}): {proc.stderr}"
+    result: dict[str, Any] = json.loads(proc.stdout)
+    return result
+
+
+def reaches(lab: Lab, pod: str, url: str) -> bool:
+    return curl(lab, pod, url, timeout=2).returncode == 0
+
+
+def samples(lab: Lab, node: str, name: str) -> list[tuple[dict[str, str], float]]:
+    """(labels, value) of every sample of metric `name` on `node`'s ztunnel."""
+    text = lab.exec(node, "curl", "-sS", "-m", "2", "http://127.0.0.1:15020/metrics").stdout
+    out = []
+    for line in text.splitlines():
+        m = _SAMPLE.match(line)
+        if m and m.group(1) == name:
+            out.append((dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    return out
+
+
+def metric(lab: Lab, node: str, name: str, **want: str) -> float:
+    """Sum of `name` over the samples whose labels include `want`."""
+    return sum(v for labels, v in samples(lab, node, name) if all(labels.get(k) == w for k, w in want.items()))
+
+
+def url(lab: Lab, pod: str, path: str = "/") -> str:
+    return f"http://{lab.pod(pod)['ip']}:8080{path}"
+
+
+def write_object(lab: Lab, obj: dict[str, Any]) -> Path:
+    meta = obj["metadata"]
+    path = Path(lab.status["store"]) / f"{obj['kind'].lower()}.{meta.get('namespace', '_')}.{meta['name']}.yaml"
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(obj))
+    os.replace(tmp, path)  # the file source must never read half a file
+    return path
+
+
+def edit_object(lab: Lab, filename: str, change: Any) -> None:
+    path = Path(lab.status["store"]) / filename
+    obj = yaml.safe_load(path.read_text())
+    change(obj)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(yaml.safe_dump(obj))
+    os.replace(tmp, path)
+
+
+def processes(lab: Lab) -> dict[str, dict[str, Any]]:
+    state = json.loads((Path(lab.status["directory"]) / "lab.json").read_text())
+    result: dict[str, dict[str, Any]] = state["processes"]
+    return result
+
+
+def running(started: dict[str, Any]) -> bool:
+    return proc_starttime(started["pid"]) == started["starttime"]
+
+
+def stop(lab: Lab, key: str, sig: int = signal.SIGKILL) -> None:
+    """Signal a lab process we started (by its recorded PID, after checking it is still that process)."""
+    started = processes(lab)[key]
+    assert running(started), f"{key} is not running"
+    os.kill(started["pid"], sig)
+    wait_for(lambda: not running(started), 10, f"{key} to exit")
+
+
+@contextlib.contextmanager
+def capture(lab: Lab, node_index: int, pcap: Path) -> Iterator[Path]:
+    """tcpdump on the host end of node `node_index`'s underlay link, for the duration of the block."""
+    link = f"{prefix_for(lab.id)}n{node_index}"
+    err = pcap.with_suffix(".err")
+    with open(err, "wb") as stderr:
+        proc = subprocess.Popen(
+            ["tcpdump", "-i", link, "--immediate-mode", "-U", "-n", "-s", "0", "-w", str(pcap)], stderr=stderr
+        )
+    try:
+        wait_for(lambda: b"listening on" in err.read_bytes(), 10, "tcpdump to listen")
+        yield pcap
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def packets(pcap: Path) -> list[str]:
+    """tcpdump's one-line summaries of a capture."""
+    out = subprocess.run(["tcpdump", "-r", str(pcap), "-n", "tcp"], capture_output=True, text=True, check=True)
+    return out.stdout.splitlines()

@@ -1,0 +1,203 @@
+"""The mesh end to end on a 2-node lab (iptables backend): agent + ztunnel on every node, control on the host.
+
+Pods: web-1a (mesh, node1), web-1b (plain, node1), web-2a (mesh, node2), web-2b (plain, node2); the
+namespace `mesh` is enrolled. Each test asserts what a user sees: bytes and digests, the caller's IP at
+the app, what the wire between nodes carries, refusals, and ztunnel's metrics.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import wait_for
+from tests.e2e.conftest import MESHLET, Lab
+from tests.e2e.mesh_helpers import (
+    capture,
+    curl,
+    edit_object,
+    get_json,
+    metric,
+    packets,
+    processes,
+    reaches,
+    running,
+    stop,
+    url,
+    write_object,
+)
+
+WEB_PRINCIPAL = "spiffe://cluster.local/ns/mesh/sa/web"
+POLICY_TIMEOUT = 10.0
+"""Seconds a store edit may take to reach the proxies (file poll + stream): generous on a loaded CI box."""
+
+
+def vip(lab: Lab, namespace: str = "mesh") -> str:
+    service = next(s for s in lab.status["services"] if s["namespace"] == namespace)
+    return f"http://{service['vip']}:80"
+
+
+def test_vip_to_another_node_is_mutual_tls_and_the_app_sees_the_callers_ip(lab: Lab, tmp_path: Path) -> None:
+    marker = b"MESHLET-PLAINTEXT-MARKER-" + secrets.token_hex(8).encode()
+    body = tmp_path / "body"
+    data = (marker + os.urandom(990)) * 1024  # ~1 MB, the marker in every KB
+    body.write_bytes(data)
+    answers: list[dict[str, Any]] = []
+    with capture(lab, 1, tmp_path / "node1.pcap") as pcap:
+        # Round robin over web-1a and web-2a: within a few calls one lands on node2.
+        for _ in range(4):
+            answers.append(get_json(lab, "web-1a", vip(lab) + "/sha256", "--data-binary", f"@{body}"))
+            if answers[-1]["pod"] == "web-2a":
+                break
+    remote = next(a for a in answers if a["pod"] == "web-2a")
+    assert (remote["sha256"], remote["bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
+    assert remote["peer"].split(":")[0] == lab.pod("web-1a")["ip"]
+    wire = pcap.read_bytes()
+    assert marker not in wire, "plaintext crossed the link between the nodes"
+    summaries = packets(pcap)
+    web_2a = lab.pod("web-2a")["ip"]
+    assert any(f"> {web_2a}.15008:" in line for line in summaries), "no HBONE traffic to web-2a:15008 captured"
+    assert not any(f"{web_2a}.8080" in line for line in summaries), "the app port was reached on the wire"
+    assert metric(lab, "node1", "istio_tcp_connections_opened_total", reporter="source", source_workload="web-1a",
+                  destination_workload="web-2a", destination_service_name="web", source_principal=WEB_PRINCIPAL,
+                  connection_security_policy="mutual_tls") >= 1  # fmt: skip
+    assert metric(lab, "node2", "istio_tcp_connections_opened_total", reporter="destination",
+                  source_workload="web-1a", source_principal=WEB_PRINCIPAL,
+                  connection_security_policy="mutual_tls") >= 1  # fmt: skip
+    sent = metric(lab, "node1", "istio_tcp_sent_bytes_total", reporter="source", destination_workload="web-2a")
+    assert sent >= len(data)
+
+
+def test_hbone_port_demands_a_client_certificate_and_shows_the_spiffe_identity(lab: Lab) -> None:
+    target = f"{lab.pod('web-2a')['ip']}:15008"
+    # web-1b is not enrolled: it reaches 15008 directly, as any outsider could.
+    bare = lab.exec("web-1b", "bash", "-c", f"sleep 1 | openssl s_client -connect {target} -alpn h2 2>&1", check=False)
+    assert "unexpected eof" in bare.stdout or "alert" in bare.stdout, bare.stdout
+    shown = lab.exec("web-1b", "bash", "-c",
+                     f"openssl s_client -connect {target} -alpn h2 </dev/null 2>/dev/null"
+                     " | openssl x509 -noout -ext subjectAltName").stdout  # fmt: skip
+    assert f"URI:{WEB_PRINCIPAL}" in shown
+
+
+def test_deny_policy_refuses_then_removing_it_allows_again_without_restarts(lab: Lab) -> None:
+    before = {k: v["pid"] for k, v in processes(lab).items()}
+    target = url(lab, "web-2a")
+    assert reaches(lab, "web-1a", target)
+    policy = write_object(lab, {
+        "apiVersion": "security.meshlet.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "deny-all", "namespace": "mesh"}, "spec": {"action": "DENY", "rules": [{}]},
+    })  # fmt: skip
+    wait_for(lambda: not reaches(lab, "web-1a", target), POLICY_TIMEOUT, "the DENY policy to refuse")
+    refused = curl(lab, "web-1a", target)
+    assert refused.returncode == 56, refused  # connection reset: a refusal never looks like a clean close
+    assert metric(lab, "node2", "meshlet_authorization_decisions_total", direction="inbound", decision="deny") >= 1
+    policy.unlink()
+    wait_for(lambda: reaches(lab, "web-1a", target), POLICY_TIMEOUT, "removing the policy to allow again")
+    assert {k: v["pid"] for k, v in processes(lab).items()} == before
+    assert all(running(p) for p in processes(lab).values())
+
+
+def test_strict_peer_authentication_refuses_plaintext_and_permissive_allows_it(lab: Lab) -> None:
+    target = url(lab, "web-2a")
+    assert reaches(lab, "web-2b", target)  # PERMISSIVE by default: plaintext from outside the mesh is let in
+    strict = {
+        "apiVersion": "security.meshlet.io/v1", "kind": "PeerAuthentication",
+        "metadata": {"name": "default", "namespace": "mesh"}, "spec": {"mtls": {"mode": "STRICT"}},
+    }  # fmt: skip
+    write_object(lab, strict)
+    wait_for(lambda: not reaches(lab, "web-2b", target), POLICY_TIMEOUT, "STRICT to refuse plaintext")
+    assert reaches(lab, "web-1a", target)  # mTLS from an enrolled pod is still fine
+    assert metric(lab, "node2", "meshlet_connection_errors_total", reason="strict_mtls") >= 1
+    strict["spec"]["mtls"]["mode"] = "PERMISSIVE"
+    write_object(lab, strict)
+    wait_for(lambda: reaches(lab, "web-2b", target), POLICY_TIMEOUT, "PERMISSIVE to let plaintext in")
+    answer = get_json(lab, "web-2b", target)
+    assert answer["peer"].split(":")[0] == lab.pod("web-2b")["ip"]
+
+
+def test_with_control_stopped_known_pods_keep_talking(lab: Lab) -> None:
+    size = 3_000_000
+    # A transfer that outlives control: rate-limited so that it is still running when control goes.
+    download = subprocess.Popen(
+        [MESHLET, "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS", "-m", "30", "--limit-rate", "500K",
+         "-o", "/dev/null", "-w", "%{size_download}", url(lab, "web-2a", f"/bytes?n={size}")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        # The client side holds the connection until curl has read it all (node2 may be done sooner).
+        wait_for(lambda: metric(lab, "node1", "meshlet_ztunnel_open_connections") >= 1, 10, "the download to start")
+        stop(lab, "control")
+        for pod in ("web-2a", "web-1a"):
+            assert get_json(lab, "web-1a", url(lab, pod))["pod"] == pod  # new connections, both paths
+        assert get_json(lab, "web-2a", url(lab, "web-1a"))["peer"].startswith(lab.pod("web-2a")["ip"] + ":")
+        out, err = download.communicate(timeout=30)
+    finally:
+        if download.poll() is None:
+            download.kill()
+            download.wait()
+    assert download.returncode == 0, err
+    assert int(out) == size
+
+
+def test_an_opted_out_pod_talks_plaintext_untouched(lab: Lab, tmp_path: Path) -> None:
+    def opt_out(obj: dict[str, Any]) -> None:
+        obj["metadata"].setdefault("labels", {})["meshlet.io/dataplane-mode"] = "none"
+
+    edit_object(lab, "pod.mesh.web-1a.yaml", opt_out)
+    wait_for(lambda: "MESHLET_OUTPUT" not in lab.exec("web-1a", "iptables-save").stdout, POLICY_TIMEOUT,
+             "web-1a's capture rules to go")  # fmt: skip
+    opened = metric(lab, "node1", "istio_tcp_connections_opened_total", source_workload="web-1a")
+    marker = b"OPTED-OUT-PLAINTEXT-" + secrets.token_hex(8).encode()
+    (tmp_path / "body").write_bytes(marker * 64)
+    with capture(lab, 1, tmp_path / "node1.pcap") as pcap:
+        answer = get_json(lab, "web-1a", url(lab, "web-2b", "/sha256"), "--data-binary", f"@{tmp_path / 'body'}")
+    assert answer["bytes"] == len(marker) * 64
+    assert answer["peer"].split(":")[0] == lab.pod("web-1a")["ip"]
+    assert marker in pcap.read_bytes(), "an opted-out pod's traffic should cross the wire as the app sent it"
+    assert metric(lab, "node1", "istio_tcp_connections_opened_total", source_workload="web-1a") == opened
+
+
+def test_ztunnel_killed_means_enrolled_traffic_is_refused_never_sent_in_the_clear(lab: Lab) -> None:
+    assert reaches(lab, "web-1a", url(lab, "web-2b"))
+    stop(lab, "ztunnel/node1")
+    out = curl(lab, "web-1a", url(lab, "web-2b"))
+    assert out.returncode == 7, out  # connection refused: the capture rules stay, nothing listens
+    inbound = curl(lab, "web-1b", url(lab, "web-1a"))
+    assert inbound.returncode == 7, inbound
+    assert reaches(lab, "web-1b", url(lab, "web-2b"))  # pods outside the mesh are not affected
+
+
+def test_label_flip_moves_new_connections_through_ztunnel_and_back(lab: Lab) -> None:
+    app_pids = {k: v["pid"] for k, v in processes(lab).items() if k.startswith("app/")}
+
+    def through_ztunnel() -> float:
+        return metric(lab, "node1", "istio_tcp_connections_opened_total", reporter="source",
+                      source_workload="web-1a", destination_workload="web-2b")  # fmt: skip
+
+    def label(ambient: bool) -> None:
+        def change(obj: dict[str, Any]) -> None:
+            labels = obj["metadata"].setdefault("labels", {})
+            if ambient:
+                labels["meshlet.io/dataplane-mode"] = "ambient"
+            else:
+                labels.pop("meshlet.io/dataplane-mode", None)
+
+        edit_object(lab, "namespace._.mesh.yaml", change)
+
+    assert reaches(lab, "web-1a", url(lab, "web-2b"))
+    counted = wait_for(through_ztunnel, 5, "ztunnel to count web-1a's connection")
+    label(False)
+    wait_for(lambda: "MESHLET_OUTPUT" not in lab.exec("web-1a", "iptables-save").stdout, POLICY_TIMEOUT,
+             "capture to be removed")  # fmt: skip
+    assert reaches(lab, "web-1a", url(lab, "web-2b"))
+    assert through_ztunnel() == counted  # direct now: ztunnel saw nothing
+    label(True)
+    wait_for(lambda: "MESHLET_OUTPUT" in lab.exec("web-1a", "iptables-save").stdout, POLICY_TIMEOUT,
+             "capture to come back")  # fmt: skip
+    wait_for(lambda: reaches(lab, "web-1a", url(lab, "web-2b")) and through_ztunnel() > counted, POLICY_TIMEOUT,
+             "new connections through ztunnel again")  # fmt: skip
+    assert {k: v["pid"] for k, v in processes(lab).items() if k.startswith("app/")} == app_pids
