@@ -103,10 +103,11 @@ class Ztunnel:
             await runner.setup()
             await web.TCPSite(runner, host, port, reuse_port=True).start()
             runners.append(runner)
+        self._zds_task = asyncio.create_task(self.zds.run(), name="zds")
         tasks = [
             asyncio.create_task(self.config.run(), name="config"),
             asyncio.create_task(self.ctx.identities.run(), name="identities"),
-            asyncio.create_task(self.zds.run(), name="zds"),
+            self._zds_task,
             asyncio.create_task(self._refresh(), name="cert-refresh"),
         ]
         log.info("ztunnel for node %s up (admin %s:%d)", args.node, *args.admin)
@@ -126,6 +127,10 @@ class Ztunnel:
     async def _drain(self) -> None:
         ctx = self.ctx
         ctx.draining = True
+        # Leave the agent at once: it then hands pods to the ztunnel that replaces this one (which
+        # may have connected already), and this one never reconnects to take them back.
+        self.zds.stop()
+        self._zds_task.cancel()
         self.serving.stop_accepting()
         log.info("draining %d connections (up to %.0fs)", len(ctx.tunnels), self.args.drain_timeout)
         loop = asyncio.get_running_loop()

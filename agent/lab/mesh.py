@@ -91,7 +91,7 @@ def start_node(state: LabState, node: NodePlan) -> dict[str, processes.Started]:
     ztunnel = processes.python_module(
         "ztunnel", "--node", node.name, "--control", state.plan.control_url,
         "--credentials", str(node_credential_dir(state, node.name)), "--zds-socket", str(run / "ztunnel.sock"),
-        "--trust-domain", TRUST_DOMAIN, "--drain-timeout", "2",
+        "--trust-domain", TRUST_DOMAIN, "--drain-timeout", "10",
     )  # fmt: skip
     logs = state.logs
     return {

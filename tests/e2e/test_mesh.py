@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import os
 import secrets
+import signal
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,8 @@ def test_hbone_port_demands_a_client_certificate_and_shows_the_spiffe_identity(l
                      f"openssl s_client -connect {target} -alpn h2 </dev/null 2>/dev/null"
                      " | openssl x509 -noout -ext subjectAltName").stdout  # fmt: skip
     assert f"URI:{WEB_PRINCIPAL}" in shown
+    wait_for(lambda: metric(lab, "node2", "meshlet_connection_errors_total", reason="tls_handshake") >= 1, 10,
+             "ztunnel to count the failed handshake")  # fmt: skip
 
 
 def test_deny_policy_refuses_then_removing_it_allows_again_without_restarts(lab: Lab) -> None:
@@ -201,3 +204,36 @@ def test_label_flip_moves_new_connections_through_ztunnel_and_back(lab: Lab) -> 
     wait_for(lambda: reaches(lab, "web-1a", url(lab, "web-2b")) and through_ztunnel() > counted, POLICY_TIMEOUT,
              "new connections through ztunnel again")  # fmt: skip
     assert {k: v["pid"] for k, v in processes(lab).items() if k.startswith("app/")} == app_pids
+
+
+def test_sigterm_drains_while_a_new_ztunnel_takes_over_the_listeners(lab: Lab, tmp_path: Path) -> None:
+    old = processes(lab)["ztunnel/node1"]
+    size = 1_500_000
+    download = subprocess.Popen(
+        [MESHLET, "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS", "-m", "30", "--limit-rate", "500K",
+         "-o", "/dev/null", "-w", "%{size_download}", url(lab, "web-2a", f"/bytes?n={size}")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = open(tmp_path / "ztunnel-new.log", "wb")  # noqa: SIM115 (kept for the process's life)
+    # The upgrade: a second ztunnel with the same arguments binds beside the old one (SO_REUSEPORT).
+    new = subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", "node1", "--", *old["argv"][4:]],
+                           stdout=log, stderr=log)  # fmt: skip
+    log.close()
+    try:
+        wait_for(lambda: metric(lab, "node1", "meshlet_ztunnel_open_connections") >= 1, 10, "the download to start")
+        wait_for(lambda: "serving" in (tmp_path / "ztunnel-new.log").read_text(), 15, "the new ztunnel to serve pods")
+        os.kill(old["pid"], signal.SIGTERM)
+        # While the old one drains, new connections are taken by the new one.
+        for _ in range(5):
+            assert get_json(lab, "web-1a", url(lab, "web-2a"))["pod"] == "web-2a"
+        out, err = download.communicate(timeout=30)
+        assert download.returncode == 0, err
+        assert int(out) == size  # the established connection finished on the draining ztunnel
+        wait_for(lambda: not running(old), 15, "the old ztunnel to exit after draining")
+        assert new.poll() is None
+        assert get_json(lab, "web-1a", url(lab, "web-2b"))["pod"] == "web-2b"
+    finally:
+        for proc in (download, new):
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()

@@ -56,12 +56,14 @@ class InboundHbone(HboneConnection):
         self.ctx = ctx
         self.pod = pod
         self.source_ip = ""
+        self.rejected = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         try:
             self.peer_identity = peer_identity(transport.get_extra_info("ssl_object"), self.ctx.trust_domain)
         except (PeerIdentityError, ssl.SSLError) as exc:
             self.ctx.count_error("inbound", "peer_identity", exc)
+            self.rejected = True
             transport.abort()  # type: ignore[attr-defined]
             return
         peer = transport.get_extra_info("peername")

@@ -21,6 +21,7 @@ from ztunnel.proxy.outbound import Outbound
 
 log = logging.getLogger(__name__)
 CERT_RETRY_MAX = 10.0
+HANDSHAKE_TIMEOUT = 5.0
 
 
 class PodServing:
@@ -76,11 +77,17 @@ class PodServing:
                 delay = min(delay * 2, CERT_RETRY_MAX)
         else:
             return  # removed meanwhile
-        server = await asyncio.get_running_loop().create_server(
-            lambda: InboundHbone(ctx, pod),
-            sock=listeners.sockets["hbone"],
-            ssl=ctx.tls.server(cert),
-            ssl_handshake_timeout=5.0,
+        loop = asyncio.get_running_loop()
+
+        def accepted() -> InboundHbone:
+            conn = InboundHbone(ctx, pod)
+            # asyncio reports a failed server handshake to nobody (the protocol never hears of it), so
+            # a connection that has not come up once the handshake timeout passed is counted here.
+            loop.call_later(HANDSHAKE_TIMEOUT + 0.5, _check_handshake, ctx, pod, conn)
+            return conn
+
+        server = await loop.create_server(
+            accepted, sock=listeners.sockets["hbone"], ssl=ctx.tls.server(cert), ssl_handshake_timeout=HANDSHAKE_TIMEOUT
         )
         if ctx.pods.get(pod.uid) is not pod or ctx.draining:
             server.close()
@@ -121,3 +128,8 @@ class PodServing:
         wanted = {p.identity for p in self.ctx.pods.values()}
         self.ctx.identities.track(wanted)
         self.ctx.tls.forget(wanted)
+
+
+def _check_handshake(ctx: ProxyContext, pod: ServedPod, conn: InboundHbone) -> None:
+    if conn.transport is None and not conn.lost and not conn.rejected:
+        ctx.count_error("inbound", "tls_handshake", f"a TLS handshake on {pod.namespace}/{pod.name}:15008 failed")
