@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from agent.lab import cluster, kernel
-from agent.lab.demo import Call, traffic
+from agent.lab.demo import Call, traffic, ztunnel_summary
 from agent.lab.plan import REDIRECT_MODES, LabPlan, check_id
 
 console = Console()
@@ -166,22 +166,32 @@ def demo(ctx: click.Context, fresh: bool, output: str) -> None:
     except cluster.LabError:
         with progress.status(f"bringing up lab {lab_id!r}"):
             state = cluster.up(lab_id, 2, 2, "auto")
+    status = cluster.status(lab_id)
+    enrolled = {(p["namespace"], p["name"]) for p in status["pods"] if p["enrolled"]}
     if output == "json":
-        calls = traffic(state.plan)
-        click.echo(json.dumps([c.to_json() for c in calls], indent=2))
+        calls = traffic(state.plan, enrolled)
+        report = {"calls": [c.to_json() for c in calls], "ztunnels": ztunnel_summary(state.plan)}
+        click.echo(json.dumps(report, indent=2))
         sys.exit(0 if all(c.ok for c in calls) else 1)
-    _print_status(cluster.status(lab_id))
+    _print_status(status)
     with progress.status("every pod calls every other pod with curl"):
-        calls = traffic(state.plan)
+        calls = traffic(state.plan, enrolled)
     _print_calls(calls)
     flag = "" if lab_id == "demo" else f" --id {lab_id}"
     _print_control(state.plan)
+    for z in ztunnel_summary(state.plan):
+        console.print(
+            f"ztunnel {z['node']}: {z['mutual_tls']} mTLS and {z['plaintext']} plaintext connections opened, "
+            f"{z['errors']} failed; mTLS identities: {', '.join(z['principals']) or '-'}"
+            + (f" [red]({z['error']})[/red]" if "error" in z else "")
+        )
     console.print(
         "\n[bold]What this shows:[/bold] pods on two nodes reach each other across the node network, and each app "
-        "sees its caller's pod IP. Control runs and serves the lab's workloads, identities and policies, but the "
-        "node agent and ztunnel are not built yet, so traffic is not captured: no call has an identity or meets a "
-        "policy. The namespace 'mesh' is labelled for enrollment; its calls will go through mTLS once they land.\n"
+        "sees its caller's pod IP. Namespace 'mesh' is enrolled: the agent on each node captures its pods' traffic "
+        "into that node's ztunnel, which carries mesh-to-mesh calls over mTLS (HBONE, SPIFFE identities from "
+        "control's CA) and passes other calls through in plaintext. Namespace 'plain' is not in the mesh.\n"
         f"\nThe lab keeps running. Inspect: [cyan]meshlet lab{flag} status[/cyan], "
+        f"[cyan]meshlet lab{flag} exec node1 -- curl -s 127.0.0.1:15000/config_dump[/cyan], "
         f"[cyan]meshlet lab{flag} exec web-1a -- curl -s http://{state.plan.pods[-1].ip}:8080/[/cyan], "
         f"[cyan]curl -s {state.plan.control_metrics}/debug/status[/cyan]; "
         f"store and logs under {state.directory}. Tear down: [cyan]meshlet lab{flag} down[/cyan]"

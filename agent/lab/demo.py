@@ -1,20 +1,25 @@
 """The demo's traffic: every pod calls every other pod with curl, and we report what happened.
 
 Each call is made by curl inside the calling pod's netns, against the callee's pod IP on 8080. The app
-answers with the peer address it saw, which is what the mesh must preserve. Identity and the policy
-decision come from the mesh once its data path runs in the lab; until then every call is plaintext and
-nothing decides on it, and the report says so rather than inventing an answer.
+answers with the peer address it saw, which is what the mesh must preserve. How a call travels follows
+from enrollment (both ends enrolled: HBONE mTLS between the two ztunnels; one end: plaintext through
+ztunnel; neither: no mesh); `ztunnel_summary` then reads each node's ztunnel metrics, so the report
+shows what the proxies actually counted rather than only what was expected.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
+import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 from agent.lab.plan import APP_PORT, LabPlan, PodPlan
+
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,7 +56,18 @@ class Call:
         }
 
 
-def call(source: PodPlan, destination: PodPlan, timeout: float = 3.0) -> Call:
+def expected_path(source: PodPlan, destination: PodPlan, enrolled: set[tuple[str, str]]) -> str:
+    src, dst = (source.namespace, source.name) in enrolled, (destination.namespace, destination.name) in enrolled
+    if src and dst:
+        return f"mTLS {source.namespace}/sa/web -> {destination.namespace}/sa/web"
+    if src:
+        return "plaintext out of the mesh (passthrough)"
+    if dst:
+        return "plaintext into the mesh (PERMISSIVE)"
+    return "plaintext, no mesh"
+
+
+def call(source: PodPlan, destination: PodPlan, enrolled: set[tuple[str, str]], timeout: float = 3.0) -> Call:
     url = f"http://{destination.ip}:{APP_PORT}/"
     proc = subprocess.run(
         ["ip", "netns", "exec", source.netns, "curl", "-sS", "-m", str(timeout), "-w", "\n%{http_code}", url],
@@ -68,12 +84,44 @@ def call(source: PodPlan, destination: PodPlan, timeout: float = 3.0) -> Call:
         peer = str(json.loads(body)["peer"]).rsplit(":", 1)[0]
     except (ValueError, KeyError, TypeError):
         return Call(source, destination, 0, "", f"unexpected answer: {body[:80]!r}", "-", "-")
-    # The mesh components are not in the lab yet: traffic goes straight between pods.
-    return Call(source, destination, status, peer, "", "plaintext", "no policy point yet")
+    return Call(source, destination, status, peer, "", expected_path(source, destination, enrolled), "allowed")
 
 
-def traffic(plan: LabPlan) -> list[Call]:
+def traffic(plan: LabPlan, enrolled: set[tuple[str, str]]) -> list[Call]:
     """Every ordered pair of distinct pods, called in parallel (bounded: 8 at a time)."""
     pairs = [(s, d) for s in plan.pods for d in plan.pods if s is not d]
     with ThreadPoolExecutor(max_workers=8) as pool:
-        return list(pool.map(lambda pair: call(*pair), pairs))
+        return list(pool.map(lambda pair: call(pair[0], pair[1], enrolled), pairs))
+
+
+_SAMPLE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
+
+
+def ztunnel_summary(plan: LabPlan) -> list[dict[str, Any]]:
+    """Per node, what its ztunnel counted: connections by security and reporter, and failures."""
+    out = []
+    for node in plan.nodes:
+        entry: dict[str, Any] = {"node": node.name, "mutual_tls": 0, "plaintext": 0, "errors": 0, "principals": []}
+        try:
+            with _DIRECT.open(f"http://{node.ip}:15020/metrics", timeout=2) as resp:
+                text = resp.read().decode()
+        except OSError as exc:
+            entry["error"] = str(exc)
+            out.append(entry)
+            continue
+        principals: set[str] = set()
+        for line in text.splitlines():
+            m = _SAMPLE.match(line)
+            if not m:
+                continue
+            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
+            if m.group(1) == "istio_tcp_connections_opened_total" and labels.get("reporter") == "source":
+                kind = "mutual_tls" if labels.get("connection_security_policy") == "mutual_tls" else "plaintext"
+                entry[kind] += int(float(m.group(3)))
+                if kind == "mutual_tls":
+                    principals.add(labels.get("source_principal", ""))
+            elif m.group(1) == "meshlet_connection_errors_total":
+                entry["errors"] += int(float(m.group(3)))
+        entry["principals"] = sorted(principals)
+        out.append(entry)
+    return out

@@ -109,8 +109,15 @@ def test_demo_reports_every_call(lab: Lab) -> None:
     proc = lab.run("demo")
     assert proc.returncode == 0, proc.stderr
     assert f"meshlet lab --id {lab.id} down" in proc.stdout
-    calls = json.loads(lab.run("demo", "-o", "json").stdout)
+    report = json.loads(lab.run("demo", "-o", "json").stdout)
+    calls = report["calls"]
     assert len(calls) == 12  # 4 pods, each calls the 3 others
     for c in calls:
         assert c["ok"] and c["status"] == 200
         assert c["peer_seen"] == lab.pod(c["from"].split("/")[1])["ip"]
+    mesh_to_mesh = [c for c in calls if c["from"].startswith("mesh/") and c["to"].startswith("mesh/")]
+    assert len(mesh_to_mesh) == 2 and all(c["security"].startswith("mTLS") for c in mesh_to_mesh)
+    # The proxies counted it: two demo runs, one mTLS call out of each node per run.
+    by_node = {z["node"]: z for z in report["ztunnels"]}
+    assert by_node["node1"]["mutual_tls"] >= 2 and by_node["node2"]["mutual_tls"] >= 2
+    assert by_node["node1"]["principals"] == ["spiffe://cluster.local/ns/mesh/sa/web"]
