@@ -8,6 +8,7 @@ the app, what the wire between nodes carries, refusals, and ztunnel's metrics.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import secrets
 import signal
@@ -237,3 +238,61 @@ def test_sigterm_drains_while_a_new_ztunnel_takes_over_the_listeners(lab: Lab, t
             if proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def test_config_dump_shows_served_pods_certificates_and_config(lab: Lab) -> None:
+    assert reaches(lab, "web-1a", url(lab, "web-2a"))  # makes sure web-1a's certificate was used
+    dump = json.loads(lab.exec("node1", "curl", "-sS", "-m", "2", "http://127.0.0.1:15000/config_dump").stdout)
+    assert dump["node"] == "node1" and dump["ready"] and dump["config"]["connected"]
+    pods = {p["name"]: p for p in dump["pods"]}
+    assert set(pods) == {"web-1a"}  # enrolled pods of this node only
+    assert all(listener["accepting"] for listener in pods["web-1a"]["listeners"].values())
+    certs = {c["identity"]: c for c in dump["certificates"]}
+    assert certs[WEB_PRINCIPAL]["notAfter"] and certs[WEB_PRINCIPAL]["error"] is None
+    assert {w["name"] for w in dump["workloads"]} == {"web-1a", "web-1b", "web-2a", "web-2b"}
+    assert {s["name"] for s in dump["services"]} == {"web"}
+    assert "PRIVATE KEY" not in json.dumps(dump)
+    # Admin is for the node only: it does not answer on the node's network address.
+    node_ip = lab.status["nodes"][0]["ip"]
+    assert lab.exec("node1", "curl", "-sS", "-m", "2", f"http://{node_ip}:15000/config_dump", check=False).returncode
+
+
+def test_agent_killed_and_restarted_under_traffic_changes_nothing(lab: Lab, tmp_path: Path) -> None:
+    agent = processes(lab)["agent/node1"]
+    rules = lab.exec("web-1a", "iptables-save").stdout
+    download = subprocess.Popen(
+        [MESHLET, "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS", "-m", "30", "--limit-rate", "500K",
+         "-o", "/dev/null", "-w", "%{size_download}", url(lab, "web-2a", "/bytes?n=1500000")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 (kept for the process's life)
+    restarted: subprocess.Popen[bytes] | None = None
+    try:
+        wait_for(lambda: metric(lab, "node1", "meshlet_ztunnel_open_connections") >= 1, 10, "the download to start")
+        stop(lab, "agent/node1", signal.SIGKILL)
+        restarted = subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", "node1", "--", *agent["argv"][4:]],
+                                     stdout=log, stderr=log)  # fmt: skip
+        socket_path = lab.status["nodes"][0]["agentSocket"]
+
+        def agent_status() -> dict[str, Any]:
+            out = subprocess.run(["curl", "-sS", "-m", "2", "--unix-socket", socket_path, "http://agent/v1/status"],
+                                 capture_output=True, text=True, check=True).stdout  # fmt: skip
+            result: dict[str, Any] = json.loads(out)
+            return result
+
+        wait_for(lambda: {p["name"]: p["state"] for p in agent_status()["pods"]}.get("web-1a") == "captured", 15,
+                 "the restarted agent to report web-1a captured")  # fmt: skip
+        out, err = download.communicate(timeout=30)
+        assert download.returncode == 0 and int(out) == 1_500_000, err
+        assert _rules(lab.exec("web-1a", "iptables-save").stdout) == _rules(rules)
+        assert get_json(lab, "web-1a", url(lab, "web-2a"))["peer"].startswith(lab.pod("web-1a")["ip"] + ":")
+    finally:
+        log.close()
+        for proc in (download, restarted):
+            if proc is not None and proc.poll() is None:
+                proc.kill()
+                proc.wait()
+
+
+def _rules(saved: str) -> list[str]:
+    return [line for line in saved.splitlines() if line.startswith(("-A", ":MESHLET", "*"))]
