@@ -21,6 +21,7 @@ from ztunnel.inpod import protocol
 
 log = logging.getLogger(__name__)
 ACK_TIMEOUT = 5.0
+WATCH_INTERVAL = 0.5
 
 
 class ZdsUnavailable(Exception):
@@ -41,6 +42,7 @@ class ZdsServer:
         self._lock = asyncio.Lock()
         self._listener: socket.socket | None = None
         self._task: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
         self.on_connect: Callable[[], None] | None = None
 
     async def start(self) -> None:
@@ -56,9 +58,10 @@ class ZdsServer:
         self._task = asyncio.create_task(self._accept_loop(), name="zds-accept")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        for task in (self._task, self._watcher):
+            if task is not None:
+                task.cancel()
+                await asyncio.gather(task, return_exceptions=True)
         for s in (self._conn, self._listener):
             if s is not None:
                 s.close()
@@ -84,11 +87,30 @@ class ZdsServer:
                         self.served.add(uid)
                     await self._exchange({"type": "snapshot_sent"})
                     log.info("ztunnel connected; replayed %d pods", len(self.served))
+                    self._watcher = asyncio.create_task(self._watch(conn), name="zds-watch")
                 except (ZdsUnavailable, OSError) as exc:
                     log.warning("ztunnel connection failed during replay: %s", exc)
                     self._drop()
             if self.on_connect is not None:
                 self.on_connect()
+
+    async def _watch(self, conn: socket.socket) -> None:
+        """Notice a ztunnel that went away while nothing was being sent (status shows it at once,
+        instead of at the next pod change). ztunnel sends only acks, so an idle socket that reads
+        end-of-stream is a closed one."""
+        while self._conn is conn:
+            await asyncio.sleep(WATCH_INTERVAL)
+            if self._lock.locked() or self._conn is not conn:
+                continue  # an exchange is reading this socket: it will see the end itself
+            try:
+                data = conn.recv(1, socket.MSG_PEEK | socket.MSG_DONTWAIT)
+            except BlockingIOError:
+                continue
+            except OSError:
+                data = b""
+            if data == b"":
+                log.warning("ztunnel closed the ZDS connection")
+                self._drop()
 
     def _drop(self) -> None:
         if self._conn is not None:

@@ -66,7 +66,9 @@ class Admin:
                 "connected": self.config.connected,
                 "lastError": self.config.last_error,
                 "url": self.config.url,
+                "updatedAt": self.config.updated_at,
             },
+            "traffic": self.traffic(),
             "zds": {"connected": self.zds.connected, "socket": str(self.zds.path)},
             "workloads": [_workload(w) for w in sorted(index.workloads.values(), key=lambda w: (w.namespace, w.name))],
             "services": [dict(s) for s in state.items("services").values()],
@@ -94,6 +96,19 @@ class Admin:
             "connections": [t.status() for t in sorted(ctx.tunnels, key=lambda t: t.id)],
             "pool": ctx.pool.status() if ctx.pool is not None else [],
         }
+
+    def traffic(self) -> dict[str, Any]:
+        """Open connections, and bytes of closed ones by reporter (source: this node's pods calling out)."""
+        m = self.ctx.metrics
+        out: dict[str, Any] = {"openConnections": len(self.ctx.tunnels)}
+        for reporter in ("source", "destination"):
+            out[reporter] = {
+                "connections": sum(v for k, v in m.closed.items() if k[0] == reporter),
+                "sentBytes": sum(v for k, v in m.sent.items() if k[0] == reporter),
+                "receivedBytes": sum(v for k, v in m.received.items() if k[0] == reporter),
+            }
+        out["errors"] = sum(m.errors.values())
+        return out
 
     # ----- apps -----
 

@@ -13,6 +13,7 @@ import click
 from rich.console import Console
 
 from agent.cli.lab import lab
+from agent.cli.node import COMMANDS
 from agent.lab.cluster import LabError
 from agent.lab.kernel import KernelError
 from agent.lab.mesh import MeshStartError
@@ -27,12 +28,14 @@ def cli() -> None:
     """meshlet: a sidecarless service mesh (node agent, node proxy, control service).
 
     \b
-    Today this CLI runs the local lab: a cluster of network-namespace nodes and pods on
-    this machine (`meshlet lab --help`). Node status and debugging commands come with the agent.
+    Node commands (status, check, workloads, services, policies, certs, connections) ask a node's
+    agent and ztunnel: this host's, or with --node a node of the local lab (`meshlet lab --help`).
     """
 
 
 cli.add_command(lab)
+for command in COMMANDS:
+    cli.add_command(command)
 
 
 def main() -> None:

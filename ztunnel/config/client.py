@@ -12,6 +12,7 @@ import contextlib
 import logging
 import random
 import ssl
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +69,8 @@ class ConfigClient:
         self.connected = False
         self.last_error: str | None = None
         self.connects = 0
+        self.updated_at: float | None = None
+        """Wall-clock time the held state was accepted (for the config's age in `meshlet status`)."""
         self._stopping = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
 
@@ -126,6 +129,7 @@ class ConfigClient:
                     await ws.send_str(wire.encode({"type": "nack", "version": message["version"], "error": str(exc)}))
                     continue
                 self.state = new
+                self.updated_at = time.time()
                 await ws.send_str(wire.encode({"type": "ack", "version": new.version}))
                 if self.on_update is not None:
                     try:

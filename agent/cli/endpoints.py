@@ -1,0 +1,134 @@
+"""Where a node's agent, ztunnel and control answer, and small blocking HTTP clients for them.
+
+On a node: the agent's status socket (`/var/run/meshlet/agent.sock`) and ztunnel's admin on
+`127.0.0.1:15000`, both in the CLI's own netns. Against the local lab, `--node` picks a lab node: its
+agent socket lives under the lab directory, and ztunnel's admin is reached by opening the TCP socket
+inside the node's netns (admin listens on localhost only, by design). Errors say which socket or
+address was tried and what to do about it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from agent.lab import mesh
+from agent.lab.state import LabState
+from ztunnel.inpod.netns import entered
+
+DEFAULT_AGENT_SOCKET = Path("/var/run/meshlet/agent.sock")
+DEFAULT_ADMIN = ("127.0.0.1", 15000)
+TIMEOUT = 3.0
+
+
+class EndpointError(RuntimeError):
+    """A component did not answer; the message names where we looked and what to try."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEndpoints:
+    node: str | None
+    agent_socket: Path
+    admin: tuple[str, int]
+    netns: str | None = None
+    """The lab node's netns name, when the node is a lab node."""
+    lab: str | None = None
+    control_url: str | None = None
+    control_metrics: str | None = None
+    credential_dir: Path | None = None
+
+
+def resolve(lab_id: str | None, node: str | None, agent_socket: Path | None) -> NodeEndpoints:
+    """The endpoints of `node`: a lab node when the lab exists (the first node by default), else this host."""
+    state = LabState.load(lab_id) if lab_id else None
+    if state is None or agent_socket is not None:
+        if node is not None and agent_socket is None:
+            raise EndpointError(
+                f"--node {node}: no lab {lab_id!r} is up to find it in; on a cluster node run meshlet there "
+                "(or pass --agent-socket)"
+            )
+        return NodeEndpoints(node, agent_socket or DEFAULT_AGENT_SOCKET, DEFAULT_ADMIN)
+    names = [n.name for n in state.plan.nodes]
+    chosen = node or names[0]
+    if chosen not in names:
+        raise EndpointError(f"no node {chosen!r} in lab {state.plan.lab_id!r}; nodes: {', '.join(names)}")
+    plan_node = state.plan.node(chosen)
+    return NodeEndpoints(
+        node=chosen,
+        agent_socket=mesh.node_run_dir(state, chosen) / "agent.sock",
+        admin=DEFAULT_ADMIN,
+        netns=plan_node.netns,
+        lab=state.plan.lab_id,
+        control_url=state.plan.control_url,
+        control_metrics=state.plan.control_metrics,
+        credential_dir=mesh.node_credential_dir(state, chosen),
+    )
+
+
+class _UnixConnection(http.client.HTTPConnection):
+    def __init__(self, path: Path) -> None:
+        super().__init__("agent", timeout=TIMEOUT)
+        self.path = path
+
+    def connect(self) -> None:
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(TIMEOUT)
+        try:
+            s.connect(str(self.path))
+        except OSError:
+            s.close()
+            raise
+        self.sock = s
+
+
+def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        return resp.status, resp.read()
+    finally:
+        conn.close()
+
+
+def agent_status(ep: NodeEndpoints) -> dict[str, Any]:
+    try:
+        status, body = _get(_UnixConnection(ep.agent_socket), "/v1/status")
+    except (OSError, http.client.HTTPException) as exc:
+        raise EndpointError(
+            f"the agent did not answer on {ep.agent_socket} ({exc}); is it running on this node? "
+            + ("start the lab with `meshlet lab up`" if ep.lab else "check the meshlet DaemonSet pod on this node")
+        ) from None
+    if status != 200:
+        raise EndpointError(f"the agent on {ep.agent_socket} answered HTTP {status}")
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def ztunnel_get(ep: NodeEndpoints, path: str) -> tuple[int, bytes]:
+    """GET `path` from ztunnel's admin (inside the lab node's netns when there is one)."""
+    where = f"{ep.admin[0]}:{ep.admin[1]}" + (f" in netns {ep.netns}" if ep.netns else "")
+    try:
+        if ep.netns is not None:
+            with entered(f"/var/run/netns/{ep.netns}"):
+                sock = socket.create_connection(ep.admin, timeout=TIMEOUT)
+        else:
+            sock = socket.create_connection(ep.admin, timeout=TIMEOUT)
+        conn = http.client.HTTPConnection(*ep.admin, timeout=TIMEOUT)
+        conn.sock = sock
+        return _get(conn, path)
+    except (OSError, http.client.HTTPException) as exc:
+        raise EndpointError(
+            f"ztunnel's admin did not answer on {where} ({exc}); is ztunnel running on node {ep.node or 'here'}?"
+        ) from None
+
+
+def config_dump(ep: NodeEndpoints) -> dict[str, Any]:
+    status, body = ztunnel_get(ep, "/config_dump")
+    if status != 200:
+        raise EndpointError(f"ztunnel's /config_dump answered HTTP {status}")
+    result: dict[str, Any] = json.loads(body)
+    return result

@@ -1,0 +1,79 @@
+"""`meshlet label namespace NAME KEY=VALUE | KEY-`: change a Namespace's labels in the local store.
+
+The store is a directory of Kubernetes-shaped YAML: the file holding the Namespace is rewritten
+atomically (other documents in it untouched), and the agents and control pick the change up from
+there. On Kubernetes, `kubectl label` does the same job.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from control.atomic import write_atomic
+
+_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+
+
+class LabelError(ValueError):
+    """A label argument or the store is not usable; the message names which and why."""
+
+
+def parse_changes(args: tuple[str, ...]) -> dict[str, str | None]:
+    """`KEY=VALUE` sets, `KEY-` removes (kubectl's syntax)."""
+    if not args:
+        raise LabelError("give at least one KEY=VALUE (to set) or KEY- (to remove)")
+    changes: dict[str, str | None] = {}
+    for arg in args:
+        if arg.endswith("-") and "=" not in arg:
+            key, value = arg[:-1], None
+        elif "=" in arg:
+            key, _, value = arg.partition("=")
+        else:
+            raise LabelError(f"{arg!r}: expected KEY=VALUE or KEY-")
+        if not _KEY.match(key) or len(key.rpartition("/")[2]) > 63:
+            raise LabelError(f"{arg!r}: {key!r} is not a valid label key")
+        if value is not None and (not _VALUE.match(value) or len(value) > 63):
+            raise LabelError(f"{arg!r}: {value!r} is not a valid label value (63 chars of [A-Za-z0-9-_.])")
+        changes[key] = value
+    return changes
+
+
+def _is(doc: Any, kind: str, name: str) -> bool:
+    return isinstance(doc, Mapping) and doc.get("kind") == kind and (doc.get("metadata") or {}).get("name") == name
+
+
+def relabel(store: Path, kind: str, name: str, changes: Mapping[str, str | None]) -> tuple[Path, dict[str, str]]:
+    """Apply `changes` to the labels of the cluster-scoped object `kind/name`; returns its file and new labels."""
+    if not store.is_dir():
+        raise LabelError(f"the store {store} is not a directory")
+    for path in sorted(store.glob("*.y*ml")):
+        try:
+            docs = list(yaml.safe_load_all(path.read_text()))
+        except (OSError, yaml.YAMLError):
+            continue  # broken files are control's to report; they cannot hold the object we change
+        hits = [d for d in docs if _is(d, kind, name)]
+        if not hits:
+            continue
+        labels: dict[str, str] = {}
+        for doc in hits:
+            meta = doc["metadata"]
+            labels = dict(meta.get("labels") or {})
+            for key, value in changes.items():
+                if value is None:
+                    labels.pop(key, None)
+                else:
+                    labels[key] = value
+            if labels:
+                meta["labels"] = labels
+            else:
+                meta.pop("labels", None)
+        data = yaml.safe_dump_all([d for d in docs if d is not None], sort_keys=False)
+        write_atomic(path, data.encode())
+        return path, labels
+    raise LabelError(f"no {kind} {name!r} in the store {store}")

@@ -1,0 +1,164 @@
+"""The operator's commands: `meshlet status`, `check`, `workloads`, `services`, `policies`, `certs`,
+`connections` and `label`. They work on this host's node, or with `--node NAME` on a node of the local
+lab (`--lab`, default from MESHLET_LAB or `demo`). Tables for people, `-o json|yaml` for scripts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from agent.cli import inspect
+from agent.cli.checks import run_checks
+from agent.cli.endpoints import EndpointError, NodeEndpoints, config_dump, resolve
+from agent.cli.label import LabelError, parse_changes, relabel
+from agent.cli.status import gather, lines
+from agent.lab.state import LabState
+
+console = Console()
+progress = Console(stderr=True)  # spinners on stderr: stdout stays clean for -o json
+
+
+def node_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    f = click.option("--node", help="A node of the local lab (default: its first node).")(f)
+    f = click.option("--lab", "lab_id", envvar="MESHLET_LAB", default="demo", show_default=True,
+                     help="The local lab to look in. Env: MESHLET_LAB.")(f)  # fmt: skip
+    f = click.option("--agent-socket", type=click.Path(path_type=Path),
+                     help="The agent's status socket (default /var/run/meshlet/agent.sock on a node).")(f)  # fmt: skip
+    return f
+
+
+def output_option(f: Callable[..., Any], formats: tuple[str, ...] = ("table", "json", "yaml")) -> Callable[..., Any]:
+    return click.option("-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True)(f)
+
+
+def _endpoints(lab_id: str, node: str | None, agent_socket: Path | None) -> NodeEndpoints:
+    try:
+        return resolve(lab_id, node, agent_socket)
+    except EndpointError as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+def _emit(data: Any, output: str) -> bool:
+    """Print `data` for machines; False when the caller should draw its table instead."""
+    if output == "json":
+        click.echo(json.dumps(data, indent=2, sort_keys=True))
+        return True
+    if output == "yaml":
+        click.echo(yaml.safe_dump(data, sort_keys=True), nl=False)
+        return True
+    return False
+
+
+@click.command()
+@node_options
+@output_option
+def status(lab_id: str, node: str | None, agent_socket: Path | None, output: str) -> None:
+    """One screen about a node: agent, ztunnel, control, pods, certificates, traffic. Exits 1 if unhealthy."""
+    ep = _endpoints(lab_id, node, agent_socket)
+    with progress.status(f"asking node {ep.node or 'here'}"):
+        report = gather(ep)
+    if not _emit(report, output):
+        table = Table(show_header=False, box=None, pad_edge=False)
+        for label, text, ok in lines(report):
+            mark = "" if ok is None else ("[green]OK[/green] " if ok else "[red]!![/red] ")
+            table.add_row(f"[bold]{label}[/bold]", mark + text)
+        console.print(table)
+        for problem in report["problems"]:
+            console.print(f"[red]problem:[/red] {problem}", highlight=False)
+    sys.exit(0 if report["healthy"] else 1)
+
+
+@click.command()
+@node_options
+@output_option
+def check(lab_id: str, node: str | None, agent_socket: Path | None, output: str) -> None:
+    """Check the kernel, tools and the node's components; a hint for every failure. Exits 1 on any."""
+    ep = _endpoints(lab_id, node, agent_socket)
+    with progress.status("checking"):
+        groups = run_checks(ep)
+    ok = all(c.ok for _, checks in groups for c in checks)
+    data = {"ok": ok, "groups": [{"name": n, "checks": [c.to_json() for c in cs]} for n, cs in groups]}
+    if not _emit(data, output):
+        for name, checks in groups:
+            console.print(f"[bold]{name}[/bold]")
+            for c in checks:
+                mark = "[green]\u2714[/green]" if c.ok else "[red]\u2718[/red]"
+                console.print(f"  {mark} {c.name}: {c.detail}", highlight=False)
+                if not c.ok:
+                    console.print(f"      [yellow]hint:[/yellow] {c.hint}", highlight=False)
+        console.print("[green]all checks passed[/green]" if ok else "[red]some checks failed[/red]")
+    sys.exit(0 if ok else 1)
+
+
+def _inspect_command(
+    kind: str, rows_of: Callable[..., inspect.Rows], help_text: str, on: bool = False
+) -> click.Command:
+    @click.command(name=kind, help=help_text)
+    @node_options
+    @output_option
+    @click.option("-n", "--namespace", help="Only this namespace.")
+    def command(lab_id: str, node: str | None, agent_socket: Path | None, output: str, namespace: str | None,
+                **extra: Any) -> None:  # fmt: skip
+        ep = _endpoints(lab_id, node, agent_socket)
+        try:
+            with progress.status(f"reading ztunnel's config on node {ep.node or 'here'}"):
+                dump = config_dump(ep)
+        except EndpointError as exc:
+            raise click.ClickException(str(exc)) from None
+        rows = rows_of(dump, namespace, **extra)
+        if _emit(rows, output):
+            return
+        table = Table(*(title for title, _ in inspect.COLUMNS[kind]), title=f"{kind} (ztunnel on {dump['node']})",
+                      title_justify="left")  # fmt: skip
+        for row in rows:
+            table.add_row(*(inspect.cell(row, key) for _, key in inspect.COLUMNS[kind]))
+        console.print(table)
+
+    if on:
+        command = click.option("--on", "on_node", help="Only workloads running on this node.")(command)
+    return command
+
+
+workloads = _inspect_command("workloads", inspect.workloads, "Workloads the node's ztunnel knows.", on=True)
+services = _inspect_command("services", inspect.services, "Services with their VIPs and endpoints.")
+policies = _inspect_command("policies", inspect.policies, "AuthorizationPolicies and PeerAuthentications.")
+certs = _inspect_command("certs", inspect.certs, "Workload certificates held by the node's ztunnel.")
+connections = _inspect_command("connections", inspect.connections, "Connections the node's ztunnel relays now.")
+
+
+@click.command()
+@click.argument("kind", type=click.Choice(["namespace"]))
+@click.argument("name")
+@click.argument("changes", nargs=-1, required=True)
+@click.option("--lab", "lab_id", envvar="MESHLET_LAB", default="demo", show_default=True)
+@click.option("--store", type=click.Path(path_type=Path), help="The store directory (default: the lab's).")
+def label(kind: str, name: str, changes: tuple[str, ...], lab_id: str, store: Path | None) -> None:
+    """Set (KEY=VALUE) or remove (KEY-) labels of a namespace in the local store.
+
+    \b
+    meshlet label namespace plain meshlet.io/dataplane-mode=ambient
+    meshlet label namespace plain meshlet.io/dataplane-mode-
+    """
+    if store is None:
+        state = LabState.load(lab_id)
+        if state is None:
+            raise click.ClickException(f"no lab {lab_id!r} is up; pass --store DIR for another store")
+        store = state.store
+    try:
+        path, labels = relabel(store, kind.capitalize(), name, parse_changes(changes))
+    except LabelError as exc:
+        raise click.ClickException(str(exc)) from None
+    shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"
+    console.print(f"{kind} {name} labelled ({path.name}); labels now: {shown}", highlight=False)
+
+
+COMMANDS = [status, check, workloads, services, policies, certs, connections, label]

@@ -1,0 +1,120 @@
+"""`meshlet status|check|workloads|services|policies|certs|connections|label` against a live lab,
+asserting on their JSON output (the contract scripts rely on)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from pathlib import Path
+from typing import Any
+
+from tests.conftest import wait_for
+from tests.e2e.conftest import MESHLET, Lab, meshlet
+from tests.e2e.mesh_helpers import get_json, reaches, stop, url, write_object
+
+WEB = "spiffe://cluster.local/ns/mesh/sa/web"
+
+
+def cli_json(lab: Lab, *args: str, ok: bool = True) -> Any:
+    proc = meshlet(*args, "--lab", lab.id, "-o", "json", check=False)
+    assert (proc.returncode == 0) == ok, f"meshlet {' '.join(args)} exited {proc.returncode}: {proc.stderr}"
+    return json.loads(proc.stdout)
+
+
+def test_status_reports_a_healthy_node(lab: Lab) -> None:
+    assert reaches(lab, "web-1a", url(lab, "web-2a"))
+    report = cli_json(lab, "status", "--node", "node1")
+    assert report["healthy"] and report["problems"] == []
+    assert report["node"] == "node1" and report["lab"] == lab.id
+    assert report["redirect"]["backend"] == "iptables" and report["redirect"]["reason"]
+    assert report["agent"]["ok"] and report["agent"]["store"]["synced"]
+    assert report["ztunnel"]["ready"] and report["ztunnel"]["servedPods"] == 1
+    assert report["control"]["connected"] and report["control"]["configVersion"] >= 1
+    assert report["control"]["configAgeSeconds"] >= 0
+    assert report["pods"] == {"total": 2, "enrolled": 1, "captured": 1, "pending": 0, "errors": []}
+    assert report["certificates"]["count"] == 1 and report["certificates"]["soonestExpiry"]
+    assert report["traffic"]["source"]["connections"] >= 1
+    assert report["bpf"] == {"programs": []}
+    human = meshlet("status", "--lab", lab.id, "--node", "node2").stdout
+    assert "node2" in human and "ready" in human
+
+
+def test_status_exits_non_zero_and_names_the_problem_when_ztunnel_is_stopped(lab: Lab) -> None:
+    stop(lab, "ztunnel/node2", signal.SIGKILL)
+    report = cli_json(lab, "status", "--node", "node2", ok=False)
+    assert not report["healthy"]
+    assert any("ztunnel's admin did not answer" in p and "node2" in p for p in report["problems"])
+    # The agent notices too: ZDS has nobody connected, and the node's pods wait.
+    wait_for(lambda: any("no ztunnel connected" in p for p in cli_json(lab, "status", "--node", "node2",
+                                                                           ok=False)["problems"]), 10,
+             "the agent to report ztunnel gone")  # fmt: skip
+    human = meshlet("status", "--lab", lab.id, "--node", "node2", check=False)
+    assert human.returncode == 1 and "problem:" in human.stdout
+    assert cli_json(lab, "status", "--node", "node1")["healthy"]  # the other node is fine
+
+
+def test_missing_agent_names_the_socket_tried(lab: Lab, tmp_path: Path) -> None:
+    missing = tmp_path / "nothing.sock"
+    proc = meshlet("status", "--agent-socket", str(missing), check=False)
+    assert proc.returncode == 1
+    assert str(missing) in proc.stdout and "is it running" in proc.stdout
+    bad_node = meshlet("status", "--lab", lab.id, "--node", "node9", check=False)
+    assert bad_node.returncode == 1 and "node1, node2" in bad_node.stderr
+
+
+def test_check_passes_on_a_healthy_lab_node(lab: Lab) -> None:
+    data = cli_json(lab, "check", "--node", "node2")
+    assert data["ok"]
+    names = {c["name"] for g in data["groups"] for c in g["checks"]}
+    assert {"cgroup v2", "bpffs", "bcc", "kernel headers for bcc", "iptables usable", "agent socket",
+            "ztunnel ready", "CA trust", "clock"} <= names  # fmt: skip
+
+
+def test_inspection_commands_show_the_mesh_as_json(lab: Lab) -> None:
+    write_object(lab, {
+        "apiVersion": "security.meshlet.io/v1", "kind": "AuthorizationPolicy",
+        "metadata": {"name": "allow-mesh", "namespace": "mesh"},
+        "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["mesh"]}}]}]},
+    })  # fmt: skip
+    wait_for(lambda: cli_json(lab, "policies", "--node", "node2"), 10, "the policy to reach ztunnel")
+    workloads = cli_json(lab, "workloads", "--node", "node2")
+    assert {w["name"] for w in workloads} == {"web-1a", "web-1b", "web-2a", "web-2b"}
+    assert {w["name"] for w in cli_json(lab, "workloads", "-n", "mesh", "--on", "node2")} == {"web-2a"}
+    mine = next(w for w in workloads if w["name"] == "web-2a")
+    assert mine["identity"] == WEB and mine["enrolled"] and mine["node"] == "node2"
+    services = cli_json(lab, "services", "-n", "mesh")
+    assert len(services) == 1 and services[0]["ports"] == [80]
+    assert sorted(e["ip"] for e in services[0]["endpoints"]) == sorted(lab.pod(p)["ip"] for p in ("web-1a", "web-2a"))
+    policies = cli_json(lab, "policies", "--node", "node2")
+    assert policies == [{"kind": "AuthorizationPolicy", "name": "allow-mesh", "namespace": "mesh", "selector": None,
+                         "action": "ALLOW", "rules": 1, "needsL7": False}]  # fmt: skip
+    certs = cli_json(lab, "certs", "--node", "node2")
+    assert [c["identity"] for c in certs] == [WEB] and certs[0]["notAfter"] and certs[0]["error"] is None
+    # A connection held open shows up while it lasts.
+    slow = subprocess.Popen(
+        [MESHLET, "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS", "-m", "20", "--limit-rate", "200K",
+         "-o", "/dev/null", url(lab, "web-2a", "/bytes?n=1000000")],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        conns = wait_for(lambda: cli_json(lab, "connections", "--node", "node1"), 10, "an open connection")
+        assert conns[0]["direction"] == "outbound" and lab.pod("web-2a")["ip"] in conns[0]["connection"]
+        yaml_out = meshlet("connections", "--lab", lab.id, "-o", "yaml").stdout
+        assert "direction: outbound" in yaml_out
+    finally:
+        slow.kill()
+        slow.wait()
+
+
+def test_label_namespace_enrolls_and_releases_a_namespace(lab: Lab) -> None:
+    meshlet("label", "namespace", "plain", "meshlet.io/dataplane-mode=ambient", "--lab", lab.id)
+    wait_for(lambda: cli_json(lab, "status", "--node", "node1")["pods"]["captured"] == 2, 10, "web-1b captured")
+    answer = get_json(lab, "web-1b", url(lab, "web-2a"))
+    assert answer["peer"].startswith(lab.pod("web-1b")["ip"] + ":")
+    meshlet("label", "namespace", "plain", "meshlet.io/dataplane-mode-", "--lab", lab.id)
+    wait_for(lambda: cli_json(lab, "status", "--node", "node1")["pods"]["enrolled"] == 1, 10, "web-1b released")
+    bad = meshlet("label", "namespace", "plain", "not a label", "--lab", lab.id, check=False)
+    assert bad.returncode == 1 and "KEY=VALUE" in bad.stderr
+    missing = meshlet("label", "namespace", "nope", "a=b", "--lab", lab.id, check=False)
+    assert missing.returncode == 1 and "no Namespace 'nope'" in missing.stderr
