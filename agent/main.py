@@ -21,9 +21,12 @@ import uvloop
 from agent.annotating import set_annotation
 from agent.enrolling import PodTarget, node_pods
 from agent.reconciling import Reconciler
-from agent.redirect.iptables import InpodSettings, IptablesBackend
+from agent.redirect.choosing import choose
+from agent.redirect.ebpf import EbpfBackend
+from agent.redirect.routing import RedirectError
 from agent.status import serve_status
 from agent.zds import ZdsServer
+from bpf.maps import PIN_ROOT
 from control.model.fields import ObjectKey
 from control.model.mesh import MeshSettings
 from control.sources.files import FileSource
@@ -39,8 +42,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--zds-socket", type=Path, default=Path("/var/run/meshlet/ztunnel.sock"))
     p.add_argument("--status-socket", type=Path, default=Path("/var/run/meshlet/agent.sock"))
     p.add_argument(
-        "--redirect", choices=["iptables", "auto"], default="auto", help="redirection backend (auto picks one)"
+        "--redirect",
+        choices=["iptables", "ebpf", "auto"],
+        default="auto",
+        help="redirection backend (auto: eBPF if it works)",
     )
+    p.add_argument("--bpf-dir", type=Path, default=PIN_ROOT / "node", help="where this node's BPF objects are pinned")
+    p.add_argument("--pods-cgroup", type=Path, help="cgroup v2 directory holding this node's pods (eBPF backend)")
     p.add_argument("--probe-ip", required=True, help="the node address kubelet probes come from")
     p.add_argument("--dataplane-label", default="meshlet.io/dataplane-mode", help="label key that enrolls")
     p.add_argument("--resync", type=float, default=2.0, help="seconds between full reconcile passes")
@@ -57,12 +65,7 @@ class Agent:
         self.mesh = MeshSettings(dataplane_label=args.dataplane_label)
         self.store = ConfigStore(self.mesh)
         self.source = FileSource(args.store)
-        self.backend = IptablesBackend(InpodSettings(probe_ip=args.probe_ip))
-        self.backend_reason = (
-            "chosen with --redirect iptables"
-            if args.redirect == "iptables"
-            else "auto: iptables is the only backend this agent has (no eBPF backend yet)"
-        )
+        self.backend, self.backend_reason = choose(args.redirect, args.probe_ip, args.bpf_dir, args.pods_cgroup)
         self.zds = ZdsServer(args.zds_socket, lambda: self.reconciler.replay())
         self.reconciler = Reconciler(self.backend, self.zds, self._annotate)
         self._wake = asyncio.Event()
@@ -78,6 +81,7 @@ class Agent:
             "node": self.args.node,
             "backend": self.backend.name,
             "backendReason": self.backend_reason,
+            "bpf": self.backend.status() if isinstance(self.backend, EbpfBackend) else {"programs": []},
             "startedAt": self.started,
             "ztunnel": {"connected": self.zds.connected, "connects": self.zds.connects, "served": len(self.zds.served)},
             "store": {"source": "file", "path": str(self.args.store), "synced": self.store.synced,
@@ -126,4 +130,9 @@ class Agent:
 def main(argv: list[str] | None = None) -> None:
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    uvloop.run(Agent(args).run())
+    try:
+        agent = Agent(args)
+    except RedirectError as exc:
+        log.error("%s", exc)
+        raise SystemExit(2) from None
+    uvloop.run(agent.run())

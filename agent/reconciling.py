@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 class Backend(Protocol):
     name: str
 
-    def install(self, netns: Path) -> bool: ...
-    def remove(self, netns: Path) -> None: ...
+    def install(self, netns: Path, ips: tuple[str, ...]) -> bool: ...
+    def remove(self, netns: Path, ips: tuple[str, ...]) -> None: ...
 
 
 @dataclass(slots=True)
@@ -119,7 +119,7 @@ class Reconciler:
             self._set(target, "error", f"no network namespace holds {', '.join(target.ips)} (yet)", None)
             return
         try:
-            changed = await asyncio.to_thread(self.backend.install, netns.path)
+            changed = await asyncio.to_thread(self.backend.install, netns.path, tuple(target.ips))
         except Exception as exc:  # an iptables failure is this pod's problem only
             self._set(target, "error", f"{self.backend.name}: {exc}", netns)
             return
@@ -145,7 +145,7 @@ class Reconciler:
         self._close_fd(target.uid)
         if netns is not None:
             try:
-                await asyncio.to_thread(self.backend.remove, netns.path)
+                await asyncio.to_thread(self.backend.remove, netns.path, tuple(target.ips))
             except Exception as exc:
                 self._set(target, "error", f"removing rules: {exc}", netns)
                 return

@@ -28,6 +28,7 @@ from ztunnel.identity.manager import IdentityManager
 from ztunnel.inpod.client import ZdsClient
 from ztunnel.inpod.manager import WorkloadManager
 from ztunnel.proxy.context import ProxyContext
+from ztunnel.proxy.origdst import OriginalDestination
 from ztunnel.proxy.serving import PodServing
 from ztunnel.state.mesh import MeshIndex
 
@@ -53,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--admin", type=host_port, default=("127.0.0.1", 15000), help="admin (keep it on localhost)")
     p.add_argument("--metrics", type=host_port, default=("0.0.0.0", 15020))
     p.add_argument("--readiness", type=host_port, default=("0.0.0.0", 15021))
+    p.add_argument("--bpf-dir", type=Path, help="the agent's pinned BPF objects (eBPF redirection backend)")
     p.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let connections finish")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -69,6 +71,7 @@ class Ztunnel:
             trust_domain=args.trust_domain,
             root_namespace=args.root_namespace,
             identities=IdentityManager(args.control, credential),
+            origdst=OriginalDestination(args.bpf_dir),
         )
         self.serving = PodServing(self.ctx)
         self.manager = WorkloadManager(self.serving)

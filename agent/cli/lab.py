@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from agent.lab import cluster, kernel
+from agent.lab import cluster, kernel, processes
 from agent.lab.demo import Call, traffic, ztunnel_summary
 from agent.lab.plan import REDIRECT_MODES, LabPlan, check_id
 
@@ -148,7 +148,7 @@ def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
         raise click.UsageError("no command given after --")
     kernel.cgroup_join(cgroup)
     # exec in place: the command gets our terminal, and its exit code is ours.
-    os.execvp("ip", ["ip", "netns", "exec", netns, *command])
+    os.execvp("nsenter", [*processes.in_netns(netns), *command])
 
 
 @lab.command()

@@ -22,6 +22,7 @@ from agent.lab.objects import DATAPLANE_LABEL, lab_objects
 from agent.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
 from agent.lab.state import LabState, free_slot, lab_dir, locked
 from agent.lab.store import write_objects
+from bpf.maps import PIN_ROOT
 from control.model.kube import Namespace, Pod
 from control.model.mesh import MeshSettings, enrolled
 from control.sources.files import FileSource
@@ -42,6 +43,7 @@ class Removed:
     netns: list[str] = field(default_factory=list)
     links: list[str] = field(default_factory=list)
     cgroups: list[str] = field(default_factory=list)
+    bpf: list[str] = field(default_factory=list)
     directory: str | None = None
 
 
@@ -98,6 +100,7 @@ def _leftovers(lab_id: str) -> bool:
         any(n.startswith(prefix) for n in kernel.netns_list())
         or any(link["ifname"].startswith(prefix) for link in kernel.links())
         or kernel.cgroup_path(f"{prefix}lab").exists()
+        or (PIN_ROOT.is_dir() and any(PIN_ROOT.glob(f"{prefix}*")))
     )
 
 
@@ -241,6 +244,11 @@ def _down(lab_id: str) -> Removed:
     if cg_root.exists():
         removed.cgroups = [str(p) for p in cg_root.rglob("*") if p.is_dir()] + [str(cg_root)]
         kernel.cgroup_remove(cg_root)
+    # BPF pins: the cgroups and netns the programs were attached to are gone, so unpinning frees them.
+    if PIN_ROOT.is_dir():
+        for pins in PIN_ROOT.glob(f"{prefix}*"):
+            shutil.rmtree(pins, ignore_errors=True)
+            removed.bpf.append(str(pins))
     directory = lab_dir(lab_id)
     if directory.exists():
         shutil.rmtree(directory)

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from agent.lab.plan import APP_PORT, LabPlan, PodPlan
+from agent.lab.processes import in_netns
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -70,7 +71,7 @@ def expected_path(source: PodPlan, destination: PodPlan, enrolled: set[tuple[str
 def call(source: PodPlan, destination: PodPlan, enrolled: set[tuple[str, str]], timeout: float = 3.0) -> Call:
     url = f"http://{destination.ip}:{APP_PORT}/"
     proc = subprocess.run(
-        ["ip", "netns", "exec", source.netns, "curl", "-sS", "-m", str(timeout), "-w", "\n%{http_code}", url],
+        [*in_netns(source.netns), "curl", "-sS", "-m", str(timeout), "-w", "\n%{http_code}", url],
         capture_output=True,
         text=True,
         check=False,

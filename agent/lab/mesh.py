@@ -16,8 +16,9 @@ import urllib.request
 from pathlib import Path
 
 from agent.lab import kernel, processes
-from agent.lab.plan import CONTROL_METRICS_PORT, CONTROL_PORT, TRUST_DOMAIN, LabPlan, NodePlan
+from agent.lab.plan import CONTROL_METRICS_PORT, CONTROL_PORT, TRUST_DOMAIN, LabPlan, NodePlan, prefix_for
 from agent.lab.state import LabState
+from bpf.maps import PIN_ROOT
 
 READY_TIMEOUT = 20.0
 ZTUNNEL_READY_PORT = 15021
@@ -26,7 +27,16 @@ _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
 
 class MeshStartError(RuntimeError):
-    """A mesh component did not come up; the message points at its log."""
+    """A mesh component did not come up; the message carries the end of its log (a failed `up` removes
+    the lab directory, logs included)."""
+
+
+def _tail(log: str | Path, lines: int = 12) -> str:
+    try:
+        text = Path(log).read_text(errors="replace").splitlines()[-lines:]
+    except OSError:
+        return ""
+    return "\n  | " + "\n  | ".join(text) if text else ""
 
 
 def control_state(state: LabState) -> Path:
@@ -63,7 +73,7 @@ def wait_control_ready(plan: LabPlan, started: processes.Started) -> None:
     deadline = time.monotonic() + READY_TIMEOUT
     while time.monotonic() < deadline:
         if not processes.is_running(started):
-            raise MeshStartError(f"control exited during start; see {started.log}")
+            raise MeshStartError(f"control exited during start:{_tail(started.log)}")
         try:
             with _DIRECT.open(f"{plan.control_metrics}/ready", timeout=1) as resp:
                 if resp.status == 200:
@@ -71,7 +81,7 @@ def wait_control_ready(plan: LabPlan, started: processes.Started) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.05)
-    raise MeshStartError(f"control not ready after {READY_TIMEOUT:.0f}s; see {started.log}")
+    raise MeshStartError(f"control not ready after {READY_TIMEOUT:.0f}s:{_tail(started.log)}")
 
 
 def node_run_dir(state: LabState, node: str) -> Path:
@@ -79,19 +89,28 @@ def node_run_dir(state: LabState, node: str) -> Path:
     return Path(state.directory) / "nodes" / node / "run"
 
 
+def node_bpf_dir(state: LabState, node: NodePlan) -> Path:
+    """The node's pins in bpffs (bpffs is one per machine: the lab prefix keeps nodes and labs apart)."""
+    return PIN_ROOT / f"{prefix_for(state.plan.lab_id)}{node.name}"
+
+
 def start_node(state: LabState, node: NodePlan) -> dict[str, processes.Started]:
     """The node's DaemonSet pod: its agent and its ztunnel, both in the node's netns and cgroup."""
     run = node_run_dir(state, node.name)
+    pods_cgroup = kernel.cgroup_path(node.cgroup).parent / "pods"
+    pods_cgroup.mkdir(parents=True, exist_ok=True)
+    bpf_dir = node_bpf_dir(state, node)
     run.mkdir(parents=True, exist_ok=True)
     kernel.cgroup_create(node.cgroup)
     agent = processes.python_module(
         "agent", "--node", node.name, "--store", str(state.store), "--zds-socket", str(run / "ztunnel.sock"),
         "--status-socket", str(run / "agent.sock"), "--redirect", state.plan.redirect, "--probe-ip", node.gateway,
+        "--bpf-dir", str(bpf_dir), "--pods-cgroup", str(pods_cgroup),
     )  # fmt: skip
     ztunnel = processes.python_module(
         "ztunnel", "--node", node.name, "--control", state.plan.control_url,
         "--credentials", str(node_credential_dir(state, node.name)), "--zds-socket", str(run / "ztunnel.sock"),
-        "--trust-domain", TRUST_DOMAIN, "--drain-timeout", "10",
+        "--trust-domain", TRUST_DOMAIN, "--drain-timeout", "10", "--bpf-dir", str(bpf_dir),
     )  # fmt: skip
     logs = state.logs
     return {
@@ -107,7 +126,7 @@ def wait_node_ready(state: LabState, node: NodePlan) -> None:
     while time.monotonic() < deadline:
         for key in (f"agent/{node.name}", f"ztunnel/{node.name}"):
             if not processes.is_running(state.processes[key]):
-                raise MeshStartError(f"{key} exited during start; see {state.processes[key].log}")
+                raise MeshStartError(f"{key} exited during start:{_tail(state.processes[key].log)}")
         try:
             with _DIRECT.open(f"http://{node.ip}:{ZTUNNEL_READY_PORT}/healthz/ready", timeout=1) as resp:
                 if resp.status == 200 and agent_socket.exists():
@@ -115,6 +134,5 @@ def wait_node_ready(state: LabState, node: NodePlan) -> None:
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.05)
-    raise MeshStartError(
-        f"node {node.name} not ready after {READY_TIMEOUT:.0f}s; see {state.processes[f'ztunnel/{node.name}'].log}"
-    )
+    log = state.processes[f"ztunnel/{node.name}"].log
+    raise MeshStartError(f"node {node.name} not ready after {READY_TIMEOUT:.0f}s; ztunnel's log ends:{_tail(log)}")

@@ -47,7 +47,7 @@ def is_running(started: Started) -> bool:
 def spawn(argv: list[str], netns: str | None, cgroup: str, log: Path, env: dict[str, str] | None = None) -> Started:
     """Start `argv` inside `netns` (None: the host's) and `cgroup`, detached, output appended to `log`."""
     log.parent.mkdir(parents=True, exist_ok=True)
-    full = ["ip", "netns", "exec", netns, *argv] if netns else argv
+    full = [*in_netns(netns), *argv] if netns else argv
 
     def enter_cgroup() -> None:
         kernel.cgroup_join(cgroup)
@@ -69,6 +69,12 @@ def spawn(argv: list[str], netns: str | None, cgroup: str, log: Path, env: dict[
     # The child is reparented when we exit; drop the Popen so no ResourceWarning claims it was leaked.
     proc.returncode = 0
     return Started(pid=proc.pid, starttime=starttime, argv=tuple(full), log=str(log))
+
+
+def in_netns(netns: str) -> list[str]:
+    """The argv prefix that runs a command in a lab netns. nsenter rather than `ip netns exec`, which
+    also remounts /sys and so hides cgroup v2 and bpffs from what it runs (the agent needs both)."""
+    return ["nsenter", f"--net=/var/run/netns/{netns}", "--"]
 
 
 def python_module(module: str, *args: str) -> list[str]:

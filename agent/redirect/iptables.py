@@ -4,8 +4,8 @@
   SO_ORIGINAL_DST), except ztunnel's own connections (SO_MARK 0x539) and traffic that stays in the pod.
 - nat PREROUTING -> MESHLET_PRERT: inbound TCP goes to 15006, except HBONE (15008, ztunnel's own
   listener) and the node's probe address (kubelet probes reach the app directly, as in Istio).
-- mangle: connections ztunnel opens to the app with the caller's IP as source (IP_TRANSPARENT) get
-  connmark 0x111; the app's replies restore that mark, and `ip rule fwmark 0x111 lookup 100` with
+- mangle: connections ztunnel opens to the app with the caller's IP as source (IP_TRANSPARENT, mark
+  0x111) get connmark 0x111; the app's replies restore that mark, and `ip rule fwmark 0x111 lookup 100` with
   `local 0.0.0.0/0 dev lo` in table 100 delivers them to ztunnel instead of routing them out of the pod.
 
 Rules are data (`ruleset`), written exactly as `iptables-save` prints them, so checking for drift is a
@@ -17,25 +17,26 @@ All calls block (they run iptables in the pod netns): the agent runs them in a w
 
 from __future__ import annotations
 
-import json
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
-ZTUNNEL_MARK = 0x539
-"""SO_MARK on every socket ztunnel opens: its own traffic is never captured again."""
-CONN_MARK = 0x111
+from agent.redirect.routing import (
+    APP_MARK,
+    MARK_MASK,
+    ROUTE_TABLE,
+    ZTUNNEL_MARK,
+    RedirectError,
+    in_netns,
+    install_route,
+    remove_route,
+    route_present,
+)
+
+CONN_MARK = APP_MARK
 """Connection mark of ztunnel's transparent connections to the app (for reply routing)."""
-MARK_MASK = 0xFFF
-ROUTE_TABLE = 100
-RULE_PREF = 32764
 CHAINS = {"mangle": ("MESHLET_PRERT", "MESHLET_OUTPUT"), "nat": ("MESHLET_PRERT", "MESHLET_OUTPUT")}
 HOOKS = {"MESHLET_PRERT": "PREROUTING", "MESHLET_OUTPUT": "OUTPUT"}
-
-
-class RedirectError(RuntimeError):
-    """Rules could not be installed, checked or removed; the message names the pod netns and the tool's
-    own words."""
+__all__ = ["ZTUNNEL_MARK", "CONN_MARK", "RedirectError", "InpodSettings", "IptablesBackend", "ruleset"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +56,9 @@ def ruleset(s: InpodSettings) -> dict[str, dict[str, list[str]]]:
     conn = f"0x{CONN_MARK:x}/0x{MARK_MASK:x}"
     return {
         "mangle": {
-            "MESHLET_PRERT": [f"-m mark --mark {mark} -j CONNMARK --set-xmark {conn}"],
+            # ztunnel's connections to the app carry APP_MARK: remember it on the connection, and put it
+            # back on the app's replies (OUTPUT) so that they take table 100 back to ztunnel.
+            "MESHLET_PRERT": [f"-m mark --mark {conn} -j CONNMARK --set-xmark {conn}"],
             "MESHLET_OUTPUT": [
                 f"-m connmark --mark {conn} -j CONNMARK --restore-mark --nfmask 0xffffffff --ctmask 0xffffffff"
             ],
@@ -77,13 +80,6 @@ def ruleset(s: InpodSettings) -> dict[str, dict[str, list[str]]]:
     }
 
 
-def _in_netns(netns: Path, cmd: list[str], stdin: str | None = None) -> str:
-    proc = subprocess.run(["nsenter", f"--net={netns}", *cmd], input=stdin, capture_output=True, text=True, check=False)
-    if proc.returncode != 0:
-        raise RedirectError(f"{' '.join(cmd)} in {netns} failed: {(proc.stderr or proc.stdout).strip()}")
-    return proc.stdout
-
-
 @dataclass(slots=True)
 class _Saved:
     """Our part of a netns' rules, as `iptables-save` shows it."""
@@ -100,7 +96,7 @@ class _Saved:
 def _read(netns: Path) -> _Saved:
     saved = _Saved({}, {})
     table = ""
-    for line in _in_netns(netns, ["iptables-save"]).splitlines():
+    for line in in_netns(netns, ["iptables-save"]).splitlines():
         if line.startswith("*"):
             table = line[1:]
         elif line.startswith(":MESHLET_"):
@@ -110,18 +106,6 @@ def _read(netns: Path) -> _Saved:
             if chain in HOOKS or (chain in HOOKS.values() and rule.startswith("-j MESHLET_")):
                 saved.rules.setdefault(table, {}).setdefault(chain, []).append(rule)
     return saved
-
-
-def _table_routes(netns: Path) -> list[dict[str, object]]:
-    try:
-        routes: list[dict[str, object]] = json.loads(
-            _in_netns(netns, ["ip", "-j", "route", "show", "table", str(ROUTE_TABLE)]) or "[]"
-        )
-    except RedirectError as exc:
-        if "table does not exist" in str(exc):  # nothing was ever routed there
-            return []
-        raise
-    return routes
 
 
 def _expected(s: InpodSettings) -> dict[str, dict[str, list[str]]]:
@@ -149,11 +133,11 @@ class IptablesBackend:
                 w, h = want.get(table, {}).get(chain, []), have.get(table, {}).get(chain, [])
                 if w != h:
                     problems.append(f"{table}/{chain}: have {h}, want {w}")
-        if not self._route_present(netns):
+        if not route_present(netns):
             problems.append(f"ip rule fwmark 0x{CONN_MARK:x} lookup {ROUTE_TABLE} or its local route is missing")
         return problems
 
-    def install(self, netns: Path) -> bool:
+    def install(self, netns: Path, ips: tuple[str, ...] = ()) -> bool:
         """Make the rules in `netns` exactly as desired; returns False when they already were (no change)."""
         if not self.drift(netns):
             return False
@@ -170,11 +154,11 @@ class IptablesBackend:
                 if count == 0:
                     lines.append(f"-A {HOOKS[chain]} -j {chain}")
             lines.append("COMMIT")
-        _in_netns(netns, ["iptables-restore", "--noflush"], "\n".join(lines) + "\n")
-        self._install_route(netns)
+        in_netns(netns, ["iptables-restore", "--noflush"], "\n".join(lines) + "\n")
+        install_route(netns)
         return True
 
-    def remove(self, netns: Path) -> None:
+    def remove(self, netns: Path, ips: tuple[str, ...] = ()) -> None:
         """Remove every rule, chain and route of ours from `netns`; nothing else is touched."""
         saved = _read(netns)
         lines: list[str] = []
@@ -185,28 +169,5 @@ class IptablesBackend:
                 lines += [f"*{table}", *deletes, *(f"-F {c}" for c in present), *(f"-X {c}" for c in present)]
                 lines.append("COMMIT")
         if lines:
-            _in_netns(netns, ["iptables-restore", "--noflush"], "\n".join(lines) + "\n")
-        self._remove_route(netns)
-
-    def _route_present(self, netns: Path) -> bool:
-        rules = json.loads(_in_netns(netns, ["ip", "-j", "rule", "show"]) or "[]")
-        has_rule = any(r.get("priority") == RULE_PREF and str(r.get("table")) == str(ROUTE_TABLE) for r in rules)
-        routes = _table_routes(netns)
-        has_route = any(r.get("type") == "local" and r.get("dst") == "default" for r in routes)
-        return has_rule and has_route
-
-    def _install_route(self, netns: Path) -> None:
-        if self._route_present(netns):
-            return
-        self._remove_route(netns)
-        fwmark = f"0x{CONN_MARK:x}/0x{MARK_MASK:x}"
-        _in_netns(netns, ["ip", "rule", "add", "fwmark", fwmark, "pref", str(RULE_PREF), "lookup", str(ROUTE_TABLE)])
-        _in_netns(netns, ["ip", "route", "replace", "local", "0.0.0.0/0", "dev", "lo", "table", str(ROUTE_TABLE)])
-
-    def _remove_route(self, netns: Path) -> None:
-        rules = json.loads(_in_netns(netns, ["ip", "-j", "rule", "show"]) or "[]")
-        for r in rules:
-            if r.get("priority") == RULE_PREF:
-                _in_netns(netns, ["ip", "rule", "del", "pref", str(RULE_PREF)])
-        if _table_routes(netns):
-            _in_netns(netns, ["ip", "route", "flush", "table", str(ROUTE_TABLE)])
+            in_netns(netns, ["iptables-restore", "--noflush"], "\n".join(lines) + "\n")
+        remove_route(netns)

@@ -77,6 +77,7 @@ def leftovers(lab_id: str) -> dict[str, list[str]]:
         "cgroups": [str(cg)] if cg.exists() else [],
         "processes": [str(p) for p in own_pids],
         "files": [str(p) for p in [Path("/var/run/meshlet/labs") / lab_id] if p.exists()],
+        "bpf": [str(p) for p in Path("/sys/fs/bpf/meshlet").glob(f"{prefix}*")],
     }
 
 

@@ -217,7 +217,7 @@ def test_sigterm_drains_while_a_new_ztunnel_takes_over_the_listeners(lab: Lab, t
     )  # fmt: skip
     log = open(tmp_path / "ztunnel-new.log", "wb")  # noqa: SIM115 (kept for the process's life)
     # The upgrade: a second ztunnel with the same arguments binds beside the old one (SO_REUSEPORT).
-    new = subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", "node1", "--", *old["argv"][4:]],
+    new = subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", "node1", "--", *old["argv"][3:]],
                            stdout=log, stderr=log)  # fmt: skip
     log.close()
     try:
@@ -270,7 +270,7 @@ def test_agent_killed_and_restarted_under_traffic_changes_nothing(lab: Lab, tmp_
     try:
         wait_for(lambda: metric(lab, "node1", "meshlet_ztunnel_open_connections") >= 1, 10, "the download to start")
         stop(lab, "agent/node1", signal.SIGKILL)
-        restarted = subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", "node1", "--", *agent["argv"][4:]],
+        restarted = subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", "node1", "--", *agent["argv"][3:]],
                                      stdout=log, stderr=log)  # fmt: skip
         socket_path = lab.status["nodes"][0]["agentSocket"]
 

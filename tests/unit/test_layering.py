@@ -25,9 +25,12 @@ ALLOWED = {
         "ztunnel.inpod.netns",
         "ztunnel.inpod.protocol",
     },
-    "bpf": {"bpf"},
+    # bpf may enter a pod's netns with ztunnel's helper (for netns cookies).
+    "bpf": {"bpf", "ztunnel.inpod.netns"},
     "control": {"control"},
-    "ztunnel": {"ztunnel", "control.wire"},
+    # ztunnel reads the eBPF backend's original-destination map: the map's layout and the bpf() calls,
+    # never the loader (no bcc in the proxy).
+    "ztunnel": {"ztunnel", "control.wire", "bpf.maps", "bpf.syscall"},
 }
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ztunnel.identity.manager import IdentityManager, WorkloadCertificate
 from ztunnel.metrics import UNKNOWN, Metrics, Peer
+from ztunnel.proxy.origdst import OriginalDestination
 from ztunnel.proxy.pool import HbonePool
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.state.mesh import MeshIndex, Workload
@@ -54,6 +55,7 @@ class ProxyContext:
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     """Connection set-up tasks, referenced until done (asyncio keeps only weak references)."""
     draining: bool = False
+    origdst: OriginalDestination = field(default_factory=lambda: OriginalDestination(None))
 
     def __post_init__(self) -> None:
         if self.pool is None:

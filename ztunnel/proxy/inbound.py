@@ -126,7 +126,7 @@ class InboundPlaintext(TcpSide):
         ctx, pod, tunnel = self.ctx, self.pod, self.tunnel
         assert self.transport is not None
         try:
-            ip, port = sockets.original_dst(self.transport.get_extra_info("socket"))
+            ip, port = ctx.origdst.inbound(self.transport.get_extra_info("socket"))
             source_ip = self.transport.get_extra_info("peername")[0]
         except (OSError, TypeError) as exc:
             ctx.count_error("inbound_plaintext", "original_dst", exc)

@@ -49,8 +49,9 @@ class Outbound(TcpSide):
         ctx, tunnel = self.ctx, self.tunnel
         assert self.transport is not None
         try:
-            ip, port = sockets.original_dst(self.transport.get_extra_info("socket"))
-            source_ip = self.transport.get_extra_info("peername")[0]
+            peer = self.transport.get_extra_info("peername")
+            source_ip = peer[0]
+            ip, port = ctx.origdst.outbound(self.transport.get_extra_info("socket"), peer)
         except (OSError, TypeError) as exc:
             ctx.count_error("outbound", "original_dst", exc)
             tunnel.fail()

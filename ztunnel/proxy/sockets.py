@@ -17,6 +17,9 @@ from ztunnel.inpod.listeners import IP_TRANSPARENT, ZTUNNEL_MARK
 from ztunnel.inpod.netns import setns
 
 SO_ORIGINAL_DST = 80
+APP_MARK = 0x111
+"""Mark of the transparent sockets to an app: the pod's reply routing (table 100) keys on it, for either
+redirection backend; ztunnel's other sockets carry ZTUNNEL_MARK, which capture skips."""
 CONNECT_TIMEOUT = 5.0
 _HOME = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 """This process' own netns, taken at import (before any thread moves): where every setns returns to."""
@@ -31,8 +34,8 @@ def original_dst(sock: socket.socket) -> tuple[str, int]:
 
 
 def pod_socket(netns_fd: int, source_ip: str | None = None) -> socket.socket:
-    """A non-blocking TCP socket in the netns of `netns_fd`, marked as ztunnel's own; bound to
-    `source_ip` (any address, with IP_TRANSPARENT) when given."""
+    """A non-blocking TCP socket in the netns of `netns_fd`, marked as ztunnel's own; or, with
+    `source_ip`, bound to that address (IP_TRANSPARENT) and marked for reply routing."""
     setns(netns_fd)
     try:
         s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -40,7 +43,7 @@ def pod_socket(netns_fd: int, source_ip: str | None = None) -> socket.socket:
         setns(_HOME)
     try:
         s.setblocking(False)
-        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZTUNNEL_MARK)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZTUNNEL_MARK if source_ip is None else APP_MARK)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if source_ip is not None:
             s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)

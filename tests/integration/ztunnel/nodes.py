@@ -36,6 +36,16 @@ CLIENT_ID = "spiffe://cluster.local/ns/a/sa/client"
 SERVER_ID = "spiffe://cluster.local/ns/b/sa/server"
 LOOPBACK = "127.0.0.1"
 CLOSE_TIMEOUT = 5.0
+SOCKET_BUFFER = 128 * 1024
+"""Kernel buffer size of every plain TCP socket here. Loopback autotuning would otherwise let megabytes
+hide in the kernel, and a stalled reader would not stall the HTTP/2 windows behind it: with small
+kernel buffers it is ztunnel's flow control that holds bytes back, which is what the tests are about."""
+
+
+def small_buffers(sock: socket.socket | None) -> None:
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SOCKET_BUFFER)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SOCKET_BUFFER)
 
 
 def workload_certificate(ca: CertificateAuthority, spiffe_id: str) -> WorkloadCertificate:
@@ -133,16 +143,30 @@ class DestinationNode(_Node):
             conn.respond(side.stream_id, 401)
             return
         try:
-            _, upstream = await asyncio.get_running_loop().create_connection(lambda: TcpSide(tunnel), host, port)
+            sock = await connected_socket(host, port)
         except OSError:
             conn.respond(side.stream_id, 503)
             return
+        _, upstream = await asyncio.get_running_loop().create_connection(lambda: TcpSide(tunnel), sock=sock)
         if side.closed:
             upstream.abort()
             return
         conn.respond(side.stream_id, 200)
         source, destination = Peer(principal=conn.peer_identity), Peer(principal=self.cert.spiffe_id)
         tunnel.established(upstream, tcp_labels("destination", source, destination, None, True))
+
+
+async def connected_socket(host: str, port: int) -> socket.socket:
+    """A non-blocking TCP socket connected to `host:port`, as `sockets.connect` opens one (minus the netns)."""
+    sock = socket.socket()
+    try:
+        small_buffers(sock)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, (host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class _InboundHbone(HboneConnection):
@@ -182,6 +206,8 @@ class SourceNode(_Node):
     async def listen(self, authority: str) -> int:
         """A listener (the pod's 15001 for one destination) tunnelling every connection to `authority`."""
         server = await asyncio.get_running_loop().create_server(lambda: _Captured(self, authority), LOOPBACK, 0)
+        for sock in server.sockets:
+            small_buffers(sock)  # inherited by accepted sockets
         self._listeners.append(server)
         port: int = server.sockets[0].getsockname()[1]
         return port
@@ -260,6 +286,8 @@ class App:
     def __init__(self, handler: Handler) -> None:
         self.handler = handler
         self.port = 0
+        self.accepted = 0
+        """Connections the app has had."""
         self.errors: list[BaseException] = []
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
@@ -271,12 +299,15 @@ class App:
 
     async def start(self) -> App:
         self._server = await asyncio.start_server(self._connected, LOOPBACK, 0)
+        for sock in self._server.sockets:
+            small_buffers(sock)  # inherited by accepted sockets
         self.port = self._server.sockets[0].getsockname()[1]
         return self
 
     async def _connected(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         task = asyncio.current_task()
         assert task is not None
+        self.accepted += 1
         self._tasks.add(task)
         self._writers.add(writer)
         try:
@@ -302,13 +333,39 @@ class App:
 @contextlib.asynccontextmanager
 async def connect(port: int) -> AsyncIterator[tuple[asyncio.StreamReader, asyncio.StreamWriter]]:
     """A client app's connection to `port`, closed on the way out whatever happened to it."""
-    reader, writer = await asyncio.open_connection(LOOPBACK, port)
+    reader, writer = await asyncio.open_connection(sock=await connected_socket(LOOPBACK, port))
     try:
         yield reader, writer
     finally:
         writer.close()
         with contextlib.suppress(OSError):
             await writer.wait_closed()
+
+
+def held_by_ztunnel(*nodes: _Node) -> int:
+    """Bytes the proxies hold in user space on their way somewhere: the write buffers of their sockets
+    and TLS connections, and what streams keep while a flow-control window is closed (read from the
+    sides' private lists: nothing else shows it)."""
+    total = 0
+    for node in nodes:
+        total += sum(c.transport.get_write_buffer_size() for c in node.connections if c.transport and not c.lost)
+        for tunnel in node.tunnels:
+            for side in (tunnel.downstream, tunnel.upstream):
+                if isinstance(side, TcpSide) and side.transport is not None and not side.closed:
+                    total += side.transport.get_write_buffer_size() + sum(map(len, side._early))
+                elif isinstance(side, StreamSide):
+                    total += sum(len(b) for b in (*side._pending, *side._early))
+    return total
+
+
+def send_window_closed(node: _Node) -> bool:
+    """Whether a stream of `node` has used up its HTTP/2 send window: it can send nothing more until the
+    peer's WINDOW_UPDATE."""
+    return any(
+        isinstance(side, StreamSide) and not side.closed and side.conn.h2.send_window(side.stream_id) == 0
+        for tunnel in node.tunnels
+        for side in (tunnel.downstream, tunnel.upstream)
+    )
 
 
 def reset(writer: asyncio.StreamWriter) -> None:

@@ -1,0 +1,278 @@
+"""The benchmark in one run: `python -m tests.bench.run` (as root; `.ci/bench` sets up first).
+
+Brings up a 2-node lab, starts nginx in the server pods and measures the same workloads over
+  A  direct, no mesh                (plain pods web-1b -> web-2b)
+  B  an HAProxy mTLS pair           (plain pods, through haproxy on each side)
+  C  meshlet, iptables backend      (mesh pods web-1a -> web-2a, through both nodes' ztunnels)
+  D  meshlet, eBPF backend          (a second lab with --redirect ebpf; unavailable while refused)
+then prints the table with the ratios C/B, D/B, C/A and writes it as JSON and a PNG chart.
+Everything it started is stopped by PID and the lab is taken down, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from tests.bench import haproxy, nginx, report
+from tests.bench.chart import write_chart
+from tests.bench.lab import BenchError, Lab, LabError, Pod, stop
+from tests.bench.scenario import Scenario, Settings, measure
+from tests.bench.workloads import WorkloadError
+
+RESULTS = Path(__file__).with_name("results")
+
+
+def _console(stderr: bool = False) -> Console:
+    c = Console(stderr=stderr)
+    # a log or a pipe: the table's full width rather than rich's default of 80 columns
+    return c if c.is_terminal else Console(stderr=stderr, width=140)
+
+
+console = _console()
+err = _console(stderr=True)
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bash .ci/bench", description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=float, default=5.0, help="seconds per wrk run (default 5)")
+    p.add_argument("--bulk-runs", type=int, default=3, help="100 MB downloads per scenario; median (default 3)")
+    p.add_argument("--hold", type=int, default=1000, help="idle connections for RSS per connection (default 1000)")
+    p.add_argument("--hold-max", type=int, default=10000, help="idle connections to hold at once (default 10000)")
+    p.add_argument("--scenarios", default="ABCD", help="which of A, B, C, D to run (default ABCD)")
+    p.add_argument("--lab-id", default="bench", help="lab id (default bench)")
+    p.add_argument("--out", type=Path, default=RESULTS, help=f"where latest.json and latest.png go (default {RESULTS})")
+    p.add_argument("--keep-workdir", action="store_true", help="keep configs, certs and server logs")
+    return p.parse_args(argv)
+
+
+def _cmd(argv: list[str]) -> str:
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.TimeoutExpired):
+        return "?"
+    return ((proc.stdout or proc.stderr).strip().splitlines() or ["?"])[0]
+
+
+def machine() -> dict[str, Any]:
+    model = next(
+        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines() if "model name" in ln),
+        "?",
+    )
+    mem_kb = int(Path("/proc/meminfo").read_text().split()[1])
+    return {
+        "cpu_count": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(mem_kb / 1024 / 1024, 1),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "load_average_at_start": os.getloadavg(),
+        "open_files_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1],
+        "commit": _cmd(["git", "-C", str(Path(__file__).parents[2]), "describe", "--always", "--dirty"]),
+        "tools": {
+            "wrk": _cmd(["wrk", "--version"]),
+            "haproxy": _cmd(["haproxy", "-v"]),
+            "nginx": _cmd(["nginx", "-v"]),
+            "curl": _cmd(["curl", "--version"]),
+        },
+    }
+
+
+_T0 = time.monotonic()
+
+
+def _say(msg: str) -> None:
+    err.print(f"[dim][bench {time.monotonic() - _T0:4.0f}s][/dim] {msg}")
+
+
+def _pods(lab: Lab) -> dict[str, Pod]:
+    pods = lab.pods()
+    for name, enrolled in (("web-1a", True), ("web-1b", False), ("web-2a", True), ("web-2b", False)):
+        if name not in pods or pods[name].enrolled != enrolled:
+            raise BenchError(f"lab {lab.lab_id!r} has no pod {name} (enrolled={enrolled}): {sorted(pods)}")
+    return pods
+
+
+class Run:
+    """One benchmark run: the scenarios' results, the reasons for those missing, what to stop."""
+
+    def __init__(self, lab: Lab, settings: Settings, workdir: Path, wanted: str) -> None:
+        self.lab, self.settings, self.workdir, self.wanted = lab, settings, workdir, wanted
+        self.results: dict[str, dict[str, Any] | None] = dict.fromkeys(report.SCENARIOS)
+        self.unavailable: dict[str, str] = {
+            s: "not selected (--scenarios)" for s in report.SCENARIOS if s not in wanted
+        }
+        self.started: list[subprocess.Popen[str]] = []
+
+    def _measure(self, sc: Scenario) -> None:
+        _say(f"[bold]{sc.key}: {sc.title}[/bold] ({sc.client} -> {sc.url('')})")
+        try:
+            self.results[sc.key] = measure(self.lab, sc, self.settings, _say)
+        except (BenchError, WorkloadError) as exc:
+            self.unavailable[sc.key] = f"failed: {exc}"
+            _say(f"[red]{sc.key} failed: {exc}[/red]")
+
+    def _stop_all(self) -> None:
+        while self.started:
+            stop(self.started.pop())
+
+    def iptables_lab(self) -> None:
+        """A, B and C share one lab brought up with the iptables backend."""
+        todo = [s for s in "ABC" if s in self.wanted]
+        if not todo:
+            return
+        _say(f"lab {self.lab.lab_id}: up --redirect iptables")
+        try:
+            self.lab.up("iptables")
+            pods = _pods(self.lab)
+            for pod in ("web-2b", "web-2a"):
+                self.started.append(nginx.start(self.lab, pod, self.workdir))
+        except BenchError as exc:
+            self.unavailable.update(dict.fromkeys(todo, f"lab failed: {exc}"))
+            return
+        if "A" in todo:
+            self._measure(Scenario("A", "direct", "web-1b", pods["web-2b"].ip, nginx.PORT, {}))
+        if "B" in todo:
+            self._haproxy(pods)
+        if "C" in todo:
+            self._measure(Scenario("C", "meshlet iptables", "web-1a", pods["web-2a"].ip, nginx.PORT, self._ztunnels()))
+        self._stop_all()
+        self.lab.down()
+
+    def _haproxy(self, pods: dict[str, Pod]) -> None:
+        try:
+            pair = haproxy.start_pair(self.lab, "web-1b", "web-2b", pods["web-2b"].ip, nginx.PORT, self.workdir)
+        except BenchError as exc:
+            self.unavailable["B"] = f"failed: {exc}"
+            return
+        self.started += [pair.client, pair.server]
+        proxies = {pods["web-1b"].node: pair.client.pid, pods["web-2b"].node: pair.server.pid}
+        self._measure(Scenario("B", "HAProxy mTLS pair", "web-1b", "127.0.0.1", haproxy.CLIENT_PORT, proxies))
+        for proc in (pair.client, pair.server):  # idle haproxies take no CPU, but C gets the machine alone
+            stop(proc)
+            self.started.remove(proc)
+
+    def _ztunnels(self) -> dict[str, int]:
+        try:
+            return self.lab.node_proxies()
+        except (OSError, ValueError, KeyError) as exc:
+            raise BenchError(f"cannot read the node proxies' PIDs: {exc}") from exc
+
+    def ebpf_lab(self) -> None:
+        """D: a lab with `--redirect ebpf`; recorded as unavailable, with the CLI's reason, when refused."""
+        if "D" not in self.wanted:
+            return
+        _say(f"lab {self.lab.lab_id}: up --redirect ebpf")
+        try:
+            self.lab.up("ebpf")
+        except LabError as exc:
+            self.unavailable["D"] = f"`meshlet lab up --redirect ebpf` refused: {exc}"
+            _say(f"[yellow]D unavailable: {exc}[/yellow]")
+            return
+        try:
+            pods = _pods(self.lab)
+            self.started.append(nginx.start(self.lab, "web-2a", self.workdir))
+            sc = Scenario("D", "meshlet eBPF", "web-1a", pods["web-2a"].ip, nginx.PORT, self._ztunnels())
+        except BenchError as exc:
+            self.unavailable["D"] = f"lab failed: {exc}"
+            return
+        self._measure(sc)
+        self._stop_all()
+        self.lab.down()
+
+    def cleanup(self) -> None:
+        self._stop_all()
+        _say(f"lab {self.lab.lab_id}: down")
+        self.lab.down()
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through the finally blocks: processes stopped, lab down
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parse(argv)
+    if os.geteuid() != 0:
+        err.print("[red]the benchmark builds a lab (network namespaces, cgroups): run it as root[/red]")
+        return 2
+    signal.signal(signal.SIGTERM, _terminate)
+    # Everything the benchmark starts (lab daemons, servers, haproxy) inherits as many open files as this
+    # process may have: the hard limit. Raising that needs CAP_SYS_RESOURCE, which a sandbox may not grant.
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    settings = Settings(args.duration, args.bulk_runs, args.hold, args.hold_max)
+    counts = {"hold": args.hold, "hold_max": args.hold_max}
+    started_at = datetime.datetime.now(datetime.UTC)
+    t0 = time.monotonic()
+    info = machine()
+    workdir = Path(tempfile.mkdtemp(prefix="meshlet-bench-"))
+    workdir.chmod(0o755)  # nginx's worker (nobody) reads the bodies here
+    run = Run(Lab(args.lab_id), settings, workdir, args.scenarios.upper())
+    try:
+        _say(f"writing the 1 KB and 100 MB bodies in {workdir}")
+        nginx.write_site(workdir)
+        run.iptables_lab()
+        run.ebpf_lab()
+    finally:
+        run.cleanup()
+        if not args.keep_workdir:
+            shutil.rmtree(workdir, ignore_errors=True)
+    info["load_average_at_end"] = os.getloadavg()
+    json_path, png_path = args.out / "latest.json", args.out / "latest.png"
+    meta = {
+        "started": started_at.isoformat(timespec="seconds"),
+        "seconds": round(time.monotonic() - t0, 1),
+        "machine": info,
+        "settings": {
+            "wrk_duration_s": args.duration,
+            "bulk_runs": args.bulk_runs,
+            "bulk_bytes": nginx.BULK_BYTES,
+            "small_body_bytes": nginx.SMALL_BYTES,
+            "hold": args.hold,
+            "hold_max": args.hold_max,
+            "lab_id": args.lab_id,
+        },
+        "chart": png_path.name,
+    }
+    doc = report.document(run.results, run.unavailable, counts, meta)
+    report.write_json(json_path, doc)
+    subtitle = (
+        f"{started_at:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} CPUs, kernel {info['kernel']}, wrk {args.duration:g}s"
+    )
+    rats = {key: m["ratios"] for key, m in doc["metrics"].items()}
+    write_chart(png_path, rats, counts, subtitle)
+    _print(doc, counts)
+    console.print(f"\nJSON: {json_path}\nchart: {png_path}\n({doc['seconds']:.0f}s)")
+    return 0
+
+
+def _print(doc: dict[str, Any], counts: dict[str, int]) -> None:
+    vals = {key: m["values"] for key, m in doc["metrics"].items()}
+    rats = {key: m["ratios"] for key, m in doc["metrics"].items()}
+    console.print(report.table(vals, rats, counts))
+    for s, sc in doc["scenarios"].items():
+        if not sc["available"]:
+            console.print(f"[yellow]{s} unavailable:[/yellow] {sc['reason']}")
+    console.print("\n[bold]targets[/bold] (ratios from this run; nothing absolute is pass/fail)")
+    for t in doc["targets"]:
+        mark = {True: "[green]yes[/green]", False: "[red]no[/red]", None: "[dim]not measured[/dim]"}[t["holds"]]
+        v = t["value"]
+        value = "" if v is None else f" ({v:,.0f} {t['unit']})" if t["unit"] == "held" else f" ({v:,.2f} {t['unit']})"
+        console.print(f"  {t['scenario']}: {t['target']}: {mark}{value}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
