@@ -231,8 +231,19 @@ def main(argv: list[str] | None = None) -> int:
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
     info["load_average_at_end"] = os.getloadavg()
+    doc = report.document(run.results, run.unavailable, counts, _meta(args, info, started_at, t0))
     json_path, png_path = args.out / "latest.json", args.out / "latest.png"
-    meta = {
+    report.write_json(json_path, doc)
+    missing = "".join(f"; {s} not measured" for s in report.SCENARIOS if not doc["scenarios"][s]["available"])
+    subtitle = f"{started_at:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} CPUs, wrk {args.duration:g}s{missing}"
+    write_chart(png_path, {key: m["ratios"] for key, m in doc["metrics"].items()}, counts, subtitle)
+    _print(doc, counts)
+    console.print(f"\nJSON: {json_path}\nchart: {png_path}\n({doc['seconds']:.0f}s)")
+    return 0
+
+
+def _meta(args: argparse.Namespace, info: dict[str, Any], started_at: datetime.datetime, t0: float) -> dict[str, Any]:
+    return {
         "started": started_at.isoformat(timespec="seconds"),
         "seconds": round(time.monotonic() - t0, 1),
         "machine": info,
@@ -243,20 +254,11 @@ def main(argv: list[str] | None = None) -> int:
             "small_body_bytes": nginx.SMALL_BYTES,
             "hold": args.hold,
             "hold_max": args.hold_max,
+            "haproxy_maxconn": haproxy.maxconn(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
             "lab_id": args.lab_id,
         },
-        "chart": png_path.name,
+        "chart": "latest.png",
     }
-    doc = report.document(run.results, run.unavailable, counts, meta)
-    report.write_json(json_path, doc)
-    subtitle = (
-        f"{started_at:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} CPUs, kernel {info['kernel']}, wrk {args.duration:g}s"
-    )
-    rats = {key: m["ratios"] for key, m in doc["metrics"].items()}
-    write_chart(png_path, rats, counts, subtitle)
-    _print(doc, counts)
-    console.print(f"\nJSON: {json_path}\nchart: {png_path}\n({doc['seconds']:.0f}s)")
-    return 0
 
 
 def _print(doc: dict[str, Any], counts: dict[str, int]) -> None:

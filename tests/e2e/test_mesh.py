@@ -13,11 +13,14 @@ import os
 import secrets
 import signal
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import wait_for
-from tests.e2e.conftest import MESHLET, Lab
+from tests.e2e.conftest import MESHLET, Lab, lab_of, meshlet
 from tests.e2e.mesh_helpers import (
     capture,
     curl,
@@ -36,6 +39,42 @@ from tests.e2e.mesh_helpers import (
 WEB_PRINCIPAL = "spiffe://cluster.local/ns/mesh/sa/web"
 POLICY_TIMEOUT = 10.0
 """Seconds a store edit may take to reach the proxies (file poll + stream): generous on a loaded CI box."""
+
+
+@pytest.fixture(params=["iptables", "ebpf"])
+def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The whole mesh, once per redirection backend: every test here must hold for both."""
+    with lab_of("--redirect", request.param) as running:
+        running.status["backend"] = request.param
+        yield running
+
+
+def backend(lab: Lab) -> str:
+    return str(lab.status["backend"])
+
+
+def capture_state(lab: Lab, pod: str) -> str | None:
+    """What the pod's node agent says about it: captured, pending, plain, error (None: not listed)."""
+    node = lab.pod(pod)["node"]
+    socket_path = next(n["agentSocket"] for n in lab.status["nodes"] if n["name"] == node)
+    out = subprocess.run(["curl", "-sS", "-m", "2", "--unix-socket", socket_path, "http://agent/v1/status"],
+                         capture_output=True, text=True, check=True).stdout  # fmt: skip
+    return next((p["state"] for p in json.loads(out)["pods"] if p["name"] == pod), None)
+
+
+def our_iptables_rules(lab: Lab, pod: str) -> list[str]:
+    return [line for line in lab.exec(pod, "iptables-save").stdout.splitlines() if "MESHLET" in line]
+
+
+def test_the_backend_in_use_is_the_one_asked_for(lab: Lab) -> None:
+    for node in ("node1", "node2"):
+        report = json.loads(meshlet("status", "--lab", lab.id, "--node", node, "-o", "json").stdout)
+        assert report["redirect"]["backend"] == backend(lab)
+        names = {p["name"] for p in report["bpf"]["programs"]}
+        assert names == ({"connect4", "sockops", "inbound"} if backend(lab) == "ebpf" else set())
+    for pod in ("web-1a", "web-2a"):
+        assert capture_state(lab, pod) == "captured"
+        assert bool(our_iptables_rules(lab, pod)) == (backend(lab) == "iptables")  # eBPF: no rule of ours
 
 
 def vip(lab: Lab, namespace: str = "mesh") -> str:
@@ -152,8 +191,8 @@ def test_an_opted_out_pod_talks_plaintext_untouched(lab: Lab, tmp_path: Path) ->
         obj["metadata"].setdefault("labels", {})["meshlet.io/dataplane-mode"] = "none"
 
     edit_object(lab, "pod.mesh.web-1a.yaml", opt_out)
-    wait_for(lambda: "MESHLET_OUTPUT" not in lab.exec("web-1a", "iptables-save").stdout, POLICY_TIMEOUT,
-             "web-1a's capture rules to go")  # fmt: skip
+    wait_for(lambda: capture_state(lab, "web-1a") == "plain", POLICY_TIMEOUT, "web-1a's capture to go")
+    assert not our_iptables_rules(lab, "web-1a")
     opened = metric(lab, "node1", "istio_tcp_connections_opened_total", source_workload="web-1a")
     marker = b"OPTED-OUT-PLAINTEXT-" + secrets.token_hex(8).encode()
     (tmp_path / "body").write_bytes(marker * 64)
@@ -169,9 +208,10 @@ def test_ztunnel_killed_means_enrolled_traffic_is_refused_never_sent_in_the_clea
     assert reaches(lab, "web-1a", url(lab, "web-2b"))
     stop(lab, "ztunnel/node1")
     out = curl(lab, "web-1a", url(lab, "web-2b"))
-    assert out.returncode == 7, out  # connection refused: the capture rules stay, nothing listens
-    inbound = curl(lab, "web-1b", url(lab, "web-1a"))
-    assert inbound.returncode == 7, inbound
+    assert out.returncode == 7, out  # connection refused: the capture stays, nothing listens
+    inbound = curl(lab, "web-1b", url(lab, "web-1a"), "--connect-timeout", "2")
+    # iptables redirects to a closed port (refused); eBPF drops a SYN it has no listener for (times out).
+    assert inbound.returncode == (7 if backend(lab) == "iptables" else 28), inbound
     assert reaches(lab, "web-1b", url(lab, "web-2b"))  # pods outside the mesh are not affected
 
 
@@ -195,13 +235,12 @@ def test_label_flip_moves_new_connections_through_ztunnel_and_back(lab: Lab) -> 
     assert reaches(lab, "web-1a", url(lab, "web-2b"))
     counted = wait_for(through_ztunnel, 5, "ztunnel to count web-1a's connection")
     label(False)
-    wait_for(lambda: "MESHLET_OUTPUT" not in lab.exec("web-1a", "iptables-save").stdout, POLICY_TIMEOUT,
-             "capture to be removed")  # fmt: skip
+    wait_for(lambda: capture_state(lab, "web-1a") == "plain", POLICY_TIMEOUT, "capture to be removed")
+    assert not our_iptables_rules(lab, "web-1a")
     assert reaches(lab, "web-1a", url(lab, "web-2b"))
     assert through_ztunnel() == counted  # direct now: ztunnel saw nothing
     label(True)
-    wait_for(lambda: "MESHLET_OUTPUT" in lab.exec("web-1a", "iptables-save").stdout, POLICY_TIMEOUT,
-             "capture to come back")  # fmt: skip
+    wait_for(lambda: capture_state(lab, "web-1a") == "captured", POLICY_TIMEOUT, "capture to come back")
     wait_for(lambda: reaches(lab, "web-1a", url(lab, "web-2b")) and through_ztunnel() > counted, POLICY_TIMEOUT,
              "new connections through ztunnel again")  # fmt: skip
     assert {k: v["pid"] for k, v in processes(lab).items() if k.startswith("app/")} == app_pids
@@ -215,13 +254,14 @@ def test_sigterm_drains_while_a_new_ztunnel_takes_over_the_listeners(lab: Lab, t
          "-o", "/dev/null", "-w", "%{size_download}", url(lab, "web-2a", f"/bytes?n={size}")],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
-    log = open(tmp_path / "ztunnel-new.log", "wb")  # noqa: SIM115 (kept for the process's life)
-    # The upgrade: a second ztunnel with the same arguments binds beside the old one (SO_REUSEPORT).
-    new = subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", "node1", "--", *old["argv"][3:]],
-                           stdout=log, stderr=log)  # fmt: skip
-    log.close()
+    new: subprocess.Popen[bytes] | None = None
     try:
+        # Only the old ztunnel answers metrics until the new one starts (then either may: SO_REUSEPORT).
         wait_for(lambda: metric(lab, "node1", "meshlet_ztunnel_open_connections") >= 1, 10, "the download to start")
+        with open(tmp_path / "ztunnel-new.log", "wb") as log:
+            # The upgrade: a second ztunnel with the same arguments binds beside the old one (SO_REUSEPORT).
+            new = subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", "node1", "--", *old["argv"][3:]],
+                                   stdout=log, stderr=log)  # fmt: skip
         wait_for(lambda: "serving" in (tmp_path / "ztunnel-new.log").read_text(), 15, "the new ztunnel to serve pods")
         os.kill(old["pid"], signal.SIGTERM)
         # While the old one drains, new connections are taken by the new one.
@@ -235,7 +275,7 @@ def test_sigterm_drains_while_a_new_ztunnel_takes_over_the_listeners(lab: Lab, t
         assert get_json(lab, "web-1a", url(lab, "web-2b"))["pod"] == "web-2b"
     finally:
         for proc in (download, new):
-            if proc.poll() is None:
+            if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
 
@@ -260,6 +300,7 @@ def test_config_dump_shows_served_pods_certificates_and_config(lab: Lab) -> None
 def test_agent_killed_and_restarted_under_traffic_changes_nothing(lab: Lab, tmp_path: Path) -> None:
     agent = processes(lab)["agent/node1"]
     rules = lab.exec("web-1a", "iptables-save").stdout
+    programs = _programs(lab)
     download = subprocess.Popen(
         [MESHLET, "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS", "-m", "30", "--limit-rate", "500K",
          "-o", "/dev/null", "-w", "%{size_download}", url(lab, "web-2a", "/bytes?n=1500000")],
@@ -285,6 +326,7 @@ def test_agent_killed_and_restarted_under_traffic_changes_nothing(lab: Lab, tmp_
         out, err = download.communicate(timeout=30)
         assert download.returncode == 0 and int(out) == 1_500_000, err
         assert _rules(lab.exec("web-1a", "iptables-save").stdout) == _rules(rules)
+        assert _programs(lab) == programs  # eBPF: the same programs stay attached, nothing reloaded
         assert get_json(lab, "web-1a", url(lab, "web-2a"))["peer"].startswith(lab.pod("web-1a")["ip"] + ":")
     finally:
         log.close()
@@ -292,6 +334,11 @@ def test_agent_killed_and_restarted_under_traffic_changes_nothing(lab: Lab, tmp_
             if proc is not None and proc.poll() is None:
                 proc.kill()
                 proc.wait()
+
+
+def _programs(lab: Lab) -> list[tuple[str, int]]:
+    report = json.loads(meshlet("status", "--lab", lab.id, "--node", "node1", "-o", "json").stdout)
+    return sorted((p["name"], p["id"]) for p in report["bpf"]["programs"])
 
 
 def _rules(saved: str) -> list[str]:
