@@ -9,7 +9,6 @@ attached when the agent exits: the cgroup holds them.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -19,12 +18,16 @@ from bpf import syscall
 from bpf.maps import MAPS, PROGRAMS, map_pin, objects_dir, program_pin
 
 SOURCE_DIR = Path(__file__).parent
-PROG_TYPES = {"connect4": 18, "sockops": 13, "inbound": 3}
-"""bcc's BPF.CGROUP_SOCK_ADDR, BPF.SOCK_OPS, BPF.SCHED_CLS."""
+PROG_TYPES = {"connect4": 18, "sockops": 13, "inbound": 3, "local_hop": 16}
+"""bcc's BPF.CGROUP_SOCK_ADDR, BPF.SOCK_OPS, BPF.SCHED_CLS, BPF.SK_MSG."""
+SK_MSG_VERDICT = 7
+"""BPF_SK_MSG_VERDICT: local_hop is attached to the local_hops sockhash itself."""
 EXPECTED_ATTACH = {"connect4": 10}
 """BPF_CGROUP_INET4_CONNECT: connect4 must be loaded for its attach type (EBPF-NOTES)."""
 CGROUP_ATTACH = {"connect4": 10, "sockops": 3}
 """Attach types: BPF_CGROUP_INET4_CONNECT, BPF_CGROUP_SOCK_OPS."""
+SOCKOPS_ABOVE_PODS = True
+"""sockops attaches to the pods cgroup's parent: it must also see ztunnel's sockets (local hops)."""
 
 
 class LoadError(RuntimeError):
@@ -56,6 +59,7 @@ def _pinned(pin_dir: Path) -> bool:
 def _compile_and_pin(pin_dir: Path) -> None:
     try:
         from bcc import BPF  # only here: compiling needs bcc and kernel headers, reuse needs neither
+        from bcc.libbcc import lib
     except ImportError as exc:
         raise LoadError(f"bcc is not importable ({exc}); run .ci/setup") from None
     # bcc treats only functions of the main text as programs, so the entry files are joined (their
@@ -76,7 +80,14 @@ def _compile_and_pin(pin_dir: Path) -> None:
                 raise LoadError(f"loading program {name} (bpf/{name}.c) failed: {exc}") from None
             syscall.obj_pin(fn.fd, program_pin(pin_dir, name))
         for name in MAPS:
-            syscall.obj_pin(module[name].map_fd, map_pin(pin_dir, name))
+            # bcc's Table wrapper refuses sockhash maps; the module hands out the fd of any map by name.
+            fd = lib.bpf_table_fd(module.module, name.encode())
+            if fd < 0:
+                raise LoadError(f"map {name} was not created by the module")
+            syscall.obj_pin(fd, map_pin(pin_dir, name))
+        # The sk_msg program belongs to the sockhash: attached once, it stays as long as the map.
+        syscall.prog_attach(module.load_func("local_hop", PROG_TYPES["local_hop"]).fd,
+                            lib.bpf_table_fd(module.module, b"local_hops"), SK_MSG_VERDICT)  # fmt: skip
     finally:
         module.cleanup()
 
@@ -101,27 +112,17 @@ def load(pin_dir: Path) -> Programs:
 def attach_cgroup(programs: Programs, cgroup: Path) -> None:
     """Attach connect4 and sockops to `cgroup` (the one holding the node's pods). Attaching what is
     already attached replaces it in place, so this is safe on every start."""
-    fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        for name, attach_type in CGROUP_ATTACH.items():
-            try:
-                syscall.prog_attach(programs.progs[name], fd, attach_type)
-            except syscall.BpfError as exc:
-                raise LoadError(f"attaching {name} to cgroup {cgroup} failed: {exc}") from None
-            programs.attached[name] = f"cgroup {cgroup}"
-    finally:
-        os.close(fd)
-
-
-def detach_cgroup(programs: Programs, cgroup: Path) -> None:
-    with contextlib.suppress(OSError):
-        fd = os.open(cgroup, os.O_RDONLY | os.O_DIRECTORY)
+    for name, attach_type in CGROUP_ATTACH.items():
+        target = cgroup.parent if name == "sockops" and SOCKOPS_ABOVE_PODS else cgroup
+        fd = os.open(target, os.O_RDONLY | os.O_DIRECTORY)
         try:
-            for name, attach_type in CGROUP_ATTACH.items():
-                with contextlib.suppress(syscall.BpfError):
-                    syscall.prog_detach(programs.progs[name], fd, attach_type)
+            syscall.prog_attach(programs.progs[name], fd, attach_type)
+        except syscall.BpfError as exc:
+            raise LoadError(f"attaching {name} to cgroup {target} failed: {exc}") from None
         finally:
             os.close(fd)
+        programs.attached[name] = f"cgroup {target}"
+    programs.attached["local_hop"] = "sockhash local_hops (sk_msg verdict)"
 
 
 def unpin(pin_dir: Path) -> None:

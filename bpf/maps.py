@@ -10,11 +10,11 @@ import struct
 from pathlib import Path
 
 PIN_ROOT = Path("/sys/fs/bpf/meshlet")
-VERSION = "1"
+VERSION = "2"
 """Bumped when a program or map changes shape: pins of another version are replaced, not reused."""
-MAPS = ("enrolled", "orig_dst", "config", "counters", "pending_dst")
-PROGRAMS = ("connect4", "sockops", "inbound")
-COUNTERS = ("redirected", "recorded", "steered", "no_listener")
+MAPS = ("enrolled", "orig_dst", "config", "counters", "pending_dst", "local_hops")
+PROGRAMS = ("connect4", "sockops", "inbound", "local_hop")
+COUNTERS = ("redirected", "recorded", "steered", "no_listener", "hops", "shortcut")
 
 
 def objects_dir(pin_dir: Path) -> Path:
@@ -58,6 +58,13 @@ class ConnKey(ctypes.Structure):
     _fields_ = [("ip", ctypes.c_uint32), ("port", ctypes.c_uint32)]
 
 
+class HopKey(ctypes.Structure):
+    """struct hop_key: one end of a same-node app <-> ztunnel hop (the `local_hops` sockhash)."""
+
+    _fields_ = [("local_ip", ctypes.c_uint32), ("remote_ip", ctypes.c_uint32), ("local_port", ctypes.c_uint32),
+                ("remote_port", ctypes.c_uint32)]  # fmt: skip
+
+
 class MeshletConfig(ctypes.Structure):
     """struct meshlet_config (the single entry of `config`)."""
 
@@ -68,5 +75,6 @@ STRUCTS: dict[str, type[ctypes.Structure]] = {
     "enroll_value": EnrollValue,
     "orig_dst": OrigDst,
     "conn_key": ConnKey,
+    "hop_key": HopKey,
     "meshlet_config": MeshletConfig,
 }

@@ -28,6 +28,15 @@ struct conn_key {
     __u32 port;
 };
 
+/* local_hops: sockets of same-node hops between an app and ztunnel's 15001 (sockhash), keyed by the
+ * socket's own view of its connection; ports in host byte order. */
+struct hop_key {
+    __u32 local_ip;
+    __u32 remote_ip;
+    __u32 local_port;
+    __u32 remote_port;
+};
+
 /* config: one entry, written by the agent. */
 struct meshlet_config {
     __u32 probe_ip;  /* kubelet probes come from here: never steered */
