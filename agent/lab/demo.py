@@ -17,6 +17,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from agent.lab import kernel
 from agent.lab.plan import APP_PORT, LabPlan, PodPlan
 from agent.lab.processes import in_netns
 
@@ -70,11 +71,14 @@ def expected_path(source: PodPlan, destination: PodPlan, enrolled: set[tuple[str
 
 def call(source: PodPlan, destination: PodPlan, enrolled: set[tuple[str, str]], timeout: float = 3.0) -> Call:
     url = f"http://{destination.ip}:{APP_PORT}/"
+    # In the pod's cgroup as well as its netns: the eBPF backend captures by cgroup, as on a real node
+    # where every process of a pod is in the pod's cgroup.
     proc = subprocess.run(
         [*in_netns(source.netns), "curl", "-sS", "-m", str(timeout), "-w", "\n%{http_code}", url],
         capture_output=True,
         text=True,
         check=False,
+        preexec_fn=lambda: kernel.cgroup_join(source.cgroup),
     )
     body, _, code = proc.stdout.rpartition("\n")
     status = int(code) if code.isdigit() else 0

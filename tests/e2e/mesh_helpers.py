@@ -36,7 +36,12 @@ def get_json(lab: Lab, pod: str, url: str, *args: str) -> dict[str, Any]:
 
 
 def reaches(lab: Lab, pod: str, url: str) -> bool:
-    return curl(lab, pod, url, timeout=2).returncode == 0
+    return curl(lab, pod, url, timeout=5).returncode == 0
+
+
+def refused(lab: Lab, pod: str, url: str) -> bool:
+    """The connection was refused or reset: a decision, not a slow answer (a timeout is neither)."""
+    return curl(lab, pod, url, timeout=5).returncode in (7, 56)
 
 
 def samples(lab: Lab, node: str, name: str) -> list[tuple[dict[str, str], float]]:

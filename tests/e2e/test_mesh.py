@@ -30,6 +30,7 @@ from tests.e2e.mesh_helpers import (
     packets,
     processes,
     reaches,
+    refused,
     running,
     stop,
     url,
@@ -71,7 +72,7 @@ def test_the_backend_in_use_is_the_one_asked_for(lab: Lab) -> None:
         report = json.loads(meshlet("status", "--lab", lab.id, "--node", node, "-o", "json").stdout)
         assert report["redirect"]["backend"] == backend(lab)
         names = {p["name"] for p in report["bpf"]["programs"]}
-        assert names == ({"connect4", "sockops", "inbound"} if backend(lab) == "ebpf" else set())
+        assert names == ({"connect4", "sockops", "inbound", "local_hop"} if backend(lab) == "ebpf" else set())
     for pod in ("web-1a", "web-2a"):
         assert capture_state(lab, pod) == "captured"
         assert bool(our_iptables_rules(lab, pod)) == (backend(lab) == "iptables")  # eBPF: no rule of ours
@@ -134,7 +135,7 @@ def test_deny_policy_refuses_then_removing_it_allows_again_without_restarts(lab:
         "apiVersion": "security.meshlet.io/v1", "kind": "AuthorizationPolicy",
         "metadata": {"name": "deny-all", "namespace": "mesh"}, "spec": {"action": "DENY", "rules": [{}]},
     })  # fmt: skip
-    wait_for(lambda: not reaches(lab, "web-1a", target), POLICY_TIMEOUT, "the DENY policy to refuse")
+    wait_for(lambda: refused(lab, "web-1a", target), POLICY_TIMEOUT, "the DENY policy to refuse")
     refused = curl(lab, "web-1a", target)
     assert refused.returncode == 56, refused  # connection reset: a refusal never looks like a clean close
     assert metric(lab, "node2", "meshlet_authorization_decisions_total", direction="inbound", decision="deny") >= 1
@@ -152,7 +153,7 @@ def test_strict_peer_authentication_refuses_plaintext_and_permissive_allows_it(l
         "metadata": {"name": "default", "namespace": "mesh"}, "spec": {"mtls": {"mode": "STRICT"}},
     }  # fmt: skip
     write_object(lab, strict)
-    wait_for(lambda: not reaches(lab, "web-2b", target), POLICY_TIMEOUT, "STRICT to refuse plaintext")
+    wait_for(lambda: refused(lab, "web-2b", target), POLICY_TIMEOUT, "STRICT to refuse plaintext")
     assert reaches(lab, "web-1a", target)  # mTLS from an enrolled pod is still fine
     assert metric(lab, "node2", "meshlet_connection_errors_total", reason="strict_mtls") >= 1
     strict["spec"]["mtls"]["mode"] = "PERMISSIVE"

@@ -27,7 +27,8 @@ def test_status_reports_a_healthy_node(lab: Lab) -> None:
     report = cli_json(lab, "status", "--node", "node1")
     assert report["healthy"] and report["problems"] == []
     assert report["node"] == "node1" and report["lab"] == lab.id
-    assert report["redirect"]["backend"] == "iptables" and report["redirect"]["reason"]
+    # The lab asks for auto: this machine runs eBPF, and status says why that one was picked.
+    assert report["redirect"]["backend"] == "ebpf" and report["redirect"]["reason"].startswith("auto: eBPF works")
     assert report["agent"]["ok"] and report["agent"]["store"]["synced"]
     assert report["ztunnel"]["ready"] and report["ztunnel"]["servedPods"] == 1
     assert report["control"]["connected"] and report["control"]["configVersion"] >= 1
@@ -35,7 +36,9 @@ def test_status_reports_a_healthy_node(lab: Lab) -> None:
     assert report["pods"] == {"total": 2, "enrolled": 1, "captured": 1, "pending": 0, "errors": []}
     assert report["certificates"]["count"] == 1 and report["certificates"]["soonestExpiry"]
     assert report["traffic"]["source"]["connections"] >= 1
-    assert report["bpf"] == {"programs": []}
+    attached = {p["name"]: p["attach"] for p in report["bpf"]["programs"]}
+    assert set(attached) == {"connect4", "sockops", "inbound", "local_hop"}
+    assert attached["connect4"].endswith("/node1/pods")
     human = meshlet("status", "--lab", lab.id, "--node", "node2").stdout
     assert "node2" in human and "ready" in human
 

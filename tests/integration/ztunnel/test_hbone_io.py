@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
+import socket
 import ssl
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from control.ca import CertificateAuthority
 from tests.integration.ztunnel.nodes import (
     CLIENT_ID,
+    LOOPBACK,
     SERVER_ID,
     TD,
     App,
@@ -82,6 +84,7 @@ async def apps() -> AsyncIterator[StartApp]:
     finally:
         for app in started:
             await app.close()
+    assert [e for app in started for e in app.errors] == []
 
 
 async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -145,6 +148,8 @@ async def test_8_mib_each_way_through_one_tunnel_arrives_intact(
     async with asyncio.timeout(TEST_TIMEOUT):
         async with connect(port) as (reader, writer):
             received = await exchange(reader, writer, to_app, server_window_closed)
+        # Our end is done once the app's bytes and EOF are in; the app may still be reading ours.
+        await wait_until(lambda: seen_by_app, "the app to read to the end")
         await wait_until(lambda: not source.tunnels and not destination.tunnels, "both tunnels to finish")
 
     assert digest(received) == digest(to_client)
@@ -190,7 +195,6 @@ async def test_app_half_close_reaches_the_client_which_can_still_send(source: So
         await writer.drain()
         writer.write_eof()
         uploaded.append(digest(await reader.read()))
-        writer.write(b"thanks")  # after EOF both ways nothing may be written: the tunnel ended cleanly
 
     app = await apps(greet_then_listen)
     port = await source.listen(app.authority)
@@ -202,6 +206,19 @@ async def test_app_half_close_reaches_the_client_which_can_still_send(source: So
         await wait_until(lambda: uploaded, "the app to receive the upload")
 
     assert uploaded == [digest(upload)]
+
+
+async def test_bytes_and_eof_sent_before_the_tunnel_is_up_are_passed_on(source: SourceNode, apps: StartApp) -> None:
+    # `printf ... | nc`: everything, end of stream included, arrives while the CONNECT is in flight.
+    payload = os.urandom(3 * MiB)
+    app = await apps(echo)
+    port = await source.listen(app.authority)
+    async with asyncio.timeout(TEST_TIMEOUT), connect(port) as (reader, writer):
+        writer.write(payload)
+        writer.write_eof()
+        echoed = await reader.read()
+
+    assert digest(echoed) == digest(payload)
 
 
 async def test_50_concurrent_tunnels_share_one_hbone_connection_and_keep_their_own_bytes(
@@ -258,6 +275,18 @@ async def test_a_refused_stream_resets_only_its_own_connection(
     assert source.statuses == [401]
     assert denied.accepted == 0
     assert source.pool.handshakes == 1 and not source.connections[0].lost
+
+
+async def test_an_app_that_is_not_listening_resets_the_client(source: SourceNode) -> None:
+    with socket.socket() as nobody:
+        nobody.bind((LOOPBACK, 0))  # held but never listening: connections to it are refused
+        port = await source.listen(f"{LOOPBACK}:{nobody.getsockname()[1]}")
+        async with asyncio.timeout(TEST_TIMEOUT), connect(port) as (reader, writer):
+            writer.write(b"anyone?")
+            with pytest.raises(ConnectionResetError):
+                await reader.read()
+
+    assert source.statuses == [503]
 
 
 async def test_an_app_reset_resets_the_client_and_no_other_stream(source: SourceNode, apps: StartApp) -> None:
@@ -341,7 +370,7 @@ async def test_a_slow_reader_holds_the_sender_back_instead_of_filling_ztunnel(
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
 
-    assert held_back_at < total, "the app wrote everything although nobody read: ztunnel buffered it all"
+    assert held_back_at < total // 2, f"the app got {held_back_at / MiB:.1f} MiB written although nobody read"
     assert peak < 8 * MiB, f"ztunnel held {peak / MiB:.1f} MiB for a reader that was not reading"
     assert got == total and received.hexdigest() == digest(data)
 

@@ -7,6 +7,7 @@ that ztunnel reads the wire shape control actually produces.
 from __future__ import annotations
 
 from collections import Counter
+from itertools import pairwise
 from typing import Any
 
 import pytest
@@ -76,7 +77,7 @@ def test_a_vip_round_robins_over_ready_endpoints_and_maps_the_port() -> None:
 
     # The unready pod never gets a connection; the ready ones take turns.
     assert Counter(u.ip for u in picks) == {"10.0.0.1": 3, "10.0.0.2": 3}
-    assert all(first.ip != second.ip for first, second in zip(picks, picks[1:]))
+    assert all(first.ip != second.ip for first, second in pairwise(picks))
     assert {u.port for u in picks} == {8080}  # service port 80 -> the pods' target port
     assert {u.workload.name for u in picks if u.workload is not None} == {"web-a", "web-b"}
     assert all(u.service is not None and u.service.name == "web" for u in picks)
@@ -119,9 +120,14 @@ def test_a_pod_outside_the_mesh_is_known_but_not_enrolled() -> None:
     assert workload is not None and not workload.enrolled
 
 
+def validate(state: ConfigState) -> None:
+    """As the config client's validator: convert, so that a version that cannot be is nacked."""
+    MeshIndex.from_config(state)
+
+
 def _rejected(collection: str, item: dict[str, Any]) -> str:
     with pytest.raises(ConfigRejected) as info:
-        apply(ConfigState(), snapshot(**{collection: [item]}), MeshIndex.from_config)
+        apply(ConfigState(), snapshot(**{collection: [item]}), validate)
     return str(info.value)
 
 
@@ -145,4 +151,4 @@ def test_one_bad_item_among_good_ones_rejects_the_version_naming_only_it() -> No
     bad = workload_item(pod("web-b", "10.0.0.2"), MESH_NS, SETTINGS)
     bad["ips"] = None
     with pytest.raises(ConfigRejected, match=r"^workloads/uid-web-b: TypeError"):
-        apply(ConfigState(), snapshot(workloads=[good, bad]), MeshIndex.from_config)
+        apply(ConfigState(), snapshot(workloads=[good, bad]), validate)
