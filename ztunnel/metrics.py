@@ -4,7 +4,8 @@ TCP metrics are reported by each side of a tunnel (`reporter="source"` by the cl
 `"destination"` by the server's), labelled with both workloads and principals and with
 `connection_security_policy` (`mutual_tls` over HBONE, `none` for plaintext). A connection's label set
 is computed once when it opens; counters are plain dict entries, so the data path pays one dict update
-per event. Bytes are added when a connection closes, as Istio's ztunnel does.
+per event. Bytes are added when a connection closes, as Istio's ztunnel does, with Istio's meaning:
+sent = the response (destination to source), received = the request (source to destination).
 """
 
 from __future__ import annotations
@@ -98,8 +99,12 @@ class Metrics:
         tcp = (
             ("istio_tcp_connections_opened_total", "Connections opened", self.opened),
             ("istio_tcp_connections_closed_total", "Connections closed", self.closed),
-            ("istio_tcp_sent_bytes_total", "Bytes sent to the destination", self.sent),
-            ("istio_tcp_received_bytes_total", "Bytes received from the destination", self.received),
+            ("istio_tcp_sent_bytes_total", "Bytes sent during the response (destination to source)", self.sent),
+            (
+                "istio_tcp_received_bytes_total",
+                "Bytes received during the request (source to destination)",
+                self.received,
+            ),
         )
         for name, help_text, series in tcp:
             out += [f"# HELP {name} {help_text}.", f"# TYPE {name} counter"]

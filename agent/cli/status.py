@@ -172,8 +172,8 @@ def lines(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
                  else "none", None))  # fmt: skip
     if traffic:
         src, dst = traffic["source"], traffic["destination"]
-        rows.append(("Traffic", f"{traffic['openConnections']} open; out {src['connections']} closed, "
-                     f"{human_bytes(src['sentBytes'])} sent / {human_bytes(src['receivedBytes'])} received; in "
-                     f"{dst['connections']} closed, {human_bytes(dst['sentBytes'])} / "
-                     f"{human_bytes(dst['receivedBytes'])}; {traffic['errors']} failed", None))  # fmt: skip
+        rows.append(("Traffic", f"{traffic['openConnections']} open; outbound {src['connections']} closed "
+                     f"({human_bytes(src['receivedBytes'])} requests, {human_bytes(src['sentBytes'])} responses); "
+                     f"inbound {dst['connections']} closed ({human_bytes(dst['receivedBytes'])} requests, "
+                     f"{human_bytes(dst['sentBytes'])} responses); {traffic['errors']} failed", None))  # fmt: skip
     return rows

@@ -110,8 +110,9 @@ def test_vip_to_another_node_is_mutual_tls_and_the_app_sees_the_callers_ip(lab: 
     assert metric(lab, "node2", "istio_tcp_connections_opened_total", reporter="destination",
                   source_workload="web-1a", source_principal=WEB_PRINCIPAL,
                   connection_security_policy="mutual_tls") >= 1  # fmt: skip
-    sent = metric(lab, "node1", "istio_tcp_sent_bytes_total", reporter="source", destination_workload="web-2a")
-    assert sent >= len(data)
+    # Istio's meaning: the upload is what the destination received during the request.
+    received = metric(lab, "node1", "istio_tcp_received_bytes_total", reporter="source", destination_workload="web-2a")
+    assert received >= len(data)
 
 
 def test_hbone_port_demands_a_client_certificate_and_shows_the_spiffe_identity(lab: Lab) -> None:

@@ -104,8 +104,10 @@ class Tunnel:
         if (self.downstream is None or self.downstream.closed) and (self.upstream is None or self.upstream.closed):
             self.finished = True
             self.registry.discard(self)
-            sent = self.downstream.received if self.downstream is not None else 0
-            received = self.upstream.received if self.upstream is not None else 0
+            # Istio's meaning: "sent" is the response (what the destination sent back to the client),
+            # "received" the request (what the client sent), so existing dashboards read them right.
+            sent = self.upstream.received if self.upstream is not None else 0
+            received = self.downstream.received if self.downstream is not None else 0
             for label_set in self.labels:
                 self.metrics.connection_closed(label_set, sent, received)
             if self.on_finish is not None:
@@ -117,8 +119,9 @@ class Tunnel:
             "direction": self.direction,
             "connection": self.describe,
             "established": bool(self.labels),
-            "sentBytes": self.downstream.received if self.downstream is not None else 0,
-            "receivedBytes": self.upstream.received if self.upstream is not None else 0,
+            # As in the metrics: sent = towards the client (response), received = from the client (request).
+            "sentBytes": self.upstream.received if self.upstream is not None else 0,
+            "receivedBytes": self.downstream.received if self.downstream is not None else 0,
             "ageSeconds": round(time.time() - self.started, 3),
         }
 
