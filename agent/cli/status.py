@@ -36,7 +36,9 @@ def gather(ep: NodeEndpoints) -> dict[str, Any]:
     report["control"] = _control(dump, problems)
     report["pods"] = _pods(agent, problems)
     report["certificates"] = _certificates(dump, problems)
-    report["bpf"] = {"programs": (agent or {}).get("bpf", {}).get("programs", [])}
+    bpf = (agent or {}).get("bpf", {})
+    report["bpf"] = {"programs": bpf.get("programs", []), "maps": bpf.get("maps", []),
+                     "counters": bpf.get("counters", {})}  # fmt: skip
     report["traffic"] = (dump or {}).get("traffic")
     report["healthy"] = not problems
     return report

@@ -78,6 +78,17 @@ def test_the_backend_in_use_is_the_one_asked_for(lab: Lab) -> None:
         assert bool(our_iptables_rules(lab, pod)) == (backend(lab) == "iptables")  # eBPF: no rule of ours
 
 
+def test_probes_from_the_node_reach_the_app_directly(lab: Lab) -> None:
+    before = metric(lab, "node1", "istio_tcp_connections_opened_total", reporter="destination")
+    answer = get_json(lab, "node1", url(lab, "web-1a"))  # from the node: the probe address
+    assert answer["peer"].split(":")[0] == lab.status["nodes"][0]["gateway"]
+    assert metric(lab, "node1", "istio_tcp_connections_opened_total", reporter="destination") == before
+    if backend(lab) == "ebpf":
+        report = json.loads(meshlet("status", "--lab", lab.id, "--node", "node1", "-o", "json").stdout)
+        maps = {m["name"]: m for m in report["bpf"]["maps"]}
+        assert maps["enrolled"]["entries"] == 1 and maps["enrolled"]["maxEntries"] >= 1024
+
+
 def vip(lab: Lab, namespace: str = "mesh") -> str:
     service = next(s for s in lab.status["services"] if s["namespace"] == namespace)
     return f"http://{service['vip']}:80"
