@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 
 PIN_ROOT = Path("/sys/fs/bpf/meshlet")
-VERSION = "2"
+VERSION = "3"
 """Bumped when a program or map changes shape: pins of another version are replaced, not reused."""
 MAPS = ("enrolled", "orig_dst", "config", "counters", "pending_dst", "local_hops")
 PROGRAMS = ("connect4", "sockops", "inbound", "local_hop")

@@ -7,6 +7,7 @@
 #define MESHLET_OUTBOUND_PORT 15001
 #define MESHLET_INBOUND_PORT 15006
 #define MESHLET_HBONE_PORT 15008
+#define MESHLET_APP_MARK 0x111  /* SO_MARK of ztunnel's transparent sockets to apps (agent/redirect/routing.py) */
 
 /* enrolled: which pod netns are captured. Key: the netns cookie. */
 struct enroll_value {
