@@ -64,9 +64,13 @@ def _response_done(buf: bytes) -> tuple[bool, int]:
 
 
 def open_all(
-    host: str, port: int, count: int, path: str, window: int, timeout: float
+    host: str, port: int, count: int, path: str, window: int, timeout: float, stall: float
 ) -> tuple[list[socket.socket], Counter[str]]:
-    """Open `count` connections, at most `window` in progress at once; each must answer one request."""
+    """Open `count` connections, at most `window` in progress at once; each must answer one request.
+
+    Gives up after `timeout` seconds, or after `stall` seconds in which no connection was answered or
+    failed (a proxy at its connection limit queues the rest unanswered: waiting longer shows nothing).
+    """
     request = f"GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n".encode()
     sel = selectors.DefaultSelector()
     held: list[socket.socket] = []
@@ -74,14 +78,20 @@ def open_all(
     buffers: dict[socket.socket, bytes] = {}
     started = 0
     deadline = time.monotonic() + timeout
+    progress = [time.monotonic()]  # when a connection was last answered or failed
 
     def fail(sock: socket.socket, kind: str) -> None:
         sel.unregister(sock)
         buffers.pop(sock, None)
         sock.close()
         errors[kind] += 1
+        progress[0] = time.monotonic()
 
-    while (started < count or sel.get_map()) and time.monotonic() < deadline:
+    def going() -> bool:
+        now = time.monotonic()
+        return (started < count or bool(sel.get_map())) and now < deadline and now - progress[0] < stall
+
+    while going():
         while started < count and len(sel.get_map()) < window:
             started += 1
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -123,6 +133,7 @@ def open_all(
                 sel.unregister(sock)
                 del buffers[sock]
                 held.append(sock)
+                progress[0] = time.monotonic()
     for key in list(sel.get_map().values()):
         fail(cast(socket.socket, key.fileobj), "timeout")
     errors["timeout"] += count - started
@@ -157,12 +168,13 @@ def main() -> int:
     parser.add_argument("--count", type=int, required=True)
     parser.add_argument("--path", default="/1k", help="the request each connection makes once")
     parser.add_argument("--window", type=int, default=256, help="connections in progress at once")
-    parser.add_argument("--timeout", type=float, default=120.0, help="seconds for all to open and answer")
+    parser.add_argument("--timeout", type=float, default=180.0, help="seconds for all to open and answer")
+    parser.add_argument("--stall", type=float, default=10.0, help="give up after this long without progress")
     args = parser.parse_args()
 
     raise_nofile(args.count + 64)
     t0 = time.monotonic()
-    held, errors = open_all(args.host, args.port, args.count, args.path, args.window, args.timeout)
+    held, errors = open_all(args.host, args.port, args.count, args.path, args.window, args.timeout, args.stall)
     alive, lost = still_open(held)
     report = {
         "phase": "open",
