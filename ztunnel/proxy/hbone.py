@@ -112,7 +112,7 @@ class StreamSide:
             self._pending.append(memoryview(data)[n:])
             if self.peer is not None:
                 self.peer.pause_reading()
-        self.conn.flush()
+        self.conn.flush_soon()
 
     def write_eof(self) -> None:
         if self.closed or self.eof_out or self._eof_wanted:
@@ -191,6 +191,7 @@ class HboneConnection(asyncio.Protocol):
         self.lost = False
         self.goaway = False
         self.peer_identity = ""
+        self._flush_scheduled = False
         self.on_idle: Callable[[HboneConnection], None] | None = None
 
     # ----- asyncio.Protocol -----
@@ -266,6 +267,17 @@ class HboneConnection(asyncio.Protocol):
             self.on_lost(self)
 
     # ----- for the proxy -----
+
+    def flush_soon(self) -> None:
+        """Flush once this turn of the event loop is over: what several streams queue in one turn (many
+        apps' sockets read together) leaves as one TLS record and one write instead of one each."""
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_scheduled = False
+        self.flush()
 
     def flush(self) -> None:
         bufs = self.h2.buffers_to_send()
