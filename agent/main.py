@@ -48,6 +48,12 @@ def parser() -> argparse.ArgumentParser:
         help="redirection backend (auto: eBPF if it works)",
     )
     p.add_argument("--bpf-dir", type=Path, default=PIN_ROOT / "node", help="where this node's BPF objects are pinned")
+    p.add_argument(
+        "--local-hop-acceleration",
+        action="store_true",
+        help="eBPF: pass same-node app <-> ztunnel data socket to socket (sk_msg); faster, but a slow reader "
+        "makes the kernel buffer without the usual receive-buffer limit",
+    )
     p.add_argument("--pods-cgroup", type=Path, help="cgroup v2 directory holding this node's pods (eBPF backend)")
     p.add_argument("--probe-ip", required=True, help="the node address kubelet probes come from")
     p.add_argument("--dataplane-label", default="meshlet.io/dataplane-mode", help="label key that enrolls")
@@ -65,7 +71,9 @@ class Agent:
         self.mesh = MeshSettings(dataplane_label=args.dataplane_label)
         self.store = ConfigStore(self.mesh)
         self.source = FileSource(args.store)
-        self.backend, self.backend_reason = choose(args.redirect, args.probe_ip, args.bpf_dir, args.pods_cgroup)
+        self.backend, self.backend_reason = choose(
+            args.redirect, args.probe_ip, args.bpf_dir, args.pods_cgroup, args.local_hop_acceleration
+        )
         self.zds = ZdsServer(args.zds_socket, lambda: self.reconciler.replay())
         self.reconciler = Reconciler(self.backend, self.zds, self._annotate)
         self._wake = asyncio.Event()

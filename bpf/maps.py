@@ -10,7 +10,7 @@ import struct
 from pathlib import Path
 
 PIN_ROOT = Path("/sys/fs/bpf/meshlet")
-VERSION = "3"
+VERSION = "4"
 """Bumped when a program or map changes shape: pins of another version are replaced, not reused."""
 MAPS = ("enrolled", "orig_dst", "config", "counters", "pending_dst", "local_hops")
 PROGRAMS = ("connect4", "sockops", "inbound", "local_hop")
@@ -63,6 +63,10 @@ class HopKey(ctypes.Structure):
 
     _fields_ = [("local_ip", ctypes.c_uint32), ("remote_ip", ctypes.c_uint32), ("local_port", ctypes.c_uint32),
                 ("remote_port", ctypes.c_uint32)]  # fmt: skip
+
+
+FLAG_LOCAL_HOPS = 1
+"""MESHLET_FLAG_LOCAL_HOPS: turn on the sk_msg short-circuit of same-node hops."""
 
 
 class MeshletConfig(ctypes.Structure):

@@ -39,6 +39,7 @@ struct hop_key {
 };
 
 /* config: one entry, written by the agent. */
+#define MESHLET_FLAG_LOCAL_HOPS 1  /* sockops fills local_hops, so sk_msg short-circuits same-node hops */
 struct meshlet_config {
     __u32 probe_ip;  /* kubelet probes come from here: never steered */
     __u32 flags;

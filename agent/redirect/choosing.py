@@ -29,7 +29,9 @@ def _ebpf_prerequisites(pods_cgroup: Path | None) -> str | None:
     return None
 
 
-def choose(mode: str, probe_ip: str, pin_dir: Path, pods_cgroup: Path | None) -> tuple[Backend, str]:
+def choose(
+    mode: str, probe_ip: str, pin_dir: Path, pods_cgroup: Path | None, local_hops: bool = False
+) -> tuple[Backend, str]:
     """The backend for `mode`, and why it is the one (raises RedirectError when `ebpf` cannot work)."""
     if mode == "iptables":
         return IptablesBackend(InpodSettings(probe_ip=probe_ip)), "chosen with --redirect iptables"
@@ -37,7 +39,7 @@ def choose(mode: str, probe_ip: str, pin_dir: Path, pods_cgroup: Path | None) ->
     if missing is None:
         assert pods_cgroup is not None
         try:
-            backend = EbpfBackend(EbpfSettings(probe_ip, pin_dir, pods_cgroup))
+            backend = EbpfBackend(EbpfSettings(probe_ip, pin_dir, pods_cgroup, local_hops))
             how = "reused the pinned programs" if backend.programs.reused else "compiled and loaded the programs"
             return backend, f"{'auto: eBPF works here' if mode == 'auto' else 'chosen with --redirect ebpf'} ({how})"
         except RedirectError as exc:

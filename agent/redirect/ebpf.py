@@ -22,7 +22,7 @@ from typing import Any
 
 from agent.redirect.routing import RedirectError, in_netns, install_route, remove_route, route_present
 from bpf import loader, syscall
-from bpf.maps import COUNTERS, EnrollValue, MeshletConfig, ip_to_net, program_pin
+from bpf.maps import COUNTERS, FLAG_LOCAL_HOPS, EnrollValue, MeshletConfig, ip_to_net, program_pin
 from ztunnel.inpod.netns import entered
 
 TC_PREF = 1717
@@ -37,6 +37,9 @@ class EbpfSettings:
     """Per node: the programs and maps are pinned here (ztunnel opens orig_dst under it)."""
     pods_cgroup: Path
     """The cgroup v2 directory holding this node's pods (connect4 and sockops attach there)."""
+    local_hops: bool = False
+    """Short-circuit same-node app <-> ztunnel hops with sk_msg. Off by default: the kernel does not
+    hold redirected data to the receiver's buffer size, so a slow reader costs unbounded memory."""
 
 
 def netns_cookie(netns: Path) -> int:
@@ -58,7 +61,8 @@ class EbpfBackend:
             loader.attach_cgroup(self.programs, settings.pods_cgroup)
         except (loader.LoadError, syscall.BpfError) as exc:
             raise RedirectError(f"eBPF backend: {exc}") from None
-        config = MeshletConfig(probe_ip=ip_to_net(settings.probe_ip), flags=0)
+        flags = FLAG_LOCAL_HOPS if settings.local_hops else 0
+        config = MeshletConfig(probe_ip=ip_to_net(settings.probe_ip), flags=flags)
         syscall.map_update(self.programs.maps["config"], _u32(0), config)
         self._inbound_id = syscall.prog_id(self.programs.progs["inbound"])
 
@@ -142,6 +146,7 @@ class EbpfBackend:
             syscall.map_lookup(self.programs.maps["counters"], _u32(i), value)
             counters[name] = int(value.value)
         return {"pinDir": str(self.settings.pin_dir), "reused": self.programs.reused, "programs": programs,
+                "localHops": self.settings.local_hops,
                 "maps": maps, "counters": counters}  # fmt: skip
 
 

@@ -18,7 +18,7 @@ import yaml
 from agent.lab.plan import prefix_for
 from agent.lab.processes import proc_starttime
 from tests.conftest import wait_for
-from tests.e2e.conftest import Lab
+from tests.e2e.conftest import MESHLET, Lab
 
 _SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
@@ -33,6 +33,26 @@ def get_json(lab: Lab, pod: str, url: str, *args: str) -> dict[str, Any]:
     assert proc.returncode == 0, f"curl {url} from {pod} failed ({proc.returncode}): {proc.stderr}"
     result: dict[str, Any] = json.loads(proc.stdout)
     return result
+
+
+def slow_download(lab: Lab, pod: str, target: str, rate: str = "500K") -> subprocess.Popen[str]:
+    """curl in `pod` downloading `target` at `rate`, so that the connection outlives what a test does
+    meanwhile; its stdout is the byte count received. The caller waits for it or kills it."""
+    return subprocess.Popen(
+        [MESHLET, "lab", "--id", lab.id, "exec", pod, "--", "curl", "-sS", "-m", "30", "--limit-rate", rate,
+         "-o", "/dev/null", "-w", "%{size_download}", target],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def end(*procs: subprocess.Popen[Any] | None) -> None:
+    """Kill what is still running among `procs` (ours, by PID) and close their pipes."""
+    for proc in procs:
+        if proc is None:
+            continue
+        if proc.poll() is None:
+            proc.kill()
+        proc.communicate(timeout=10)  # reaps it and closes its pipes (no ResourceWarning later)
 
 
 def reaches(lab: Lab, pod: str, url: str) -> bool:

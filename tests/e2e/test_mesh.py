@@ -25,6 +25,7 @@ from tests.e2e.mesh_helpers import (
     capture,
     curl,
     edit_object,
+    end,
     get_json,
     metric,
     packets,
@@ -32,6 +33,7 @@ from tests.e2e.mesh_helpers import (
     reaches,
     refused,
     running,
+    slow_download,
     stop,
     url,
     write_object,
@@ -148,8 +150,8 @@ def test_deny_policy_refuses_then_removing_it_allows_again_without_restarts(lab:
         "metadata": {"name": "deny-all", "namespace": "mesh"}, "spec": {"action": "DENY", "rules": [{}]},
     })  # fmt: skip
     wait_for(lambda: refused(lab, "web-1a", target), POLICY_TIMEOUT, "the DENY policy to refuse")
-    refused = curl(lab, "web-1a", target)
-    assert refused.returncode == 56, refused  # connection reset: a refusal never looks like a clean close
+    answer = curl(lab, "web-1a", target)
+    assert answer.returncode == 56, answer  # connection reset: a refusal never looks like a clean close
     assert metric(lab, "node2", "meshlet_authorization_decisions_total", direction="inbound", decision="deny") >= 1
     policy.unlink()
     wait_for(lambda: reaches(lab, "web-1a", target), POLICY_TIMEOUT, "removing the policy to allow again")
@@ -178,11 +180,7 @@ def test_strict_peer_authentication_refuses_plaintext_and_permissive_allows_it(l
 def test_with_control_stopped_known_pods_keep_talking(lab: Lab) -> None:
     size = 3_000_000
     # A transfer that outlives control: rate-limited so that it is still running when control goes.
-    download = subprocess.Popen(
-        [MESHLET, "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS", "-m", "30", "--limit-rate", "500K",
-         "-o", "/dev/null", "-w", "%{size_download}", url(lab, "web-2a", f"/bytes?n={size}")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    download = slow_download(lab, "web-1a", url(lab, "web-2a", f"/bytes?n={size}"))
     try:
         # The client side holds the connection until curl has read it all (node2 may be done sooner).
         wait_for(lambda: metric(lab, "node1", "meshlet_ztunnel_open_connections") >= 1, 10, "the download to start")
@@ -192,9 +190,7 @@ def test_with_control_stopped_known_pods_keep_talking(lab: Lab) -> None:
         assert get_json(lab, "web-2a", url(lab, "web-1a"))["peer"].startswith(lab.pod("web-2a")["ip"] + ":")
         out, err = download.communicate(timeout=30)
     finally:
-        if download.poll() is None:
-            download.kill()
-            download.wait()
+        end(download)
     assert download.returncode == 0, err
     assert int(out) == size
 
@@ -262,11 +258,7 @@ def test_label_flip_moves_new_connections_through_ztunnel_and_back(lab: Lab) -> 
 def test_sigterm_drains_while_a_new_ztunnel_takes_over_the_listeners(lab: Lab, tmp_path: Path) -> None:
     old = processes(lab)["ztunnel/node1"]
     size = 1_500_000
-    download = subprocess.Popen(
-        [MESHLET, "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS", "-m", "30", "--limit-rate", "500K",
-         "-o", "/dev/null", "-w", "%{size_download}", url(lab, "web-2a", f"/bytes?n={size}")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    download = slow_download(lab, "web-1a", url(lab, "web-2a", f"/bytes?n={size}"))
     new: subprocess.Popen[bytes] | None = None
     try:
         # Only the old ztunnel answers metrics until the new one starts (then either may: SO_REUSEPORT).
@@ -287,10 +279,7 @@ def test_sigterm_drains_while_a_new_ztunnel_takes_over_the_listeners(lab: Lab, t
         assert new.poll() is None
         assert get_json(lab, "web-1a", url(lab, "web-2b"))["pod"] == "web-2b"
     finally:
-        for proc in (download, new):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        end(download, new)
 
 
 def test_config_dump_shows_served_pods_certificates_and_config(lab: Lab) -> None:
@@ -314,11 +303,7 @@ def test_agent_killed_and_restarted_under_traffic_changes_nothing(lab: Lab, tmp_
     agent = processes(lab)["agent/node1"]
     rules = lab.exec("web-1a", "iptables-save").stdout
     programs = _programs(lab)
-    download = subprocess.Popen(
-        [MESHLET, "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS", "-m", "30", "--limit-rate", "500K",
-         "-o", "/dev/null", "-w", "%{size_download}", url(lab, "web-2a", "/bytes?n=1500000")],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )  # fmt: skip
+    download = slow_download(lab, "web-1a", url(lab, "web-2a", "/bytes?n=1500000"))
     log = open(tmp_path / "agent.log", "wb")  # noqa: SIM115 (kept for the process's life)
     restarted: subprocess.Popen[bytes] | None = None
     try:
@@ -343,10 +328,7 @@ def test_agent_killed_and_restarted_under_traffic_changes_nothing(lab: Lab, tmp_
         assert get_json(lab, "web-1a", url(lab, "web-2a"))["peer"].startswith(lab.pod("web-1a")["ip"] + ":")
     finally:
         log.close()
-        for proc in (download, restarted):
-            if proc is not None and proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        end(download, restarted)
 
 
 def _programs(lab: Lab) -> list[tuple[str, int]]:

@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import json
 import signal
-import subprocess
 from pathlib import Path
 from typing import Any
 
 from tests.conftest import wait_for
-from tests.e2e.conftest import MESHLET, Lab, meshlet
-from tests.e2e.mesh_helpers import get_json, reaches, stop, url, write_object
+from tests.e2e.conftest import Lab, meshlet
+from tests.e2e.mesh_helpers import end, get_json, reaches, slow_download, stop, url, write_object
 
 WEB = "spiffe://cluster.local/ns/mesh/sa/web"
 
@@ -95,19 +94,14 @@ def test_inspection_commands_show_the_mesh_as_json(lab: Lab) -> None:
     certs = cli_json(lab, "certs", "--node", "node2")
     assert [c["identity"] for c in certs] == [WEB] and certs[0]["notAfter"] and certs[0]["error"] is None
     # A connection held open shows up while it lasts.
-    slow = subprocess.Popen(
-        [MESHLET, "lab", "--id", lab.id, "exec", "web-1a", "--", "curl", "-sS", "-m", "20", "--limit-rate", "200K",
-         "-o", "/dev/null", url(lab, "web-2a", "/bytes?n=1000000")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    slow = slow_download(lab, "web-1a", url(lab, "web-2a", "/bytes?n=1000000"), rate="200K")
     try:
         conns = wait_for(lambda: cli_json(lab, "connections", "--node", "node1"), 10, "an open connection")
         assert conns[0]["direction"] == "outbound" and lab.pod("web-2a")["ip"] in conns[0]["connection"]
         yaml_out = meshlet("connections", "--lab", lab.id, "-o", "yaml").stdout
         assert "direction: outbound" in yaml_out
     finally:
-        slow.kill()
-        slow.wait()
+        end(slow)
 
 
 def test_label_namespace_enrolls_and_releases_a_namespace(lab: Lab) -> None:
