@@ -55,6 +55,13 @@ def end(*procs: subprocess.Popen[Any] | None) -> None:
         proc.communicate(timeout=10)  # reaps it and closes its pipes (no ResourceWarning later)
 
 
+def hold_connection(lab: Lab, pod: str, ip: str, port: int, seconds: float) -> subprocess.Popen[str]:
+    """A TCP connection from `pod` to ip:port that stays open, idle, for `seconds` (a tunnel ztunnel holds)."""
+    script = f"import socket,time; s=socket.create_connection(({ip!r},{port})); time.sleep({seconds})"
+    return subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", pod, "--", "python3", "-c", script],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+
+
 def reaches(lab: Lab, pod: str, url: str) -> bool:
     return curl(lab, pod, url, timeout=5).returncode == 0
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from tests.conftest import wait_for
 from tests.e2e.conftest import Lab, meshlet
-from tests.e2e.mesh_helpers import end, get_json, reaches, slow_download, stop, url, write_object
+from tests.e2e.mesh_helpers import end, get_json, hold_connection, reaches, stop, url, write_object
 
 WEB = "spiffe://cluster.local/ns/mesh/sa/web"
 
@@ -94,7 +94,7 @@ def test_inspection_commands_show_the_mesh_as_json(lab: Lab) -> None:
     certs = cli_json(lab, "certs", "--node", "node2")
     assert [c["identity"] for c in certs] == [WEB] and certs[0]["notAfter"] and certs[0]["error"] is None
     # A connection held open shows up while it lasts.
-    slow = slow_download(lab, "web-1a", url(lab, "web-2a", "/bytes?n=1000000"), rate="200K")
+    slow = hold_connection(lab, "web-1a", lab.pod("web-2a")["ip"], 8080, 30)
     try:
         conns = wait_for(lambda: cli_json(lab, "connections", "--node", "node1"), 10, "an open connection")
         assert conns[0]["direction"] == "outbound" and lab.pod("web-2a")["ip"] in conns[0]["connection"]
