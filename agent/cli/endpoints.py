@@ -18,6 +18,7 @@ from typing import Any
 
 from agent.lab import mesh
 from agent.lab.state import LabState
+from agent.status import read_status
 from ztunnel.inpod.netns import entered
 
 DEFAULT_AGENT_SOCKET = Path("/var/run/meshlet/agent.sock")
@@ -69,22 +70,6 @@ def resolve(lab_id: str | None, node: str | None, agent_socket: Path | None) -> 
     )
 
 
-class _UnixConnection(http.client.HTTPConnection):
-    def __init__(self, path: Path) -> None:
-        super().__init__("agent", timeout=TIMEOUT)
-        self.path = path
-
-    def connect(self) -> None:
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(TIMEOUT)
-        try:
-            s.connect(str(self.path))
-        except OSError:
-            s.close()
-            raise
-        self.sock = s
-
-
 def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
     try:
         conn.request("GET", path)
@@ -96,16 +81,12 @@ def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
 
 def agent_status(ep: NodeEndpoints) -> dict[str, Any]:
     try:
-        status, body = _get(_UnixConnection(ep.agent_socket), "/v1/status")
-    except (OSError, http.client.HTTPException) as exc:
+        return read_status(ep.agent_socket, TIMEOUT)
+    except (OSError, http.client.HTTPException, ValueError) as exc:
         raise EndpointError(
             f"the agent did not answer on {ep.agent_socket} ({exc}); is it running on this node? "
             + ("start the lab with `meshlet lab up`" if ep.lab else "check the meshlet DaemonSet pod on this node")
         ) from None
-    if status != 200:
-        raise EndpointError(f"the agent on {ep.agent_socket} answered HTTP {status}")
-    result: dict[str, Any] = json.loads(body)
-    return result
 
 
 def ztunnel_get(ep: NodeEndpoints, path: str) -> tuple[int, bytes]:

@@ -9,6 +9,7 @@ imported: the lab is their user, like a DaemonSet or a Deployment would be.
 
 from __future__ import annotations
 
+import http.client
 import subprocess
 import time
 import urllib.error
@@ -18,6 +19,7 @@ from pathlib import Path
 from agent.lab import kernel, processes
 from agent.lab.plan import CONTROL_METRICS_PORT, CONTROL_PORT, TRUST_DOMAIN, LabPlan, NodePlan, prefix_for
 from agent.lab.state import LabState
+from agent.status import read_status
 from bpf.maps import PIN_ROOT
 
 READY_TIMEOUT = 20.0
@@ -119,8 +121,15 @@ def start_node(state: LabState, node: NodePlan) -> dict[str, processes.Started]:
     }
 
 
+def _settled(agent_socket: Path) -> bool:
+    """The agent answers and every enrolled pod of the node is captured (none pending or in error)."""
+    pods = read_status(agent_socket, timeout=1)["pods"]
+    return all(p["state"] == "captured" for p in pods if p["enrolled"])
+
+
 def wait_node_ready(state: LabState, node: NodePlan) -> None:
-    """ztunnel's readiness (config and the agent's snapshot arrived) and the agent's status socket."""
+    """ztunnel's readiness (config and the agent's snapshot arrived), and the agent reporting every
+    enrolled pod captured: `up` returns a steady mesh."""
     deadline = time.monotonic() + READY_TIMEOUT
     agent_socket = node_run_dir(state, node.name) / "agent.sock"
     while time.monotonic() < deadline:
@@ -129,9 +138,9 @@ def wait_node_ready(state: LabState, node: NodePlan) -> None:
                 raise MeshStartError(f"{key} exited during start:{_tail(state.processes[key].log)}")
         try:
             with _DIRECT.open(f"http://{node.ip}:{ZTUNNEL_READY_PORT}/healthz/ready", timeout=1) as resp:
-                if resp.status == 200 and agent_socket.exists():
+                if resp.status == 200 and _settled(agent_socket):
                     return
-        except (urllib.error.URLError, OSError):
+        except (urllib.error.URLError, OSError, http.client.HTTPException, ValueError):
             pass
         time.sleep(0.05)
     log = state.processes[f"ztunnel/{node.name}"].log
