@@ -347,3 +347,30 @@ def _programs(lab: Lab) -> list[tuple[str, int]]:
 
 def _rules(saved: str) -> list[str]:
     return [line for line in saved.splitlines() if line.startswith(("-A", ":MESHLET", "*"))]
+
+
+@pytest.fixture
+def ebpf_lab() -> Iterator[Lab]:
+    with lab_of("--redirect", "ebpf") as running:
+        running.status["backend"] = "ebpf"
+        yield running
+
+
+def test_local_hop_acceleration_passes_same_node_hops_socket_to_socket(ebpf_lab: Lab, tmp_path: Path) -> None:
+    lab = ebpf_lab
+    agent = processes(lab)["agent/node1"]
+    stop(lab, "agent/node1", signal.SIGTERM)
+    with open(tmp_path / "agent.log", "wb") as log:
+        restarted = subprocess.Popen([MESHLET, "lab", "--id", lab.id, "exec", "node1", "--", *agent["argv"][3:],
+                                      "--local-hop-acceleration"], stdout=log, stderr=log)  # fmt: skip
+    try:
+        wait_for(lambda: capture_state(lab, "web-1a") == "captured", 15, "the agent to come back")
+        data = os.urandom(1_000_000)
+        (tmp_path / "body").write_bytes(data)
+        answer = get_json(lab, "web-1a", url(lab, "web-2a", "/sha256"), "--data-binary", f"@{tmp_path / 'body'}")
+        assert (answer["sha256"], answer["bytes"]) == (hashlib.sha256(data).hexdigest(), len(data))
+        report = json.loads(meshlet("status", "--lab", lab.id, "--node", "node1", "-o", "json").stdout)
+        counters = report["bpf"]["counters"]
+        assert counters["hops"] >= 2 and counters["shortcut"] >= 1  # both ends of app <-> 15001, data through
+    finally:
+        end(restarted)
