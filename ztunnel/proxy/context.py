@@ -11,11 +11,11 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
-from ztunnel.identity.manager import IdentityManager, WorkloadCertificate
+from ztunnel.identity.manager import IdentityManager
 from ztunnel.metrics import UNKNOWN, Metrics, Peer
 from ztunnel.proxy.origdst import OriginalDestination
 from ztunnel.proxy.pool import HbonePool
-from ztunnel.proxy.relay import Tunnel
+from ztunnel.proxy.relay import TcpSide, Tunnel
 from ztunnel.state.mesh import MeshIndex, Workload
 from ztunnel.tls import TlsContexts
 
@@ -66,9 +66,6 @@ class ProxyContext:
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
-    async def certificate(self, identity: str) -> WorkloadCertificate:
-        return await self.identities.certificate(identity)
-
     def count_error(self, direction: str, reason: str, detail: object) -> None:
         """Count a failed connection and log it once (at the place it failed)."""
         self.metrics.errors[(direction, reason)] += 1
@@ -85,3 +82,23 @@ def peer_of(workload: Workload | None, principal: str | None = None) -> Peer:
         principal=principal or (workload.identity if workload.enrolled else UNKNOWN),
         app=workload.labels.get("app", UNKNOWN),
     )
+
+
+class Accepted(TcpSide):
+    """A connection accepted on one of a pod's listeners: its tunnel is registered at once, and `serve`
+    (the subclass's) decides where it goes while reading stays paused."""
+
+    direction = ""
+
+    def __init__(self, ctx: ProxyContext, pod: ServedPod) -> None:
+        super().__init__(Tunnel(self.direction, ctx.metrics, ctx.tunnels, ""))
+        self.tunnel.downstream = self
+        self.ctx = ctx
+        self.pod = pod
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        self.ctx.spawn(self.serve(), name=f"{self.direction}-{self.tunnel.id}")
+
+    async def serve(self) -> None:
+        raise NotImplementedError

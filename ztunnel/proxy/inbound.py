@@ -17,7 +17,7 @@ import ssl
 from ztunnel.hbone import RequestReceived
 from ztunnel.metrics import tcp_labels
 from ztunnel.proxy import sockets
-from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
+from ztunnel.proxy.context import Accepted, ProxyContext, ServedPod, peer_of
 from ztunnel.proxy.hbone import HboneConnection, StreamSide
 from ztunnel.proxy.relay import TcpSide, Tunnel
 from ztunnel.rbac import Connection, authorize, mtls_mode
@@ -109,20 +109,12 @@ class InboundHbone(HboneConnection):
         tunnel.established(upstream, labels)
 
 
-class InboundPlaintext(TcpSide):
+class InboundPlaintext(Accepted):
     """A 15006 connection: plaintext from outside the mesh to an enrolled pod."""
 
-    def __init__(self, ctx: ProxyContext, pod: ServedPod) -> None:
-        super().__init__(Tunnel("inbound_plaintext", ctx.metrics, ctx.tunnels, ""))
-        self.tunnel.downstream = self
-        self.ctx = ctx
-        self.pod = pod
+    direction = "inbound_plaintext"
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.ctx.spawn(self._serve(), name=f"inbound-plaintext-{self.tunnel.id}")
-
-    async def _serve(self) -> None:
+    async def serve(self) -> None:
         ctx, pod, tunnel = self.ctx, self.pod, self.tunnel
         assert self.transport is not None
         try:

@@ -20,10 +20,10 @@ import ssl
 from ztunnel.identity.manager import IdentityError
 from ztunnel.metrics import tcp_labels
 from ztunnel.proxy import sockets
-from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
+from ztunnel.proxy.context import Accepted, peer_of
 from ztunnel.proxy.hbone import HboneConnection
 from ztunnel.proxy.inbound import HBONE_PORT, allowed, deliver
-from ztunnel.proxy.relay import Side, TcpSide, Tunnel
+from ztunnel.proxy.relay import Side, TcpSide
 from ztunnel.rbac import Connection
 from ztunnel.state.mesh import NoHealthyEndpoint, Upstream, Workload
 from ztunnel.tls import PeerIdentityError, peer_identity
@@ -32,20 +32,12 @@ log = logging.getLogger(__name__)
 RESPONSE_TIMEOUT = 10.0
 
 
-class Outbound(TcpSide):
+class Outbound(Accepted):
     """A connection accepted on a pod's 15001."""
 
-    def __init__(self, ctx: ProxyContext, pod: ServedPod) -> None:
-        super().__init__(Tunnel("outbound", ctx.metrics, ctx.tunnels, ""))
-        self.tunnel.downstream = self
-        self.ctx = ctx
-        self.pod = pod
+    direction = "outbound"
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        self.ctx.spawn(self._serve(), name=f"outbound-{self.tunnel.id}")
-
-    async def _serve(self) -> None:
+    async def serve(self) -> None:
         ctx, tunnel = self.ctx, self.tunnel
         assert self.transport is not None
         try:
@@ -109,7 +101,7 @@ class Outbound(TcpSide):
 
     async def _hbone(self, source_ip: str, up: Upstream, destination: Workload) -> Side:
         ctx, pod = self.ctx, self.pod
-        cert = await ctx.certificate(pod.identity)
+        cert = await ctx.identities.certificate(pod.identity)
         tls = ctx.tls.client(cert)
         loop = asyncio.get_running_loop()
 

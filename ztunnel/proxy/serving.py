@@ -68,7 +68,7 @@ class PodServing:
         delay = 0.2
         while ctx.pods.get(pod.uid) is pod:
             try:
-                cert = await ctx.certificate(pod.identity)
+                cert = await ctx.identities.certificate(pod.identity)
                 break
             except Exception as exc:  # control away or refusing: keep the listener, retry
                 pod.error = f"certificate: {exc}"
