@@ -10,7 +10,6 @@ shows what the proxies actually counted rather than only what was expected.
 from __future__ import annotations
 
 import json
-import re
 import subprocess
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -20,6 +19,7 @@ from typing import Any
 from agent.lab import kernel
 from agent.lab.plan import APP_PORT, LabPlan, PodPlan
 from agent.lab.processes import in_netns
+from agent.lab.scrape import samples
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
@@ -99,9 +99,6 @@ def traffic(plan: LabPlan, enrolled: set[tuple[str, str]]) -> list[Call]:
         return list(pool.map(lambda pair: call(pair[0], pair[1], enrolled), pairs))
 
 
-_SAMPLE = re.compile(r"^(\w+)\{(.*)\} (\S+)$")
-
-
 def ztunnel_summary(plan: LabPlan) -> list[dict[str, Any]]:
     """Per node, what its ztunnel counted: connections by security and reporter, and failures."""
     out = []
@@ -115,18 +112,14 @@ def ztunnel_summary(plan: LabPlan) -> list[dict[str, Any]]:
             out.append(entry)
             continue
         principals: set[str] = set()
-        for line in text.splitlines():
-            m = _SAMPLE.match(line)
-            if not m:
-                continue
-            labels = dict(re.findall(r'(\w+)="([^"]*)"', m.group(2)))
-            if m.group(1) == "istio_tcp_connections_opened_total" and labels.get("reporter") == "source":
+        for name, labels, value in samples(text):
+            if name == "istio_tcp_connections_opened_total" and labels.get("reporter") == "source":
                 kind = "mutual_tls" if labels.get("connection_security_policy") == "mutual_tls" else "plaintext"
-                entry[kind] += int(float(m.group(3)))
+                entry[kind] += int(value)
                 if kind == "mutual_tls":
                     principals.add(labels.get("source_principal", ""))
-            elif m.group(1) == "meshlet_connection_errors_total":
-                entry["errors"] += int(float(m.group(3)))
+            elif name == "meshlet_connection_errors_total":
+                entry["errors"] += int(value)
         entry["principals"] = sorted(principals)
         out.append(entry)
     return out

@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import re
 import signal
 import subprocess
 from collections.abc import Iterator
@@ -15,13 +14,11 @@ from typing import Any
 
 import yaml
 
+from agent.lab import scrape
 from agent.lab.plan import prefix_for
 from agent.lab.processes import proc_starttime
 from tests.conftest import wait_for
 from tests.e2e.conftest import MESHLET, Lab
-
-_SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 
 def curl(lab: Lab, pod: str, url: str, *args: str, timeout: float = 5) -> subprocess.CompletedProcess[str]:
@@ -74,12 +71,7 @@ def refused(lab: Lab, pod: str, url: str) -> bool:
 def samples(lab: Lab, node: str, name: str) -> list[tuple[dict[str, str], float]]:
     """(labels, value) of every sample of metric `name` on `node`'s ztunnel."""
     text = lab.exec(node, "curl", "-sS", "-m", "2", "http://127.0.0.1:15020/metrics").stdout
-    out = []
-    for line in text.splitlines():
-        m = _SAMPLE.match(line)
-        if m and m.group(1) == name:
-            out.append((dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
-    return out
+    return [(labels, value) for sample_name, labels, value in scrape.samples(text) if sample_name == name]
 
 
 def metric(lab: Lab, node: str, name: str, **want: str) -> float:
