@@ -4,6 +4,9 @@ It watches the store (Namespaces and Pods, through control's file source and mod
 enrolled pods captured with the chosen backend, serves ZDS to the node's ztunnel, and reports on its
 status socket. Store changes reach the kernel within the source's poll interval plus one reconcile; a
 periodic pass every `resync` seconds repairs drift and finds pods whose netns appeared late.
+
+Its long-lived tasks (the store's watch, the reconcile loop, ZDS accepts) run under a `Supervisor`: one that
+fails is restarted with backoff and shows in the status API's `tasks` (and so in `meshlet status`) while down.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from control.model.fields import ObjectKey
 from control.model.mesh import MeshSettings
 from control.sources.files import FileSource
 from control.store import ConfigStore
+from meshlet_contracts.supervision import Supervisor
 
 log = logging.getLogger("agent")
 
@@ -77,7 +81,7 @@ class Agent:
         self.zds = ZdsServer(args.zds_socket, lambda: self.reconciler.replay())
         self.reconciler = Reconciler(self.backend, self.zds, self._annotate)
         self._wake = asyncio.Event()
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.supervisor = Supervisor()
 
     def _annotate(self, target: PodTarget, value: str | None) -> bool:
         origin = self.store.origin(ObjectKey("Pod", target.namespace, target.name))
@@ -95,40 +99,39 @@ class Agent:
             "store": {"source": "file", "path": str(self.args.store), "synced": self.store.synced,
                       "version": self.store.version, "errors": [str(e) for e in self.store.all_errors()]},
             "pods": pods,
+            "tasks": self.supervisor.status(),
         }  # fmt: skip
 
     async def run(self) -> None:
-        await self.zds.start()
+        await self.zds.start(self.supervisor)
         self.zds.on_connect = self._wake.set
         self.store.subscribe(self._wake.set)
         status = await serve_status(self.args.status_socket, self.snapshot)
-        self.store.apply(await asyncio.to_thread(self.source.scan))
-        self._spawn(self.source.run(self.store.apply), "store")
-        self._spawn(self._loop(), "reconcile")
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
-        log.info("agent for node %s running (%s backend)", self.args.node, self.backend.name)
-        await stop.wait()
-        # Rules stay: captured pods stay captured (fail closed) until an agent releases them.
-        for task in self._tasks:
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.zds.close()
-        await status.cleanup()
-
-    def _spawn(self, coro: Any, name: str) -> None:
-        task = asyncio.create_task(coro, name=name)
-        self._tasks.add(task)
+        try:
+            self.store.apply(await asyncio.to_thread(self.source.scan))
+            self.supervisor.start("store", lambda: self.source.run(self.store.apply))
+            self.supervisor.start("reconcile", self._loop)
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, stop.set)
+            log.info("agent for node %s running (%s backend)", self.args.node, self.backend.name)
+            await stop.wait()
+        finally:
+            # Rules stay: captured pods stay captured (fail closed) until an agent releases them.
+            await self.supervisor.stop()
+            await self.zds.close()
+            await status.cleanup()
 
     async def _loop(self) -> None:
         while True:
+            # Cleared before the pass, not after: a change that arrives while the pass runs (it may have
+            # read the store before the change) must start another pass, not wait for the next resync.
+            self._wake.clear()
             try:
                 await self.reconciler.sync(node_pods(self.store.objects.values(), self.args.node, self.mesh))
             except Exception:
                 log.exception("reconcile pass failed; retrying")
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.args.resync)
             except TimeoutError:

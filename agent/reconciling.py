@@ -5,6 +5,10 @@ exactly right, so a restarted agent changes nothing and established connections 
 the netns to ztunnel; the pod is `pending` until ztunnel acks. For a pod no longer enrolled: tell
 ztunnel, then remove the rules. A crash of the agent leaves the rules in place: captured traffic is
 refused while ztunnel is away (fail closed), never passed around it.
+A pod's netns is looked up once and then re-checked on every pass (a stat of its path): when the path is
+gone or names another netns (the pod's netns was recreated, maybe under the same name), the pod is looked
+up again, and if the netns ztunnel holds is not the new one, ztunnel is told to drop the old one and
+handed the new one, so a recreated pod is never shown captured while ztunnel listens in its old netns.
 Kernel work runs in worker threads; the event loop only decides.
 """
 
@@ -77,9 +81,12 @@ class Reconciler:
     async def sync(self, targets: dict[str, PodTarget]) -> None:
         async with self._lock:
             index: dict[str, FoundNetns] | None = None
+            cached = {uid: self._netns[uid] for uid in targets if uid in self._netns}
+            for uid in await asyncio.to_thread(_moved, cached) if cached else ():
+                del self._netns[uid]  # looked up again below
             for uid, target in targets.items():
                 netns = self._netns.get(uid)
-                if netns is None or not os.path.exists(netns.path):
+                if netns is None:
                     if index is None:
                         index = await asyncio.to_thread(netns_by_ip)
                     netns = next((index[ip] for ip in target.ips if ip in index), None)
@@ -125,9 +132,19 @@ class Reconciler:
             return
         if changed:
             log.info("captured %s (%s rules installed in %s)", target.ref, self.backend.name, netns.path)
+        held = self._fds.get(target.uid)
+        replaced = held is not None and os.fstat(held).st_ino != netns.inode
+        if replaced:
+            await self._release_old_netns(target)
         if target.uid not in self._fds:
-            self._fds[target.uid] = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
-        if target.uid in self.zds.served:
+            fd = os.open(netns.path, os.O_RDONLY | os.O_CLOEXEC)
+            if os.fstat(fd).st_ino != netns.inode:  # recreated between the lookup and the open
+                os.close(fd)
+                self._netns.pop(target.uid, None)
+                self._set(target, "error", f"the network namespace at {netns.path} changed; looking again", None)
+                return
+            self._fds[target.uid] = fd
+        if target.uid in self.zds.served and not replaced:
             self._set(target, "captured", None, netns)
             return
         try:
@@ -135,6 +152,22 @@ class Reconciler:
             self._set(target, "captured", None, netns)
         except ZdsUnavailable as exc:
             self._set(target, "pending", str(exc), netns)
+
+    async def _release_old_netns(self, target: PodTarget) -> None:
+        """The pod's netns was recreated: ztunnel drops the old one, our capture there goes (best effort:
+        it frees the eBPF backend's entry for it), and its fd is closed. The caller hands over the new one."""
+        log.warning("%s has a new network namespace; handing it to ztunnel in place of the old one", target.ref)
+        if target.uid in self.zds.served:
+            try:
+                await self.zds.delete(target.uid)
+            except ZdsUnavailable as exc:  # the add that follows replaces it in ztunnel all the same
+                log.warning("could not tell ztunnel to drop the old netns of %s: %s", target.ref, exc)
+        fd = self._fds[target.uid]
+        try:
+            await asyncio.to_thread(self.backend.remove, Path(f"/proc/{os.getpid()}/fd/{fd}"), tuple(target.ips))
+        except Exception as exc:  # an old netns nobody uses any more: a leftover rule there harms no one
+            log.info("could not remove the capture from the old netns of %s: %s", target.ref, exc)
+        self._close_fd(target.uid)
 
     async def _unenroll(self, target: PodTarget, netns: FoundNetns | None) -> None:
         if target.uid in self.zds.served:
@@ -177,3 +210,17 @@ class Reconciler:
 
 def _info(t: PodTarget) -> WorkloadInfo:
     return WorkloadInfo(t.name, t.namespace, t.service_account, t.ips)
+
+
+def _moved(cached: dict[str, FoundNetns]) -> set[str]:
+    """The pods whose netns path is gone or names another netns than when it was found (a stat each:
+    cheap, but blocking, so run in a worker thread)."""
+    moved = set()
+    for uid, netns in cached.items():
+        try:
+            if os.stat(netns.path).st_ino == netns.inode:
+                continue
+        except OSError:
+            pass
+        moved.add(uid)
+    return moved

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from meshlet_contracts.supervision import Supervisor
 from ztunnel.inpod import protocol
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,8 @@ class ZdsServer:
         self._watcher: asyncio.Task[None] | None = None
         self.on_connect: Callable[[], None] | None = None
 
-    async def start(self) -> None:
+    async def start(self, supervisor: Supervisor | None = None) -> None:
+        """Listen, and accept ztunnels in a task (kept alive by `supervisor`, which then also ends it)."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileNotFoundError):
             self.path.unlink()  # a socket file left by an earlier agent
@@ -55,7 +57,10 @@ class ZdsServer:
         sock.listen(4)
         sock.setblocking(False)
         self._listener = sock
-        self._task = asyncio.create_task(self._accept_loop(), name="zds-accept")
+        if supervisor is not None:
+            supervisor.start("zds-accept", self._accept_loop)
+        else:
+            self._task = asyncio.create_task(self._accept_loop(), name="zds-accept")
 
     async def close(self) -> None:
         for task in (self._task, self._watcher):

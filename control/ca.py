@@ -8,12 +8,15 @@ SPIFFE ID, and an empty subject.
 
 Which identity a caller may obtain is decided by the caller (control's certificate endpoint, which knows the
 node and its pods); this module checks only that a request is well formed and stays in the trust domain.
+It signs two kinds of identity, each matched in full with the parser ztunnel uses (`meshlet_contracts`):
+workload identities `spiffe://<td>/ns/<ns>/sa/<sa>` in their one canonical form, and node identities
+`spiffe://<td>/meshlet/node/<node>`. Nothing else: a URI that merely starts like one (`.../sa/web\n`) would
+stand beside, yet differ from, the identity a policy names.
 """
 
 from __future__ import annotations
 
 import ipaddress
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -28,14 +31,12 @@ from cryptography.hazmat.primitives.asymmetric.types import CertificatePublicKey
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from control.atomic import write_atomic
+from meshlet_contracts.identity import DNS_SUBDOMAIN, IdentityError, check_trust_domain, parse_spiffe_id
 
 DEFAULT_TTL = timedelta(hours=24)
 ROOT_TTL = timedelta(days=3650)
 # Certificates start a minute in the past so that a peer whose clock lags ours accepts them at once.
 CLOCK_SKEW = timedelta(minutes=1)
-
-_TRUST_DOMAIN = re.compile(r"^[a-z0-9._-]+$")
-_PATH_SEGMENT = re.compile(r"^[A-Za-z0-9._-]+$")
 
 _CAKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _E = TypeVar("_E", bound=x509.ExtensionType)
@@ -224,10 +225,20 @@ class CertificateAuthority:
         return Issued((_pem(leaf), *self._chain_pem), leaf.not_valid_after_utc, leaf.serial_number, spiffe_id)
 
     def _check_id(self, spiffe_id: str) -> None:
+        """A workload identity in canonical form, or a node identity, of our trust domain; CAError otherwise."""
         prefix = f"spiffe://{self.trust_domain}/"
-        segments = spiffe_id.removeprefix(prefix).split("/") if spiffe_id.startswith(prefix) else [""]
-        if not all(_PATH_SEGMENT.match(s) and s not in (".", "..") for s in segments):
-            raise CAError(f"{spiffe_id!r} is not a SPIFFE ID in trust domain {self.trust_domain} ({prefix}<path>)")
+        node = spiffe_id.removeprefix(f"{prefix}meshlet/node/")
+        if node != spiffe_id and DNS_SUBDOMAIN.fullmatch(node):
+            return
+        try:
+            identity = parse_spiffe_id(spiffe_id)
+        except IdentityError as exc:
+            raise CAError(
+                f"{spiffe_id!r} is not a SPIFFE ID in trust domain {self.trust_domain} "
+                f"({prefix}ns/<namespace>/sa/<service-account> or {prefix}meshlet/node/<node>): {exc}"
+            ) from None
+        if identity.trust_domain != self.trust_domain or identity.uri != spiffe_id:
+            raise CAError(f"{spiffe_id!r} is not a SPIFFE ID in trust domain {self.trust_domain}")
 
 
 def peer_spiffe_id(cert_der: bytes) -> str | None:
@@ -296,8 +307,10 @@ def _key_usage(
 
 
 def _check_trust_domain(trust_domain: str) -> None:
-    if not _TRUST_DOMAIN.match(trust_domain):
-        raise CAError(f"trust domain {trust_domain!r}: use lowercase letters, digits, '.', '-' and '_'")
+    try:
+        check_trust_domain(trust_domain)
+    except IdentityError as exc:
+        raise CAError(str(exc)) from None
 
 
 def _check_ca_cert(cert: x509.Certificate, path: Path, now: datetime) -> None:

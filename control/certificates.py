@@ -2,7 +2,8 @@
 
 Control signs only identities that have a (running) pod scheduled on the asking node, so a compromised
 node can obtain the identities of its own pods and no others. Every refusal has a reason a user can act
-on; it is logged and counted by reason.
+on; it is logged and counted by reason. The requested identity must parse strictly (the parser ztunnel
+uses on the other side), and what is signed is the parsed identity's canonical URI.
 """
 
 from __future__ import annotations
@@ -49,14 +50,14 @@ class CertificateService:
         try:
             requested = CertificateAuthority.requested_spiffe_id(csr_pem)
             identity = wire.parse_spiffe_id(requested)
-        except (CAError, wire.WireError) as exc:
+        except (CAError, wire.IdentityError) as exc:
             return self._refuse(node, 400, "bad_csr", str(exc))
         if identity.trust_domain != self.ca.trust_domain:
             return self._refuse(
                 node,
                 403,
                 "wrong_trust_domain",
-                f"{requested} is outside the trust domain {self.ca.trust_domain}",
+                f"{identity.uri} is outside the trust domain {self.ca.trust_domain}",
             )
         pods = [
             p
@@ -72,16 +73,17 @@ class CertificateService:
                 f"is scheduled on node {node}",
             )
         try:
-            issued = self.ca.sign_csr(csr_pem, requested, self.ttl)
+            # Strict parsing round-trips (`identity.uri == requested`), and sign_csr checks the CSR asks for it.
+            issued = self.ca.sign_csr(csr_pem, identity.uri, self.ttl)
         except CAError as exc:
             return self._refuse(node, 400, "bad_csr", str(exc))
         self.metrics.certs_issued.inc()
-        log.info("issued %s to node %s (expires %s)", requested, node, issued.not_after.isoformat())
+        log.info("issued %s to node %s (expires %s)", identity.uri, node, issued.not_after.isoformat())
         return web.json_response(
             {
                 "certificateChain": list(issued.chain_pem),
                 "rootCertificate": self.ca.root_pem,
                 "notAfter": issued.not_after.isoformat(),
-                "spiffeId": requested,
+                "spiffeId": identity.uri,
             }
         )

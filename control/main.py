@@ -82,6 +82,7 @@ async def serve(settings: ControlSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
+    await control.stop()
     for runner in runners:
         await runner.cleanup()
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
@@ -22,8 +21,10 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from control.atomic import write_atomic
 from control.ca import CAError, CertificateAuthority, peer_spiffe_id
 from control.wire import node_spiffe_id
+from meshlet_contracts.identity import DNS_SUBDOMAIN
 
-NODE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?$")
+NODE_NAME = DNS_SUBDOMAIN
+"""A Kubernetes node name (RFC 1123 subdomain), matched in full: the CA signs node identities with it only."""
 NODE_CREDENTIAL_TTL = timedelta(days=365)
 
 
@@ -56,7 +57,7 @@ class NodeRegistry:
         self.ca = ca
 
     def provision(self, node: str, out_dir: Path) -> NodeCredentialFiles:
-        if not NODE_NAME.match(node):
+        if not NODE_NAME.fullmatch(node):
             raise ValueError(f"node name {node!r} is not a valid Kubernetes node name")
         key_pem, issued = self.ca.issue_key_and_cert(node_spiffe_id(self.ca.trust_domain, node), NODE_CREDENTIAL_TTL)
         leaf = x509.load_pem_x509_certificate(issued.chain_pem[0].encode())
@@ -88,6 +89,8 @@ class NodeRegistry:
         if not uri.startswith(prefix):
             raise NodeAuthError("not_a_node", f"certificate identity {uri or '(none)'} is not a node of this mesh")
         node = uri.removeprefix(prefix)
+        if not NODE_NAME.fullmatch(node):  # also keeps the name from leaving our directory as a path
+            raise NodeAuthError("not_a_node", f"certificate identity {uri!r} does not name a node")
         try:
             record = json.loads((self.directory / f"{node}.json").read_text())
         except (OSError, ValueError):

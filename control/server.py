@@ -2,7 +2,9 @@
 
 15012 asks every client for a certificate (TLS 1.3) and verifies it against the mesh root; the node
 middleware then maps it to a provisioned node or answers 401 with the reason, before any handler runs.
-15014 serves /healthz, /ready (store loaded), /metrics and /debug/status (version, proxies, errors).
+15014 serves /healthz, /ready (store loaded, no long-lived task down), /metrics and /debug/status (version,
+proxies, errors, tasks). The long-lived tasks (the file source's watch, the serving certificate's renewal)
+run under a `Supervisor`: one that fails is restarted with backoff, and /ready answers 503 naming it meanwhile.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from control.settings import ControlSettings
 from control.sources.files import FileSource
 from control.store import ConfigStore
 from control.stream import ConfigHub
+from meshlet_contracts.supervision import Supervisor
 
 log = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -94,7 +97,9 @@ class Control:
         self.source = FileSource(settings.store, settings.poll_interval)
         self.hub = ConfigHub(self.store, self.metrics, settings.send_timeout)
         self.certificates = CertificateService(self.ca, self.store, self.metrics, settings.cert_ttl)
-        self._tasks: set[asyncio.Task[None]] = set()
+        self.supervisor = Supervisor()
+        self._serving_not_after = datetime.now(UTC)
+        """When the serving certificate expires (set by `start`, moved on by each renewal)."""
 
     @web.middleware
     async def _authenticate_node(self, request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -127,7 +132,12 @@ class Control:
         return _text("ok\n")
 
     async def _ready(self, _: web.Request) -> web.Response:
-        return _text("ready\n") if self.store.synced else _text("store not loaded yet\n", 503)
+        if not self.store.synced:
+            return _text("store not loaded yet\n", 503)
+        down = self.supervisor.down()
+        if down:
+            return _text("".join(f"task {t.name} is down, restarting: {t.last_error}\n" for t in down), 503)
+        return _text("ready\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
         body = generate_latest(self.metrics.registry)
@@ -146,20 +156,18 @@ class Control:
                 "errors": [
                     {"origin": e.origin, "object": e.object, "reason": e.reason} for e in self.store.all_errors()
                 ],
+                "tasks": self.supervisor.status(),
             }
         )
 
     async def start(self) -> list[web.AppRunner]:
         """Load the store, then open both listeners; returns the runners (to clean up)."""
         self.store.apply(await asyncio.to_thread(self.source.scan))
-        task = asyncio.create_task(self.source.run(self.store.apply), name="file-source")
-        self._tasks.add(task)
-        task.add_done_callback(self._source_done)
+        self.supervisor.start("file-source", lambda: self.source.run(self.store.apply))
         runners = []
         host, port = self.settings.listen
-        tls, not_after = server_tls(self.ca, host)
-        renew = asyncio.create_task(self._renew_serving_cert(tls, host, not_after), name="serving-cert")
-        self._tasks.add(renew)
+        tls, self._serving_not_after = server_tls(self.ca, host)
+        self.supervisor.start("serving-cert", lambda: self._renew_serving_cert(tls, host))
         for app, (h, p), ctx in (
             (self.node_app(), (host, port), tls),
             (self.ops_app(), self.settings.metrics_listen, None),
@@ -178,22 +186,22 @@ class Control:
         )
         return runners
 
-    async def _renew_serving_cert(self, ctx: ssl.SSLContext, host: str, not_after: datetime) -> None:
+    async def stop(self) -> None:
+        """End the long-lived tasks (the listeners are the runners `start` returned)."""
+        await self.supervisor.stop()
+
+    async def _renew_serving_cert(self, ctx: ssl.SSLContext, host: str) -> None:
         """Renew the serving certificate at half its life, for as long as control runs."""
         while True:
-            left = (not_after - datetime.now(UTC)).total_seconds()
+            # Read on every turn (not passed in): a restarted renewal goes on from the latest certificate.
+            left = (self._serving_not_after - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(max(1.0, left - SERVING_TTL.total_seconds() / 2))
             try:
-                not_after = load_serving_cert(ctx, self.ca, host)
-                log.info("renewed the serving certificate (expires %s)", not_after.isoformat())
+                self._serving_not_after = load_serving_cert(ctx, self.ca, host)
+                log.info("renewed the serving certificate (expires %s)", self._serving_not_after.isoformat())
             except (OSError, ssl.SSLError, ValueError) as exc:
                 log.error("renewing the serving certificate failed: %s; retrying in a minute", exc)
                 await asyncio.sleep(60)
-
-    def _source_done(self, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        if not task.cancelled() and task.exception() is not None:
-            log.error("the file source stopped: %s; serving the last good state", task.exception())
 
 
 def _text(body: str, status: int = 200) -> web.Response:

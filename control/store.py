@@ -122,6 +122,10 @@ class ConfigStore:
                 # The last good version (if any) stays in force.
                 errors.append(StoreError(batch.origin, _describe(raw), str(exc)))
                 continue
+            except Exception as exc:  # a converter's bug on odd input costs that object, never the source's watch
+                log.exception("converting %s from %s failed", _describe(raw), batch.origin)
+                errors.append(StoreError(batch.origin, _describe(raw), f"unreadable: {type(exc).__name__}: {exc}"))
+                continue
             self._parked.pop(obj.key, None)
             try:
                 self._check_unique(obj)

@@ -1,7 +1,9 @@
 """The wire schema between control and the node proxies: SPIFFE identities and config-stream messages.
 
 This is the one module ztunnel may import from control (a test enforces it): both sides encode and
-decode with it and test against it. It depends on nothing but the standard library.
+decode with it and test against it. It depends on nothing but the standard library and `meshlet_contracts`,
+whose strict SPIFFE parser it re-exports: control and ztunnel parse identities with that one parser, and a
+malformed identity raises `IdentityError` (a ValueError), not `WireError`.
 
 Config stream (a WebSocket at `/v1/config`, JSON text messages):
 - control -> proxy `snapshot`: {"type", "epoch", "version", "resources": {collection: [item, ...]}}
@@ -16,50 +18,40 @@ workloads by `uid`, services by `namespace/name`, authorization policies and pee
 from __future__ import annotations
 
 import json
-import re
-from dataclasses import dataclass
-from typing import Any, NewType
+from typing import Any
 
-SpiffeId = NewType("SpiffeId", str)
+from meshlet_contracts.identity import (
+    IdentityError,
+    SpiffeId,
+    WorkloadIdentity,
+    node_spiffe_id,
+    parse_spiffe_id,
+    spiffe_id,
+)
+
+__all__ = [
+    "CERTIFICATES_PATH",
+    "COLLECTIONS",
+    "CONFIG_PATH",
+    "IdentityError",
+    "SpiffeId",
+    "WireError",
+    "WorkloadIdentity",
+    "decode",
+    "encode",
+    "item_key",
+    "node_spiffe_id",
+    "parse_spiffe_id",
+    "spiffe_id",
+]
 
 COLLECTIONS = ("workloads", "services", "authorization_policies", "peer_authentications")
 CONFIG_PATH = "/v1/config"
 CERTIFICATES_PATH = "/v1/certificates"
 
-_SPIFFE = re.compile(r"^spiffe://([a-z0-9.\-_]+)/ns/([a-z0-9\-]+)/sa/([a-z0-9.\-]+)$")
-
 
 class WireError(ValueError):
-    """A message or identity does not follow the schema."""
-
-
-@dataclass(frozen=True, slots=True)
-class WorkloadIdentity:
-    """A parsed workload SPIFFE ID."""
-
-    trust_domain: str
-    namespace: str
-    service_account: str
-
-    @property
-    def uri(self) -> SpiffeId:
-        return spiffe_id(self.trust_domain, self.namespace, self.service_account)
-
-
-def spiffe_id(trust_domain: str, namespace: str, service_account: str) -> SpiffeId:
-    return SpiffeId(f"spiffe://{trust_domain}/ns/{namespace}/sa/{service_account}")
-
-
-def parse_spiffe_id(uri: str) -> WorkloadIdentity:
-    m = _SPIFFE.match(uri)
-    if not m:
-        raise WireError(f"{uri!r} is not a workload SPIFFE ID (spiffe://<trust-domain>/ns/<ns>/sa/<sa>)")
-    return WorkloadIdentity(m.group(1), m.group(2), m.group(3))
-
-
-def node_spiffe_id(trust_domain: str, node: str) -> SpiffeId:
-    """The identity in a node credential: it can fetch config and certificates, and is no workload."""
-    return SpiffeId(f"spiffe://{trust_domain}/meshlet/node/{node}")
+    """A message does not follow the schema."""
 
 
 def item_key(collection: str, item: dict[str, Any]) -> str:

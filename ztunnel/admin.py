@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshlet_contracts.supervision import Supervisor
 from ztunnel.config.client import ConfigClient
 from ztunnel.inpod.client import ZdsClient
 from ztunnel.proxy.context import ProxyContext
@@ -33,10 +34,17 @@ class Admin:
         self.zds = zds
         self.shutdown = shutdown
         self.started = datetime.now(UTC)
+        self.supervisor: Supervisor | None = None
+        """ztunnel's long-lived tasks: one that is down (restarting) makes the proxy unready."""
 
     @property
     def ready(self) -> bool:
-        return self.config.state.version > 0 and self.zds.manager.snapshots > 0 and not self.ctx.draining
+        return (
+            self.config.state.version > 0
+            and self.zds.manager.snapshots > 0
+            and not self.ctx.draining
+            and not (self.supervisor and self.supervisor.down())
+        )
 
     def problems(self) -> list[str]:
         out = []
@@ -46,6 +54,8 @@ class Admin:
             out.append(f"no pod snapshot from the agent yet ({self.zds.path})")
         if self.ctx.draining:
             out.append("draining")
+        for t in self.supervisor.down() if self.supervisor else []:
+            out.append(f"task {t.name} is down, restarting ({t.last_error})")
         return out
 
     def config_dump(self) -> dict[str, Any]:
@@ -67,9 +77,16 @@ class Admin:
                 "lastError": self.config.last_error,
                 "url": self.config.url,
                 "updatedAt": self.config.updated_at,
+                "source": ctx.config_source,
             },
             "traffic": self.traffic(),
-            "zds": {"connected": self.zds.connected, "socket": str(self.zds.path)},
+            "tasks": self.supervisor.status() if self.supervisor else [],
+            "zds": {
+                "connected": self.zds.connected,
+                "socket": str(self.zds.path),
+                "failedMessages": self.zds.errors,
+                "lastError": self.zds.last_error,
+            },
             "workloads": [_workload(w) for w in sorted(index.workloads.values(), key=lambda w: (w.namespace, w.name))],
             "services": [dict(s) for s in state.items("services").values()],
             "policies": {
@@ -142,6 +159,7 @@ class Admin:
         ctx.metrics.gauges["meshlet_ztunnel_served_pods"] = len(ctx.pods)
         ctx.metrics.gauges["meshlet_ztunnel_config_version"] = self.config.state.version
         ctx.metrics.gauges["meshlet_ztunnel_hbone_handshakes_total"] = ctx.pool.handshakes if ctx.pool else 0
+        ctx.metrics.gauges["meshlet_ztunnel_zds_failed_messages_total"] = self.zds.errors
         return web.Response(text=ctx.metrics.render(), content_type="text/plain", charset="utf-8")
 
     async def _ready(self, _: web.Request) -> web.Response:

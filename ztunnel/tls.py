@@ -3,7 +3,9 @@
 Both sides speak TLS 1.3 only, ALPN `h2`, and require a certificate that chains to the mesh root.
 Python's `ssl` cannot check a URI SAN, so hostname checking is off and the identity is checked by the
 caller after the handshake (`peer_identity`): the client compares it with the destination workload's,
-the server checks the trust domain and hands it to authorization.
+the server checks the trust domain and hands it to authorization. The URI is parsed with the same strict
+parser control's CA signs with, and its trust domain compared exactly, so the identity authorization sees is
+always canonical: never `.../sa/web\n` beside a policy naming `.../sa/web`, nor `spiffe://cluster.localx/...`.
 
 Keys live in memory only: `ssl` loads a key only from a path, so the key and chain are written to an
 anonymous memfd and loaded from `/proc/self/fd/N`; nothing touches a filesystem.
@@ -16,6 +18,7 @@ import os
 import ssl
 from typing import Any
 
+from meshlet_contracts.identity import IdentityError, parse_spiffe_id
 from ztunnel.identity.manager import WorkloadCertificate
 
 ALPN = "h2"
@@ -92,6 +95,10 @@ def peer_identity(ssl_object: Any, trust_domain: str) -> str:
     if len(uris) != 1:
         raise PeerIdentityError(f"peer certificate has {len(uris)} URI SANs; a workload certificate has one")
     uri = str(uris[0])
-    if not uri.startswith(f"spiffe://{trust_domain}/ns/"):
-        raise PeerIdentityError(f"peer identity {uri} is not a workload of trust domain {trust_domain}")
-    return uri
+    try:
+        identity = parse_spiffe_id(uri)
+    except IdentityError as exc:
+        raise PeerIdentityError(f"peer identity is not a workload identity: {exc}") from None
+    if identity.trust_domain != trust_domain:
+        raise PeerIdentityError(f"peer identity {uri!r} is not a workload of trust domain {trust_domain}")
+    return identity.uri

@@ -16,8 +16,9 @@ import yaml
 
 from control.atomic import write_atomic
 
-_KEY = re.compile(r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
-_VALUE = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?$")
+# Matched with fullmatch: `$` would also match before a trailing newline and let `app=web\n` through.
+_KEY = re.compile(r"([a-z0-9]([-a-z0-9.]*[a-z0-9])?/)?[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?")
+_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?)?")
 
 
 class LabelError(ValueError):
@@ -36,9 +37,9 @@ def parse_changes(args: tuple[str, ...]) -> dict[str, str | None]:
             key, _, value = arg.partition("=")
         else:
             raise LabelError(f"{arg!r}: expected KEY=VALUE or KEY-")
-        if not _KEY.match(key) or len(key.rpartition("/")[2]) > 63:
+        if not _KEY.fullmatch(key) or len(key.rpartition("/")[2]) > 63:
             raise LabelError(f"{arg!r}: {key!r} is not a valid label key")
-        if value is not None and (not _VALUE.match(value) or len(value) > 63):
+        if value is not None and (not _VALUE.fullmatch(value) or len(value) > 63):
             raise LabelError(f"{arg!r}: {value!r} is not a valid label value (63 chars of [A-Za-z0-9-_.])")
         changes[key] = value
     return changes

@@ -50,8 +50,14 @@ def _agent(agent: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
     store = agent["store"]
     if store["errors"]:
         problems.append(f"the agent's store has {len(store['errors'])} invalid objects: {store['errors'][0]}")
+    down = [t for t in agent.get("tasks", []) if t.get("downSince") is not None]
+    for t in down:
+        problems.append(
+            f"the agent's {t['name']} task is down ({t['lastError']}); restarting it (restarted {t['restarts']} "
+            "times so far): changes to the store may not be acted on meanwhile"
+        )
     return {
-        "ok": True,
+        "ok": not down,
         "uptimeSeconds": round(time.time() - float(agent["startedAt"]), 1),
         "store": {
             "path": store["path"],
@@ -60,6 +66,7 @@ def _agent(agent: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
             "errors": store["errors"],
         },  # fmt: skip
         "ztunnelConnected": agent["ztunnel"]["connected"],
+        "tasks": agent.get("tasks", []),
     }
 
 
@@ -152,8 +159,9 @@ def lines(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     ]
     rows.append(("Redirection", f"{report['redirect']['backend']} ({report['redirect']['reason']})"
                  if report["redirect"]["backend"] else "unknown (agent unreachable)", None))  # fmt: skip
-    rows.append(("Agent", f"up {agent['uptimeSeconds']:.0f}s, store version {agent['store']['version']}"
-                 if agent["ok"] else "unreachable", agent["ok"]))  # fmt: skip
+    down = "".join(f", {t['name']} task DOWN" for t in agent.get("tasks", []) if t.get("downSince") is not None)
+    rows.append(("Agent", f"up {agent['uptimeSeconds']:.0f}s, store version {agent['store']['version']}{down}"
+                 if "uptimeSeconds" in agent else "unreachable", agent["ok"]))  # fmt: skip
     rows.append(("ztunnel", f"{'ready' if zt['ready'] else 'NOT READY'}, ZDS "
                  f"{'connected' if zt['zdsConnected'] else 'disconnected'}, {zt['servedPods']} pods served"
                  if zt.get("zdsConnected") is not None else "unreachable", zt["ok"]))  # fmt: skip

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 MAX_SLOTS = 32
 MAX_NODES = 8
 MAX_PODS_PER_NODE = 26
-ID_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,7}$")
+ID_PATTERN = re.compile(r"[a-z][a-z0-9]{0,7}")  # fullmatch: `$` would take a trailing newline
 MESH_NAMESPACE = "mesh"
 PLAIN_NAMESPACE = "plain"
 APP_PORT = 8080
@@ -125,7 +125,7 @@ def prefix_for(lab_id: str) -> str:
 
 
 def check_id(lab_id: str) -> str:
-    if not ID_PATTERN.match(lab_id):
+    if not ID_PATTERN.fullmatch(lab_id):
         raise PlanError(
             f"lab id {lab_id!r} is invalid: use 1-8 lowercase letters and digits, starting with a letter "
             "(it prefixes interface names, which Linux caps at 15 characters)"

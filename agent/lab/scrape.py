@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 
-_SAMPLE = re.compile(r"^(\w+)(?:\{(.*)\})? (\S+)$")
+_SAMPLE = re.compile(r"(\w+)(?:\{(.*)\})? (\S+)")
 _LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
 
 Sample = tuple[str, dict[str, str], float]
@@ -18,7 +18,7 @@ def samples(text: str) -> list[Sample]:
     """(name, labels, value) of every sample in `text`."""
     out: list[Sample] = []
     for line in text.splitlines():
-        m = _SAMPLE.match(line)
+        m = _SAMPLE.fullmatch(line)
         if m:
             out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
     return out

@@ -8,12 +8,16 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NoReturn
 
-# RFC 1123 label (namespace, service names) and subdomain (pod names and most other objects).
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
-DNS_SUBDOMAIN = re.compile(r"^(?=.{1,253}$)[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+from meshlet_contracts import identity
+
+# RFC 1123 label (namespace, service names) and subdomain (pod names and most other objects): the same
+# patterns identities are checked with. Every pattern here is used with `fullmatch`: `$` would also match
+# before a trailing newline, so `web\n` would pass for a name and differ from `web` everywhere after.
+DNS_LABEL = identity.DNS_LABEL
+DNS_SUBDOMAIN = identity.DNS_SUBDOMAIN
 # Label keys: optional DNS-subdomain prefix, then a name of up to 63 characters.
-_LABEL_NAME = re.compile(r"^([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)$")
-_LABEL_VALUE = re.compile(r"^(([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?)$")
+_LABEL_NAME = re.compile(r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?")
+_LABEL_VALUE = re.compile(r"([A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?)?")
 
 
 CLUSTER_SCOPED = frozenset({"Namespace", "Node"})
@@ -103,8 +107,9 @@ def opt_bool(obj: Mapping[str, Any], path: str, default: bool = False) -> bool:
 
 
 def port_number(value: object, field: str) -> int:
-    """A TCP port: an integer (or a string of digits, as in AuthorizationPolicy) within 1..65535."""
-    if isinstance(value, str) and value.isdigit():
+    """A TCP port: an integer (or a string of ASCII digits, as in AuthorizationPolicy) within 1..65535."""
+    # str.isdigit() alone would also take '٨٠' (int() reads it as 80) and '²' (int() raises).
+    if isinstance(value, str) and value.isascii() and value.isdigit():
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool):
         fail(field, f"expected a port number, got {_type_name(value)} {value!r}")
@@ -129,7 +134,7 @@ def labels(obj: Mapping[str, Any], path: str) -> dict[str, str]:
         check_label_key(key, f"{path}[{key!r}]" if isinstance(key, str) else path)
         if not isinstance(value, str):
             fail(f"{path}.{key}", f"label values are strings, got {_type_name(value)} {value!r}")
-        if not _LABEL_VALUE.match(value):
+        if not _LABEL_VALUE.fullmatch(value):
             fail(f"{path}.{key}", f"invalid label value {value!r}")
         out[key] = value
     return out
@@ -139,9 +144,9 @@ def check_label_key(key: object, field: str) -> None:
     if not isinstance(key, str) or not key:
         fail(field, f"label keys are non-empty strings, got {key!r}")
     prefix, _, name = key.rpartition("/")
-    if prefix and not DNS_SUBDOMAIN.match(prefix):
+    if prefix and not DNS_SUBDOMAIN.fullmatch(prefix):
         fail(field, f"invalid label key prefix {prefix!r}")
-    if not _LABEL_NAME.match(name):
+    if not _LABEL_NAME.fullmatch(name):
         fail(field, f"invalid label key {key!r}")
 
 
@@ -149,11 +154,11 @@ def object_key(obj: Mapping[str, Any], namespaced: bool) -> ObjectKey:
     """The key of a raw object; checks kind, metadata.name and (when namespaced) metadata.namespace."""
     kind = req_str(obj, "kind")
     name = req_str(obj, "metadata.name")
-    if not DNS_SUBDOMAIN.match(name):
+    if not DNS_SUBDOMAIN.fullmatch(name):
         fail("metadata.name", f"{name!r} is not a valid name (lowercase RFC 1123 subdomain)")
     namespace = opt_str(obj, "metadata.namespace")
     if namespaced and not namespace:
         fail("metadata.namespace", "required")
-    if namespace and not DNS_LABEL.match(namespace):
+    if namespace and not DNS_LABEL.fullmatch(namespace):
         fail("metadata.namespace", f"{namespace!r} is not a valid namespace name")
     return ObjectKey(kind, namespace if namespaced else "", name)

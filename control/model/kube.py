@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from control.model.fields import (
+    DNS_SUBDOMAIN,
     ObjectKey,
     fail,
     labels,
@@ -135,12 +136,19 @@ class Pod:
             isinstance(c, Mapping) and c.get("type") == "Ready" and c.get("status") == "True"
             for c in opt_list(obj, "status.conditions")
         )
+        # Both name identities: the pod's SPIFFE ID, and the node whose credential may obtain it.
+        service_account = opt_str(obj, "spec.serviceAccountName") or "default"
+        if not DNS_SUBDOMAIN.fullmatch(service_account):
+            fail("spec.serviceAccountName", f"{service_account!r} is not a valid name (lowercase RFC 1123 subdomain)")
+        node = opt_str(obj, "spec.nodeName")
+        if node and not DNS_SUBDOMAIN.fullmatch(node):
+            fail("spec.nodeName", f"{node!r} is not a valid node name (lowercase RFC 1123 subdomain)")
         return cls(
             uid=uid,
             name=key.name,
             namespace=key.namespace,
-            node=opt_str(obj, "spec.nodeName"),
-            service_account=opt_str(obj, "spec.serviceAccountName") or "default",
+            node=node,
+            service_account=service_account,
             ips=tuple(ips),
             labels=_labels(obj),
             host_network=opt_bool(obj, "spec.hostNetwork"),

@@ -50,7 +50,7 @@ _EXACT_KEYS = L4_CONDITION_KEYS | {
 }
 # Map-valued keys name their entry in brackets; claims may nest (`request.auth.claims[groups][0]`).
 _MAP_KEYS = re.compile(
-    r"^(request\.headers\[[^\[\]]+\]|request\.auth\.claims(\[[^\[\]]+\])+|experimental\.envoy\.filters\.[^\[]+\[.+\])$"
+    r"request\.headers\[[^\[\]]+\]|request\.auth\.claims(\[[^\[\]]+\])+|experimental\.envoy\.filters\.[^\[]+\[.+\]"
 )
 # Keys Istio once had: say what replaced them rather than just "unknown".
 _RETIRED_KEYS = {
@@ -60,6 +60,11 @@ _RETIRED_KEYS = {
     "destination.user": "is no longer supported (Istio dropped it after v1alpha1)",
 }
 _IP_KEYS = frozenset({"source.ip", "remote.ip", "destination.ip"})
+# Everything a peer identity (hence a principal or namespace compared with it) can hold: printable ASCII, no
+# space. A value with a newline, a NUL or a Cyrillic 'е' could never match, so a DENY naming it would deny
+# nothing; it is refused here instead.
+_IDENTITY_TEXT = re.compile(r"[!-~]+")
+_IDENTITY_EXAMPLES = {"principal": "cluster.local/ns/default/sa/sleep", "namespace": "default"}
 
 T = TypeVar("T")
 
@@ -367,6 +372,8 @@ def _source(raw: Mapping[str, Any]) -> Source:
                 _check_wildcard(item, f"{name}[{i}]")
                 if attr.endswith("principals"):
                     _check_principal(item, f"{name}[{i}]")
+                if attr in ("principals", "not_principals", "namespaces", "not_namespaces"):
+                    _check_identity_text(item, f"{name}[{i}]", "namespace" if "namespace" in attr else "principal")
         values[attr] = items
     return Source(**values)
 
@@ -413,13 +420,14 @@ def _condition(raw: Mapping[str, Any]) -> Condition:
         elif key in ("source.principal", "source.namespace"):
             for i, item in enumerate(items):
                 _check_wildcard(item, f"{name}[{i}]")
+                _check_identity_text(item, f"{name}[{i}]", key.removeprefix("source."))
                 if key == "source.principal":
                     _check_principal(item, f"{name}[{i}]")
     return Condition(key, values["values"], values["notValues"])
 
 
 def _check_condition_key(key: str) -> None:
-    if key in _EXACT_KEYS or _MAP_KEYS.match(key):
+    if key in _EXACT_KEYS or _MAP_KEYS.fullmatch(key):
         return
     retired = _RETIRED_KEYS.get(key.partition("[")[0])
     if retired:
@@ -450,6 +458,15 @@ def _check_principal(principal: str, field: str) -> None:
     if principal.startswith("spiffe://"):
         # The spiffe:// scheme is added when matching; written here it would never match.
         fail(field, f"{principal!r}: write principals without 'spiffe://', as in cluster.local/ns/default/sa/sleep")
+
+
+def _check_identity_text(value: str, field: str, what: str) -> None:
+    if not _IDENTITY_TEXT.fullmatch(value):
+        fail(
+            field,
+            f"{value!r}: a {what} is printable ASCII without spaces (as in {_IDENTITY_EXAMPLES[what]}); "
+            "no peer identity could match this",
+        )
 
 
 def _check_path_template(path: str, field: str) -> None:

@@ -8,11 +8,25 @@ or network directories, at a cost that is small for the few hundred files a loca
 Last-good semantics start here: a file that no longer parses keeps all its objects (we cannot tell what
 it meant); a document without kind or name is reported and ignored; an object that disappears from a
 file that still parses is deleted.
+
+Whatever goes wrong with one file is that file's error, never the watcher's: a parser that gives up on
+3,000 nested brackets (RecursionError), a file that is not UTF-8, anything else one file can provoke,
+becomes an error on that file's origin (in /debug/status and the config-errors metric) while every other
+file, and every later change, is still read.
+
+Nesting is bounded twice. While scanning, `_BoundedLoader` refuses to open a collection deeper than
+`MAX_DEPTH`: the parser and composer recurse once per level (RecursionError at about 1,000), and the
+pure-Python scanner's cost grows with the square of the depth (about a second of CPU before that error).
+After loading, a document deeper than `MAX_DEPTH` through YAML aliases, or referring to itself, is refused
+before it reaches the store, whose readers recurse into values. The pure-Python loader is used on purpose:
+libyaml's (CSafeLoader) recursion is in C and crashes the process (SIGSEGV) at about 100,000 nested
+brackets, with no exception to catch.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Iterator
@@ -27,6 +41,26 @@ from control.sources.base import Sink, SourceBatch
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".yaml", ".yml", ".json")
+MAX_DEPTH = 100
+"""Deepest nesting of mappings and lists accepted in one document (Kubernetes objects stay far below it)."""
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """The safe loader, refusing (as a ScannerError with its position) nesting deeper than `MAX_DEPTH`."""
+
+    def fetch_flow_collection_start(self, TokenClass: Any) -> None:  # noqa: N803 (PyYAML's name)
+        self._check_depth()
+        super().fetch_flow_collection_start(TokenClass)
+
+    def add_indent(self, column: int) -> bool:
+        added = super().add_indent(column)
+        if added:
+            self._check_depth()
+        return added
+
+    def _check_depth(self) -> None:
+        if self.flow_level + len(self.indents) >= MAX_DEPTH:
+            raise yaml.scanner.ScannerError(None, None, f"nested deeper than {MAX_DEPTH} levels", self.get_mark())
 
 
 @dataclass(slots=True)
@@ -120,11 +154,11 @@ class FileSource:
     def _read(self, path: Path, signature: tuple[int, int, int], seen: _Seen | None) -> SourceBatch:
         before = seen.keys if seen is not None else set()
         try:
-            docs = list(yaml.safe_load_all(path.read_bytes()))
-        except (OSError, yaml.YAMLError) as exc:
+            docs = list(yaml.load_all(path.read_bytes(), Loader=_BoundedLoader))
+        except Exception as exc:  # whatever one file provokes is that file's error, not the watcher's end
             # Keep every object the file held: an editor's half-written save must not delete them.
             self._seen[path] = _Seen(signature, before)
-            return SourceBatch(origin=str(path), errors=(f"unreadable YAML: {_one_line(exc)}",))
+            return SourceBatch(origin=str(path), errors=(f"unreadable YAML: {_reason(exc)}",))
         upserts: list[dict[str, Any]] = []
         errors: list[str] = []
         keys: set[ObjectKey] = set()
@@ -133,6 +167,13 @@ class FileSource:
                 continue  # an empty document (a trailing ---) is not an error
             if not isinstance(doc, dict):
                 errors.append(f"document {i + 1}: expected a Kubernetes object (a mapping), got {type(doc).__name__}")
+                continue
+            if not _within_depth(doc, MAX_DEPTH):
+                # Kept under its name when it has one, so its last good version stays rather than being
+                # deleted; a name that is itself the deep part cannot even be quoted in an error.
+                with contextlib.suppress(Exception):
+                    keys.add(raw_key(doc))
+                errors.append(f"document {i + 1}: nested deeper than {MAX_DEPTH} levels, or refers to itself")
                 continue
             try:
                 key = raw_key(doc)
@@ -147,5 +188,55 @@ class FileSource:
         return SourceBatch(str(path), tuple(upserts), deletes, tuple(errors))
 
 
-def _one_line(exc: BaseException) -> str:
-    return " ".join(str(exc).split())
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, RecursionError):
+        return "nested too deeply for the parser (maximum recursion depth exceeded)"
+    text = " ".join(str(exc).split())
+    return text if isinstance(exc, yaml.YAMLError | OSError) else f"{type(exc).__name__}: {text}"
+
+
+def _within_depth(doc: Any, limit: int) -> bool:
+    """Whether `doc` nests mappings and lists at most `limit` deep and holds no cycle.
+
+    Iterative (the value may be as deep as the parser allowed) and linear in the number of distinct
+    containers: YAML aliases share one object under many parents, so each container's height is
+    computed once, by id, and reused.
+    """
+    if not isinstance(doc, dict | list):
+        return True
+    heights: dict[int, int] = {}
+    # The path from the root: each container, an iterator over its children, its tallest child so far.
+    path: list[tuple[Any, Iterator[Any], list[int]]] = [(doc, _children(doc), [0])]
+    on_path = {id(doc)}
+    while path:
+        node, children, tallest = path[-1]
+        child = next(children, _END)
+        if child is _END:
+            path.pop()
+            on_path.discard(id(node))
+            heights[id(node)] = height = tallest[0] + 1
+            if path:
+                path[-1][2][0] = max(path[-1][2][0], height)
+            continue
+        if not isinstance(child, dict | list):
+            continue
+        if id(child) in on_path:
+            return False  # an alias to one of its own ancestors
+        known = heights.get(id(child))
+        if known is not None:
+            if len(path) + known > limit:
+                return False
+            tallest[0] = max(tallest[0], known)
+            continue
+        if len(path) + 1 > limit:
+            return False
+        path.append((child, _children(child), [0]))
+        on_path.add(id(child))
+    return True
+
+
+_END = object()
+
+
+def _children(value: dict[Any, Any] | list[Any]) -> Iterator[Any]:
+    return iter(value.values()) if isinstance(value, dict) else iter(value)

@@ -227,6 +227,18 @@ def test_label_flips_capture_both_ways_within_a_second_without_restarting_pods(l
         zt.close()
 
 
+def test_a_file_nested_3000_deep_in_the_store_does_not_stop_the_agent_watching(lab: Lab, agent: AgentProcess) -> None:
+    store = Path(lab.status["store"])
+    (store / ".deep.yaml.tmp").write_text("[" * 3000)  # 3 KB that once ended the agent's store watch for good
+    os.replace(store / ".deep.yaml.tmp", store / "deep.yaml")
+    wait_for(lambda: any("deep.yaml" in e for e in agent.status()["store"]["errors"]), 3.0, "the file's error")
+    set_namespace_label(lab, "plain", ambient=True)
+    wait_for(lambda: captured(lab, "web-1b"), 3.0, "capture of web-1b after the label")
+    tasks = agent.status()["tasks"]
+    assert {t["name"] for t in tasks} == {"store", "reconcile", "zds-accept"}
+    assert all(t["running"] and t["restarts"] == 0 for t in tasks)
+
+
 def test_agent_kill_and_restart_changes_no_rule_and_keeps_established_connections(
     lab: Lab, agent: AgentProcess
 ) -> None:

@@ -1,5 +1,6 @@
-"""Package layering (STYLE.md): ztunnel and control share only the wire schema; agent may use bpf, and
-control's store, sources and model, and ztunnel's ZDS schema.
+"""Package layering (STYLE.md): `meshlet_contracts` is at the bottom and imports no component; ztunnel and
+control share only it and the wire schema; agent may use bpf, and control's store, sources and model, and
+ztunnel's ZDS schema.
 
 Checked on the source with `ast`, so a forbidden import fails here rather than in review.
 """
@@ -18,6 +19,7 @@ ALLOWED = {
     "agent": {
         "agent",
         "bpf",
+        "meshlet_contracts",
         "control.atomic",
         "control.model",
         "control.sources",
@@ -26,11 +28,13 @@ ALLOWED = {
         "ztunnel.inpod.protocol",
     },
     # bpf may enter a pod's netns with ztunnel's helper (for netns cookies).
-    "bpf": {"bpf", "ztunnel.inpod.netns"},
-    "control": {"control"},
+    "bpf": {"bpf", "meshlet_contracts", "ztunnel.inpod.netns"},
+    "control": {"control", "meshlet_contracts"},
+    # The contracts every component shares: nothing of theirs, or the arrows would run back up.
+    "meshlet_contracts": {"meshlet_contracts"},
     # ztunnel reads the eBPF backend's original-destination map: the map's layout and the bpf() calls,
     # never the loader (no bcc in the proxy).
-    "ztunnel": {"ztunnel", "control.wire", "bpf.maps", "bpf.syscall"},
+    "ztunnel": {"ztunnel", "meshlet_contracts", "control.wire", "bpf.maps", "bpf.syscall"},
 }
 
 

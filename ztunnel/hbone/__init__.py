@@ -17,7 +17,7 @@ We frame HTTP/2 ourselves rather than use the `h2` library because the data path
 `h2` costs about twice a plain TLS forward per byte (per-frame debug strings, payload copies).
 """
 
-from ztunnel.hbone.connection import H2Connection
+from ztunnel.hbone.connection import ASSUMED_PEER_MAX_STREAMS, STREAM_LIMIT_REACHED, H2Connection
 from ztunnel.hbone.errors import ErrorCode, H2Error, NoAvailableStreamError, ProtocolError, StreamStateError
 from ztunnel.hbone.events import (
     ConnectionTerminated,
@@ -34,6 +34,8 @@ from ztunnel.hbone.events import (
 from ztunnel.hbone.settings import H2Settings
 
 __all__ = [
+    "ASSUMED_PEER_MAX_STREAMS",
+    "STREAM_LIMIT_REACHED",
     "ConnectionTerminated",
     "DataReceived",
     "ErrorCode",

@@ -50,6 +50,12 @@ from ztunnel.hbone.settings import H2Settings, check_peer_setting
 from ztunnel.hbone.streams import Stream, StreamTable
 
 Buffer = bytes | bytearray | memoryview
+ASSUMED_PEER_MAX_STREAMS = 100
+"""Streams a client opens before the server's SETTINGS say how many it takes (as the h2 crate under Istio's
+ztunnel does): RFC 9113 would allow unlimited until then, but a burst at a new connection would then be
+refused above the server's real limit. A first SETTINGS without the setting means unlimited."""
+STREAM_LIMIT_REACHED = "SETTINGS_MAX_CONCURRENT_STREAMS reached"
+"""The `StreamReset.message` of a stream refused because the peer already had its limit open."""
 
 
 class H2Connection:
@@ -78,19 +84,7 @@ class H2Connection:
         self._goaway_received = False
         self._flow = FlowControl(s)
         self._peer_max_frame_size = fr.MIN_MAX_FRAME_SIZE
-        self._peer_max_streams = fr.MAX_STREAM_ID  # unlimited until the peer says otherwise
-        self._handlers: dict[int, Callable[[int, int, fr.Payload], None]] = {
-            fr.DATA: self._on_data,
-            fr.HEADERS: self._on_headers,
-            fr.CONTINUATION: self._on_continuation,
-            fr.SETTINGS: self._on_settings,
-            fr.WINDOW_UPDATE: self._on_window_update,
-            fr.RST_STREAM: self._on_rst_stream,
-            fr.PING: self._on_ping,
-            fr.GOAWAY: self._on_goaway,
-            fr.PRIORITY: self._on_priority,
-            fr.PUSH_PROMISE: self._on_push_promise,
-        }
+        self._peer_max_streams = ASSUMED_PEER_MAX_STREAMS
 
     # ----- bytes out, bytes in -----
 
@@ -117,7 +111,7 @@ class H2Connection:
         events: list[Event] = []
         self._events = events
         try:
-            handlers = self._handlers
+            handlers = _HANDLERS
             on_data = self._on_data
             for frame_type, flags, stream_id, payload in self._reader.feed(data):
                 if frame_type == 0 and self._ready:  # DATA: the data path, checked first
@@ -129,7 +123,7 @@ class H2Connection:
                     raise ProtocolError(ErrorCode.PROTOCOL_ERROR, f"frame type 0x{frame_type:x} inside a header block")
                 handler = handlers.get(frame_type)
                 if handler is not None:  # unknown frame types are ignored (RFC 9113 5.5)
-                    handler(flags, stream_id, payload)
+                    handler(self, flags, stream_id, payload)
         except ProtocolError:
             self._dead = True
             self._table.clear()
@@ -144,6 +138,11 @@ class H2Connection:
         if not self.client or self._goaway_sent or self._goaway_received or self._dead:
             return 0
         return max(0, min(self._peer_max_streams - self._table.open_local, self._table.ids_left()))
+
+    @property
+    def peer_settings_received(self) -> bool:
+        """Whether the peer's first SETTINGS arrived: its preface is complete and its limits are known."""
+        return self._peer_settings_seen
 
     @property
     def open_streams(self) -> int:
@@ -342,7 +341,7 @@ class H2Connection:
             self._send_reset(stream_id, ErrorCode.REFUSED_STREAM, "stream opened after our GOAWAY")
             return
         if self._table.open_remote >= self.settings.max_concurrent_streams:
-            self._send_reset(stream_id, ErrorCode.REFUSED_STREAM, "SETTINGS_MAX_CONCURRENT_STREAMS reached")
+            self._send_reset(stream_id, ErrorCode.REFUSED_STREAM, STREAM_LIMIT_REACHED)
             return
         try:
             if self_dependent:
@@ -415,7 +414,10 @@ class H2Connection:
             self._flow.local_settings_acked(self._table)
             self._events.append(SettingsAcked())
             return
-        for ident, value in fr.parse_settings(payload):
+        values = fr.parse_settings(payload)
+        if not self._peer_settings_seen and all(ident != fr.SETTINGS_MAX_CONCURRENT_STREAMS for ident, _ in values):
+            self._peer_max_streams = fr.MAX_STREAM_ID  # not advertised: unlimited (RFC 9113 6.5.2)
+        for ident, value in values:
             check_peer_setting(ident, value, self.client)
             if ident == fr.SETTINGS_HEADER_TABLE_SIZE:
                 # We may use less than the peer allows; 4096 bounds our memory per connection.
@@ -488,3 +490,20 @@ class H2Connection:
         st.local_closed = True
         if st.remote_closed:
             self._table.forget(st)
+
+
+# Per class, not per connection: a table of bound methods on each connection would be a reference cycle
+# (connection -> table -> method -> connection), so a closed connection, its HPACK tables and everything
+# holding it (its TLS transport too) would wait for the cyclic garbage collector instead of being freed at once.
+_HANDLERS: dict[int, Callable[[H2Connection, int, int, fr.Payload], None]] = {
+    fr.DATA: H2Connection._on_data,
+    fr.HEADERS: H2Connection._on_headers,
+    fr.CONTINUATION: H2Connection._on_continuation,
+    fr.SETTINGS: H2Connection._on_settings,
+    fr.WINDOW_UPDATE: H2Connection._on_window_update,
+    fr.RST_STREAM: H2Connection._on_rst_stream,
+    fr.PING: H2Connection._on_ping,
+    fr.GOAWAY: H2Connection._on_goaway,
+    fr.PRIORITY: H2Connection._on_priority,
+    fr.PUSH_PROMISE: H2Connection._on_push_promise,
+}

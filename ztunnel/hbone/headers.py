@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from hpack import Decoder, HPACKError
 
+from meshlet_contracts.identity import IdentityError, parse_port
 from ztunnel.hbone import frames as fr
 from ztunnel.hbone.errors import ErrorCode, ProtocolError
 
@@ -71,10 +72,19 @@ def response(status: int, headers: Iterable[tuple[str, str]]) -> list[tuple[str,
 def check_authority(authority: str) -> None:
     """Raise `MalformedHeadersError` unless `authority` is `host:port` (IPv6 hosts in brackets)."""
     host, sep, port = authority.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # The port parser inbound uses: ASCII digits only (isdigit() also takes '٨٠٨٠', which int() reads as 8080).
+    if not sep or not host or not _is_port(port):
         raise MalformedHeadersError(f"CONNECT authority {authority!r} is not host:port")
     if host.startswith("[") != host.endswith("]") or any(c in host for c in " @/\t"):
         raise MalformedHeadersError(f"CONNECT authority {authority!r} has an invalid host")
+
+
+def _is_port(text: str) -> bool:
+    try:
+        parse_port(text)
+    except IdentityError:
+        return False
+    return True
 
 
 def parse_request(fields: Sequence[tuple[bytes, bytes]]) -> Request:

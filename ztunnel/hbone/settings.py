@@ -22,8 +22,9 @@ class H2Settings:
     """Receive window shared by all streams, raised from 65535 by a WINDOW_UPDATE at start."""
     max_frame_size: int = fr.MIN_MAX_FRAME_SIZE
     """Largest frame payload we accept (SETTINGS_MAX_FRAME_SIZE)."""
-    max_concurrent_streams: int = 1000
-    """Streams the peer may have open at once; more are refused with REFUSED_STREAM."""
+    max_concurrent_streams: int = 100
+    """Streams the peer may have open at once; more are refused with REFUSED_STREAM. 100 as Istio's ztunnel:
+    each inbound stream holds a socket to the app, so this bounds what one connection takes of the fds."""
     max_header_list_size: int = 64 * 1024
     """Largest decoded header list we accept (SETTINGS_MAX_HEADER_LIST_SIZE)."""
 

@@ -94,13 +94,15 @@ class IdentityManager:
             return cert
         return await self._fetch(spiffe_id)
 
-    def _fetch(self, spiffe_id: str) -> asyncio.Task[WorkloadCertificate]:
+    async def _fetch(self, spiffe_id: str) -> WorkloadCertificate:
         task = self._fetches.get(spiffe_id)
         if task is None:  # one request per identity, however many connections wait for it
             task = asyncio.create_task(self._request(spiffe_id), name=f"csr-{spiffe_id}")
             self._fetches[spiffe_id] = task
             task.add_done_callback(lambda _: self._fetches.pop(spiffe_id, None))
-        return task
+        # The request is shared: a waiter that is cancelled (its connection closed, a pod removed) must
+        # stop waiting without cancelling the request for every other waiter, so each waits on a shield.
+        return await asyncio.shield(task)
 
     async def _request(self, spiffe_id: str) -> WorkloadCertificate:
         key_pem, csr_pem = await asyncio.to_thread(new_csr, spiffe_id)  # key generation is CPU work

@@ -1,8 +1,11 @@
 """ztunnel's ZDS client: connects to the agent's socket, applies each message, acks it.
 
 Each message is acked after it has been applied (listeners open, or closed), with the error when it
-could not be, so the agent's view (`pending` until acked) is exact. The client reconnects with backoff
-when the agent restarts; on every connect the agent replays its pods and ends with `snapshot_sent`.
+could not be, so the agent's view (`pending` until acked) is exact. Whatever goes wrong applying one
+message (a bad fd, a pod nobody knows, a bug) is that message's error: acked, logged once, counted in
+`errors`; the stream goes on. The client reconnects with backoff when the agent restarts, and after any
+unexpected failure of a session: it never stops following the agent until `stop`. On every connect the
+agent replays its pods and ends with `snapshot_sent`.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import random
 import socket
 from pathlib import Path
 
+from ztunnel.identity.manager import IdentityError
 from ztunnel.inpod import protocol
 from ztunnel.inpod.manager import WorkloadManager
 
@@ -29,6 +33,9 @@ class ZdsClient:
         self.manager = manager
         self.backoff_max = backoff_max
         self.connected = False
+        self.errors = 0
+        """Messages that could not be applied (each acked with its error), since start."""
+        self.last_error: str | None = None
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -39,6 +46,10 @@ class ZdsClient:
                 delay = 0.1
             except (OSError, protocol.ZdsError) as exc:
                 log.warning("ZDS connection to %s failed: %s; retrying", self.path, exc)
+            except Exception:
+                # A bug must not leave ztunnel ready but deaf to pod changes: reconnect (the agent then
+                # replays every pod), with backoff so a failure that repeats does not spin.
+                log.exception("ZDS session with %s failed unexpectedly; reconnecting", self.path)
             finally:
                 self.connected = False
             with contextlib.suppress(TimeoutError):
@@ -78,9 +89,18 @@ class ZdsClient:
             elif kind == "snapshot_sent":
                 self.manager.snapshot_done()
             return None
-        except (OSError, protocol.ZdsError) as exc:
-            log.error("could not apply %s for %s: %s", kind, uid, exc)
-            return f"{type(exc).__name__}: {exc}"
+        except (OSError, protocol.ZdsError, IdentityError) as exc:  # the pod's problem, said in the message
+            return self._failed(kind, uid, f"{type(exc).__name__}: {exc}")
+        except Exception as exc:  # a bug: still this message's error only, but worth its traceback
+            log.exception("applying %s for %s failed", kind, uid)
+            return self._failed(kind, uid, f"{type(exc).__name__}: {exc}", logged=True)
         finally:
             for fd in fds:
                 os.close(fd)
+
+    def _failed(self, kind: object, uid: str, error: str, logged: bool = False) -> str:
+        self.errors += 1
+        self.last_error = f"{kind} {uid}: {error}"
+        if not logged:
+            log.error("could not apply %s for %s: %s", kind, uid, error)
+        return error

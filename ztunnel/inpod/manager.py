@@ -1,8 +1,11 @@
 """Which pods ztunnel serves: one `PodListeners` per workload uid, from ZDS messages.
 
-`add` and `keep` open the pod's listeners (keep of a pod already served changes nothing), `del` closes
-them, and after a reconnect `snapshot_sent` closes every pod the agent did not replay. The netns fd
-each message carries is owned here from then on: kept while the pod is served, closed with it.
+`add` and `keep` open the pod's listeners (keep of a pod already served in the same netns changes
+nothing; in another netns, the pod's was recreated, so its listeners move there), `del` closes them,
+and after a reconnect `snapshot_sent` closes every pod the agent did not replay. The netns fd each
+message carries is owned here from then on: kept while the pod is served, closed with it. A pod whose
+hook fails (`pod_added` raises) is not served at all: nothing of it stays open, and the error is the
+message's.
 """
 
 from __future__ import annotations
@@ -41,6 +44,9 @@ class WorkloadManager:
         """Serve `uid` (add or keep); takes ownership of `netns_fd`."""
         if self._replayed is not None:
             self._replayed.add(uid)
+        if uid in self.pods and not _same_netns(self.pods[uid][1].netns_fd, netns_fd):
+            log.info("the netns of %s changed; moving its listeners to the new one", uid)
+            self.delete(uid)
         if uid in self.pods:
             os.close(netns_fd)  # already listening in that pod: the earlier fd serves
             if info is not None:
@@ -52,9 +58,17 @@ class WorkloadManager:
             os.close(netns_fd)
             raise
         self.pods[uid] = (info, listeners)
-        log.info("serving %s", info and f"{info.namespace}/{info.name}" or uid)
         if self.hooks is not None:
-            self.hooks.pod_added(uid, info, listeners)
+            try:
+                self.hooks.pod_added(uid, info, listeners)
+            except BaseException:
+                # Not served after all: whatever the hook set up, the listeners and the fd must not stay.
+                del self.pods[uid]
+                self.hooks.pod_removed(uid)
+                listeners.close()
+                os.close(netns_fd)
+                raise
+        log.info("serving %s", info and f"{info.namespace}/{info.name}" or uid)
 
     def delete(self, uid: str) -> None:
         entry = self.pods.pop(uid, None)
@@ -79,3 +93,9 @@ class WorkloadManager:
     def close(self) -> None:
         for uid in list(self.pods):
             self.delete(uid)
+
+
+def _same_netns(a: int, b: int) -> bool:
+    """Whether two netns fds name one netns (nsfs: the same device and inode)."""
+    sa, sb = os.fstat(a), os.fstat(b)
+    return (sa.st_dev, sa.st_ino) == (sb.st_dev, sb.st_ino)

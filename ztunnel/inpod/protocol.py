@@ -23,6 +23,8 @@ import socket
 from dataclasses import dataclass
 from typing import Any
 
+from meshlet_contracts.identity import IdentityError, check_namespace, check_service_account
+
 VERSION = 1
 MAX_MESSAGE = 64 * 1024
 MESSAGE_TYPES = ("hello", "add_workload", "keep_workload", "del_workload", "snapshot_sent", "ack")
@@ -49,9 +51,15 @@ class WorkloadInfo:
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> WorkloadInfo:
         try:
-            return cls(str(d["name"]), str(d["namespace"]), str(d["serviceAccount"]), tuple(map(str, d["ips"])))
+            info = cls(str(d["name"]), str(d["namespace"]), str(d["serviceAccount"]), tuple(map(str, d["ips"])))
         except (KeyError, TypeError) as exc:
             raise ZdsError(f"workload info lacks a field: {exc}") from None
+        try:  # they make the pod's SPIFFE ID: refused here, for this one message, rather than when serving it
+            check_namespace(info.namespace)
+            check_service_account(info.service_account)
+        except IdentityError as exc:
+            raise ZdsError(f"workload info: {exc}") from None
+        return info
 
 
 def encode(message: dict[str, Any]) -> bytes:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ztunnel.identity.manager import IdentityManager
 from ztunnel.metrics import UNKNOWN, Metrics, Peer
+from ztunnel.proxy.limits import HboneLimits, PeerLoad
 from ztunnel.proxy.origdst import OriginalDestination
 from ztunnel.proxy.pool import HbonePool
 from ztunnel.proxy.relay import TcpSide, Tunnel
@@ -49,12 +50,24 @@ class ProxyContext:
     index: MeshIndex = field(default_factory=MeshIndex)
     tls: TlsContexts = field(default_factory=TlsContexts)
     pool: HbonePool | None = None
+    limits: HboneLimits = field(default_factory=HboneLimits)
+    """What one HBONE connection and one peer may hold of this node (streams, connections, timeouts)."""
+    peer_load: PeerLoad = field(default_factory=PeerLoad)
+    """What each source identity and source IP holds now, checked against `limits`."""
     pods: dict[str, ServedPod] = field(default_factory=dict)
     pods_by_ip: dict[str, ServedPod] = field(default_factory=dict)
     tunnels: set[Tunnel] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     """Connection set-up tasks, referenced until done (asyncio keeps only weak references)."""
     draining: bool = False
+    config_loaded: asyncio.Event = field(default_factory=asyncio.Event)
+    """Set once `index` holds a complete config (from control, or a verified cached copy). Until then no
+    in-pod connection is forwarded: without config an enrolled destination looks like one outside the mesh,
+    and passing it through would put the app's bytes on the wire in plaintext."""
+    config_source: str = ""
+    """Where the held config came from: "control", "cache" (the verified last good copy) or "" (none yet)."""
+    config_wait: float = 3.0
+    """Seconds a connection accepted before any config waits for one before it is refused."""
     origdst: OriginalDestination = field(default_factory=lambda: OriginalDestination(None))
 
     def __post_init__(self) -> None:
@@ -65,6 +78,17 @@ class ProxyContext:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
+
+    async def has_config(self) -> bool:
+        """True once config is held; waits up to `config_wait` for it first (a restart's first moments)."""
+        if self.config_loaded.is_set():
+            return True
+        try:
+            async with asyncio.timeout(self.config_wait):
+                await self.config_loaded.wait()
+        except TimeoutError:
+            return False
+        return True
 
     def count_error(self, direction: str, reason: str, detail: object) -> None:
         """Count a failed connection and log it once (at the place it failed)."""

@@ -5,7 +5,13 @@ to the streams, and writes out what the connection queued, once per read. A `Str
 stream as a relay `Side`: writes become DATA frames as far as the flow-control windows allow (the rest
 waits for a WINDOW_UPDATE while its TCP peer is paused), and received data is acknowledged to the peer
 only once the TCP side can take more, so HTTP/2 flow control is the tunnel's backpressure end to end.
-Errors stay per stream: a reset stream resets its TCP peer; only a broken connection ends them all.
+Errors stay per stream: a reset stream resets its TCP peer; only a broken connection ends them all. That
+holds for our own bugs too: an exception while handling one stream's event resets that stream
+(INTERNAL_ERROR) and its tunnel, and the other streams carry on. Every failure is counted in
+`meshlet_connection_errors_total` and logged, the first of each reason per connection at INFO (ERROR with
+a traceback for a bug), the rest at DEBUG, so a peer flooding refused streams cannot flood the log.
+A server connection may be given a preface timeout (no HTTP/2 preface and SETTINGS within it after the
+TLS handshake: aborted) and an idle timeout (no stream for that long: GOAWAY and close).
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from collections.abc import Callable
 from typing import cast
 
 from ztunnel.hbone import (
+    STREAM_LIMIT_REACHED,
     ConnectionTerminated,
     DataReceived,
     ErrorCode,
@@ -29,6 +36,7 @@ from ztunnel.hbone import (
     StreamStateError,
     WindowUpdated,
 )
+from ztunnel.metrics import Metrics
 from ztunnel.proxy.relay import WRITE_HIGH_WATER, Side, Tunnel
 
 log = logging.getLogger(__name__)
@@ -179,9 +187,17 @@ class HboneConnection(asyncio.Protocol):
         on_request: RequestHandler | None = None,
         on_lost: Callable[[HboneConnection], None] | None = None,
         settings: H2Settings | None = None,
+        metrics: Metrics | None = None,
+        preface_timeout: float | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.h2 = H2Connection(client, settings)
         self.client = client
+        self.direction = "outbound" if client else "inbound"
+        self.metrics = metrics
+        """Where this connection's failures are counted, by (direction, reason); None counts nothing."""
+        self.preface_timeout = preface_timeout
+        self.idle_timeout = idle_timeout
         self.on_request = on_request
         self.on_lost = on_lost
         self.transport: asyncio.Transport | None = None
@@ -193,6 +209,11 @@ class HboneConnection(asyncio.Protocol):
         self.peer_identity = ""
         self._flush_scheduled = False
         self.on_idle: Callable[[HboneConnection], None] | None = None
+        self._preface_pending = True  # until the peer's SETTINGS arrived: checked once per read
+        self._settings_waiters: list[asyncio.Future[None]] = []
+        self._timer: asyncio.TimerHandle | None = None  # the preface timeout, then the idle check
+        self._idle_since = 0.0
+        self._logged: set[str] | None = None  # reasons logged at INFO on this connection (made on first use)
 
     # ----- asyncio.Protocol -----
 
@@ -201,46 +222,63 @@ class HboneConnection(asyncio.Protocol):
         self.transport = transport = cast(asyncio.Transport, transport)
         transport.set_write_buffer_limits(high=WRITE_HIGH_WATER)
         self.flush()  # the preface
+        if self.preface_timeout is not None:
+            self._timer = asyncio.get_running_loop().call_later(self.preface_timeout, self._preface_expired)
 
     def data_received(self, data: bytes) -> None:
         h2 = self.h2
         try:
             events = h2.receive_data(data)
         except ProtocolError as exc:
-            log.warning("HBONE connection broken by the peer: %s", exc)
+            self.count_error(f"h2_{_code_name(exc.error_code)}", f"connection broken by the peer: {exc}")
             h2.close(exc.error_code, str(exc))
             self.flush()
             if self.transport is not None:
                 self.transport.close()
             return
+        if self._preface_pending and h2.peer_settings_received:
+            self._preface_done()
         streams = self.streams
         for ev in events:
             kind = type(ev)
-            if kind is DataReceived:
-                side = streams.get(ev.stream_id)  # type: ignore[attr-defined]
-                if side is None:
-                    h2.acknowledge_received(ev.stream_id, ev.flow_controlled_length)  # type: ignore[attr-defined]
-                else:
-                    side.deliver(ev.data, ev.flow_controlled_length)  # type: ignore[attr-defined]
-            elif kind is WindowUpdated:
-                if ev.stream_id == 0:  # type: ignore[attr-defined]
-                    for side in list(streams.values()):
+            try:  # free unless raised (3.11+): one guard per event keeps a bug to its stream
+                if kind is DataReceived:
+                    side = streams.get(ev.stream_id)  # type: ignore[attr-defined]
+                    if side is None:
+                        h2.acknowledge_received(ev.stream_id, ev.flow_controlled_length)  # type: ignore[attr-defined]
+                    else:
+                        side.deliver(ev.data, ev.flow_controlled_length)  # type: ignore[attr-defined]
+                elif kind is WindowUpdated:
+                    if ev.stream_id == 0:  # type: ignore[attr-defined]
+                        for side in list(streams.values()):
+                            try:
+                                side.window_opened()
+                            except Exception as exc:
+                                self.stream_failed(side.stream_id, exc)
+                    elif (side := streams.get(ev.stream_id)) is not None:  # type: ignore[attr-defined]
                         side.window_opened()
-                elif (side := streams.get(ev.stream_id)) is not None:  # type: ignore[attr-defined]
-                    side.window_opened()
-            elif kind is RequestReceived and self.on_request is not None:
-                self.on_request(self, ev)  # type: ignore[arg-type]
-            elif kind is ResponseReceived:
-                fut = self.responses.pop(ev.stream_id, None)  # type: ignore[attr-defined]
-                if fut is not None and not fut.done():
-                    fut.set_result(ev.status)  # type: ignore[attr-defined]
-            elif kind is StreamEnded:
-                if (side := streams.get(ev.stream_id)) is not None:  # type: ignore[attr-defined]
-                    side.remote_ended()
-            elif kind is StreamReset:
-                self._stream_reset(ev.stream_id)  # type: ignore[attr-defined]
-            elif kind is ConnectionTerminated:
-                self.goaway = True
+                elif kind is RequestReceived and self.on_request is not None:
+                    self.on_request(self, ev)  # type: ignore[arg-type]
+                elif kind is ResponseReceived:
+                    fut = self.responses.pop(ev.stream_id, None)  # type: ignore[attr-defined]
+                    if fut is not None and not fut.done():
+                        fut.set_result(ev.status)  # type: ignore[attr-defined]
+                elif kind is StreamEnded:
+                    if (side := streams.get(ev.stream_id)) is not None:  # type: ignore[attr-defined]
+                        side.remote_ended()
+                elif kind is StreamReset:
+                    if not ev.remote:  # type: ignore[attr-defined]
+                        self._count_reset(ev)  # type: ignore[arg-type]
+                    self._stream_reset(ev.stream_id)  # type: ignore[attr-defined]
+                elif kind is ConnectionTerminated:
+                    self.goaway = True
+                    if ev.error_code != ErrorCode.NO_ERROR:  # type: ignore[attr-defined]
+                        self.count_error(
+                            f"h2_peer_{_code_name(ev.error_code)}",  # type: ignore[attr-defined]
+                            f"GOAWAY from the peer: {bytes(ev.debug[:200])!r}",  # type: ignore[attr-defined]
+                        )
+            except Exception as exc:
+                self.stream_failed(getattr(ev, "stream_id", 0), exc)
         self.flush()
 
     def pause_writing(self) -> None:
@@ -257,6 +295,8 @@ class HboneConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
+        self._cancel_timer()
+        self._wake_settings_waiters()
         for fut in self.responses.values():
             if not fut.done():
                 fut.set_exception(ConnectionResetError("HBONE connection lost"))
@@ -291,6 +331,53 @@ class HboneConnection(asyncio.Protocol):
             self.transport.write(b"".join(bufs))
         else:
             self.transport.writelines(bufs)
+
+    def count_error(self, reason: str, detail: str, exc: BaseException | None = None) -> None:
+        """Count a failure on this connection and log it: the first of each reason per connection at INFO
+        (ERROR with the traceback when `exc`, a bug, is given), later ones at DEBUG."""
+        if self.metrics is not None:
+            self.metrics.errors[(self.direction, reason)] += 1
+        if self._logged is None:
+            self._logged = set()
+        first = reason not in self._logged
+        if first:
+            self._logged.add(reason)
+        level = (logging.ERROR if exc is not None else logging.INFO) if first else logging.DEBUG
+        peer = self.peer_identity or "an unidentified peer"
+        log.log(level, "%s HBONE connection with %s (%s): %s", self.direction, peer, reason, detail, exc_info=exc)
+
+    def stream_failed(self, stream_id: int, exc: Exception) -> None:
+        """A bug while handling one stream's event: reset that stream (INTERNAL_ERROR) and end its tunnel;
+        the connection and its other streams carry on."""
+        self.count_error("internal", f"handling stream {stream_id} failed: {exc!r}", exc)
+        if stream_id == 0:
+            return  # a connection-level event: there is no stream to reset
+        self.h2.reset_stream(stream_id, ErrorCode.INTERNAL_ERROR)
+        fut = self.responses.pop(stream_id, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(ConnectionResetError(f"stream {stream_id} failed in this proxy"))
+        side = self.streams.get(stream_id)
+        if side is None:
+            return
+        try:
+            side.abort()  # the H2 stream is gone already: this ends the side and resets its tunnel's peer
+        except Exception:
+            log.exception("cleaning up failed stream %d", stream_id)
+            side.closed = True
+            self.streams.pop(stream_id, None)
+
+    @property
+    def settings_known(self) -> bool:
+        """Whether the peer's first SETTINGS arrived, so `usable` reflects its real stream limit."""
+        return not self._preface_pending
+
+    async def settings_received(self) -> None:
+        """Return once the peer's first SETTINGS arrived (its stream limit is known) or the connection ended."""
+        if not self._preface_pending or self.lost:
+            return
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._settings_waiters.append(fut)
+        await fut
 
     @property
     def usable(self) -> bool:
@@ -332,16 +419,71 @@ class HboneConnection(asyncio.Protocol):
         fut = self.responses.pop(side.stream_id, None)
         if fut is not None and not fut.done():
             fut.set_exception(ConnectionResetError("stream reset before the response"))
-        if not self.streams and self.on_idle is not None:
-            self.on_idle(self)
+        if not self.streams:
+            self._idle_since = asyncio.get_running_loop().time()
+            if self.on_idle is not None:
+                self.on_idle(self)
 
-    def close(self) -> None:
+    def close(self, error_code: int = ErrorCode.NO_ERROR, message: str = "") -> None:
         """GOAWAY then close: streams in flight end with the connection."""
+        self._cancel_timer()
         if self.lost or self.transport is None:
             return
-        self.h2.close(ErrorCode.NO_ERROR)
+        self.h2.close(error_code, message)
         self.flush()
         self.transport.close()
+
+    # ----- timeouts and accounting -----
+
+    def _preface_done(self) -> None:
+        self._preface_pending = False
+        self._wake_settings_waiters()
+        self._cancel_timer()
+        if self.idle_timeout is not None and not self.lost:
+            loop = asyncio.get_running_loop()
+            self._idle_since = loop.time()
+            self._timer = loop.call_later(self.idle_timeout, self._idle_check)
+
+    def _preface_expired(self) -> None:
+        self._timer = None
+        if self.lost or self.transport is None or not self._preface_pending:
+            return
+        self.count_error("preface_timeout", f"no HTTP/2 preface within {self.preface_timeout:g}s of the handshake")
+        self.transport.abort()  # nothing was said in HTTP/2, so nothing is owed: free the socket now
+
+    def _idle_check(self) -> None:
+        # One timer per connection, re-armed lazily: streams starting and ending only note the time.
+        self._timer = None
+        if self.lost or self.transport is None or self.idle_timeout is None:
+            return
+        loop = asyncio.get_running_loop()
+        wait = self.idle_timeout
+        if not self.streams:
+            wait = self._idle_since + self.idle_timeout - loop.time()
+            if wait <= 0:
+                log.debug("closing HBONE connection with %s: no stream for %gs", self.peer_identity, self.idle_timeout)
+                self.close()
+                return
+        self._timer = loop.call_later(wait, self._idle_check)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _wake_settings_waiters(self) -> None:
+        waiters, self._settings_waiters = self._settings_waiters, []
+        for fut in waiters:
+            if not fut.done():
+                fut.set_result(None)
+
+    def _count_reset(self, ev: StreamReset) -> None:
+        """A stream we reset because of the peer: a stream refused at our limit, or a stream error."""
+        if ev.error_code == ErrorCode.REFUSED_STREAM and ev.message == STREAM_LIMIT_REACHED:
+            reason = "stream_limit"
+        else:
+            reason = f"h2_stream_{_code_name(ev.error_code)}"
+        self.count_error(reason, f"stream {ev.stream_id} reset: {ev.message}")
 
     def _stream_reset(self, stream_id: int) -> None:
         fut = self.responses.pop(stream_id, None)
@@ -350,3 +492,12 @@ class HboneConnection(asyncio.Protocol):
         side = self.streams.get(stream_id)
         if side is not None:
             side.remote_reset()
+
+
+def _code_name(code: int) -> str:
+    """An HTTP/2 error code as a metric label, `protocol_error`; a peer's code outside RFC 9113 is `unknown`
+    (never the number: a peer choosing codes must not choose how many series there are)."""
+    try:
+        return ErrorCode(code).name.lower()
+    except ValueError:
+        return "unknown"

@@ -6,6 +6,7 @@ app from inside the pod's netns with the caller's IP as source (IP_TRANSPARENT),
 logs see who called; the reply 200 opens the tunnel, 401 refuses it, 503 says the app refused.
 Plaintext: PeerAuthentication decides whether it is accepted at all (STRICT refuses), then the same
 authorization applies with no identity. `deliver` is also the same-node path of outbound connections.
+Neither serves before ztunnel holds config (policies unknown), nor to ztunnel's own ports (a self-loop).
 """
 
 from __future__ import annotations
@@ -13,8 +14,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+from typing import cast
 
-from ztunnel.hbone import RequestReceived
+from meshlet_contracts.identity import IdentityError, parse_port
+from meshlet_contracts.ports import RESERVED_PORTS
+from ztunnel.hbone import ErrorCode, RequestReceived
 from ztunnel.metrics import tcp_labels
 from ztunnel.proxy import sockets
 from ztunnel.proxy.context import Accepted, ProxyContext, ServedPod, peer_of
@@ -49,16 +53,35 @@ async def deliver(ctx: ProxyContext, pod: ServedPod, source_ip: str, ip: str, po
 
 
 class InboundHbone(HboneConnection):
-    """A 15008 connection into one pod: checks the client's identity, then serves its CONNECT streams."""
+    """A 15008 connection into one pod: checks the client's identity, then serves its CONNECT streams.
+
+    What one peer (source identity, source IP) holds is bounded by `ctx.limits` (see `limits.py`): a
+    connection over its limit is told GOAWAY(ENHANCE_YOUR_CALM) and closed, a stream over it is refused.
+    """
 
     def __init__(self, ctx: ProxyContext, pod: ServedPod) -> None:
-        super().__init__(client=False, on_request=self._request)
+        limits = ctx.limits
+        super().__init__(
+            client=False,
+            on_request=_request_of_inbound,  # not self._request: a connection holding its own bound method is a cycle
+            settings=limits.h2_settings,
+            metrics=ctx.metrics,
+            preface_timeout=limits.preface_timeout,
+            idle_timeout=limits.idle_timeout,
+        )
         self.ctx = ctx
         self.pod = pod
         self.source_ip = ""
         self.rejected = False
+        self.admitted = False
+        """Counted in `ctx.peer_load` (released when the connection ends)."""
+        self.handshake_check: asyncio.TimerHandle | None = None
+        """Counts a failed TLS handshake (`serving.py`); cancelled once the handshake completed."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.handshake_check is not None:  # the handshake completed: nothing to count
+            self.handshake_check.cancel()
+            self.handshake_check = None
         try:
             self.peer_identity = peer_identity(transport.get_extra_info("ssl_object"), self.ctx.trust_domain)
         except (PeerIdentityError, ssl.SSLError) as exc:
@@ -69,16 +92,50 @@ class InboundHbone(HboneConnection):
         peer = transport.get_extra_info("peername")
         self.source_ip = peer[0] if peer else ""
         super().connection_made(transport)
+        ctx, limit = self.ctx, self.ctx.limits.max_connections_per_peer
+        over = ctx.peer_load.admit_connection(self.peer_identity, self.source_ip, limit)
+        if over is not None:
+            self.rejected = True
+            self.count_error("peer_connection_limit", f"{over} has {limit} HBONE connections open already")
+            self.close(ErrorCode.ENHANCE_YOUR_CALM, "too many connections from this peer")
+            return
+        self.admitted = True
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(exc)  # ends the streams, which releases them
+        if self.admitted:
+            self.admitted = False
+            self.ctx.peer_load.release_connection(self.peer_identity, self.source_ip)
+
+    def stream_done(self, side: StreamSide) -> None:
+        super().stream_done(side)
+        self.ctx.peer_load.release_stream(self.peer_identity, self.source_ip)  # every accepted side was admitted
 
     def _request(self, conn: HboneConnection, ev: RequestReceived) -> None:
-        ctx = self.ctx
+        ctx, limit = self.ctx, self.ctx.limits.max_streams_per_peer
+        over = ctx.peer_load.admit_stream(self.peer_identity, self.source_ip, limit)
+        if over is not None:
+            # REFUSED_STREAM: not processed, so the client may safely retry it, later or elsewhere.
+            self.count_error("peer_stream_limit", f"{over} has {limit} streams open already")
+            self.h2.reset_stream(ev.stream_id, ErrorCode.REFUSED_STREAM)
+            return
         tunnel = Tunnel("inbound", ctx.metrics, ctx.tunnels, f"{self.source_ip} -> {ev.authority}")
         side = self.accept(ev.stream_id, tunnel)
         tunnel.downstream = side
         if ctx.draining:
             self.respond(ev.stream_id, 503)
             return
-        ctx.spawn(self._serve(side, tunnel, ev.authority), name=f"inbound-{tunnel.id}")
+        ctx.spawn(self._serve_guarded(side, tunnel, ev.authority), name=f"inbound-{tunnel.id}")
+
+    async def _serve_guarded(self, side: StreamSide, tunnel: Tunnel, authority: str) -> None:
+        """`_serve`, with the one guard of this stream: a bug answers 503 (or resets the stream when it was
+        answered already), is counted and logged, and costs this stream only, never a silent hang."""
+        try:
+            await self._serve(side, tunnel, authority)
+        except Exception as exc:
+            self.count_error("internal", f"{self.source_ip} -> {authority}: {exc!r}", exc)
+            self.respond(side.stream_id, 503)
+            side.abort()
 
     async def _serve(self, side: StreamSide, tunnel: Tunnel, authority: str) -> None:
         ctx, pod = self.ctx, self.pod
@@ -87,7 +144,20 @@ class InboundHbone(HboneConnection):
             ctx.count_error("inbound", "wrong_destination", f"{authority} is not an address of {pod.name}")
             self.respond(side.stream_id, 400)
             return
-        port = int(port_text)
+        try:
+            port = parse_port(port_text)  # ASCII digits only: int() would also read '٨٠٨٠' as 8080
+        except IdentityError as exc:
+            ctx.count_error("inbound", "bad_authority", f"{authority!r}: {exc}")
+            self.respond(side.stream_id, 400)
+            return
+        if port in RESERVED_PORTS:
+            ctx.count_error("inbound", "self_loop", f"{authority}: port {port} is ztunnel's, not the app's")
+            self.respond(side.stream_id, 400)
+            return
+        if not await ctx.has_config():
+            ctx.count_error("inbound", "no_config", f"{authority}: no config from control yet")
+            self.respond(side.stream_id, 503)
+            return
         index = ctx.index
         request = Connection(self.source_ip, self.peer_identity, host, port)
         if not allowed(ctx, index, pod, request, "inbound"):
@@ -109,6 +179,13 @@ class InboundHbone(HboneConnection):
         tunnel.established(upstream, labels)
 
 
+def _request_of_inbound(conn: HboneConnection, ev: RequestReceived) -> None:
+    """`InboundHbone._request` as its connection's handler. A plain function: a bound method stored on the
+    connection would be a reference cycle, keeping every closed connection (with its TLS and HPACK state)
+    until a full garbage collection instead of freeing it when its transport lets go."""
+    cast(InboundHbone, conn)._request(conn, ev)
+
+
 class InboundPlaintext(Accepted):
     """A 15006 connection: plaintext from outside the mesh to an enrolled pod."""
 
@@ -125,6 +202,15 @@ class InboundPlaintext(Accepted):
             tunnel.fail()
             return
         tunnel.describe = f"{source_ip} -> {ip}:{port}"
+        if port in RESERVED_PORTS:
+            ctx.count_error("inbound_plaintext", "self_loop", f"{tunnel.describe}: port {port} is ztunnel's")
+            tunnel.fail()
+            return
+        if not await ctx.has_config():
+            # PeerAuthentication and policies are unknown until config arrives: refuse rather than guess.
+            ctx.count_error("inbound_plaintext", "no_config", f"{tunnel.describe}: no config from control yet")
+            tunnel.fail()
+            return
         index = ctx.index
         workload = index.workloads.get(pod.uid)
         mode = mtls_mode(

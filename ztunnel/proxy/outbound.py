@@ -8,6 +8,9 @@ A service VIP resolves to one endpoint (round robin). Then:
   from the source pod's netns, with the source pod's certificate; the server must prove the
   destination's identity;
 - anything else: plaintext passthrough from the pod's netns, as if there were no mesh.
+Nothing is forwarded before ztunnel holds a complete config (a restart's first moments, control away
+with no cached copy): the connection waits briefly, then is reset. ztunnel's own ports are never a
+destination (a self-loop would accept and re-dial itself without end).
 Any failure resets the app's connection (never a clean close) and is counted by reason.
 """
 
@@ -17,6 +20,7 @@ import asyncio
 import logging
 import ssl
 
+from meshlet_contracts.ports import PROXY_PORTS, RESERVED_PORTS
 from ztunnel.identity.manager import IdentityError
 from ztunnel.metrics import tcp_labels
 from ztunnel.proxy import sockets
@@ -49,11 +53,26 @@ class Outbound(Accepted):
             tunnel.fail()
             return
         tunnel.describe = f"{source_ip} -> {ip}:{port}"
+        if port in PROXY_PORTS:
+            # ztunnel's own in-pod listeners: connecting there would be accepted by this very process and
+            # loop through it again, each turn costing two sockets.
+            ctx.count_error("outbound", "self_loop", f"{tunnel.describe}: a ztunnel port is no destination")
+            tunnel.fail()
+            return
+        if not await ctx.has_config():
+            # Without config every destination looks unknown, and unknown means passthrough in plaintext.
+            ctx.count_error("outbound", "no_config", f"{tunnel.describe}: no config from control yet")
+            tunnel.fail()
+            return
         index = ctx.index
         try:
             up = index.resolve(ip, port)
         except NoHealthyEndpoint as exc:
             ctx.count_error("outbound", "no_healthy_endpoint", exc)
+            tunnel.fail()
+            return
+        if up.port in RESERVED_PORTS and up.workload is not None and up.workload.enrolled:
+            ctx.count_error("outbound", "self_loop", f"{tunnel.describe}: port {up.port} is a ztunnel port")
             tunnel.fail()
             return
         source = index.workloads.get(self.pod.uid)
@@ -108,7 +127,7 @@ class Outbound(Accepted):
         async def dial() -> HboneConnection:
             sock = await sockets.connect(pod.netns_fd, up.ip, HBONE_PORT)
             transport, conn = await loop.create_connection(
-                lambda: HboneConnection(client=True),
+                lambda: HboneConnection(client=True, metrics=ctx.metrics),  # its HTTP/2 failures are counted
                 sock=sock,
                 ssl=tls,
                 server_hostname="",

@@ -5,6 +5,13 @@ it because the destination node reads the caller's address from the TLS connecti
 towards the app), so two pods sharing a service account must not share a connection. Concurrent
 callers for a key wait on one handshake; a connection that stays without streams for `idle_timeout`
 is closed with GOAWAY.
+
+A key may need several connections: the peer takes a limited number of concurrent streams on each
+(SETTINGS_MAX_CONCURRENT_STREAMS, 100 by default). Room is checked when `get` returns, never before a
+wait, since callers that waited together resume one after another and each takes a stream; one that
+finds the connection full looks again (another connection, or a new dial). A new connection carries
+one stream until the peer's SETTINGS say how many it takes; other callers wait for them (one round
+trip) rather than open streams the peer may refuse.
 """
 
 from __future__ import annotations
@@ -21,6 +28,10 @@ PoolKey = tuple[str, str, str, str]
 """(source identity, source IP, destination IP, destination identity the handshake verified)."""
 
 
+class NoCapacityError(ConnectionError):
+    """A connection was dialed for a caller but had no room for its stream (the peer refused it at once)."""
+
+
 class HbonePool:
     """HBONE client connections by key."""
 
@@ -34,17 +45,36 @@ class HbonePool:
         self.handshakes = 0
 
     async def get(self, key: PoolKey, dial: Callable[[], Awaitable[HboneConnection]]) -> HboneConnection:
-        """A connection for `key` with room for a stream, dialing one if none has."""
-        for conn in self.conns.get(key, ()):
-            if conn.usable:
-                self._cancel_idle(conn)
-                return conn
-        task = self._dialing.get(key)
-        if task is None:
-            task = asyncio.create_task(self._dial(key, dial), name=f"hbone-dial-{key[2]}")
-            self._dialing[key] = task
-            task.add_done_callback(lambda _: self._dialing.pop(key, None))
-        return await asyncio.shield(task)
+        """A connection for `key` with room for one more stream now, dialing one if none has.
+
+        Open the stream before awaiting anything else: the room is only known to be there at this moment.
+        """
+        while True:
+            unsettled: HboneConnection | None = None
+            for conn in self.conns.get(key, ()):
+                if not conn.usable:
+                    continue
+                if conn.settings_known or not conn.streams:
+                    self._cancel_idle(conn)
+                    return conn
+                unsettled = conn
+            if unsettled is not None:
+                async with asyncio.timeout(self.handshake_timeout):
+                    await unsettled.settings_received()
+                continue
+            task = self._dialing.get(key)
+            if task is None or task.done():  # a finished dial not yet dropped holds nothing more to wait for
+                task = asyncio.create_task(self._dial(key, dial), name=f"hbone-dial-{key[2]}")
+                self._dialing[key] = task
+                task.add_done_callback(lambda t: self._dial_done(key, t))
+            conn = await asyncio.shield(task)
+            if not conn.usable and not conn.streams:
+                # Refused as soon as it was up (lost, GOAWAY): dialing again would most likely go the same way.
+                raise NoCapacityError(f"the new HBONE connection to {key[2]} takes no streams")
+
+    def _dial_done(self, key: PoolKey, task: asyncio.Task[HboneConnection]) -> None:
+        if self._dialing.get(key) is task:
+            del self._dialing[key]
 
     async def _dial(self, key: PoolKey, dial: Callable[[], Awaitable[HboneConnection]]) -> HboneConnection:
         conn = await dial()

@@ -64,6 +64,9 @@ class Tunnel:
 
     def established(self, upstream: Side, *labels: Labels) -> None:
         """The upstream answered: count the connection and start relaying both ways."""
+        if self.finished:  # the downstream ended while the upstream was being connected
+            upstream.abort()
+            return
         assert self.downstream is not None
         self.labels = labels
         for label_set in labels:
@@ -112,6 +115,13 @@ class Tunnel:
                 self.metrics.connection_closed(label_set, sent, received)
             if self.on_finish is not None:
                 self.on_finish(self)
+            # Both sides are closed: unlink them from each other and from the tunnel. Those links are reference
+            # cycles, which would keep every finished connection (sides, transports, buffers) until the cyclic
+            # garbage collector ran; without them it is freed as soon as the event loop lets go of it.
+            for end in (self.downstream, self.upstream):
+                if end is not None:
+                    end.peer = None  # type: ignore[attr-defined]
+            self.downstream = self.upstream = None
 
     def status(self) -> dict[str, object]:
         return {

@@ -342,7 +342,7 @@ def _networks(raw: Mapping[str, Any], key: str) -> tuple[Network, ...]:
 
 
 def _port(value: object, field: str) -> int:
-    if isinstance(value, str) and value.isdigit():
+    if isinstance(value, str) and value.isascii() and value.isdigit():  # isdigit() alone takes '٨٠' and '²'
         value = int(value)
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 65535:
         raise PolicyError(field, f"expected a port number in 1..65535, got {value!r}")

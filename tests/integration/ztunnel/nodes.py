@@ -24,7 +24,7 @@ from typing import Any
 from cryptography import x509
 
 from control.ca import CertificateAuthority
-from ztunnel.hbone import RequestReceived
+from ztunnel.hbone import H2Settings, RequestReceived
 from ztunnel.identity.manager import WorkloadCertificate, new_csr
 from ztunnel.metrics import Metrics, Peer, tcp_labels
 from ztunnel.proxy.hbone import HboneConnection, StreamSide
@@ -106,9 +106,11 @@ class _Node:
 class DestinationNode(_Node):
     """The server's ztunnel on 15008: mTLS, the client's identity, each CONNECT connected to the app."""
 
-    def __init__(self, cert: WorkloadCertificate) -> None:
+    def __init__(self, cert: WorkloadCertificate, settings: H2Settings | None = None) -> None:
         super().__init__()
         self.cert = cert
+        self.settings = settings
+        """What its connections advertise (the default: 100 concurrent streams each)."""
         self.refused_ports: set[int] = set()
         """CONNECTs to these ports are answered 401, as when a policy denies them."""
         self.port = 0
@@ -173,7 +175,7 @@ class _InboundHbone(HboneConnection):
     """One 15008 connection: the client's certificate must carry a workload identity of the trust domain."""
 
     def __init__(self, node: DestinationNode) -> None:
-        super().__init__(client=False, on_request=node.request)
+        super().__init__(client=False, on_request=node.request, settings=node.settings)
         self.node = node
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:

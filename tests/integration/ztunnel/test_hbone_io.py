@@ -413,3 +413,41 @@ async def test_a_server_certificate_from_another_ca_fails_the_handshake(
 
     assert [type(e) for e in source.errors] == [ssl.SSLCertVerificationError]
     assert not impostor.connections and app.accepted == 0
+
+
+async def test_a_burst_above_the_peers_stream_limit_opens_more_connections_and_every_tunnel_works(
+    ca: CertificateAuthority, apps: StartApp
+) -> None:
+    # Callers that arrive together wait for one dial; each must find room on a connection for its stream
+    # (the peer takes `limit` per connection) or wait for another one, never open a stream the peer refuses.
+    limit, count = 10, 45
+    server_settings = H2Settings(max_concurrent_streams=limit)
+    destination = await DestinationNode(workload_certificate(ca, SERVER_ID), server_settings).start()
+    source = SourceNode(workload_certificate(ca, CLIENT_ID), destination.port)
+    all_connected = asyncio.Event()
+
+    async def echo_once_all_are_here(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if app.accepted == count:  # so all tunnels are open at once: the burst needs ceil(45/10) connections
+            all_connected.set()
+        async with asyncio.timeout(TEST_TIMEOUT):
+            await all_connected.wait()
+        await echo(reader, writer)
+
+    app = await apps(echo_once_all_are_here)
+    payloads = [os.urandom(64 * 1024) for _ in range(count)]
+    try:
+        port = await source.listen(app.authority)
+
+        async def one(payload: bytes) -> bytes:
+            async with connect(port) as (reader, writer):
+                return await exchange(reader, writer, payload)
+
+        async with asyncio.timeout(TEST_TIMEOUT):
+            echoed = await asyncio.gather(*(one(p) for p in payloads))
+    finally:
+        await source.close()
+        await destination.close()
+
+    assert [digest(e) for e in echoed] == [digest(p) for p in payloads]
+    assert source.errors == [] and source.statuses == []
+    assert source.pool.handshakes == len(destination.connections) == 5

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from control.model.fields import ObjectKey
-from control.sources.files import FileSource
+from control.sources.base import SourceBatch
+from control.sources.files import MAX_DEPTH, FileSource
 
 NS = "apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n"
 
@@ -98,3 +104,78 @@ def test_unreadable_entry_is_reported_and_the_rest_still_read(tmp_path: Path) ->
     batches = {Path(b.origin).name: b for b in FileSource(tmp_path).scan()}
     assert batches["loop.yaml"].errors[0].startswith("unreadable:")
     assert batches["b.yaml"].upserts[0]["metadata"]["name"] == "two"
+
+
+async def _watch_until(src: FileSource, seen: list[SourceBatch], condition: Callable[[], bool], what: str) -> None:
+    """Run the watcher (as control and the agent do) until `condition` holds; fail after 5 s naming `what`."""
+    task = asyncio.create_task(src.run(seen.extend))
+    try:
+        deadline = asyncio.get_running_loop().time() + 5.0
+        while not condition():
+            if task.done():
+                raise AssertionError(f"the file source stopped ({task.exception()!r}) before {what}")
+            if asyncio.get_running_loop().time() > deadline:
+                raise AssertionError(f"timed out after 5s waiting for {what}")
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.asyncio
+async def test_a_file_nested_3000_deep_is_that_files_error_and_later_files_are_still_read(tmp_path: Path) -> None:
+    (tmp_path / "a.yaml").write_text(NS % "one")
+    src = FileSource(tmp_path, interval=0.01)
+    seen: list[SourceBatch] = []
+    await _watch_until(src, seen, lambda: len(seen) >= 1, "the initial state")
+    (tmp_path / "deep.yaml").write_text("[" * 3000)  # 3 KB: the parser would recurse once per bracket
+    (tmp_path / "b.yaml").write_text(NS % "two")
+    (tmp_path / "a.yaml").write_text(NS % "uno")
+
+    def names() -> set[str]:
+        return {o["metadata"]["name"] for b in seen for o in b.upserts}
+
+    await _watch_until(src, seen, lambda: {"two", "uno"} <= names(), "the files written after the deep one")
+    [deep] = [b for b in seen if b.origin.endswith("deep.yaml")]
+    [reason] = deep.errors
+    assert reason.startswith(f"unreadable YAML: nested deeper than {MAX_DEPTH} levels") and "line 1, column" in reason
+    # And a change after that is still seen.
+    (tmp_path / "c.yaml").write_text(NS % "three")
+    await _watch_until(src, seen, lambda: "three" in names(), "a file written later still")
+
+
+def test_a_megabyte_of_brackets_is_refused_at_once(tmp_path: Path) -> None:
+    (tmp_path / "deep.yaml").write_text("{" * 1_000_000)  # refused at the 101st, the rest never scanned
+    started = time.monotonic()
+    [batch] = FileSource(tmp_path).scan()
+    assert time.monotonic() - started < 5.0
+    assert batch.errors[0].startswith(f"unreadable YAML: nested deeper than {MAX_DEPTH} levels")
+
+
+def test_a_document_nested_too_deep_through_aliases_keeps_its_last_good_version(tmp_path: Path) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text(NS % "one" + "---\n" + NS % "two")
+    src = FileSource(tmp_path)
+    src.scan()
+    half = MAX_DEPTH // 2 + 1  # each part is within the limit as written; the alias stacks them
+    deep = f"a: &a {'[' * half}x{']' * half}\n  b: {'[' * half}*a{']' * half}"
+    path.write_text(NS % "one" + f"spec:\n  {deep}\n---\n" + NS % "two")
+    src.scan()
+    [batch] = src.scan()
+    assert batch.errors == (f"document 1: nested deeper than {MAX_DEPTH} levels, or refers to itself",)
+    assert [o["metadata"]["name"] for o in batch.upserts] == ["two"]
+    assert batch.deletes == ()  # "one" is still named in the file: its last good version stays
+
+
+def test_a_document_that_refers_to_itself_or_is_not_utf8_is_reported(tmp_path: Path) -> None:
+    (tmp_path / "loop.yaml").write_text(NS % "one" + "spec: &a [*a]\n")
+    (tmp_path / "latin1.yaml").write_bytes((NS % "two").encode() + b"# caf\xe9\n")
+    # Aliases share one list under many parents: checking the depth visits each once (this is 2^50 paths).
+    laughs = "".join(f"l{i}: &l{i} [*l{i - 1}, *l{i - 1}]\n" for i in range(1, 50))
+    (tmp_path / "laughs.yaml").write_text(
+        NS % "three" + "spec:\n  l0: &l0 [x]\n" + "".join("  " + s for s in laughs.splitlines(True))
+    )
+    batches = {Path(b.origin).name: b for b in FileSource(tmp_path).scan()}
+    assert batches["loop.yaml"].errors == (f"document 1: nested deeper than {MAX_DEPTH} levels, or refers to itself",)
+    assert batches["latin1.yaml"].errors[0].startswith("unreadable YAML: unacceptable character #x00e9")
+    assert batches["laughs.yaml"].errors == () and batches["laughs.yaml"].upserts[0]["metadata"]["name"] == "three"

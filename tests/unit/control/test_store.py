@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
@@ -9,7 +10,7 @@ import pytest
 from control.model.fields import ObjectKey
 from control.model.mesh import MeshSettings
 from control.sources.base import SourceBatch
-from control.store import ConfigStore
+from control.store import CONVERTERS, ConfigStore
 
 
 def ns(name: str, ambient: bool = False) -> dict[str, Any]:
@@ -151,3 +152,22 @@ def test_finished_pods_give_their_ip_back(store: ConfigStore) -> None:
     done["status"]["phase"] = "Succeeded"
     store.apply([SourceBatch("c.yaml", (done,)), SourceBatch("d.yaml", (pod("new", "10.0.0.7"),))])
     assert "new" in workloads(store) and not store.all_errors()
+
+
+def test_a_converter_failing_on_odd_input_is_that_objects_error(
+    store: ConfigStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = CONVERTERS["Pod"]
+
+    def fragile(raw: Mapping[str, Any]) -> Any:
+        if raw["metadata"]["name"] == "p1":
+            raise RecursionError("maximum recursion depth exceeded")
+        return real(raw)
+
+    monkeypatch.setitem(CONVERTERS, "Pod", fragile)
+    store.apply([SourceBatch("a.yaml", (ns("mesh", ambient=True), ns("plain"), pod("p1", "10.0.0.9"))),
+                 SourceBatch("b.yaml", (pod("p2", "10.0.0.2"),))])  # fmt: skip
+    assert workloads(store)["p1"]["ips"] == ["10.0.0.1"] and "p2" in workloads(store)  # last good; the rest applied
+    [err] = store.all_errors()
+    assert (err.origin, err.object) == ("a.yaml", "Pod mesh/p1")
+    assert err.reason == "unreadable: RecursionError: maximum recursion depth exceeded"
