@@ -64,7 +64,7 @@ def up(lab_id: str, nodes: int, pods_per_node: int, redirect: str, node_daemons:
             state.processes["control"] = mesh.start_control(state)
             state.save()
             for pod in plan.pods:
-                state.processes[f"app/{pod.namespace}/{pod.name}"] = _start_app(state, pod)
+                state.processes[f"app/{pod.namespace}/{pod.name}"] = start_app(state, pod)
                 state.save()
             for pod in plan.pods:
                 _wait_ready(pod, Path(state.processes[f"app/{pod.namespace}/{pod.name}"].log))
@@ -157,32 +157,38 @@ def _build(plan: LabPlan) -> None:
         kernel.sysctl(node.netns, "net.ipv4.ip_forward", "1")
         kernel.cgroup_create(node.cgroup)
     for pod in plan.pods:
-        node = plan.node(pod.node)
-        kernel.netns_add(pod.netns)
-        kernel.ip_batch(
-            [
-                f"link add {pod.node_link} type veth peer name eth0 netns {pod.netns}",
-                f"link set {pod.node_link} master br0 up",
-            ],
-            netns=node.netns,
-        )
-        kernel.ip_batch(
-            [
-                "link set lo up",
-                f"addr add {pod.ip}/24 dev eth0",
-                "link set eth0 up",
-                f"route add default via {node.gateway}",
-            ],
-            netns=pod.netns,
-        )
+        pod_network(plan, pod)
         kernel.cgroup_create(pod.cgroup)
 
 
-def _start_app(state: LabState, pod: PodPlan) -> processes.Started:
+def pod_network(plan: LabPlan, pod: PodPlan) -> None:
+    """The pod's netns, its veth to the node's bridge, its IP and default route (also used by tests that
+    recreate a pod's netns the way a restarted sandbox would)."""
+    node = plan.node(pod.node)
+    kernel.netns_add(pod.netns)
+    kernel.ip_batch(
+        [
+            f"link add {pod.node_link} type veth peer name eth0 netns {pod.netns}",
+            f"link set {pod.node_link} master br0 up",
+        ],
+        netns=node.netns,
+    )
+    kernel.ip_batch(
+        [
+            "link set lo up",
+            f"addr add {pod.ip}/24 dev eth0",
+            "link set eth0 up",
+            f"route add default via {node.gateway}",
+        ],
+        netns=pod.netns,
+    )
+
+
+def start_app(state: LabState, pod: PodPlan, log_suffix: str = "") -> processes.Started:
     argv = processes.python_module(
         "agent.lab.app", "--pod", pod.name, "--namespace", pod.namespace, "--node", pod.node, "--ip", pod.ip
     )
-    log = state.logs / f"app.{pod.namespace}.{pod.name}.log"
+    log = state.logs / f"app.{pod.namespace}.{pod.name}{log_suffix}.log"
     return processes.spawn(argv, pod.netns, pod.cgroup, log)
 
 

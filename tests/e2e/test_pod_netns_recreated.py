@@ -41,27 +41,8 @@ def recreate_netns(lab: Lab, pod_name: str) -> processes.Started:
     # The old netns lives on while the agent and ztunnel hold it: delete the veth explicitly (both ends).
     kernel.ip_batch([f"link delete {pod.node_link}"], netns=node.netns)
     kernel.netns_delete(pod.netns)
-    kernel.netns_add(pod.netns)
-    kernel.ip_batch(
-        [
-            f"link add {pod.node_link} type veth peer name eth0 netns {pod.netns}",
-            f"link set {pod.node_link} master br0 up",
-        ],
-        netns=node.netns,
-    )
-    kernel.ip_batch(
-        [
-            "link set lo up",
-            f"addr add {pod.ip}/24 dev eth0",
-            "link set eth0 up",
-            f"route add default via {node.gateway}",
-        ],
-        netns=pod.netns,
-    )
-    argv = processes.python_module(
-        "agent.lab.app", "--pod", pod.name, "--namespace", pod.namespace, "--node", pod.node, "--ip", pod.ip
-    )
-    app = processes.spawn(argv, pod.netns, pod.cgroup, state.logs / f"app.{pod.namespace}.{pod.name}.again.log")
+    cluster.pod_network(state.plan, pod)
+    app = cluster.start_app(state, pod, ".again")
     wait_for(lambda: cluster.http_get(pod.netns, pod.ip, APP_PORT, "/healthz")[0] == 200, 20, "the app again")
     return app
 

@@ -126,3 +126,19 @@ class Accepted(TcpSide):
 
     async def serve(self) -> None:
         raise NotImplementedError
+
+    async def admitted(self, port: int, refused_ports: frozenset[int]) -> bool:
+        """Checks before any decision about a connection to `port`; on failure it is counted and reset.
+
+        ztunnel's own ports are no destination (connecting there would be accepted by this very process and
+        loop through it again, two sockets a turn); and without config every destination looks unknown,
+        policies are unknown, and unknown would mean passthrough in plaintext."""
+        ctx, tunnel = self.ctx, self.tunnel
+        if port in refused_ports:
+            ctx.count_error(self.direction, "self_loop", f"{tunnel.describe}: port {port} is ztunnel's")
+        elif not await ctx.has_config():
+            ctx.count_error(self.direction, "no_config", f"{tunnel.describe}: no config from control yet")
+        else:
+            return True
+        tunnel.fail()
+        return False

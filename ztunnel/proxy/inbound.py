@@ -202,14 +202,7 @@ class InboundPlaintext(Accepted):
             tunnel.fail()
             return
         tunnel.describe = f"{source_ip} -> {ip}:{port}"
-        if port in RESERVED_PORTS:
-            ctx.count_error("inbound_plaintext", "self_loop", f"{tunnel.describe}: port {port} is ztunnel's")
-            tunnel.fail()
-            return
-        if not await ctx.has_config():
-            # PeerAuthentication and policies are unknown until config arrives: refuse rather than guess.
-            ctx.count_error("inbound_plaintext", "no_config", f"{tunnel.describe}: no config from control yet")
-            tunnel.fail()
+        if not await self.admitted(port, RESERVED_PORTS):
             return
         index = ctx.index
         workload = index.workloads.get(pod.uid)

@@ -53,16 +53,7 @@ class Outbound(Accepted):
             tunnel.fail()
             return
         tunnel.describe = f"{source_ip} -> {ip}:{port}"
-        if port in PROXY_PORTS:
-            # ztunnel's own in-pod listeners: connecting there would be accepted by this very process and
-            # loop through it again, each turn costing two sockets.
-            ctx.count_error("outbound", "self_loop", f"{tunnel.describe}: a ztunnel port is no destination")
-            tunnel.fail()
-            return
-        if not await ctx.has_config():
-            # Without config every destination looks unknown, and unknown means passthrough in plaintext.
-            ctx.count_error("outbound", "no_config", f"{tunnel.describe}: no config from control yet")
-            tunnel.fail()
+        if not await self.admitted(port, PROXY_PORTS):
             return
         index = ctx.index
         try:
