@@ -78,3 +78,45 @@ def test_inbound_answers_400_to_a_port_not_in_ascii_digits(
     assert answers == [(1, 400)]
     assert ctx.metrics.errors[("inbound", "bad_authority")] == 1
     assert delivered == []
+
+
+def _serve_once(monkeypatch: pytest.MonkeyPatch, authority: str, config: bool) -> tuple[list[Any], ProxyContext]:
+    """InboundHbone._serve for one CONNECT; returns (answers, ctx). Delivery to the app is refused."""
+    delivered: list[tuple[Any, ...]] = []
+
+    async def deliver(*args: Any) -> None:
+        delivered.append(args)
+        raise OSError("no app in a unit test")
+
+    monkeypatch.setattr(inbound, "deliver", deliver)
+    ctx = ProxyContext("node1", "cluster.local", "meshlet-system", identities=cast(IdentityManager, None))
+    ctx.config_wait = 0.05
+    if config:
+        ctx.config_loaded.set()
+    pod = ServedPod("u1", "web-1", "mesh", "web", "spiffe://cluster.local/ns/mesh/sa/web", (POD_IP,), netns_fd=-1)
+    conn = inbound.InboundHbone(ctx, pod)
+    conn.peer_identity = "spiffe://cluster.local/ns/mesh/sa/client"
+    answers: list[Any] = []
+    monkeypatch.setattr(conn, "respond", lambda stream_id, status: answers.append((stream_id, status)))
+
+    async def serve() -> None:
+        async with asyncio.timeout(5):
+            await conn._serve(cast(StreamSide, _Stream()), cast(Tunnel, None), authority)
+
+    asyncio.run(serve())
+    return answers + [("delivered", len(delivered))], ctx
+
+
+@pytest.mark.parametrize("port", [15000, 15001, 15006, 15008, 15020, 15021])
+def test_a_connect_to_a_ztunnel_port_is_answered_400_and_never_delivered(
+    monkeypatch: pytest.MonkeyPatch, port: int
+) -> None:
+    answers, ctx = _serve_once(monkeypatch, f"{POD_IP}:{port}", config=True)
+    assert answers == [(1, 400), ("delivered", 0)]  # on 9ab7a9e: delivered to ztunnel's own listener
+    assert ctx.metrics.errors[("inbound", "self_loop")] == 1
+
+
+def test_a_connect_before_any_config_is_answered_503_and_never_delivered(monkeypatch: pytest.MonkeyPatch) -> None:
+    answers, ctx = _serve_once(monkeypatch, f"{POD_IP}:8080", config=False)
+    assert answers == [(1, 503), ("delivered", 0)]  # policies unknown: never authorized by default
+    assert ctx.metrics.errors[("inbound", "no_config")] == 1
