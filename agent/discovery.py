@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pyroute2 import IPRoute
 
-from ztunnel.inpod.netns import NetnsError, entered, inode
+from meshlet_contracts.netns import NetnsError, entered, inode
 
 NAMED = Path("/var/run/netns")
 

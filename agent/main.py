@@ -29,11 +29,11 @@ from agent.redirect.ebpf import EbpfBackend
 from agent.redirect.routing import RedirectError
 from agent.status import serve_status
 from agent.zds import ZdsServer
-from bpf.maps import PIN_ROOT
 from control.model.fields import ObjectKey
 from control.model.mesh import MeshSettings
 from control.sources.files import FileSource
 from control.store import ConfigStore
+from meshlet_contracts.bpf_maps import PIN_ROOT
 from meshlet_contracts.supervision import Supervisor
 
 log = logging.getLogger("agent")

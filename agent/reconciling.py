@@ -25,7 +25,7 @@ from typing import Protocol
 from agent.discovery import FoundNetns, netns_by_ip
 from agent.enrolling import PodTarget
 from agent.zds import ZdsServer, ZdsUnavailable
-from ztunnel.inpod.protocol import WorkloadInfo
+from meshlet_contracts.zds import WorkloadInfo
 
 log = logging.getLogger(__name__)
 

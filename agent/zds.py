@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from meshlet_contracts import zds as protocol
 from meshlet_contracts.supervision import Supervisor
-from ztunnel.inpod import protocol
 
 log = logging.getLogger(__name__)
 ACK_TIMEOUT = 5.0

@@ -14,8 +14,8 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bpf import syscall
-from bpf.maps import MAPS, PROGRAMS, map_pin, objects_dir, program_pin
+from meshlet_contracts import bpf_syscall as syscall
+from meshlet_contracts.bpf_maps import MAPS, PROGRAMS, map_pin, objects_dir, program_pin
 
 SOURCE_DIR = Path(__file__).parent
 PROG_TYPES = {"connect4": 18, "sockops": 13, "inbound": 3, "local_hop": 16}

@@ -1,4 +1,4 @@
-/* Shared by meshlet's BPF programs and mirrored by ctypes structs in bpf/maps.py
+/* Shared by meshlet's BPF programs and mirrored by ctypes structs in meshlet_contracts/bpf_maps.py
  * (tests/unit/bpf checks sizes and offsets against this file). Addresses are in network byte order,
  * ports in host byte order unless a field says otherwise. */
 #ifndef MESHLET_H
@@ -7,7 +7,7 @@
 #define MESHLET_OUTBOUND_PORT 15001
 #define MESHLET_INBOUND_PORT 15006
 #define MESHLET_HBONE_PORT 15008
-#define MESHLET_APP_MARK 0x111  /* SO_MARK of ztunnel's transparent sockets to apps (agent/redirect/routing.py) */
+#define MESHLET_APP_MARK 0x111  /* SO_MARK of ztunnel's transparent sockets to apps (meshlet_contracts/ports.py) */
 
 /* enrolled: which pod netns are captured. Key: the netns cookie. */
 struct enroll_value {

@@ -13,10 +13,10 @@ from datetime import timedelta
 
 from aiohttp import web
 
-from control import wire
 from control.ca import CAError, CertificateAuthority
 from control.metrics import ControlMetrics
 from control.store import ConfigStore
+from meshlet_contracts import wire
 
 log = logging.getLogger(__name__)
 MAX_CSR_BYTES = 16 * 1024

@@ -20,8 +20,8 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from control.atomic import write_atomic
 from control.ca import CAError, CertificateAuthority, peer_spiffe_id
-from control.wire import node_spiffe_id
 from meshlet_contracts.identity import DNS_SUBDOMAIN
+from meshlet_contracts.wire import node_spiffe_id
 
 NODE_NAME = DNS_SUBDOMAIN
 """A Kubernetes node name (RFC 1123 subdomain), matched in full: the CA signs node identities with it only."""

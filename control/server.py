@@ -21,7 +21,6 @@ from pathlib import Path
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from control import wire
 from control.ca import CertificateAuthority
 from control.certificates import CertificateService
 from control.metrics import ControlMetrics
@@ -30,6 +29,7 @@ from control.settings import ControlSettings
 from control.sources.files import FileSource
 from control.store import ConfigStore
 from control.stream import ConfigHub
+from meshlet_contracts import wire
 from meshlet_contracts.supervision import Supervisor
 
 log = logging.getLogger(__name__)

@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from aiohttp import WSMsgType, web
 
-from control import wire
 from control.metrics import ControlMetrics
 from control.model.mesh import MeshState, diff
 from control.store import ConfigStore
+from meshlet_contracts import wire
 
 log = logging.getLogger(__name__)
 

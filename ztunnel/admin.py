@@ -19,6 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
+from meshlet_contracts import ports
 from meshlet_contracts.supervision import Supervisor
 from ztunnel.config.client import ConfigClient
 from ztunnel.inpod.client import ZdsClient
@@ -102,9 +103,9 @@ class Admin:
                     "identity": p.identity,
                     "ips": list(p.ips),
                     "listeners": {
-                        "outbound": {"port": 15001, "accepting": len(p.servers) >= 1},
-                        "inbound_plaintext": {"port": 15006, "accepting": len(p.servers) >= 2},
-                        "hbone": {"port": 15008, "accepting": p.hbone_ready and bool(p.servers)},
+                        "outbound": {"port": ports.OUTBOUND, "accepting": len(p.servers) >= 1},
+                        "inbound_plaintext": {"port": ports.INBOUND_PLAINTEXT, "accepting": len(p.servers) >= 2},
+                        "hbone": {"port": ports.HBONE, "accepting": p.hbone_ready and bool(p.servers)},
                     },
                     "error": p.error,
                 }

@@ -22,6 +22,7 @@ from pathlib import Path
 import uvloop
 from aiohttp import web
 
+from meshlet_contracts import ports
 from meshlet_contracts.supervision import Supervisor
 from ztunnel.admin import Admin
 from ztunnel.config.cache import ConfigCache
@@ -56,9 +57,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--zds-socket", type=Path, default=Path("/var/run/meshlet/ztunnel.sock"))
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--root-namespace", default="meshlet-system", help="mesh-wide policies live here")
-    p.add_argument("--admin", type=host_port, default=("127.0.0.1", 15000), help="admin (keep it on localhost)")
-    p.add_argument("--metrics", type=host_port, default=("0.0.0.0", 15020))
-    p.add_argument("--readiness", type=host_port, default=("0.0.0.0", 15021))
+    p.add_argument("--admin", type=host_port, default=("127.0.0.1", ports.ADMIN), help="admin (keep it on localhost)")
+    p.add_argument("--metrics", type=host_port, default=("0.0.0.0", ports.METRICS))
+    p.add_argument("--readiness", type=host_port, default=("0.0.0.0", ports.READINESS))
     p.add_argument("--bpf-dir", type=Path, help="the agent's pinned BPF objects (eBPF redirection backend)")
     p.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let connections finish")
     p.add_argument(
@@ -90,7 +91,7 @@ def parser() -> argparse.ArgumentParser:
         "--max-streams-per-peer",
         type=positive_int,
         default=limits.streams_share(fds),
-        help="streams per source identity and per source IP (default %(default)s: 1/5 of the fds)",
+        help="streams per source identity and per source IP (default %(default)s: 3/5 of the fds)",
     )
     hbone.add_argument(
         "--hbone-preface-timeout",

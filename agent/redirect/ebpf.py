@@ -21,9 +21,10 @@ from pathlib import Path
 from typing import Any
 
 from agent.redirect.routing import RedirectError, in_netns, install_route, remove_route, route_present
-from bpf import loader, syscall
-from bpf.maps import COUNTERS, FLAG_LOCAL_HOPS, EnrollValue, MeshletConfig, ip_to_net, program_pin
-from ztunnel.inpod.netns import entered
+from bpf import loader
+from meshlet_contracts import bpf_syscall as syscall
+from meshlet_contracts.bpf_maps import COUNTERS, FLAG_LOCAL_HOPS, EnrollValue, MeshletConfig, ip_to_net, program_pin
+from meshlet_contracts.netns import entered
 
 TC_PREF = 1717
 """Our filter's preference on the pod's eth0 ingress: how we find (and only ever delete) ours."""

@@ -21,16 +21,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from agent.redirect.routing import (
-    APP_MARK,
     MARK_MASK,
-    ROUTE_TABLE,
-    ZTUNNEL_MARK,
     RedirectError,
     in_netns,
     install_route,
     remove_route,
     route_present,
 )
+from meshlet_contracts.ports import HBONE, INBOUND_PLAINTEXT, OUTBOUND, ZTUNNEL_MARK
+from meshlet_contracts.ports import REPLY_TABLE as ROUTE_TABLE
+from meshlet_contracts.ports import TRANSPARENT_MARK as APP_MARK
 
 CONN_MARK = APP_MARK
 """Connection mark of ztunnel's transparent connections to the app (for reply routing)."""
@@ -45,9 +45,9 @@ class InpodSettings:
 
     probe_ip: str
     """The node's address that kubelet probes come from: never captured."""
-    outbound_port: int = 15001
-    inbound_port: int = 15006
-    hbone_port: int = 15008
+    outbound_port: int = OUTBOUND
+    inbound_port: int = INBOUND_PLAINTEXT
+    hbone_port: int = HBONE
 
 
 def ruleset(s: InpodSettings) -> dict[str, dict[str, list[str]]]:

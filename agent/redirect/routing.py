@@ -14,12 +14,10 @@ import json
 import subprocess
 from pathlib import Path
 
-ZTUNNEL_MARK = 0x539
-"""SO_MARK on ztunnel's own sockets: its traffic is never captured again."""
-APP_MARK = 0x111
-"""SO_MARK on ztunnel's transparent sockets to an app, and the mark its replies are routed by."""
+from meshlet_contracts.ports import REPLY_TABLE as ROUTE_TABLE
+from meshlet_contracts.ports import TRANSPARENT_MARK as APP_MARK
+
 MARK_MASK = 0xFFF
-ROUTE_TABLE = 100
 RULE_PREF = 32764
 
 

@@ -2,7 +2,7 @@
 
 A pure function of the current objects: the store calls it after every change and compares the result
 with the previous one, so a change that does not alter what proxies see (a ServiceAccount added, say)
-makes no new version. Items are plain JSON-able dicts in the wire schema (`control.wire`).
+makes no new version. Items are plain JSON-able dicts in the wire schema (`meshlet_contracts.wire`).
 """
 
 from __future__ import annotations
@@ -13,11 +13,11 @@ from typing import Any
 
 from control.model.kube import Namespace, Pod, Service
 from control.model.security import AuthorizationPolicy, PeerAuthentication
-from control.wire import COLLECTIONS, item_key, spiffe_id
+from meshlet_contracts.wire import COLLECTIONS, item_key, spiffe_id
 
 WireItem = dict[str, Any]
 MeshState = dict[str, dict[str, WireItem]]
-"""collection -> item key -> item, for every collection in `control.wire.COLLECTIONS`."""
+"""collection -> item key -> item, for every collection in `meshlet_contracts.wire.COLLECTIONS`."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 
-from agent.lab import kernel
-from agent.lab.plan import prefix_for
-from agent.lab.processes import proc_starttime
+from meshlet.lab import kernel
+from meshlet.lab.plan import prefix_for
+from meshlet.lab.processes import proc_starttime
 
 MESHLET = str(Path(sys.executable).parent / "meshlet")
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import yaml
 
-from agent.lab import scrape
-from agent.lab.plan import prefix_for
-from agent.lab.processes import proc_starttime
+from meshlet.lab import scrape
+from meshlet.lab.plan import prefix_for
+from meshlet.lab.processes import proc_starttime
 from tests.conftest import wait_for
 from tests.e2e.conftest import MESHLET, Lab
 

@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import yaml
 
+from meshlet_contracts import zds as protocol
+from meshlet_contracts.netns import entered_fd
 from tests.conftest import wait_for
 from tests.e2e.conftest import Lab
-from ztunnel.inpod import protocol
 from ztunnel.inpod.client import ZdsClient
 from ztunnel.inpod.manager import WorkloadManager
-from ztunnel.inpod.netns import entered_fd
 
 
 class FakeZtunnel:

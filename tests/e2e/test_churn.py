@@ -16,8 +16,8 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from agent.lab.processes import in_netns
 from control.ca import CertificateAuthority
+from meshlet.lab.processes import in_netns
 from tests.e2e.conftest import Lab
 from tests.e2e.mesh_helpers import processes, running
 from ztunnel.identity.manager import new_csr

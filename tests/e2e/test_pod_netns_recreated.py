@@ -14,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from agent.lab import cluster, kernel, processes
-from agent.lab.plan import APP_PORT
+from meshlet.lab import cluster, kernel, processes
+from meshlet.lab.plan import APP_PORT
 from tests.conftest import wait_for
 from tests.e2e.conftest import Lab, lab_of
 from tests.e2e.mesh_helpers import curl, get_json, metric, stop, url

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.redirect.iptables import ZTUNNEL_MARK, InpodSettings, IptablesBackend
-from ztunnel.inpod.netns import entered
+from agent.redirect.iptables import InpodSettings, IptablesBackend
+from meshlet_contracts.netns import entered
+from meshlet_contracts.ports import ZTUNNEL_MARK
 
 SO_ORIGINAL_DST = 80
 

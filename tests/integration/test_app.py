@@ -29,7 +29,7 @@ def app() -> Iterator[str]:
         [
             sys.executable,
             "-m",
-            "agent.lab.app",
+            "meshlet.lab.app",
             "--pod",
             "p1",
             "--namespace",

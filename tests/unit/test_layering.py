@@ -1,6 +1,9 @@
-"""Package layering (STYLE.md): `meshlet_contracts` is at the bottom and imports no component; ztunnel and
-control share only it and the wire schema; agent may use bpf, and control's store, sources and model, and
-ztunnel's ZDS schema.
+"""Package layering: four floors, dependencies pointing down only.
+
+    meshlet (cli, lab)          the CLI and the local cluster: may use everything below, nothing uses it
+    agent                       the node agent: the redirection backends, ZDS server, the store reader
+    ztunnel | control           the node proxy and the control service: they never import each other
+    bpf | meshlet_contracts     eBPF programs and their loader; the contracts every component shares
 
 Checked on the source with `ast`, so a forbidden import fails here rather than in review.
 """
@@ -14,8 +17,10 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
-    # The agent reads the store through control's source and model (one way: control never imports
-    # agent), speaks ZDS with ztunnel's schema module and enters namespaces with ztunnel's helper.
+    # The top: may read a node's agent and ztunnel (status, config_dump), the store, BPF maps.
+    "meshlet": {"meshlet", "agent", "bpf", "control", "ztunnel", "meshlet_contracts"},
+    # The agent reads the store through control's source and model (the same pipeline control runs) and
+    # loads the BPF programs; ZDS, netns, map layouts and ports come from the contracts, never from ztunnel.
     "agent": {
         "agent",
         "bpf",
@@ -24,17 +29,14 @@ ALLOWED = {
         "control.model",
         "control.sources",
         "control.store",
-        "ztunnel.inpod.netns",
-        "ztunnel.inpod.protocol",
     },
-    # bpf may enter a pod's netns with ztunnel's helper (for netns cookies).
-    "bpf": {"bpf", "meshlet_contracts", "ztunnel.inpod.netns"},
     "control": {"control", "meshlet_contracts"},
-    # The contracts every component shares: nothing of theirs, or the arrows would run back up.
+    # ztunnel reads the eBPF backend's original-destination map through the contracts' map layout and
+    # bpf() calls, never through the loader (no bcc in the proxy).
+    "ztunnel": {"ztunnel", "meshlet_contracts"},
+    "bpf": {"bpf", "meshlet_contracts"},
+    # The contracts: nothing of any component, or the arrows would run back up.
     "meshlet_contracts": {"meshlet_contracts"},
-    # ztunnel reads the eBPF backend's original-destination map: the map's layout and the bpf() calls,
-    # never the loader (no bcc in the proxy).
-    "ztunnel": {"ztunnel", "meshlet_contracts", "control.wire", "bpf.maps", "bpf.syscall"},
 }
 
 
@@ -64,3 +66,19 @@ def test_package_imports_only_what_its_layer_allows(package: str) -> None:
             if not _ok(name, ALLOWED[package]):
                 bad.append(f"{path.relative_to(ROOT)} imports {name}")
     assert not bad, "\n".join(bad)
+
+
+@pytest.mark.parametrize(
+    ("package", "name"),
+    [
+        ("agent", "ztunnel.inpod.manager"),
+        ("ztunnel", "control.store"),
+        ("ztunnel", "bpf.loader"),
+        ("bpf", "ztunnel.proxy"),
+        ("control", "meshlet.cli.main"),
+        ("agent", "meshlet.lab.cluster"),
+        ("meshlet_contracts", "control.model"),
+    ],
+)
+def test_the_rules_refuse_an_import_that_runs_sideways_or_up(package: str, name: str) -> None:
+    assert not _ok(name, ALLOWED[package])

@@ -30,7 +30,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from control.wire import COLLECTIONS
+from meshlet_contracts.wire import COLLECTIONS
 from ztunnel.config.state import ConfigRejected, ConfigState, Validator, apply
 
 log = logging.getLogger(__name__)

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import aiohttp
 
-from control import wire
+from meshlet_contracts import wire
 from ztunnel.config.state import ConfigRejected, ConfigState, Validator, apply
 
 log = logging.getLogger(__name__)

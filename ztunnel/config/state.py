@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
-from control.wire import COLLECTIONS, item_key
+from meshlet_contracts.wire import COLLECTIONS, item_key
 
 Items = Mapping[str, Mapping[str, Any]]
 

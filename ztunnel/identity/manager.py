@@ -20,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from control import wire
+from meshlet_contracts import wire
 from ztunnel.config.client import NodeCredential
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ import random
 import socket
 from pathlib import Path
 
+from meshlet_contracts import zds as protocol
 from ztunnel.identity.manager import IdentityError
-from ztunnel.inpod import protocol
 from ztunnel.inpod.manager import WorkloadManager
 
 log = logging.getLogger(__name__)

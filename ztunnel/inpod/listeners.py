@@ -11,11 +11,11 @@ from __future__ import annotations
 import socket
 from dataclasses import dataclass, field
 
-from ztunnel.inpod.netns import entered_fd
+from meshlet_contracts.netns import entered_fd
+from meshlet_contracts.ports import HBONE, INBOUND_PLAINTEXT, OUTBOUND, ZTUNNEL_MARK
 
-ZTUNNEL_MARK = 0x539
 IP_TRANSPARENT = 19
-PORTS = {"outbound": 15001, "inbound_plaintext": 15006, "hbone": 15008}
+PORTS = {"outbound": OUTBOUND, "inbound_plaintext": INBOUND_PLAINTEXT, "hbone": HBONE}
 BACKLOG = 1024
 
 

@@ -14,8 +14,8 @@ import logging
 import os
 from typing import Protocol
 
+from meshlet_contracts.zds import WorkloadInfo
 from ztunnel.inpod.listeners import PodListeners
-from ztunnel.inpod.protocol import WorkloadInfo
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import ssl
 from typing import cast
 
 from meshlet_contracts.identity import IdentityError, parse_port
-from meshlet_contracts.ports import RESERVED_PORTS
+from meshlet_contracts.ports import HBONE, RESERVED_PORTS
 from ztunnel.hbone import ErrorCode, RequestReceived
 from ztunnel.metrics import tcp_labels
 from ztunnel.proxy import sockets
@@ -29,7 +29,7 @@ from ztunnel.state.mesh import MeshIndex
 from ztunnel.tls import PeerIdentityError, peer_identity
 
 log = logging.getLogger(__name__)
-HBONE_PORT = 15008
+HBONE_PORT = HBONE
 
 
 def allowed(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, conn: Connection, direction: str) -> bool:

@@ -14,8 +14,8 @@ import os
 import socket
 from pathlib import Path
 
-from bpf import syscall
-from bpf.maps import ConnKey, OrigDst, ip_to_net, map_pin, net_to_ip
+from meshlet_contracts import bpf_syscall as syscall
+from meshlet_contracts.bpf_maps import ConnKey, OrigDst, ip_to_net, map_pin, net_to_ip
 from ztunnel.proxy.sockets import original_dst
 
 

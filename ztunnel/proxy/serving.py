@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from control.wire import spiffe_id
+from meshlet_contracts.wire import spiffe_id
+from meshlet_contracts.zds import WorkloadInfo
 from ztunnel.identity.manager import IdentityError
 from ztunnel.inpod.listeners import PodListeners
-from ztunnel.inpod.protocol import WorkloadInfo
 from ztunnel.proxy.context import ProxyContext, ServedPod
 from ztunnel.proxy.inbound import InboundHbone, InboundPlaintext
 from ztunnel.proxy.outbound import Outbound

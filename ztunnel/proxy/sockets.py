@@ -13,13 +13,14 @@ import os
 import socket
 import struct
 
-from ztunnel.inpod.listeners import IP_TRANSPARENT, ZTUNNEL_MARK
-from ztunnel.inpod.netns import setns
+from meshlet_contracts.netns import setns
+from meshlet_contracts.ports import TRANSPARENT_MARK as APP_MARK
+from meshlet_contracts.ports import ZTUNNEL_MARK
+from ztunnel.inpod.listeners import IP_TRANSPARENT
 
 SO_ORIGINAL_DST = 80
-APP_MARK = 0x111
-"""Mark of the transparent sockets to an app: the pod's reply routing (table 100) keys on it, for either
-redirection backend; ztunnel's other sockets carry ZTUNNEL_MARK, which capture skips."""
+# APP_MARK marks the transparent sockets to an app: the pod's reply routing (table 100) keys on it, for
+# either redirection backend; ztunnel's other sockets carry ZTUNNEL_MARK, which capture skips.
 CONNECT_TIMEOUT = 5.0
 _HOME = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 """This process' own netns, taken at import (before any thread moves): where every setns returns to."""

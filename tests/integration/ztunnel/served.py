@@ -21,12 +21,12 @@ from pathlib import Path
 
 from hpack import Decoder, Encoder
 
+from meshlet_contracts.zds import WorkloadInfo
 from tests.integration.ztunnel.nodes import LOOPBACK, SERVER_ID, wait_until
 from ztunnel.config.client import NodeCredential
 from ztunnel.hbone import frames as fr
 from ztunnel.identity.manager import IdentityManager, WorkloadCertificate
 from ztunnel.inpod.listeners import PodListeners
-from ztunnel.inpod.protocol import WorkloadInfo
 from ztunnel.metrics import Metrics
 from ztunnel.proxy.context import ProxyContext, ServedPod
 from ztunnel.proxy.hbone import HboneConnection

@@ -23,10 +23,10 @@ import pytest
 import uvloop
 
 from control.ca import CertificateAuthority
+from meshlet_contracts.zds import WorkloadInfo
 from tests.integration.ztunnel.nodes import CLIENT_ID, LOOPBACK, SERVER_ID, TD, wait_until, workload_certificate
 from ztunnel.identity.manager import IdentityManager, WorkloadCertificate
 from ztunnel.inpod.listeners import PodListeners
-from ztunnel.inpod.protocol import WorkloadInfo
 from ztunnel.proxy import serving
 from ztunnel.proxy.context import ProxyContext, ServedPod
 from ztunnel.proxy.inbound import InboundHbone

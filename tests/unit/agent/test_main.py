@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 import yaml
 
-from agent.cli.endpoints import NodeEndpoints
-from agent.cli.status import gather
 from agent.enrolling import PodTarget
 from agent.main import Agent, parser
 from control.sources.files import FileSource
+from meshlet.cli.endpoints import NodeEndpoints
+from meshlet.cli.status import gather
 
 pytestmark = pytest.mark.asyncio
 AMBIENT = {"meshlet.io/dataplane-mode": "ambient"}

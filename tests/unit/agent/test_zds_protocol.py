@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from ztunnel.inpod import protocol
+from meshlet_contracts import zds as protocol
 
 
 @pytest.fixture

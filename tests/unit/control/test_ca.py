@@ -26,7 +26,7 @@ from control.ca import (
     cert_not_after,
     peer_spiffe_id,
 )
-from control.wire import node_spiffe_id, spiffe_id
+from meshlet_contracts.wire import node_spiffe_id, spiffe_id
 from ztunnel.identity.manager import new_csr
 
 TD = "example.org"

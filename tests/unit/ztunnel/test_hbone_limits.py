@@ -37,8 +37,8 @@ def test_a_refusal_counts_nothing_and_a_release_makes_room_and_leaves_no_entry()
 
 
 @pytest.mark.parametrize("fds", [1024, 20_000, 1 << 20])
-def test_by_default_one_peer_holds_at_most_a_quarter_of_the_fds(fds: int) -> None:
-    assert streams_share(fds) + connections_share(fds) <= fds // 4
+def test_by_default_one_peer_never_holds_all_the_fds(fds: int) -> None:
+    assert streams_share(fds) + connections_share(fds) <= fds * 65 // 100
     assert connections_share(fds) >= 50 and streams_share(fds) >= 200  # ordinary clients stay far below
 
 

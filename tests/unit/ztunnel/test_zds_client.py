@@ -21,12 +21,12 @@ from typing import Any
 import pytest
 import pytest_asyncio
 
+from meshlet_contracts import zds as protocol
+from meshlet_contracts.netns import CLONE_NEWNET, entered_fd, setns
 from ztunnel.config.client import NodeCredential
 from ztunnel.identity.manager import IdentityManager, WorkloadCertificate
-from ztunnel.inpod import protocol
 from ztunnel.inpod.client import ZdsClient
 from ztunnel.inpod.manager import WorkloadManager
-from ztunnel.inpod.netns import CLONE_NEWNET, entered_fd, setns
 from ztunnel.proxy.context import ProxyContext
 from ztunnel.proxy.serving import PodServing
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from ztunnel.inpod import protocol
+from meshlet_contracts import zds as protocol
 
 
 def wire(namespace: str, service_account: str) -> dict[str, object]:

@@ -6,9 +6,9 @@ from pathlib import Path
 
 import pytest
 
-from agent.lab.plan import PlanError, plan_lab
-from agent.lab.processes import Started
-from agent.lab.state import LabState, free_slot, known_labs, lab_dir
+from meshlet.lab.plan import PlanError, plan_lab
+from meshlet.lab.processes import Started
+from meshlet.lab.state import LabState, free_slot, known_labs, lab_dir
 
 
 @pytest.fixture(autouse=True)

@@ -1,4 +1,4 @@
-"""Every ctypes struct in bpf/maps.py has the size and field offsets of its C struct in bpf/meshlet.h.
+"""Every ctypes struct in meshlet_contracts/bpf_maps.py has the size and field offsets of its C struct in bpf/meshlet.h.
 
 The C side is measured by compiling a small program against the header with the system compiler, so
 the check is of the real layout, not of a copy of it."""
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from bpf.maps import STRUCTS, ip_to_net, net_to_ip
+from meshlet_contracts.bpf_maps import STRUCTS, ip_to_net, net_to_ip
 
 HEADER_DIR = Path(__file__).resolve().parents[3] / "bpf"
 

@@ -10,8 +10,8 @@ packet, a netns file descriptor attached as SCM_RIGHTS to `add_workload` and `ke
                       {"type": "snapshot_sent"}               (replay done: drop every pod not replayed)
     ztunnel -> agent: {"type": "ack", "error": null | "reason"} for each message, in order.
 
-This module is the schema and the socket helpers both sides use (the agent imports it; it imports
-nothing of the agent).
+This module is the schema and the socket helpers both sides use (agent and ztunnel import it from the
+contracts package; it imports neither).
 """
 
 from __future__ import annotations

@@ -16,12 +16,12 @@ import yaml
 from rich.console import Console
 from rich.table import Table
 
-from agent.cli import inspect
-from agent.cli.checks import run_checks
-from agent.cli.endpoints import EndpointError, NodeEndpoints, config_dump, resolve
-from agent.cli.label import LabelError, parse_changes, relabel
-from agent.cli.status import gather, lines
-from agent.lab.state import LabState
+from meshlet.cli import inspect
+from meshlet.cli.checks import run_checks
+from meshlet.cli.endpoints import EndpointError, NodeEndpoints, config_dump, resolve
+from meshlet.cli.label import LabelError, parse_changes, relabel
+from meshlet.cli.status import gather, lines
+from meshlet.lab.state import LabState
 
 console = Console()
 progress = Console(stderr=True)  # spinners on stderr: stdout stays clean for -o json

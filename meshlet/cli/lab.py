@@ -12,9 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from agent.lab import cluster, kernel, processes
-from agent.lab.demo import Call, traffic, ztunnel_summary
-from agent.lab.plan import REDIRECT_MODES, LabPlan, check_id
+from meshlet.lab import cluster, kernel, processes
+from meshlet.lab.demo import Call, traffic, ztunnel_summary
+from meshlet.lab.plan import REDIRECT_MODES, LabPlan, check_id
 
 console = Console()
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))

@@ -1,9 +1,8 @@
-"""The wire schema between control and the node proxies: SPIFFE identities and config-stream messages.
+"""The config stream between control and the node proxies: its envelope, collections and keys.
 
-This is the one module ztunnel may import from control (a test enforces it): both sides encode and
-decode with it and test against it. It depends on nothing but the standard library and `meshlet_contracts`,
-whose strict SPIFFE parser it re-exports: control and ztunnel parse identities with that one parser, and a
-malformed identity raises `IdentityError` (a ValueError), not `WireError`.
+Control encodes with it and ztunnel decodes with it; both test against it. It re-exports the strict
+SPIFFE parser of `meshlet_contracts.identity`: control and ztunnel parse identities with that one parser,
+and a malformed identity raises `IdentityError` (a ValueError), not `WireError`.
 
 Config stream (a WebSocket at `/v1/config`, JSON text messages):
 - control -> proxy `snapshot`: {"type", "epoch", "version", "resources": {collection: [item, ...]}}

@@ -17,16 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.lab import kernel, mesh, processes
-from agent.lab.objects import DATAPLANE_LABEL, lab_objects
-from agent.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
-from agent.lab.state import LabState, free_slot, lab_dir, locked
-from agent.lab.store import write_objects
-from bpf.maps import PIN_ROOT
 from control.model.kube import Namespace, Pod
 from control.model.mesh import MeshSettings, enrolled
 from control.sources.files import FileSource
 from control.store import ConfigStore
+from meshlet.lab import kernel, mesh, processes
+from meshlet.lab.objects import DATAPLANE_LABEL, lab_objects
+from meshlet.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
+from meshlet.lab.state import LabState, free_slot, lab_dir, locked
+from meshlet.lab.store import write_objects
+from meshlet_contracts.bpf_maps import PIN_ROOT
 
 READY_TIMEOUT = 20.0
 
@@ -186,7 +186,7 @@ def pod_network(plan: LabPlan, pod: PodPlan) -> None:
 
 def start_app(state: LabState, pod: PodPlan, log_suffix: str = "") -> processes.Started:
     argv = processes.python_module(
-        "agent.lab.app", "--pod", pod.name, "--namespace", pod.namespace, "--node", pod.node, "--ip", pod.ip
+        "meshlet.lab.app", "--pod", pod.name, "--namespace", pod.namespace, "--node", pod.node, "--ip", pod.ip
     )
     log = state.logs / f"app.{pod.namespace}.{pod.name}{log_suffix}.log"
     return processes.spawn(argv, pod.netns, pod.cgroup, log)

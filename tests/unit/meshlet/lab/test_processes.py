@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 
-from agent.lab.processes import Started, is_running, proc_starttime
+from meshlet.lab.processes import Started, is_running, proc_starttime
 
 
 def test_own_process_has_a_start_time() -> None:

@@ -1,6 +1,7 @@
-"""ctypes mirrors of the structs in `bpf/meshlet.h`, one per map, and the names the maps are pinned
-under. `tests/unit/bpf/test_maps.py` compiles the header and checks every size and offset, so the two
-sides cannot drift apart silently."""
+"""ctypes mirrors of the structs in `bpf/meshlet.h`, one per map, and the names the maps are pinned under:
+the contract between the BPF programs, the agent that loads them and ztunnel that reads `orig_dst`.
+`tests/unit/meshlet_contracts/test_bpf_maps.py` compiles the header and checks every size and offset, so
+the two sides cannot drift apart silently."""
 
 from __future__ import annotations
 

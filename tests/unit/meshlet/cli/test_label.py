@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from agent.cli.label import LabelError, parse_changes, relabel
+from meshlet.cli.label import LabelError, parse_changes, relabel
 
 
 def test_parse_sets_and_removes() -> None:

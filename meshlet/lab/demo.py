@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from agent.lab import kernel
-from agent.lab.plan import APP_PORT, LabPlan, PodPlan
-from agent.lab.processes import in_netns
-from agent.lab.scrape import samples
+from meshlet.lab import kernel
+from meshlet.lab.plan import APP_PORT, LabPlan, PodPlan
+from meshlet.lab.processes import in_netns
+from meshlet.lab.scrape import samples
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 

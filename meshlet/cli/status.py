@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.cli.endpoints import EndpointError, NodeEndpoints, agent_status, config_dump
+from meshlet.cli.endpoints import EndpointError, NodeEndpoints, agent_status, config_dump
 
 
 def gather(ep: NodeEndpoints) -> dict[str, Any]:

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from ztunnel.inpod import netns as netns_mod
+from meshlet_contracts import netns as netns_mod
 
 NETNS_DIR = Path("/var/run/netns")
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.cli.endpoints import EndpointError, NodeEndpoints, agent_status, config_dump
+from meshlet.cli.endpoints import EndpointError, NodeEndpoints, agent_status, config_dump
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 CLOCK_SKEW_MAX = 5.0

@@ -8,9 +8,9 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from agent.lab.objects import DATAPLANE_LABEL, lab_objects
-from agent.lab.plan import plan_lab
-from agent.lab.store import object_filename, write_objects
+from meshlet.lab.objects import DATAPLANE_LABEL, lab_objects
+from meshlet.lab.plan import plan_lab
+from meshlet.lab.store import object_filename, write_objects
 
 K8S_VERSION = "1.33"
 

@@ -16,11 +16,11 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from agent.lab import kernel, processes
-from agent.lab.plan import CONTROL_METRICS_PORT, CONTROL_PORT, TRUST_DOMAIN, LabPlan, NodePlan, prefix_for
-from agent.lab.state import LabState
 from agent.status import read_status
-from bpf.maps import PIN_ROOT
+from meshlet.lab import kernel, processes
+from meshlet.lab.plan import CONTROL_METRICS_PORT, CONTROL_PORT, TRUST_DOMAIN, LabPlan, NodePlan, prefix_for
+from meshlet.lab.state import LabState
+from meshlet_contracts.bpf_maps import PIN_ROOT
 
 READY_TIMEOUT = 20.0
 ZTUNNEL_READY_PORT = 15021

@@ -14,7 +14,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from agent.lab import kernel
+from meshlet.lab import kernel
 
 
 @dataclass(frozen=True, slots=True)

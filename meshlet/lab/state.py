@@ -17,9 +17,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.lab.plan import MAX_SLOTS, LabPlan, NodePlan, PlanError, PodPlan, ServicePlan
-from agent.lab.processes import Started
 from control.atomic import write_atomic
+from meshlet.lab.plan import MAX_SLOTS, LabPlan, NodePlan, PlanError, PodPlan, ServicePlan
+from meshlet.lab.processes import Started
 
 DEFAULT_ROOT = Path("/var/run/meshlet/labs")
 

@@ -7,7 +7,7 @@ import itertools
 
 import pytest
 
-from agent.lab.plan import MAX_NODES, MAX_SLOTS, LabPlan, PlanError, plan_lab
+from meshlet.lab.plan import MAX_NODES, MAX_SLOTS, LabPlan, PlanError, plan_lab
 
 
 def test_two_by_two_lab_has_both_namespaces_on_every_node() -> None:

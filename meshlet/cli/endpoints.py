@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.lab import mesh
-from agent.lab.state import LabState
 from agent.status import read_status
-from ztunnel.inpod.netns import entered
+from meshlet.lab import mesh
+from meshlet.lab.state import LabState
+from meshlet_contracts.netns import entered
 
 DEFAULT_AGENT_SOCKET = Path("/var/run/meshlet/agent.sock")
 DEFAULT_ADMIN = ("127.0.0.1", 15000)

@@ -12,12 +12,12 @@ import sys
 import click
 from rich.console import Console
 
-from agent.cli.lab import lab
-from agent.cli.node import COMMANDS
-from agent.lab.cluster import LabError
-from agent.lab.kernel import KernelError
-from agent.lab.mesh import MeshStartError
-from agent.lab.plan import PlanError
+from meshlet.cli.lab import lab
+from meshlet.cli.node import COMMANDS
+from meshlet.lab.cluster import LabError
+from meshlet.lab.kernel import KernelError
+from meshlet.lab.mesh import MeshStartError
+from meshlet.lab.plan import PlanError
 
 err_console = Console(stderr=True)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from agent.cli.main import cli
+from meshlet.cli.main import cli
 
 
 @pytest.mark.parametrize(

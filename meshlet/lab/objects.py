@@ -11,7 +11,7 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
-from agent.lab.plan import APP_PORT, MESH_NAMESPACE, SERVICE_PORT, LabPlan, NodePlan, PodPlan, ServicePlan
+from meshlet.lab.plan import APP_PORT, MESH_NAMESPACE, SERVICE_PORT, LabPlan, NodePlan, PodPlan, ServicePlan
 
 Obj = dict[str, Any]
 DATAPLANE_LABEL = "meshlet.io/dataplane-mode"
