@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
+
+from meshlet_contracts.backoff import Backoff
 
 log = logging.getLogger(__name__)
 
@@ -94,7 +95,8 @@ class Supervisor:
     async def _keep(self, state: TaskState, factory: TaskFactory) -> None:
         loop = asyncio.get_running_loop()
         me = asyncio.current_task()
-        delay = self.backoff_initial
+        # Equal jitter: a restart never comes sooner than half the current wait.
+        backoff = Backoff(self.backoff_initial, self.backoff_max, floor=0.5)
         try:
             while True:
                 started = loop.time()
@@ -124,9 +126,8 @@ class Supervisor:
                 state.down_since = time.time()
                 state.restarts += 1
                 if loop.time() - started > self.stable:
-                    delay = self.backoff_initial
-                await asyncio.sleep(random.uniform(delay / 2, delay))
-                delay = min(delay * 2, self.backoff_max)
+                    backoff.reset()
+                await backoff.sleep()
         finally:
             # Ended for good (cancelled, or returned while stopping): no longer running, and not "down".
             state.running = False

@@ -11,12 +11,13 @@ Config stream (a WebSocket at `/v1/config`, JSON text messages):
 - proxy -> control `ack`: {"type": "ack", "version"} or `nack`: {"type": "nack", "version", "error"}.
 `epoch` changes when control restarts; versions count up within an epoch. Collections and their keys:
 workloads by `uid`, services by `namespace/name`, authorization policies and peer authentications by
-`namespace/name`.
+`namespace/name`; each item's shape is defined once in `meshlet_contracts.config_items`.
 """
 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from meshlet_contracts.identity import (
@@ -53,7 +54,8 @@ class WireError(ValueError):
     """A message does not follow the schema."""
 
 
-def item_key(collection: str, item: dict[str, Any]) -> str:
+def item_key(collection: str, item: Mapping[str, Any]) -> str:
+    """The key of an item within its collection (the shapes are in `meshlet_contracts.config_items`)."""
     if collection == "workloads":
         return str(item["uid"])
     return f"{item['namespace']}/{item['name']}"

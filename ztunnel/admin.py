@@ -18,6 +18,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from meshlet_contracts import ports
 from meshlet_contracts.supervision import Supervisor
@@ -37,6 +38,28 @@ class Admin:
         self.started = datetime.now(UTC)
         self.supervisor: Supervisor | None = None
         """ztunnel's long-lived tasks: one that is down (restarting) makes the proxy unready."""
+        self._export_node_metrics()
+
+    def _export_node_metrics(self) -> None:
+        """The proxy-wide values /metrics shows besides the per-connection counters, read at each scrape."""
+        ctx, m = self.ctx, self.ctx.metrics
+        m.gauge("meshlet_ztunnel_open_connections", "Connections being relayed now.", lambda: len(ctx.tunnels))
+        m.gauge("meshlet_ztunnel_served_pods", "Pods whose traffic this proxy serves.", lambda: len(ctx.pods))
+        m.gauge(
+            "meshlet_ztunnel_config_version",
+            "Version of the config held from control (0 before the first).",
+            lambda: self.config.state.version,
+        )
+        m.counter(
+            "meshlet_ztunnel_hbone_handshakes_total",
+            "HBONE connections (each one mTLS handshake) this proxy opened to other nodes.",
+            lambda: ctx.pool.handshakes if ctx.pool else 0,
+        )
+        m.counter(
+            "meshlet_ztunnel_zds_failed_messages_total",
+            "Messages from the agent (ZDS) that could not be applied.",
+            lambda: self.zds.errors,
+        )
 
     @property
     def ready(self) -> bool:
@@ -155,13 +178,9 @@ class Admin:
         return web.Response(text="draining\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
-        ctx = self.ctx
-        ctx.metrics.gauges["meshlet_ztunnel_open_connections"] = len(ctx.tunnels)
-        ctx.metrics.gauges["meshlet_ztunnel_served_pods"] = len(ctx.pods)
-        ctx.metrics.gauges["meshlet_ztunnel_config_version"] = self.config.state.version
-        ctx.metrics.gauges["meshlet_ztunnel_hbone_handshakes_total"] = ctx.pool.handshakes if ctx.pool else 0
-        ctx.metrics.gauges["meshlet_ztunnel_zds_failed_messages_total"] = self.zds.errors
-        return web.Response(text=ctx.metrics.render(), content_type="text/plain", charset="utf-8")
+        return web.Response(
+            body=generate_latest(self.ctx.metrics.registry), headers={"Content-Type": CONTENT_TYPE_LATEST}
+        )
 
     async def _ready(self, _: web.Request) -> web.Response:
         if self.ready:

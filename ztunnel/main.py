@@ -36,6 +36,7 @@ from ztunnel.proxy.context import ProxyContext
 from ztunnel.proxy.limits import HboneLimits
 from ztunnel.proxy.origdst import OriginalDestination
 from ztunnel.proxy.serving import PodServing
+from ztunnel.proxy.sockets import NetnsSockets
 from ztunnel.state.mesh import MeshIndex
 
 log = logging.getLogger("ztunnel")
@@ -136,7 +137,7 @@ class Ztunnel:
             trust_domain=args.trust_domain,
             root_namespace=args.root_namespace,
             identities=IdentityManager(args.control, credential),
-            origdst=OriginalDestination(args.bpf_dir),
+            sockets=NetnsSockets(OriginalDestination(args.bpf_dir)),
             config_wait=args.config_wait,
             limits=HboneLimits(
                 max_streams_per_connection=args.max_streams_per_connection,

@@ -6,13 +6,20 @@ TCP metrics are reported by each side of a tunnel (`reporter="source"` by the cl
 is computed once when it opens; counters are plain dict entries, so the data path pays one dict update
 per event. Bytes are added when a connection closes, as Istio's ztunnel does, with Istio's meaning:
 sent = the response (destination to source), received = the request (source to destination).
+
+The text itself is prometheus_client's: a collector turns the dicts (and the node-level values other parts
+register with `gauge`/`counter`, read at scrape time) into metric families in this process's own registry,
+and `generate_latest` writes them, so the output is what `promtool check metrics` accepts.
 """
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 
 TCP_LABELS = (
     "reporter",
@@ -71,12 +78,12 @@ def tcp_labels(
     )
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+Reading = tuple[str, str, Callable[[], float]]
+"""A value kept elsewhere, exported as a metric: (counter|gauge, help text, read it now)."""
 
 
 class Metrics:
-    """Counters by label set, rendered in the Prometheus text format on demand."""
+    """Counters by label set, exported through a prometheus_client collector in a registry of their own."""
 
     def __init__(self) -> None:
         self.opened: defaultdict[Labels, int] = defaultdict(int)
@@ -87,44 +94,72 @@ class Metrics:
         """(direction, reason) -> connections that failed before or while relaying."""
         self.decisions: defaultdict[tuple[str, str], int] = defaultdict(int)
         """(direction, allow|deny) -> authorization decisions."""
-        self.gauges: dict[str, float] = {}
+        self.readings: dict[str, Reading] = {}
+        """Node-level values by exposed name, read at each scrape."""
+        self.registry = CollectorRegistry()
+        self.registry.register(_Collector(self))
 
     def connection_closed(self, labels: Labels, sent: int, received: int) -> None:
         self.closed[labels] += 1
         self.sent[labels] += sent
         self.received[labels] += received
 
+    def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """Export `read()` as gauge `name` (replacing any reading of that name)."""
+        if name.endswith("_total"):
+            raise ValueError(f"`_total` marks a counter, not a gauge: {name}")
+        self.readings[name] = ("gauge", help_text, read)
+
+    def counter(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """Export `read()` (a count that only grows) as counter `name`, which ends in `_total`."""
+        if not name.endswith("_total"):
+            raise ValueError(f"a counter's name ends in _total: {name}")
+        self.readings[name] = ("counter", help_text, read)
+
     def render(self) -> str:
-        out: list[str] = []
+        """The Prometheus text format (0.0.4) of every metric."""
+        return generate_latest(self.registry).decode()
+
+
+class _Collector:
+    """Builds the metric families from a `Metrics` at each scrape (a prometheus_client `Collector`)."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Metric]:
+        m = self.metrics
         tcp = (
-            ("istio_tcp_connections_opened_total", "Connections opened", self.opened),
-            ("istio_tcp_connections_closed_total", "Connections closed", self.closed),
-            ("istio_tcp_sent_bytes_total", "Bytes sent during the response (destination to source)", self.sent),
+            ("istio_tcp_connections_opened_total", "Connections opened.", m.opened),
+            ("istio_tcp_connections_closed_total", "Connections closed.", m.closed),
+            ("istio_tcp_sent_bytes_total", "Bytes sent during the response (destination to source).", m.sent),
             (
                 "istio_tcp_received_bytes_total",
-                "Bytes received during the request (source to destination)",
-                self.received,
+                "Bytes received during the request (source to destination).",
+                m.received,
             ),
         )
+        # A counter family's name is given with `_total`: prometheus_client takes it off the family and puts it
+        # back on the samples, so the exposed names are the ones above.
         for name, help_text, series in tcp:
-            out += [f"# HELP {name} {help_text}.", f"# TYPE {name} counter"]
-            out += [f"{name}{{{_labels(zip(TCP_LABELS, k, strict=True))}}} {v}" for k, v in sorted(series.items())]
-        out += ["# HELP meshlet_connection_errors_total Connections that failed, by direction and reason."]
-        out += ["# TYPE meshlet_connection_errors_total counter"]
-        out += [
-            f'meshlet_connection_errors_total{{direction="{d}",reason="{_escape(r)}"}} {v}'
-            for (d, r), v in sorted(self.errors.items())
-        ]
-        out += ["# HELP meshlet_authorization_decisions_total L4 authorization decisions."]
-        out += ["# TYPE meshlet_authorization_decisions_total counter"]
-        out += [
-            f'meshlet_authorization_decisions_total{{direction="{d}",decision="{r}"}} {v}'
-            for (d, r), v in sorted(self.decisions.items())
-        ]
-        for name, value in sorted(self.gauges.items()):
-            out += [f"# TYPE {name} gauge", f"{name} {value:g}"]
-        return "\n".join(out) + "\n"
-
-
-def _labels(pairs: Iterable[tuple[str, str]]) -> str:
-    return ",".join(f'{k}="{_escape(v)}"' for k, v in pairs)
+            family = CounterMetricFamily(name, help_text, labels=TCP_LABELS)
+            for labels, value in sorted(series.items()):
+                family.add_metric(labels, value)
+            yield family
+        pairs = (
+            (
+                "meshlet_connection_errors_total",
+                "Connections that failed, by direction and reason.",
+                "reason",
+                m.errors,
+            ),
+            ("meshlet_authorization_decisions_total", "L4 authorization decisions.", "decision", m.decisions),
+        )
+        for name, help_text, second, counts in pairs:
+            family = CounterMetricFamily(name, help_text, labels=("direction", second))
+            for key, value in sorted(counts.items()):
+                family.add_metric(key, value)
+            yield family
+        for name, (kind, help_text, read) in sorted(m.readings.items()):
+            family_of = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
+            yield family_of(name, help_text, read())

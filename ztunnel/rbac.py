@@ -21,15 +21,17 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from ztunnel.state.policy import (
+    AuthorizationPolicies,
     AuthorizationPolicy,
     Condition,
     MtlsMode,
     Network,
     Operation,
     PeerAuthentication,
+    PeerAuthentications,
     Rule,
-    Selector,
     Source,
+    selects,
 )
 
 _SPIFFE = "spiffe://"
@@ -89,12 +91,16 @@ def _address(text: str) -> _Address:
 def applicable(
     policies: Iterable[AuthorizationPolicy], namespace: str, labels: Mapping[str, str], root_namespace: str
 ) -> list[AuthorizationPolicy]:
-    """The policies that apply to a workload, in the order given: those of its namespace whose selector (if any)
-    matches its labels, and those of the root namespace without a selector or with one matching its labels."""
+    """The policies that apply to a workload: those of its namespace whose selector (if any) matches its labels,
+    and those of the root namespace without a selector or with one matching its labels. A config version's
+    `AuthorizationPolicies` answer from their namespace index (sorted by `namespace/name`); any other iterable
+    is scanned and keeps the order given."""
+    if isinstance(policies, AuthorizationPolicies):
+        return policies.applicable(namespace, labels, root_namespace)
     return [
         p
         for p in policies
-        if (p.namespace == namespace or p.namespace == root_namespace) and _selects(p.selector, labels)
+        if (p.namespace == namespace or p.namespace == root_namespace) and selects(p.selector, labels)
     ]
 
 
@@ -111,14 +117,14 @@ def authorize(
     selected = applicable(policies, namespace, labels, root_namespace)
     for policy in selected:
         if policy.action == "DENY" and any(_rule_matches(rule, peer) for rule in policy.rules):
-            return Decision(False, f"denied by DENY policy {policy.key}", policy.key)
+            return Decision(False, f"denied by DENY policy {policy.ref}", policy.ref)
     allows = [policy for policy in selected if policy.action == "ALLOW"]
     if not allows:
         return Decision(True, "no ALLOW policy selects this workload", None)
     for policy in allows:
         if any(not rule.needs_l7 and _rule_matches(rule, peer) for rule in policy.rules):
-            return Decision(True, f"allowed by ALLOW policy {policy.key}", policy.key)
-    names = ", ".join(policy.key for policy in allows)
+            return Decision(True, f"allowed by ALLOW policy {policy.ref}", policy.ref)
+    names = ", ".join(policy.ref for policy in allows)
     return Decision(False, f"no ALLOW policy matched ({names} select this workload)", None)
 
 
@@ -131,21 +137,15 @@ def mtls_mode(
     before its mode), then the namespace-wide one, then the mesh-wide one (root namespace, no selector). UNSET
     defers to the next of these, and PERMISSIVE applies when none sets a mode. Istio breaks ties between policies
     of one level by age, which the wire does not carry; here the first by name wins, which is at least stable."""
-    by_name = sorted(peer_auths, key=lambda p: p.name)
-    own = [p for p in by_name if p.namespace == namespace]
-    workload = next((p for p in own if p.selector is not None and _selects(p.selector, labels)), None)
-    namespace_wide = next((p for p in own if p.selector is None), None)
-    mesh_wide = next((p for p in by_name if p.namespace == root_namespace and p.selector is None), None)
+    if not isinstance(peer_auths, PeerAuthentications):
+        peer_auths = PeerAuthentications(tuple(peer_auths))
+    workload, namespace_wide, mesh_wide = peer_auths.levels(namespace, labels, root_namespace)
     modes: list[MtlsMode] = []
     if workload is not None:
         modes.extend(mode for p, mode in workload.port_modes if p == port)
         modes.append(workload.mode)
     modes.extend(p.mode for p in (namespace_wide, mesh_wide) if p is not None)
     return next((mode for mode in modes if mode != "UNSET"), "PERMISSIVE")
-
-
-def _selects(selector: Selector | None, labels: Mapping[str, str]) -> bool:
-    return selector is None or all(labels.get(key) == value for key, value in selector)
 
 
 def _rule_matches(rule: Rule, peer: _Peer) -> bool:

@@ -2,20 +2,20 @@
 
 A pure function of the current objects: the store calls it after every change and compares the result
 with the previous one, so a change that does not alter what proxies see (a ServiceAccount added, say)
-makes no new version. Items are plain JSON-able dicts in the wire schema (`meshlet_contracts.wire`).
+makes no new version. Items are JSON-able dicts built through their definitions in `meshlet_contracts.config_items`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
 from control.model.kube import Namespace, Pod, Service
 from control.model.security import AuthorizationPolicy, PeerAuthentication
+from meshlet_contracts.config_items import ConfigItem, EndpointItem, ServiceItem, WorkloadItem
 from meshlet_contracts.wire import COLLECTIONS, item_key, spiffe_id
 
-WireItem = dict[str, Any]
+WireItem = ConfigItem
 MeshState = dict[str, dict[str, WireItem]]
 """collection -> item key -> item, for every collection in `meshlet_contracts.wire.COLLECTIONS`."""
 
@@ -42,7 +42,7 @@ def enrolled(pod: Pod, namespace: Namespace | None, settings: MeshSettings) -> b
     return dict(namespace.labels).get(settings.dataplane_label) == "ambient" and pod_mode != "none"
 
 
-def workload_item(pod: Pod, namespace: Namespace | None, settings: MeshSettings) -> WireItem:
+def workload_item(pod: Pod, namespace: Namespace | None, settings: MeshSettings) -> WorkloadItem:
     return {
         "uid": pod.uid,
         "name": pod.name,
@@ -62,8 +62,8 @@ def _selects(selector: tuple[tuple[str, str], ...], pod: Pod) -> bool:
     return all(pod_labels.get(k) == v for k, v in selector)
 
 
-def service_item(service: Service, pods: Iterable[Pod], settings: MeshSettings) -> WireItem:
-    endpoints = []
+def service_item(service: Service, pods: Iterable[Pod], settings: MeshSettings) -> ServiceItem:
+    endpoints: list[EndpointItem] = []
     if service.selector is not None:
         for pod in pods:
             if pod.namespace != service.namespace or not pod.ips or not pod.running:
@@ -71,7 +71,7 @@ def service_item(service: Service, pods: Iterable[Pod], settings: MeshSettings) 
             if not _selects(service.selector, pod):
                 continue
             named = dict(pod.container_ports)
-            port_map = {}
+            port_map: dict[str, int] = {}
             for sp in service.ports:
                 target = sp.target_port if isinstance(sp.target_port, int) else named.get(sp.target_port)
                 if target is not None:  # a named port the pod lacks: not an endpoint for that port
@@ -113,11 +113,11 @@ def build_state(objects: Iterable[object], settings: MeshSettings) -> MeshState:
         item = workload_item(pod, namespaces.get(pod.namespace), settings)
         state["workloads"][item_key("workloads", item)] = item
     for svc in services:
-        item = service_item(svc, live, settings)
-        state["services"][item_key("services", item)] = item
+        service = service_item(svc, live, settings)
+        state["services"][item_key("services", service)] = service
     for collection, policy in policies:
-        item = policy.to_wire()
-        state[collection][item_key(collection, item)] = item
+        wire = policy.to_wire()
+        state[collection][item_key(collection, wire)] = wire
     return state
 
 

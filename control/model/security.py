@@ -1,4 +1,5 @@
-"""AuthorizationPolicy and PeerAuthentication: raw Kubernetes objects checked and converted into frozen dataclasses.
+"""AuthorizationPolicy and PeerAuthentication: raw Kubernetes objects checked and converted into the shared
+proxy-ready types of `meshlet_contracts.policy` (which ztunnel reads back from the wire).
 
 The schema and semantics are Istio's `security.istio.io/v1`, so existing policies carry over unchanged. Validation
 is strict: an unknown field is an error rather than ignored, because a typo such as `notPrincipal` would otherwise
@@ -13,8 +14,8 @@ import ipaddress
 import re
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, fields
-from typing import Any, Literal, TypeVar, get_args
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from control.model.fields import (
     ObjectKey,
@@ -29,19 +30,39 @@ from control.model.fields import (
     req_str,
     str_list,
 )
+from meshlet_contracts import policy
+from meshlet_contracts.policy import (
+    ACTIONS,
+    IP_KEYS,
+    L4_CONDITION_KEYS,
+    MODES,
+    OPERATION_FIELDS,
+    SOURCE_FIELDS,
+    Action,
+    Condition,
+    MtlsMode,
+    Operation,
+    Rule,
+    Selector,
+    Source,
+)
+
+__all__ = [
+    "API_VERSIONS",
+    "L4_CONDITION_KEYS",
+    "Action",
+    "AuthorizationPolicy",
+    "Condition",
+    "MtlsMode",
+    "Operation",
+    "PeerAuthentication",
+    "Rule",
+    "Selector",
+    "Source",
+]
 
 API_VERSIONS = ("security.meshlet.io/v1", "security.istio.io/v1", "security.istio.io/v1beta1")
 
-Action = Literal["ALLOW", "DENY", "AUDIT"]
-MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
-Selector = tuple[tuple[str, str], ...]
-_ACTIONS: dict[str, Action] = {a: a for a in get_args(Action)}
-_MODES: dict[str, MtlsMode] = {m: m for m in get_args(MtlsMode)}
-
-# Condition keys the node proxy can evaluate from the connection alone; any other key needs the HTTP request.
-L4_CONDITION_KEYS = frozenset(
-    {"source.ip", "remote.ip", "source.namespace", "source.principal", "destination.ip", "destination.port"}
-)
 _EXACT_KEYS = L4_CONDITION_KEYS | {
     "request.auth.principal",
     "request.auth.audiences",
@@ -59,7 +80,6 @@ _RETIRED_KEYS = {
     "destination.name": "is no longer supported (Istio dropped it after v1alpha1)",
     "destination.user": "is no longer supported (Istio dropped it after v1alpha1)",
 }
-_IP_KEYS = frozenset({"source.ip", "remote.ip", "destination.ip"})
 # Everything a peer identity (hence a principal or namespace compared with it) can hold: printable ASCII, no
 # space. A value with a newline, a NUL or a Cyrillic 'е' could never match, so a DENY naming it would deny
 # nothing; it is refused here instead.
@@ -70,98 +90,10 @@ T = TypeVar("T")
 
 
 @dataclass(frozen=True, slots=True)
-class Source:
-    """One `from[].source`: every non-empty field must match (AND), and within a field any value may (OR).
-
-    Principals are Istio's form without `spiffe://` (`cluster.local/ns/foo/sa/bar`); strings may use `*` alone
-    or as a prefix or suffix wildcard; IP blocks are normalized CIDR strings."""
-
-    principals: tuple[str, ...] = ()
-    not_principals: tuple[str, ...] = ()
-    request_principals: tuple[str, ...] = ()
-    not_request_principals: tuple[str, ...] = ()
-    namespaces: tuple[str, ...] = ()
-    not_namespaces: tuple[str, ...] = ()
-    ip_blocks: tuple[str, ...] = ()
-    not_ip_blocks: tuple[str, ...] = ()
-    remote_ip_blocks: tuple[str, ...] = ()
-    not_remote_ip_blocks: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Operation:
-    """One `to[].operation`, matched like a Source; everything but ports needs the HTTP request."""
-
-    hosts: tuple[str, ...] = ()
-    not_hosts: tuple[str, ...] = ()
-    ports: tuple[int, ...] = ()
-    not_ports: tuple[int, ...] = ()
-    methods: tuple[str, ...] = ()
-    not_methods: tuple[str, ...] = ()
-    paths: tuple[str, ...] = ()
-    not_paths: tuple[str, ...] = ()
-
-
-@dataclass(frozen=True, slots=True)
-class Condition:
-    """One `when` entry: the attribute `key` must equal one of `values` (if any) and none of `not_values`."""
-
-    key: str
-    values: tuple[str, ...] = ()
-    not_values: tuple[str, ...] = ()
-
-
-def _camel(name: str) -> str:
-    head, *rest = name.split("_")
-    return head + "".join(part.title() for part in rest)
-
-
-# The Kubernetes field name of every dataclass field, which is also its name on the wire.
-_SOURCE_NAMES = {_camel(f.name): f.name for f in fields(Source)}
-_OPERATION_NAMES = {_camel(f.name): f.name for f in fields(Operation)}
-
-
-@dataclass(frozen=True, slots=True)
-class Rule:
-    """Matches when any source, any operation and every condition match; an empty tuple matches anything,
-    so the rule `{}` matches every request."""
-
-    sources: tuple[Source, ...] = ()
-    operations: tuple[Operation, ...] = ()
-    conditions: tuple[Condition, ...] = ()
-
-    @property
-    def needs_l7(self) -> bool:
-        """Whether matching needs the HTTP request rather than only the connection."""
-        return (
-            any(s.request_principals or s.not_request_principals for s in self.sources)
-            or any(
-                o.hosts or o.not_hosts or o.methods or o.not_methods or o.paths or o.not_paths for o in self.operations
-            )
-            or any(c.key not in L4_CONDITION_KEYS for c in self.conditions)
-        )
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "from": [{k: list(getattr(s, attr)) for k, attr in _SOURCE_NAMES.items()} for s in self.sources],
-            "to": [{k: list(getattr(o, attr)) for k, attr in _OPERATION_NAMES.items()} for o in self.operations],
-            "when": [
-                {"key": c.key, "values": list(c.values), "notValues": list(c.not_values)} for c in self.conditions
-            ],
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class AuthorizationPolicy:
-    """An AuthorizationPolicy. `selector` is None when the policy applies to the whole namespace (the whole mesh
-    in the root namespace, which is decided elsewhere). `rules` is empty both when absent and when `[]`: no rule
-    matches then, so an ALLOW policy without rules denies everything it selects."""
-
-    name: str
-    namespace: str
-    selector: Selector | None
-    action: Action
-    rules: tuple[Rule, ...]
+class AuthorizationPolicy(policy.AuthorizationPolicy):
+    """The shared AuthorizationPolicy as the store holds it: `from_k8s` validates, `key` names it among objects.
+    `rules` is empty both when absent and when `[]`: no rule matches then, so an ALLOW policy without rules
+    denies everything it selects."""
 
     @classmethod
     def from_k8s(cls, obj: Mapping[str, Any]) -> AuthorizationPolicy:
@@ -184,34 +116,10 @@ class AuthorizationPolicy:
     def key(self) -> ObjectKey:
         return ObjectKey("AuthorizationPolicy", self.namespace, self.name)
 
-    @property
-    def needs_l7(self) -> bool:
-        """Whether any rule needs the HTTP request; the node proxy alone enforces only connection attributes."""
-        return any(rule.needs_l7 for rule in self.rules)
-
-    def to_wire(self) -> dict[str, Any]:
-        """JSON-able, with Istio's camelCase names; every list is present, so the proxy needs no defaults."""
-        return {
-            "name": self.name,
-            "namespace": self.namespace,
-            "selector": None if self.selector is None else dict(self.selector),
-            "action": self.action,
-            "rules": [rule.to_wire() for rule in self.rules],
-            "needsL7": self.needs_l7,
-        }
-
 
 @dataclass(frozen=True, slots=True)
-class PeerAuthentication:
-    """A PeerAuthentication. STRICT accepts mTLS only, PERMISSIVE plaintext too, DISABLE plaintext only; UNSET
-    inherits from the namespace's policy, then the mesh's. `selector` is None for a namespace-wide policy;
-    `port_modes` (sorted by port) override `mode` for those ports of the selected workloads."""
-
-    name: str
-    namespace: str
-    selector: Selector | None
-    mode: MtlsMode
-    port_modes: tuple[tuple[int, MtlsMode], ...]
+class PeerAuthentication(policy.PeerAuthentication):
+    """The shared PeerAuthentication as the store holds it: `from_k8s` validates, `key` names it among objects."""
 
     @classmethod
     def from_k8s(cls, obj: Mapping[str, Any]) -> PeerAuthentication:
@@ -241,15 +149,6 @@ class PeerAuthentication:
     @property
     def key(self) -> ObjectKey:
         return ObjectKey("PeerAuthentication", self.namespace, self.name)
-
-    def to_wire(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "namespace": self.namespace,
-            "selector": None if self.selector is None else dict(self.selector),
-            "mode": self.mode,
-            "portModes": {str(port): mode for port, mode in self.port_modes},
-        }
 
 
 @contextmanager
@@ -316,11 +215,11 @@ def _action(spec: Mapping[str, Any]) -> Action:
     name = opt_str(spec, "action", "ALLOW")
     if name == "CUSTOM":
         fail("action", "CUSTOM (external authorization) is not supported; use ALLOW, DENY or AUDIT")
-    if name not in _ACTIONS:
+    if name not in ACTIONS:
         fail("action", f"unknown action {name!r}; expected one of ALLOW, DENY, AUDIT")
     if spec.get("provider") is not None:
         fail("provider", "not supported: a provider serves CUSTOM (external authorization), which meshlet lacks")
-    return _ACTIONS[name]
+    return ACTIONS[name]
 
 
 def _mode(value: object, path: str) -> MtlsMode:
@@ -329,9 +228,9 @@ def _mode(value: object, path: str) -> MtlsMode:
     with _within(path):
         _check_fields(raw, ("mode",))
         name = opt_str(raw, "mode", "UNSET")
-        if name not in _MODES:
-            fail("mode", f"unknown mode {name!r}; expected one of {', '.join(_MODES)}")
-    return _MODES[name]
+        if name not in MODES:
+            fail("mode", f"unknown mode {name!r}; expected one of {', '.join(MODES)}")
+    return MODES[name]
 
 
 def _rule(raw: Mapping[str, Any]) -> Rule:
@@ -361,25 +260,25 @@ def _wrapped(entry: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, 
 
 
 def _source(raw: Mapping[str, Any]) -> Source:
-    _check_fields(raw, _SOURCE_NAMES)
-    values: dict[str, tuple[str, ...]] = {}
-    for name, attr in _SOURCE_NAMES.items():
+    _check_fields(raw, SOURCE_FIELDS)
+    values: dict[str, tuple[Any, ...]] = {}
+    for name, attr in SOURCE_FIELDS.items():
         items = _strings(raw, name)
         if attr.endswith("ip_blocks"):
-            items = tuple(_cidr(item, f"{name}[{i}]") for i, item in enumerate(items))
-        else:
-            for i, item in enumerate(items):
-                _check_wildcard(item, f"{name}[{i}]")
-                if attr.endswith("principals"):
-                    _check_principal(item, f"{name}[{i}]")
-                if attr in ("principals", "not_principals", "namespaces", "not_namespaces"):
-                    _check_identity_text(item, f"{name}[{i}]", "namespace" if "namespace" in attr else "principal")
+            values[attr] = tuple(ipaddress.ip_network(_cidr(item, f"{name}[{i}]")) for i, item in enumerate(items))
+            continue
+        for i, item in enumerate(items):
+            _check_wildcard(item, f"{name}[{i}]")
+            if attr.endswith("principals"):
+                _check_principal(item, f"{name}[{i}]")
+            if attr in ("principals", "not_principals", "namespaces", "not_namespaces"):
+                _check_identity_text(item, f"{name}[{i}]", "namespace" if "namespace" in attr else "principal")
         values[attr] = items
     return Source(**values)
 
 
 def _operation(raw: Mapping[str, Any]) -> Operation:
-    _check_fields(raw, _OPERATION_NAMES)
+    _check_fields(raw, OPERATION_FIELDS)
     strings: dict[str, tuple[str, ...]] = {}
     for name in ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"):
         strings[name] = _strings(raw, name)
@@ -413,7 +312,7 @@ def _condition(raw: Mapping[str, Any]) -> Condition:
     if not values["values"] and not values["notValues"]:
         fail("values", f"condition {key!r} needs values or notValues")
     for name, items in values.items():
-        if key in _IP_KEYS:
+        if key in IP_KEYS:
             values[name] = tuple(_cidr(item, f"{name}[{i}]") for i, item in enumerate(items))
         elif key == "destination.port":
             values[name] = tuple(str(port_number(item, f"{name}[{i}]")) for i, item in enumerate(items))

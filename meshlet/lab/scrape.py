@@ -1,15 +1,14 @@
 """Reading ztunnel's Prometheus text: what the demo summarises and the e2e tests assert on.
 
-Only the sample lines matter here (`name{label="value",...} number`, labels optional); comments and
-anything malformed are skipped. Label values are kept as written (escapes are not undone).
+Prometheus' own parser (prometheus_client.parser) reads the text, so label values come back unescaped, as
+Prometheus would store them. Each sample is (sample name, labels, value), by the name written on its line
+(a counter's `..._total`, not its family's name). Text that stops being the exposition format (a scrape cut
+short by a timeout) yields the samples before the first bad line.
 """
 
 from __future__ import annotations
 
-import re
-
-_SAMPLE = re.compile(r"(\w+)(?:\{(.*)\})? (\S+)")
-_LABEL = re.compile(r'(\w+)="((?:[^"\\]|\\.)*)"')
+from prometheus_client.parser import text_string_to_metric_families
 
 Sample = tuple[str, dict[str, str], float]
 
@@ -17,8 +16,9 @@ Sample = tuple[str, dict[str, str], float]
 def samples(text: str) -> list[Sample]:
     """(name, labels, value) of every sample in `text`."""
     out: list[Sample] = []
-    for line in text.splitlines():
-        m = _SAMPLE.fullmatch(line)
-        if m:
-            out.append((m.group(1), dict(_LABEL.findall(m.group(2) or "")), float(m.group(3))))
+    try:
+        for family in text_string_to_metric_families(text):
+            out += [(s.name, dict(s.labels), s.value) for s in family.samples]
+    except ValueError:
+        pass  # a truncated or foreign body: what came before it still counts
     return out

@@ -8,9 +8,7 @@ because control is away. `on_update` is called with every newly accepted state, 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import random
 import ssl
 import time
 from collections.abc import Callable
@@ -20,6 +18,7 @@ from pathlib import Path
 import aiohttp
 
 from meshlet_contracts import wire
+from meshlet_contracts.backoff import Backoff
 from ztunnel.config.state import ConfigRejected, ConfigState, Validator, apply
 
 log = logging.getLogger(__name__)
@@ -76,22 +75,19 @@ class ConfigClient:
 
     async def run(self) -> None:
         """Until `stop`: connect, follow the stream, and after any failure wait and reconnect."""
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
         while not self._stopping.is_set():
             started = asyncio.get_running_loop().time()
             try:
                 await self._session()
                 if asyncio.get_running_loop().time() - started > STABLE_SESSION:
-                    delay = self.backoff_initial  # only a session that lasted resets the backoff
+                    backoff.reset()  # only a session that lasted resets the backoff
             except (aiohttp.ClientError, OSError, TimeoutError, wire.WireError) as exc:
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 log.warning("config stream to %s failed: %s; retrying", self.url, self.last_error)
             finally:
                 self.connected = False
-            # Sleep with jitter, but wake at once on stop.
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), random.uniform(0, delay))
-            delay = min(delay * 2, self.backoff_max)
+            await backoff.sleep(self._stopping)  # with full jitter, but wake at once on stop
 
     async def stop(self) -> None:
         """End `run` cleanly: close the stream (control sees a normal close) and stop reconnecting."""

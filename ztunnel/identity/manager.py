@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import random
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,6 +20,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from meshlet_contracts import wire
+from meshlet_contracts.backoff import Backoff
 from ztunnel.config.client import NodeCredential
 
 log = logging.getLogger(__name__)
@@ -132,22 +132,26 @@ class IdentityManager:
 
     async def run(self) -> None:
         """Keep every wanted identity's certificate fresh: fetch missing ones, renew at half life."""
-        retry: dict[str, float] = {}
+        retry: dict[str, Backoff] = {}
         while True:
             now = datetime.now(UTC)
             due = [i for i in sorted(self.wanted) if i not in self.certs or self.certs[i].renew_at <= now]
+            # A failed identity stays due, so it is retried on the next pass: this pass's draw sets when.
+            waits: list[float] = []
             for spiffe_id in due:
                 try:
                     await self._fetch(spiffe_id)
                     retry.pop(spiffe_id, None)
                 except (IdentityError, aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
-                    retry[spiffe_id] = min(retry.get(spiffe_id, 0.5) * 2, self.retry_max)
+                    backoff = retry.setdefault(spiffe_id, Backoff(min(1.0, self.retry_max), self.retry_max))
+                    waits.append(backoff.next())
                     self.errors[spiffe_id] = str(exc)
                     log.warning("certificate for %s: %s; retrying", spiffe_id, exc)
-            waits = [
+            for settled in retry.keys() - set(due):  # no longer wanted, or served meanwhile by `certificate()`
+                del retry[settled]
+            waits += [
                 (c.renew_at - datetime.now(UTC)).total_seconds() for i, c in self.certs.items() if i in self.wanted
             ]
-            waits += [random.uniform(0, r) for r in retry.values()]
             self._changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._changed.wait(), max(0.05, min(waits, default=60.0)))

@@ -11,14 +11,13 @@ agent replays its pods and ends with `snapshot_sent`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
-import random
 import socket
 from pathlib import Path
 
 from meshlet_contracts import zds as protocol
+from meshlet_contracts.backoff import Backoff
 from ztunnel.identity.manager import IdentityError
 from ztunnel.inpod.manager import WorkloadManager
 
@@ -39,11 +38,11 @@ class ZdsClient:
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
-        delay = 0.1
+        backoff = Backoff(0.1, self.backoff_max)
         while not self._stopping.is_set():
             try:
                 await self._session()
-                delay = 0.1
+                backoff.reset()
             except (OSError, protocol.ZdsError) as exc:
                 log.warning("ZDS connection to %s failed: %s; retrying", self.path, exc)
             except Exception:
@@ -52,9 +51,7 @@ class ZdsClient:
                 log.exception("ZDS session with %s failed unexpectedly; reconnecting", self.path)
             finally:
                 self.connected = False
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), random.uniform(0, delay))
-            delay = min(delay * 2, self.backoff_max)
+            await backoff.sleep(self._stopping)
 
     def stop(self) -> None:
         """Stop reconnecting; the caller cancels the task running `run` to end a live session."""

@@ -14,9 +14,9 @@ from dataclasses import dataclass, field
 from ztunnel.identity.manager import IdentityManager
 from ztunnel.metrics import UNKNOWN, Metrics, Peer
 from ztunnel.proxy.limits import HboneLimits, PeerLoad
-from ztunnel.proxy.origdst import OriginalDestination
 from ztunnel.proxy.pool import HbonePool
 from ztunnel.proxy.relay import TcpSide, Tunnel
+from ztunnel.proxy.sockets import NetnsSockets, SocketFactory
 from ztunnel.state.mesh import MeshIndex, Workload
 from ztunnel.tls import TlsContexts
 
@@ -68,11 +68,13 @@ class ProxyContext:
     """Where the held config came from: "control", "cache" (the verified last good copy) or "" (none yet)."""
     config_wait: float = 3.0
     """Seconds a connection accepted before any config waits for one before it is refused."""
-    origdst: OriginalDestination = field(default_factory=lambda: OriginalDestination(None))
+    sockets: SocketFactory = field(default_factory=NetnsSockets)
+    """Opens every upstream socket (in a pod's netns, marked) and reads original destinations; tests give
+    one that stays on loopback."""
 
     def __post_init__(self) -> None:
         if self.pool is None:
-            self.pool = HbonePool(self.trust_domain)
+            self.pool = HbonePool(self.trust_domain, self.sockets, self.metrics)
 
     def spawn(self, coro: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]

@@ -5,7 +5,7 @@ domain. Each CONNECT stream is authorized (L4 AuthorizationPolicy) and, when all
 app from inside the pod's netns with the caller's IP as source (IP_TRANSPARENT), so the app and its
 logs see who called; the reply 200 opens the tunnel, 401 refuses it, 503 says the app refused.
 Plaintext: PeerAuthentication decides whether it is accepted at all (STRICT refuses), then the same
-authorization applies with no identity. `deliver` is also the same-node path of outbound connections.
+authorization applies with no identity (`delivery.py`, shared with outbound's same-node path).
 Neither serves before ztunnel holds config (policies unknown), nor to ztunnel's own ports (a self-loop).
 """
 
@@ -17,39 +17,17 @@ import ssl
 from typing import cast
 
 from meshlet_contracts.identity import IdentityError, parse_port
-from meshlet_contracts.ports import HBONE, RESERVED_PORTS
+from meshlet_contracts.ports import RESERVED_PORTS
 from ztunnel.hbone import ErrorCode, RequestReceived
 from ztunnel.metrics import tcp_labels
-from ztunnel.proxy import sockets
 from ztunnel.proxy.context import Accepted, ProxyContext, ServedPod, peer_of
+from ztunnel.proxy.delivery import allowed, deliver
 from ztunnel.proxy.hbone import HboneConnection, StreamSide
-from ztunnel.proxy.relay import TcpSide, Tunnel
-from ztunnel.rbac import Connection, authorize, mtls_mode
-from ztunnel.state.mesh import MeshIndex
+from ztunnel.proxy.relay import Tunnel
+from ztunnel.rbac import Connection, mtls_mode
 from ztunnel.tls import PeerIdentityError, peer_identity
 
 log = logging.getLogger(__name__)
-HBONE_PORT = HBONE
-
-
-def allowed(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, conn: Connection, direction: str) -> bool:
-    """Authorize `conn` to `pod` with the index the caller holds; counts and logs the decision."""
-    workload = index.workloads.get(pod.uid)
-    labels = workload.labels if workload is not None else {}
-    decision = authorize(index.policies.authorization, pod.namespace, labels, conn, ctx.root_namespace)
-    ctx.metrics.decisions[(direction, "allow" if decision.allowed else "deny")] += 1
-    if not decision.allowed:
-        log.info("denied %s -> %s/%s:%d: %s", conn.source_identity or conn.source_ip, pod.namespace, pod.name,
-                 conn.dest_port, decision.reason)  # fmt: skip
-    return decision.allowed
-
-
-async def deliver(ctx: ProxyContext, pod: ServedPod, source_ip: str, ip: str, port: int, tunnel: Tunnel) -> TcpSide:
-    """Connect to the app in `pod` from `source_ip` (spoofed with IP_TRANSPARENT) and return that side."""
-    sock = await sockets.connect(pod.netns_fd, ip, port, source_ip)
-    loop = asyncio.get_running_loop()
-    _, side = await loop.create_connection(lambda: TcpSide(tunnel), sock=sock)
-    return side
 
 
 class InboundHbone(HboneConnection):
@@ -195,7 +173,7 @@ class InboundPlaintext(Accepted):
         ctx, pod, tunnel = self.ctx, self.pod, self.tunnel
         assert self.transport is not None
         try:
-            ip, port = ctx.origdst.inbound(self.transport.get_extra_info("socket"))
+            ip, port = ctx.sockets.inbound_destination(self.transport.get_extra_info("socket"))
             source_ip = self.transport.get_extra_info("peername")[0]
         except (OSError, TypeError) as exc:
             ctx.count_error("inbound_plaintext", "original_dst", exc)

@@ -12,11 +12,20 @@ from __future__ import annotations
 
 import os
 import socket
+import struct
 from pathlib import Path
 
 from meshlet_contracts import bpf_syscall as syscall
 from meshlet_contracts.bpf_maps import ConnKey, OrigDst, ip_to_net, map_pin, net_to_ip
-from ztunnel.proxy.sockets import original_dst
+
+SO_ORIGINAL_DST = 80
+
+
+def original_dst(sock: socket.socket) -> tuple[str, int]:
+    """Where a REDIRECTed connection was going (netfilter's SO_ORIGINAL_DST, a sockaddr_in)."""
+    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    port, packed = struct.unpack_from("!2xH4s", raw)
+    return socket.inet_ntoa(packed), port
 
 
 class OriginalDestination:

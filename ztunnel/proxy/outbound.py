@@ -1,13 +1,12 @@
 """Outbound: a pod's captured connection (15001 in its netns) to wherever it was going.
 
-The original destination comes from SO_ORIGINAL_DST; the source workload is the pod owning the netns.
-A service VIP resolves to one endpoint (round robin). Then:
-- an enrolled workload served by this very process: authorize, then connect to its app directly
-  (same node: no TLS needed, policy never skipped);
-- an enrolled workload elsewhere: an HBONE stream over a pooled mTLS connection to its 15008, opened
-  from the source pod's netns, with the source pod's certificate; the server must prove the
-  destination's identity;
-- anything else: plaintext passthrough from the pod's netns, as if there were no mesh.
+The original destination comes from the socket factory (SO_ORIGINAL_DST, or the eBPF map); the source
+workload is the pod owning the netns. `route.py` decides where the connection goes, then:
+- `Local` (an enrolled workload served by this very process): authorize, then connect to its app directly;
+- `Hbone` (an enrolled workload elsewhere): a CONNECT stream over a pooled mTLS connection to its 15008,
+  opened from the source pod's netns with the source pod's certificate (the pool dials); the server must
+  prove the destination's identity;
+- `Passthrough`: plaintext from the pod's netns, as if there were no mesh.
 Nothing is forwarded before ztunnel holds a complete config (a restart's first moments, control away
 with no cached copy): the connection waits briefly, then is reset. ztunnel's own ports are never a
 destination (a self-loop would accept and re-dial itself without end).
@@ -20,17 +19,16 @@ import asyncio
 import logging
 import ssl
 
-from meshlet_contracts.ports import PROXY_PORTS, RESERVED_PORTS
+from meshlet_contracts.ports import PROXY_PORTS
 from ztunnel.identity.manager import IdentityError
 from ztunnel.metrics import tcp_labels
-from ztunnel.proxy import sockets
 from ztunnel.proxy.context import Accepted, peer_of
-from ztunnel.proxy.hbone import HboneConnection
-from ztunnel.proxy.inbound import HBONE_PORT, allowed, deliver
+from ztunnel.proxy.delivery import allowed, deliver
 from ztunnel.proxy.relay import Side, TcpSide
+from ztunnel.proxy.route import Hbone, Local, Refuse, route
 from ztunnel.rbac import Connection
-from ztunnel.state.mesh import NoHealthyEndpoint, Upstream, Workload
-from ztunnel.tls import PeerIdentityError, peer_identity
+from ztunnel.state.mesh import Upstream
+from ztunnel.tls import PeerIdentityError
 
 log = logging.getLogger(__name__)
 RESPONSE_TIMEOUT = 10.0
@@ -47,7 +45,7 @@ class Outbound(Accepted):
         try:
             peer = self.transport.get_extra_info("peername")
             source_ip = peer[0]
-            ip, port = ctx.origdst.outbound(self.transport.get_extra_info("socket"), peer)
+            ip, port = ctx.sockets.outbound_destination(self.transport.get_extra_info("socket"), peer)
         except (OSError, TypeError) as exc:
             ctx.count_error("outbound", "original_dst", exc)
             tunnel.fail()
@@ -57,42 +55,39 @@ class Outbound(Accepted):
             return
         index = ctx.index
         try:
-            up = index.resolve(ip, port)
-        except NoHealthyEndpoint as exc:
-            ctx.count_error("outbound", "no_healthy_endpoint", exc)
+            decision = route(index, ctx.pods, ip, port)
+        except Exception:  # a bug (or a config item the index cannot take) costs this connection only
+            self._internal_error()
+            return
+        if isinstance(decision, Refuse):
+            ctx.count_error("outbound", decision.reason, f"{tunnel.describe}: {decision.detail}")
             tunnel.fail()
             return
-        if up.port in RESERVED_PORTS and up.workload is not None and up.workload.enrolled:
-            ctx.count_error("outbound", "self_loop", f"{tunnel.describe}: port {up.port} is a ztunnel port")
-            tunnel.fail()
-            return
-        source = index.workloads.get(self.pod.uid)
+        up = decision.upstream
+        source = peer_of(index.workloads.get(self.pod.uid), self.pod.identity)
         service = (up.service.namespace, up.service.name) if up.service is not None else None
-        destination = up.workload
         try:
-            if destination is not None and destination.enrolled:
-                local = ctx.pods.get(destination.uid)
-                if local is not None:
-                    if not allowed(
-                        ctx, index, local, Connection(source_ip, self.pod.identity, up.ip, up.port), "inbound"
-                    ):
-                        ctx.metrics.errors[("outbound", "denied")] += 1
-                        tunnel.fail()
-                        return
-                    upstream: Side = await deliver(ctx, local, source_ip, up.ip, up.port, tunnel)
-                    src, dst = peer_of(source, self.pod.identity), peer_of(destination, destination.identity)
-                    tunnel.established(
-                        upstream,
-                        tcp_labels("source", src, dst, service, True),
-                        tcp_labels("destination", src, dst, service, True),
-                    )
+            if isinstance(decision, Local):
+                local = decision.pod
+                if not allowed(ctx, index, local, Connection(source_ip, self.pod.identity, up.ip, up.port), "inbound"):
+                    ctx.metrics.errors[("outbound", "denied")] += 1
+                    tunnel.fail()
                     return
-                upstream = await self._hbone(source_ip, up, destination)
-                labels = tcp_labels("source", peer_of(source, self.pod.identity), peer_of(destination), service, True)
+                upstream: Side = await deliver(ctx, local, source_ip, up.ip, up.port, tunnel)
+                destination = peer_of(up.workload, decision.identity)
+                tunnel.established(
+                    upstream,
+                    tcp_labels("source", source, destination, service, True),
+                    tcp_labels("destination", source, destination, service, True),
+                )
+                return
+            if isinstance(decision, Hbone):
+                upstream = await self._hbone(source_ip, up, decision.identity)
+                labels = tcp_labels("source", source, peer_of(up.workload), service, True)
             else:
-                sock = await sockets.connect(self.pod.netns_fd, up.ip, up.port)
+                sock = await ctx.sockets.connect(self.pod.netns_fd, up.ip, up.port)
                 _, upstream = await asyncio.get_running_loop().create_connection(lambda: TcpSide(tunnel), sock=sock)
-                labels = tcp_labels("source", peer_of(source, self.pod.identity), peer_of(destination), service, False)
+                labels = tcp_labels("source", source, peer_of(up.workload), service, False)
         except _Refused as exc:
             ctx.count_error("outbound", exc.reason, f"{tunnel.describe}: {exc}")
             tunnel.fail()
@@ -103,38 +98,22 @@ class Outbound(Accepted):
             tunnel.fail()
             return
         except Exception:  # a bug must cost this connection only, never the listener or the process
-            ctx.metrics.errors[("outbound", "internal")] += 1
-            log.exception("outbound %s failed", tunnel.describe)
-            tunnel.fail()
+            self._internal_error()
             return
         tunnel.established(upstream, labels)
 
-    async def _hbone(self, source_ip: str, up: Upstream, destination: Workload) -> Side:
+    def _internal_error(self) -> None:
+        """Count, log (with the traceback) and reset a connection that a bug failed."""
+        self.ctx.metrics.errors[("outbound", "internal")] += 1
+        log.exception("outbound %s failed", self.tunnel.describe)
+        self.tunnel.fail()
+
+    async def _hbone(self, source_ip: str, up: Upstream, identity: str) -> Side:
+        """A CONNECT stream to `up` on a pooled connection whose server proved `identity`, once answered 200."""
         ctx, pod = self.ctx, self.pod
         cert = await ctx.identities.certificate(pod.identity)
-        tls = ctx.tls.client(cert)
-        loop = asyncio.get_running_loop()
-
-        async def dial() -> HboneConnection:
-            sock = await sockets.connect(pod.netns_fd, up.ip, HBONE_PORT)
-            transport, conn = await loop.create_connection(
-                lambda: HboneConnection(client=True, metrics=ctx.metrics),  # its HTTP/2 failures are counted
-                sock=sock,
-                ssl=tls,
-                server_hostname="",
-                ssl_handshake_timeout=sockets.CONNECT_TIMEOUT,
-            )
-            try:
-                conn.peer_identity = peer_identity(transport.get_extra_info("ssl_object"), ctx.trust_domain)
-                if conn.peer_identity != destination.identity:
-                    raise PeerIdentityError(f"{up.ip}:15008 is {conn.peer_identity}, expected {destination.identity}")
-            except BaseException:
-                transport.abort()
-                raise
-            return conn
-
         assert ctx.pool is not None
-        conn = await ctx.pool.get((pod.identity, source_ip, up.ip, destination.identity), dial)
+        conn = await ctx.pool.get((pod.identity, source_ip, up.ip, identity), pod.netns_fd, ctx.tls.client(cert))
         side, response = conn.open(f"{up.ip}:{up.port}", self.tunnel, [("forwarded", f"for={source_ip}")])
         try:
             async with asyncio.timeout(RESPONSE_TIMEOUT):

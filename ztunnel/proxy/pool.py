@@ -12,6 +12,10 @@ wait, since callers that waited together resume one after another and each takes
 finds the connection full looks again (another connection, or a new dial). A new connection carries
 one stream until the peer's SETTINGS say how many it takes; other callers wait for them (one round
 trip) rather than open streams the peer may refuse.
+
+The pool dials its connections itself, through the context's socket factory: from the source pod's netns
+to the destination's 15008, with the source pod's certificate; the server must prove the destination
+identity the key names.
 """
 
 from __future__ import annotations
@@ -19,9 +23,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import ssl
 
+from meshlet_contracts.ports import HBONE
+from ztunnel.metrics import Metrics
 from ztunnel.proxy.hbone import HboneConnection
+from ztunnel.proxy.sockets import CONNECT_TIMEOUT, NetnsSockets, SocketFactory
+from ztunnel.tls import PeerIdentityError, peer_identity
 
 log = logging.getLogger(__name__)
 PoolKey = tuple[str, str, str, str]
@@ -35,8 +43,18 @@ class NoCapacityError(ConnectionError):
 class HbonePool:
     """HBONE client connections by key."""
 
-    def __init__(self, trust_domain: str, idle_timeout: float = 30.0, handshake_timeout: float = 5.0) -> None:
+    def __init__(
+        self,
+        trust_domain: str,
+        sockets: SocketFactory | None = None,
+        metrics: Metrics | None = None,
+        idle_timeout: float = 30.0,
+        handshake_timeout: float = 5.0,
+    ) -> None:
         self.trust_domain = trust_domain
+        self.sockets: SocketFactory = sockets if sockets is not None else NetnsSockets()
+        self.metrics = metrics
+        """Where the connections' HTTP/2 failures are counted."""
         self.idle_timeout = idle_timeout
         self.handshake_timeout = handshake_timeout
         self.conns: dict[PoolKey, list[HboneConnection]] = {}
@@ -44,8 +62,9 @@ class HbonePool:
         self._idle: dict[int, asyncio.TimerHandle] = {}
         self.handshakes = 0
 
-    async def get(self, key: PoolKey, dial: Callable[[], Awaitable[HboneConnection]]) -> HboneConnection:
-        """A connection for `key` with room for one more stream now, dialing one if none has.
+    async def get(self, key: PoolKey, netns_fd: int, tls: ssl.SSLContext) -> HboneConnection:
+        """A connection for `key` with room for one more stream now, dialing one (from the netns of `netns_fd`,
+        with the client context `tls`) if none has.
 
         Open the stream before awaiting anything else: the room is only known to be there at this moment.
         """
@@ -64,7 +83,7 @@ class HbonePool:
                 continue
             task = self._dialing.get(key)
             if task is None or task.done():  # a finished dial not yet dropped holds nothing more to wait for
-                task = asyncio.create_task(self._dial(key, dial), name=f"hbone-dial-{key[2]}")
+                task = asyncio.create_task(self._dial(key, netns_fd, tls), name=f"hbone-dial-{key[2]}")
                 self._dialing[key] = task
                 task.add_done_callback(lambda t: self._dial_done(key, t))
             conn = await asyncio.shield(task)
@@ -76,12 +95,31 @@ class HbonePool:
         if self._dialing.get(key) is task:
             del self._dialing[key]
 
-    async def _dial(self, key: PoolKey, dial: Callable[[], Awaitable[HboneConnection]]) -> HboneConnection:
-        conn = await dial()
+    async def _dial(self, key: PoolKey, netns_fd: int, tls: ssl.SSLContext) -> HboneConnection:
+        conn = await self._open(key, netns_fd, tls)
         self.handshakes += 1
         self.conns.setdefault(key, []).append(conn)
         conn.on_lost = lambda c: self._remove(key, c)
         conn.on_idle = lambda c: self._schedule_idle(key, c)
+        return conn
+
+    async def _open(self, key: PoolKey, netns_fd: int, tls: ssl.SSLContext) -> HboneConnection:
+        """A new mTLS connection to the destination's 15008 that proved the identity `key` names."""
+        sock = await self.sockets.connect(netns_fd, key[2], HBONE)
+        transport, conn = await asyncio.get_running_loop().create_connection(
+            lambda: HboneConnection(client=True, metrics=self.metrics),  # its HTTP/2 failures are counted
+            sock=sock,
+            ssl=tls,
+            server_hostname="",
+            ssl_handshake_timeout=CONNECT_TIMEOUT,
+        )
+        try:
+            conn.peer_identity = peer_identity(transport.get_extra_info("ssl_object"), self.trust_domain)
+            if conn.peer_identity != key[3]:
+                raise PeerIdentityError(f"{key[2]}:{HBONE} is {conn.peer_identity}, expected {key[3]}")
+        except BaseException:
+            transport.abort()
+            raise
         return conn
 
     def _remove(self, key: PoolKey, conn: HboneConnection) -> None:

@@ -4,6 +4,10 @@ Every upstream socket is created while the thread is in the pod's netns (so it l
 and its routes), carries ztunnel's mark (so the pod's own capture rules let it pass), and, towards an
 app, may bind the caller's IP with IP_TRANSPARENT so the app sees who called. setns(2) is two fast
 syscalls and never blocks, so it is done on the event loop thread: the home netns fd is opened once.
+
+The proxy opens them through a `SocketFactory` held by its context (`NetnsSockets`, this behaviour, by
+default), which also reads where a captured connection was going: tests hand it one that stays on
+loopback, so the real connection handlers run without network namespaces, marks or root.
 """
 
 from __future__ import annotations
@@ -12,13 +16,14 @@ import asyncio
 import os
 import socket
 import struct
+from typing import Protocol
 
 from meshlet_contracts.netns import setns
 from meshlet_contracts.ports import TRANSPARENT_MARK as APP_MARK
 from meshlet_contracts.ports import ZTUNNEL_MARK
 from ztunnel.inpod.listeners import IP_TRANSPARENT
+from ztunnel.proxy.origdst import OriginalDestination
 
-SO_ORIGINAL_DST = 80
 # APP_MARK marks the transparent sockets to an app: the pod's reply routing (table 100) keys on it, for
 # either redirection backend; ztunnel's other sockets carry ZTUNNEL_MARK, which capture skips.
 CONNECT_TIMEOUT = 5.0
@@ -27,11 +32,38 @@ _HOME = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 _LINGER_RESET = struct.pack("ii", 1, 0)
 
 
-def original_dst(sock: socket.socket) -> tuple[str, int]:
-    """Where a REDIRECTed connection was going (netfilter's SO_ORIGINAL_DST, a sockaddr_in)."""
-    raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-    port, packed = struct.unpack_from("!2xH4s", raw)
-    return socket.inet_ntoa(packed), port
+class SocketFactory(Protocol):
+    """Every socket the data path opens, and where an accepted (captured) connection was going."""
+
+    async def connect(self, netns_fd: int, ip: str, port: int, source_ip: str | None = None) -> socket.socket:
+        """A connected, non-blocking socket from the pod of `netns_fd` to `ip:port`; with `source_ip`, one
+        to an app that leaves from the caller's address (OSError, TimeoutError)."""
+        ...
+
+    def outbound_destination(self, sock: socket.socket, peer: tuple[str, int]) -> tuple[str, int]:
+        """Where a connection accepted on a pod's 15001 from `peer` was going (OSError if unknown)."""
+        ...
+
+    def inbound_destination(self, sock: socket.socket) -> tuple[str, int]:
+        """Where a connection accepted on a pod's 15006 was going."""
+        ...
+
+
+class NetnsSockets:
+    """The production factory: sockets in the pod's netns, marked; original destinations from conntrack or
+    the eBPF map (`origdst`)."""
+
+    def __init__(self, origdst: OriginalDestination | None = None) -> None:
+        self.origdst = origdst if origdst is not None else OriginalDestination(None)
+
+    async def connect(self, netns_fd: int, ip: str, port: int, source_ip: str | None = None) -> socket.socket:
+        return await connect(netns_fd, ip, port, source_ip)
+
+    def outbound_destination(self, sock: socket.socket, peer: tuple[str, int]) -> tuple[str, int]:
+        return self.origdst.outbound(sock, peer)
+
+    def inbound_destination(self, sock: socket.socket) -> tuple[str, int]:
+        return self.origdst.inbound(sock)
 
 
 def pod_socket(netns_fd: int, source_ip: str | None = None) -> socket.socket:

@@ -1,6 +1,7 @@
 """Workloads and services as the data path reads them, indexed by uid, IP and VIP.
 
-`MeshIndex.from_config` converts one accepted `ConfigState` into domain objects once; it is also the
+`MeshIndex.from_config` converts one accepted `ConfigState` into domain objects once, each item checked against
+its definition in `meshlet_contracts.config_items` on the way (the only place the wire keys are read); it is also the
 config client's validator, so a version whose items cannot be converted is nacked and the last good
 index stays in force. The data path holds an index and never sees one half-built.
 """
@@ -10,8 +11,8 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
 
+from meshlet_contracts.config_items import ItemError, ServiceItem, WorkloadItem, parse_service, parse_workload
 from ztunnel.config.state import ConfigRejected, ConfigState
 from ztunnel.state.policy import PolicySet
 
@@ -33,18 +34,19 @@ class Workload:
     ready: bool
 
     @classmethod
-    def from_wire(cls, item: Mapping[str, Any]) -> Workload:
+    def from_wire(cls, item: WorkloadItem) -> Workload:
+        """From an item checked by `parse_workload`."""
         return cls(
-            uid=str(item["uid"]),
-            name=str(item["name"]),
-            namespace=str(item["namespace"]),
-            node=str(item.get("node") or ""),
-            service_account=str(item["serviceAccount"]),
-            identity=str(item["identity"]),
-            ips=tuple(str(ip) for ip in item["ips"]),
-            labels={str(k): str(v) for k, v in dict(item.get("labels") or {}).items()},
-            enrolled=bool(item["enrolled"]),
-            ready=bool(item.get("ready", True)),
+            uid=item["uid"],
+            name=item["name"],
+            namespace=item["namespace"],
+            node=item.get("node", ""),
+            service_account=item["serviceAccount"],
+            identity=item["identity"],
+            ips=tuple(item["ips"]),
+            labels=dict(item.get("labels", {})),
+            enrolled=item["enrolled"],
+            ready=item.get("ready", True),
         )
 
 
@@ -67,19 +69,20 @@ class Service:
     endpoints: tuple[Endpoint, ...]
 
     @classmethod
-    def from_wire(cls, item: Mapping[str, Any]) -> Service:
+    def from_wire(cls, item: ServiceItem) -> Service:
+        """From an item checked by `parse_service`."""
         return cls(
-            name=str(item["name"]),
-            namespace=str(item["namespace"]),
-            hostname=str(item.get("hostname") or ""),
-            vips=tuple(str(v) for v in item["vips"]),
-            ports=tuple(int(p["port"]) for p in item["ports"]),
+            name=item["name"],
+            namespace=item["namespace"],
+            hostname=item.get("hostname", ""),
+            vips=tuple(item["vips"]),
+            ports=tuple(p["port"] for p in item["ports"]),
             endpoints=tuple(
                 Endpoint(
-                    workload_uid=str(e["workloadUid"]),
-                    ip=str(e["ip"]),
-                    ports={int(k): int(v) for k, v in dict(e["ports"]).items()},
-                    ready=bool(e.get("ready", True)),
+                    workload_uid=e["workloadUid"],
+                    ip=e["ip"],
+                    ports={int(k): v for k, v in e["ports"].items()},
+                    ready=e.get("ready", True),
                 )
                 for e in item["endpoints"]
             ),
@@ -123,17 +126,17 @@ class MeshIndex:
         by_vip: dict[str, Service] = {}
         for key, item in state.items("workloads").items():
             try:
-                w = Workload.from_wire(item)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ConfigRejected(f"workloads/{key}: {type(exc).__name__}: {exc}") from None
+                w = Workload.from_wire(parse_workload(item))
+            except ItemError as exc:
+                raise ConfigRejected(f"workloads/{key}: {exc}") from None
             workloads[w.uid] = w
             for ip in w.ips:
                 by_ip[ip] = w
         for key, item in state.items("services").items():
             try:
-                s = Service.from_wire(item)
-            except (KeyError, TypeError, ValueError) as exc:
-                raise ConfigRejected(f"services/{key}: {type(exc).__name__}: {exc}") from None
+                s = Service.from_wire(parse_service(item))
+            except ItemError as exc:
+                raise ConfigRejected(f"services/{key}: {exc}") from None
             services[f"{s.namespace}/{s.name}"] = s
             for vip in s.vips:
                 by_vip[vip] = s
@@ -141,7 +144,7 @@ class MeshIndex:
             policies = PolicySet.from_wire(
                 state.items("authorization_policies").values(), state.items("peer_authentications").values()
             )
-        except (KeyError, TypeError, ValueError) as exc:
+        except ItemError as exc:
             raise ConfigRejected(str(exc)) from None
         return cls(state.version, workloads, by_ip, services, by_vip, policies)
 

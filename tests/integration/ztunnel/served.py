@@ -1,13 +1,17 @@
-"""One real ztunnel serving one pod on loopback, and HBONE clients for it: well-behaved and not.
+"""Real ztunnels, each serving one pod on loopback, and HBONE clients for them: well-behaved and not.
 
-`ServedNode` runs what production runs for a pod's 15008 (`ProxyContext`, `PodServing`, `InboundHbone`),
-with the pod's listeners on ephemeral ports of 127.0.0.1, this process' own netns standing in for the
-pod's, and the pod's certificate handed to the identity manager as if control had issued it. Opening
-sockets in a netns, marking them and binding the caller's address (IP_TRANSPARENT) need root, as they do
-for ztunnel. Clients bind 127.0.0.x source addresses, so each can be a different peer by IP as well.
+`ServedNode` runs what production runs for a pod (`ProxyContext`, `PodServing`, and so `Outbound`,
+`InboundHbone`, `InboundPlaintext`, the HBONE pool), with the pod's listeners on ephemeral ports of
+127.0.0.1, the loopback socket factory (`loopback.LoopbackSockets`) in place of the netns one, and the
+pod's certificate handed to the identity manager as if control had issued it. Two nodes sharing one
+factory carry a client app's connection through the whole path: the source node's 15001, an HBONE
+stream over mTLS to the destination node's 15008, the destination's app. Their mesh config (`mesh`) is
+built with control's own model: the client pod (namespace a, 127.0.0.2) and the server pod (namespace b,
+127.0.0.1), both enrolled; a DENY policy refuses the ports a test names.
 
 `RawHbone` writes HTTP/2 frames by hand: it is the peer that ignores SETTINGS_MAX_CONCURRENT_STREAMS,
-never sends a preface, or breaks the protocol. `dial` is a well-behaved client (ztunnel's own).
+never sends a preface, or breaks the protocol. `dial` is a well-behaved client (ztunnel's own). Clients
+bind 127.0.0.x source addresses, so each can be a different peer by IP as well.
 """
 
 from __future__ import annotations
@@ -17,32 +21,85 @@ import contextlib
 import os
 import socket
 import ssl
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 from hpack import Decoder, Encoder
 
+from control.model.kube import Namespace, Pod
+from control.model.mesh import MeshSettings, workload_item
+from control.model.security import AuthorizationPolicy
+from meshlet_contracts.ports import HBONE
 from meshlet_contracts.zds import WorkloadInfo
-from tests.integration.ztunnel.nodes import LOOPBACK, SERVER_ID, wait_until
+from tests.integration.ztunnel.loopback import (
+    CLIENT_IP,
+    LOOPBACK,
+    LoopbackSockets,
+    small_buffers,
+    wait_until,
+)
 from ztunnel.config.client import NodeCredential
+from ztunnel.config.state import ConfigState, apply
 from ztunnel.hbone import frames as fr
 from ztunnel.identity.manager import IdentityManager, WorkloadCertificate
 from ztunnel.inpod.listeners import PodListeners
 from ztunnel.metrics import Metrics
 from ztunnel.proxy.context import ProxyContext, ServedPod
-from ztunnel.proxy.hbone import HboneConnection
+from ztunnel.proxy.hbone import HboneConnection, StreamSide
 from ztunnel.proxy.limits import HboneLimits
-from ztunnel.proxy.relay import Tunnel
+from ztunnel.proxy.relay import TcpSide, Tunnel
 from ztunnel.proxy.serving import PodServing
+from ztunnel.state.mesh import MeshIndex
 from ztunnel.tls import TlsContexts
 
-POD_UID = "uid-server"
 POD = WorkloadInfo("server", "b", "server", (LOOPBACK,))
-"""The served pod: namespace b, service account server, so its identity is SERVER_ID."""
+"""The served pod of the destination node: namespace b, service account server, so its identity is SERVER_ID."""
+CLIENT_POD = WorkloadInfo("client", "a", "client", (CLIENT_IP,))
+"""The served pod of the source node: its identity is CLIENT_ID."""
+POD_UID = "uid-server"
 HANDSHAKE_TIMEOUT = 5.0
+AMBIENT = (("meshlet.io/dataplane-mode", "ambient"),)
+
+
+def mesh(deny_ports: Iterable[int] = ()) -> MeshIndex:
+    """The mesh config both nodes hold: both pods, enrolled; a DENY policy on the server for `deny_ports`."""
+    items = [workload_item(_pod(p), Namespace(p.namespace, AMBIENT), MeshSettings()) for p in (POD, CLIENT_POD)]
+    resources: dict[str, list[Any]] = {"workloads": items}
+    ports = [str(p) for p in deny_ports]
+    if ports:
+        policy = AuthorizationPolicy.from_k8s(
+            {
+                "apiVersion": "security.istio.io/v1",
+                "kind": "AuthorizationPolicy",
+                "metadata": {"name": "deny-ports", "namespace": POD.namespace},
+                "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"ports": ports}}]}]},
+            }
+        )
+        resources["authorization_policies"] = [policy.to_wire()]
+    message = {"type": "snapshot", "epoch": "e1", "version": 1, "resources": resources}
+    return MeshIndex.from_config(apply(ConfigState(), message))
+
+
+def _pod(info: WorkloadInfo) -> Pod:
+    return Pod(
+        uid=f"uid-{info.name}",
+        name=info.name,
+        namespace=info.namespace,
+        node=f"node-{info.name}",
+        service_account=info.service_account,
+        ips=info.ips,
+        labels=(("app", info.name),),
+        host_network=False,
+        phase="Running",
+        ready=True,
+        container_ports=(),
+    )
 
 
 def _listener() -> socket.socket:
     sock = socket.socket()
+    small_buffers(sock)  # inherited by accepted sockets
     sock.bind((LOOPBACK, 0))
     sock.listen(1024)
     sock.setblocking(False)
@@ -50,51 +107,115 @@ def _listener() -> socket.socket:
 
 
 class ServedNode:
-    """ztunnel's data path for one pod whose 15008 listens on `port`."""
+    """ztunnel's data path for one pod: its 15008 listens on `port`, its 15001 on `outbound_port`."""
 
-    def __init__(self, cert: WorkloadCertificate, limits: HboneLimits | None = None) -> None:
-        assert cert.spiffe_id == SERVER_ID
+    def __init__(
+        self,
+        cert: WorkloadCertificate,
+        limits: HboneLimits | None = None,
+        pod: WorkloadInfo = POD,
+        sockets: LoopbackSockets | None = None,
+    ) -> None:
+        self.info = pod
+        self.uid = f"uid-{pod.name}"
+        self.sockets = sockets if sockets is not None else LoopbackSockets()
         self.ctx = ProxyContext(
-            node="node-1",
+            node=f"node-{pod.name}",
             trust_domain="cluster.local",
             root_namespace="meshlet-system",
             # Never called: the pod's certificate is in hand already.
             identities=IdentityManager("https://127.0.0.1:9", NodeCredential.in_dir(Path("/nonexistent"))),
             limits=limits or HboneLimits(),
+            sockets=self.sockets,
         )
         self.ctx.identities.certs[cert.spiffe_id] = cert
-        self.ctx.config_loaded.set()  # an empty mesh config: no policy, so every caller is allowed
+        self.ctx.index = mesh()
+        self.ctx.config_loaded.set()  # no policy, so every caller is allowed
         self.serving = PodServing(self.ctx)
         self.port = 0
+        self.outbound_port = 0
         self._netns = -1
+        assert cert.spiffe_id == f"spiffe://cluster.local/ns/{pod.namespace}/sa/{pod.service_account}"
 
     @property
     def metrics(self) -> Metrics:
         return self.ctx.metrics
 
-    def errors(self, reason: str) -> int:
-        """meshlet_connection_errors_total{direction="inbound",reason=...}"""
-        return self.ctx.metrics.errors.get(("inbound", reason), 0)
+    def errors(self, reason: str, direction: str = "inbound") -> int:
+        """meshlet_connection_errors_total{direction=...,reason=...}"""
+        return self.ctx.metrics.errors.get((direction, reason), 0)
 
     @property
     def pod(self) -> ServedPod:
-        return self.ctx.pods[POD_UID]
+        return self.ctx.pods[self.uid]
 
     async def start(self) -> ServedNode:
-        self._netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        self._netns = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)  # held, never entered
         listeners = PodListeners(self._netns, {n: _listener() for n in ("outbound", "inbound_plaintext", "hbone")})
         self.port = listeners.sockets["hbone"].getsockname()[1]
-        self.serving.pod_added(POD_UID, POD, listeners)
+        self.outbound_port = listeners.sockets["outbound"].getsockname()[1]
+        for ip in self.info.ips:
+            self.sockets.addresses[(ip, HBONE)] = (LOOPBACK, self.port)
+        self.serving.pod_added(self.uid, self.info, listeners)
         await wait_until(lambda: self.pod.hbone_ready, "the pod's 15008 to be served")
         return self
 
+    def captured(self, destination: str) -> contextlib.AbstractAsyncContextManager[
+        tuple[asyncio.StreamReader, asyncio.StreamWriter]
+    ]:  # fmt: skip
+        """A connection of this node's pod's app to `destination` ("ip:port"), as its 15001 captures it."""
+        return self.sockets.captured(self.outbound_port, destination, self.info.ips[0])
+
+    def pooled(self) -> list[HboneConnection]:
+        """The HBONE client connections this node's pool holds."""
+        assert self.ctx.pool is not None
+        return [c for conns in self.ctx.pool.conns.values() for c in conns]
+
+    @property
+    def handshakes(self) -> int:
+        """HBONE connections this node's pool has dialed."""
+        assert self.ctx.pool is not None
+        return self.ctx.pool.handshakes
+
+    def hbone_connections(self) -> list[HboneConnection]:
+        """The HBONE connections (client or server) carrying this node's tunnels now."""
+        conns = {side.conn for side in self._sides() if isinstance(side, StreamSide)}
+        return sorted(conns, key=id)
+
+    def held(self) -> int:
+        """Bytes this node holds in user space on their way somewhere: the write buffers of its sockets and TLS
+        connections, and what streams keep while a flow-control window is closed (read from the sides'
+        private lists: nothing else shows it)."""
+        conns = set(self.hbone_connections()) | set(self.pooled())
+        total = sum(c.transport.get_write_buffer_size() for c in conns if c.transport and not c.lost)
+        for side in self._sides():
+            if isinstance(side, TcpSide) and side.transport is not None and not side.closed:
+                total += side.transport.get_write_buffer_size() + sum(map(len, side._early))
+            elif isinstance(side, StreamSide):
+                total += sum(len(b) for b in (*side._pending, *side._early))
+        return total
+
+    def send_window_closed(self) -> bool:
+        """Whether a stream of this node has used up its HTTP/2 send window: it can send nothing more until
+        the peer's WINDOW_UPDATE."""
+        return any(
+            isinstance(side, StreamSide) and not side.closed and side.conn.h2.send_window(side.stream_id) == 0
+            for side in self._sides()
+        )
+
+    def _sides(self) -> list[object]:
+        return [s for t in self.ctx.tunnels for s in (t.downstream, t.upstream) if s is not None]
+
     async def close(self) -> None:
-        self.serving.pod_removed(POD_UID)
+        self.serving.pod_removed(self.uid)
         for tunnel in list(self.ctx.tunnels):
             tunnel.fail()
             if tunnel.upstream is not None:
                 tunnel.upstream.abort()
         await wait_until(lambda: not self.ctx.tunnels, "the node's tunnels to end")
+        if self.ctx.pool is not None:
+            self.ctx.pool.close()
+            await wait_until(lambda: all(c.lost for c in self.pooled()), "the node's HBONE connections to close")
         for task in list(self.ctx.tasks):
             task.cancel()
         await asyncio.gather(*self.ctx.tasks, return_exceptions=True)

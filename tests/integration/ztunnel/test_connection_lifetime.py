@@ -24,7 +24,7 @@ import uvloop
 
 from control.ca import CertificateAuthority
 from meshlet_contracts.zds import WorkloadInfo
-from tests.integration.ztunnel.nodes import CLIENT_ID, LOOPBACK, SERVER_ID, TD, wait_until, workload_certificate
+from tests.integration.ztunnel.loopback import CLIENT_ID, LOOPBACK, SERVER_ID, TD, wait_until, workload_certificate
 from ztunnel.identity.manager import IdentityManager, WorkloadCertificate
 from ztunnel.inpod.listeners import PodListeners
 from ztunnel.proxy import serving

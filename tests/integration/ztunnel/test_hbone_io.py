@@ -22,23 +22,22 @@ import pytest_asyncio
 from prometheus_client.parser import text_string_to_metric_families
 
 from control.ca import CertificateAuthority
-from tests.integration.ztunnel.nodes import (
+from tests.integration.ztunnel.loopback import (
     CLIENT_ID,
+    CLIENT_IP,
     LOOPBACK,
     SERVER_ID,
     TD,
     App,
-    DestinationNode,
     Handler,
-    SourceNode,
-    connect,
-    held_by_ztunnel,
+    LoopbackSockets,
     reset,
-    send_window_closed,
     wait_until,
     workload_certificate,
 )
+from tests.integration.ztunnel.served import CLIENT_POD, ServedNode, mesh
 from ztunnel.hbone import H2Settings
+from ztunnel.proxy.limits import HboneLimits
 
 pytestmark = pytest.mark.asyncio
 MiB = 1 << 20
@@ -51,20 +50,30 @@ def ca(tmp_path_factory: pytest.TempPathFactory) -> CertificateAuthority:
     return CertificateAuthority.load_or_create(tmp_path_factory.mktemp("mesh-ca"), TD)
 
 
+@pytest.fixture
+def sockets() -> LoopbackSockets:
+    """The socket factory both nodes of a test share (one loopback stands for the network)."""
+    return LoopbackSockets()
+
+
 @pytest_asyncio.fixture
-async def destination(ca: CertificateAuthority) -> AsyncIterator[DestinationNode]:
-    node = await DestinationNode(workload_certificate(ca, SERVER_ID)).start()
+async def destination(ca: CertificateAuthority, sockets: LoopbackSockets) -> AsyncIterator[ServedNode]:
+    """The server pod's node: its 15008 and the app behind it."""
+    node = ServedNode(workload_certificate(ca, SERVER_ID), sockets=sockets)
     try:
-        yield node
+        yield await node.start()
     finally:
         await node.close()
 
 
 @pytest_asyncio.fixture
-async def source(ca: CertificateAuthority, destination: DestinationNode) -> AsyncIterator[SourceNode]:
-    node = SourceNode(workload_certificate(ca, CLIENT_ID), destination.port)
+async def source(
+    ca: CertificateAuthority, sockets: LoopbackSockets, destination: ServedNode
+) -> AsyncIterator[ServedNode]:
+    """The client pod's node: its 15001 captures the client app's connections."""
+    node = ServedNode(workload_certificate(ca, CLIENT_ID), pod=CLIENT_POD, sockets=sockets)
     try:
-        yield node
+        yield await node.start()
     finally:
         await node.close()
 
@@ -119,14 +128,23 @@ def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def tcp_totals(node: SourceNode | DestinationNode) -> dict[str, float]:
+def tcp_totals(node: ServedNode) -> dict[str, float]:
     """The istio_tcp_* counters as Prometheus would scrape them, summed over label sets."""
     families = text_string_to_metric_families(node.metrics.render())
-    return {f.name: sum(s.value for s in f.samples) for f in families if f.name.startswith("istio_tcp_")}
+    return {
+        f.name: sum(s.value for s in f.samples if s.name in (f.name, f"{f.name}_total"))
+        for f in families
+        if f.name.startswith("istio_tcp_")
+    }
+
+
+def outbound_errors(node: ServedNode) -> dict[str, int]:
+    """meshlet_connection_errors_total{direction="outbound"} by reason, those counted at all."""
+    return {reason: n for (direction, reason), n in node.metrics.errors.items() if direction == "outbound" and n}
 
 
 async def test_8_mib_each_way_through_one_tunnel_arrives_intact(
-    source: SourceNode, destination: DestinationNode, apps: StartApp
+    source: ServedNode, destination: ServedNode, apps: StartApp
 ) -> None:
     # Twice the 4 MiB stream window each way. Each reader starts only once the stream towards it has
     # used up its window, so both directions stop and must be resumed by WINDOW_UPDATEs.
@@ -135,22 +153,21 @@ async def test_8_mib_each_way_through_one_tunnel_arrives_intact(
     seen_by_app: list[str] = []
 
     async def client_window_closed() -> None:
-        await wait_until(lambda: send_window_closed(source), "the client's stream to use up its window")
+        await wait_until(source.send_window_closed, "the client's stream to use up its window")
 
     async def server_window_closed() -> None:
-        await wait_until(lambda: send_window_closed(destination), "the server's stream to use up its window")
+        await wait_until(destination.send_window_closed, "the server's stream to use up its window")
 
     async def app_side(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         seen_by_app.append(digest(await exchange(reader, writer, to_client, client_window_closed)))
 
     app = await apps(app_side)
-    port = await source.listen(app.authority)
     async with asyncio.timeout(TEST_TIMEOUT):
-        async with connect(port) as (reader, writer):
+        async with source.captured(app.authority) as (reader, writer):
             received = await exchange(reader, writer, to_app, server_window_closed)
         # Our end is done once the app's bytes and EOF are in; the app may still be reading ours.
         await wait_until(lambda: seen_by_app, "the app to read to the end")
-        await wait_until(lambda: not source.tunnels and not destination.tunnels, "both tunnels to finish")
+        await wait_until(lambda: not source.ctx.tunnels and not destination.ctx.tunnels, "both tunnels to finish")
 
     assert digest(received) == digest(to_client)
     assert seen_by_app == [digest(to_app)]
@@ -166,7 +183,7 @@ async def test_8_mib_each_way_through_one_tunnel_arrives_intact(
 
 
 async def test_client_half_close_reaches_the_app_and_its_reply_still_arrives(
-    source: SourceNode, apps: StartApp
+    source: ServedNode, apps: StartApp
 ) -> None:
     request, reply = os.urandom(100_000), os.urandom(1 * MiB)
 
@@ -176,8 +193,7 @@ async def test_client_half_close_reaches_the_app_and_its_reply_still_arrives(
         await writer.drain()
 
     app = await apps(answer_after_eof)
-    port = await source.listen(app.authority)
-    async with asyncio.timeout(TEST_TIMEOUT), connect(port) as (reader, writer):
+    async with asyncio.timeout(TEST_TIMEOUT), source.captured(app.authority) as (reader, writer):
         writer.write(request)
         await writer.drain()
         writer.write_eof()
@@ -186,7 +202,7 @@ async def test_client_half_close_reaches_the_app_and_its_reply_still_arrives(
     assert received == digest(request).encode() + reply
 
 
-async def test_app_half_close_reaches_the_client_which_can_still_send(source: SourceNode, apps: StartApp) -> None:
+async def test_app_half_close_reaches_the_client_which_can_still_send(source: ServedNode, apps: StartApp) -> None:
     greeting, upload = os.urandom(300_000), os.urandom(2 * MiB)
     uploaded: list[str] = []
 
@@ -197,8 +213,7 @@ async def test_app_half_close_reaches_the_client_which_can_still_send(source: So
         uploaded.append(digest(await reader.read()))
 
     app = await apps(greet_then_listen)
-    port = await source.listen(app.authority)
-    async with asyncio.timeout(TEST_TIMEOUT), connect(port) as (reader, writer):
+    async with asyncio.timeout(TEST_TIMEOUT), source.captured(app.authority) as (reader, writer):
         assert await reader.read() == greeting  # EOF from the app, while our direction stays open
         writer.write(upload)
         await writer.drain()
@@ -208,12 +223,11 @@ async def test_app_half_close_reaches_the_client_which_can_still_send(source: So
     assert uploaded == [digest(upload)]
 
 
-async def test_bytes_and_eof_sent_before_the_tunnel_is_up_are_passed_on(source: SourceNode, apps: StartApp) -> None:
+async def test_bytes_and_eof_sent_before_the_tunnel_is_up_are_passed_on(source: ServedNode, apps: StartApp) -> None:
     # `printf ... | nc`: everything, end of stream included, arrives while the CONNECT is in flight.
     payload = os.urandom(3 * MiB)
     app = await apps(echo)
-    port = await source.listen(app.authority)
-    async with asyncio.timeout(TEST_TIMEOUT), connect(port) as (reader, writer):
+    async with asyncio.timeout(TEST_TIMEOUT), source.captured(app.authority) as (reader, writer):
         writer.write(payload)
         writer.write_eof()
         echoed = await reader.read()
@@ -222,49 +236,47 @@ async def test_bytes_and_eof_sent_before_the_tunnel_is_up_are_passed_on(source: 
 
 
 async def test_50_concurrent_tunnels_share_one_hbone_connection_and_keep_their_own_bytes(
-    source: SourceNode, destination: DestinationNode, apps: StartApp
+    source: ServedNode, destination: ServedNode, apps: StartApp
 ) -> None:
     count = 50
     all_connected = asyncio.Event()
-    streams_when_all_connected: list[int] = []
+    streams_when_all_connected: list[list[int]] = []
 
     async def echo_once_all_are_here(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         # Nothing is echoed until every tunnel reached the app, so all of them are open at once.
         if app.accepted == count:
-            streams_when_all_connected.append(len(destination.connections[0].streams))
+            await wait_until(lambda: len(destination.ctx.tunnels) == count, "the last tunnel to be established")
+            streams_when_all_connected.append([len(c.streams) for c in destination.hbone_connections()])
             all_connected.set()
         await all_connected.wait()
         await echo(reader, writer)
 
     app = await apps(echo_once_all_are_here)
-    port = await source.listen(app.authority)
     payloads = [os.urandom(256 * 1024) for _ in range(count)]
 
     async def one(payload: bytes) -> bytes:
-        async with connect(port) as (reader, writer):
+        async with source.captured(app.authority) as (reader, writer):
             return await exchange(reader, writer, payload)
 
     async with asyncio.timeout(TEST_TIMEOUT):
         echoed = await asyncio.gather(*(one(p) for p in payloads))
 
     assert [digest(e) for e in echoed] == [digest(p) for p in payloads]
-    assert streams_when_all_connected == [count]
-    assert source.pool.handshakes == 1
-    assert len(source.connections) == 1 and len(destination.connections) == 1
+    assert streams_when_all_connected == [[count]]  # one server-side connection carried them all
+    assert source.handshakes == 1 and len(source.pooled()) == 1
 
 
 async def test_a_refused_stream_resets_only_its_own_connection(
-    source: SourceNode, destination: DestinationNode, apps: StartApp
+    source: ServedNode, destination: ServedNode, apps: StartApp
 ) -> None:
     allowed, denied = await apps(echo), await apps(echo)
-    destination.refused_ports.add(denied.port)
-    allowed_port, denied_port = await source.listen(allowed.authority), await source.listen(denied.authority)
+    destination.ctx.index = mesh(deny_ports=[denied.port])  # a DENY policy on the server pod
 
-    async with asyncio.timeout(TEST_TIMEOUT), connect(allowed_port) as (reader, writer):
+    async with asyncio.timeout(TEST_TIMEOUT), source.captured(allowed.authority) as (reader, writer):
         writer.write(b"before")
         assert await reader.readexactly(6) == b"before"
 
-        async with connect(denied_port) as (denied_reader, denied_writer):
+        async with source.captured(denied.authority) as (denied_reader, denied_writer):
             denied_writer.write(b"let me in")
             with pytest.raises(ConnectionResetError):  # a reset, never a clean EOF
                 await denied_reader.read()
@@ -272,36 +284,40 @@ async def test_a_refused_stream_resets_only_its_own_connection(
         writer.write(b"after")
         assert await reader.readexactly(5) == b"after"
 
-    assert source.statuses == [401]
+    assert outbound_errors(source) == {"denied": 1}  # the server answered 401
+    assert destination.errors("denied") == 1
     assert denied.accepted == 0
-    assert source.pool.handshakes == 1 and not source.connections[0].lost
+    [pooled] = source.pooled()
+    assert source.handshakes == 1 and not pooled.lost
 
 
-async def test_an_app_that_is_not_listening_resets_the_client(source: SourceNode) -> None:
+async def test_an_app_that_is_not_listening_resets_the_client(source: ServedNode, destination: ServedNode) -> None:
     with socket.socket() as nobody:
         nobody.bind((LOOPBACK, 0))  # held but never listening: connections to it are refused
-        port = await source.listen(f"{LOOPBACK}:{nobody.getsockname()[1]}")
-        async with asyncio.timeout(TEST_TIMEOUT), connect(port) as (reader, writer):
+        async with (
+            asyncio.timeout(TEST_TIMEOUT),
+            source.captured(f"{LOOPBACK}:{nobody.getsockname()[1]}") as (reader, writer),
+        ):
             writer.write(b"anyone?")
             with pytest.raises(ConnectionResetError):
                 await reader.read()
 
-    assert source.statuses == [503]
+    assert outbound_errors(source) == {"hbone_503": 1}  # the server answered 503
+    assert destination.errors("app_unreachable") == 1
 
 
-async def test_an_app_reset_resets_the_client_and_no_other_stream(source: SourceNode, apps: StartApp) -> None:
+async def test_an_app_reset_resets_the_client_and_no_other_stream(source: ServedNode, apps: StartApp) -> None:
     async def crash_after_five_bytes(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await reader.readexactly(5)
         reset(writer)
 
     steady, crashing = await apps(echo), await apps(crash_after_five_bytes)
-    steady_port, crashing_port = await source.listen(steady.authority), await source.listen(crashing.authority)
 
-    async with asyncio.timeout(TEST_TIMEOUT), connect(steady_port) as (reader, writer):
+    async with asyncio.timeout(TEST_TIMEOUT), source.captured(steady.authority) as (reader, writer):
         writer.write(b"before")
         assert await reader.readexactly(6) == b"before"
 
-        async with connect(crashing_port) as (crash_reader, crash_writer):
+        async with source.captured(crashing.authority) as (crash_reader, crash_writer):
             crash_writer.write(b"crash")
             with pytest.raises(ConnectionResetError):
                 await crash_reader.read()
@@ -310,11 +326,12 @@ async def test_an_app_reset_resets_the_client_and_no_other_stream(source: Source
         assert await reader.readexactly(5) == b"after"
 
     assert crashing.accepted == 1
-    assert source.pool.handshakes == 1 and not source.connections[0].lost
+    [pooled] = source.pooled()
+    assert source.handshakes == 1 and not pooled.lost
 
 
 async def test_a_slow_reader_holds_the_sender_back_instead_of_filling_ztunnel(
-    source: SourceNode, destination: DestinationNode, apps: StartApp
+    source: ServedNode, destination: ServedNode, apps: StartApp
 ) -> None:
     total, chunk = 32 * MiB, 256 * 1024
     data = os.urandom(total)
@@ -329,12 +346,11 @@ async def test_a_slow_reader_holds_the_sender_back_instead_of_filling_ztunnel(
             written = offset + chunk
 
     app = await apps(send_everything)
-    port = await source.listen(app.authority)
     peak = 0
 
     def measure() -> None:
         nonlocal peak
-        peak = max(peak, held_by_ztunnel(source, destination))
+        peak = max(peak, source.held() + destination.held())
 
     async def keep_measuring() -> None:
         while True:
@@ -343,7 +359,7 @@ async def test_a_slow_reader_holds_the_sender_back_instead_of_filling_ztunnel(
 
     sampler = asyncio.create_task(keep_measuring())
     try:
-        async with asyncio.timeout(TEST_TIMEOUT), connect(port) as (reader, _):
+        async with asyncio.timeout(TEST_TIMEOUT), source.captured(app.authority) as (reader, _):
             # The client reads nothing until the sender has stopped making progress. A stall is no
             # event one could wait on, so it is recognised as `written` holding still for 250 ms.
             previous, still_since = -1, asyncio.get_running_loop().time()
@@ -376,34 +392,34 @@ async def test_a_slow_reader_holds_the_sender_back_instead_of_filling_ztunnel(
 
 
 async def test_each_side_sees_the_others_spiffe_identity(
-    source: SourceNode, destination: DestinationNode, apps: StartApp
+    source: ServedNode, destination: ServedNode, apps: StartApp
 ) -> None:
     app = await apps(echo)
-    port = await source.listen(app.authority)
-    async with asyncio.timeout(TEST_TIMEOUT), connect(port) as (reader, writer):
+    async with asyncio.timeout(TEST_TIMEOUT), source.captured(app.authority) as (reader, writer):
         writer.write(b"who")
         assert await reader.readexactly(3) == b"who"
+        [server_side] = destination.hbone_connections()
 
-    [client_side] = source.connections
-    [server_side] = destination.connections
+    [client_side] = source.pooled()
     assert client_side.peer_identity == SERVER_ID
     assert server_side.peer_identity == CLIENT_ID
 
 
 async def test_a_server_certificate_from_another_ca_fails_the_handshake(
-    ca: CertificateAuthority, tmp_path: Path, apps: StartApp
+    ca: CertificateAuthority, sockets: LoopbackSockets, tmp_path: Path, apps: StartApp
 ) -> None:
     other_ca = CertificateAuthority.load_or_create(tmp_path, TD)  # same trust domain, different root
-    impostor = await DestinationNode(workload_certificate(other_ca, SERVER_ID)).start()
-    source = SourceNode(workload_certificate(ca, CLIENT_ID), impostor.port)
+    impostor = await ServedNode(workload_certificate(other_ca, SERVER_ID), sockets=sockets).start()
+    cert = workload_certificate(ca, CLIENT_ID)
+    source = await ServedNode(cert, pod=CLIENT_POD, sockets=sockets).start()
     app = await apps(echo)
     try:
         async with asyncio.timeout(TEST_TIMEOUT):
-            with pytest.raises(ssl.SSLCertVerificationError):
-                await source.dial()
+            assert source.ctx.pool is not None
+            with pytest.raises(ssl.SSLCertVerificationError):  # the pool's own dial
+                await source.ctx.pool.get((CLIENT_ID, CLIENT_IP, LOOPBACK, SERVER_ID), -1, source.ctx.tls.client(cert))
 
-            port = await source.listen(app.authority)
-            async with connect(port) as (reader, writer):
+            async with source.captured(app.authority) as (reader, writer):
                 writer.write(b"secret")
                 with pytest.raises(ConnectionResetError):
                     await reader.read()
@@ -411,23 +427,26 @@ async def test_a_server_certificate_from_another_ca_fails_the_handshake(
         await source.close()
         await impostor.close()
 
-    assert [type(e) for e in source.errors] == [ssl.SSLCertVerificationError]
-    assert not impostor.connections and app.accepted == 0
+    assert outbound_errors(source) == {"connect": 1}
+    assert source.handshakes == 0 and app.accepted == 0
 
 
 async def test_a_burst_above_the_peers_stream_limit_opens_more_connections_and_every_tunnel_works(
-    ca: CertificateAuthority, apps: StartApp
+    ca: CertificateAuthority, sockets: LoopbackSockets, apps: StartApp
 ) -> None:
     # Callers that arrive together wait for one dial; each must find room on a connection for its stream
     # (the peer takes `limit` per connection) or wait for another one, never open a stream the peer refuses.
     limit, count = 10, 45
-    server_settings = H2Settings(max_concurrent_streams=limit)
-    destination = await DestinationNode(workload_certificate(ca, SERVER_ID), server_settings).start()
-    source = SourceNode(workload_certificate(ca, CLIENT_ID), destination.port)
+    limits = HboneLimits(max_streams_per_connection=limit)
+    destination = await ServedNode(workload_certificate(ca, SERVER_ID), limits, sockets=sockets).start()
+    source = await ServedNode(workload_certificate(ca, CLIENT_ID), pod=CLIENT_POD, sockets=sockets).start()
     all_connected = asyncio.Event()
+    connections_when_all_connected: list[int] = []
 
     async def echo_once_all_are_here(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         if app.accepted == count:  # so all tunnels are open at once: the burst needs ceil(45/10) connections
+            await wait_until(lambda: len(destination.ctx.tunnels) == count, "the last tunnel to be established")
+            connections_when_all_connected.append(len(destination.hbone_connections()))
             all_connected.set()
         async with asyncio.timeout(TEST_TIMEOUT):
             await all_connected.wait()
@@ -436,10 +455,9 @@ async def test_a_burst_above_the_peers_stream_limit_opens_more_connections_and_e
     app = await apps(echo_once_all_are_here)
     payloads = [os.urandom(64 * 1024) for _ in range(count)]
     try:
-        port = await source.listen(app.authority)
 
         async def one(payload: bytes) -> bytes:
-            async with connect(port) as (reader, writer):
+            async with source.captured(app.authority) as (reader, writer):
                 return await exchange(reader, writer, payload)
 
         async with asyncio.timeout(TEST_TIMEOUT):
@@ -449,5 +467,30 @@ async def test_a_burst_above_the_peers_stream_limit_opens_more_connections_and_e
         await destination.close()
 
     assert [digest(e) for e in echoed] == [digest(p) for p in payloads]
-    assert source.errors == [] and source.statuses == []
-    assert source.pool.handshakes == len(destination.connections) == 5
+    assert outbound_errors(source) == {} and destination.errors("stream_limit") == 0
+    assert source.handshakes == 5 and connections_when_all_connected == [5]
+
+
+class _BrokenIndex:
+    """A mesh index with a bug: any use of it raises."""
+
+    def __getattr__(self, name: str) -> object:
+        raise RuntimeError(f"a bug reading index.{name}")
+
+
+async def test_a_bug_routing_a_connection_resets_it_and_the_next_one_is_served(
+    source: ServedNode, apps: StartApp
+) -> None:
+    app = await apps(echo)
+    good_index, source.ctx.index = source.ctx.index, _BrokenIndex()  # type: ignore[assignment]
+    async with asyncio.timeout(TEST_TIMEOUT):
+        async with source.captured(app.authority) as (reader, writer):
+            writer.write(b"hello")
+            with pytest.raises(ConnectionResetError):
+                await reader.read()
+        source.ctx.index = good_index
+        async with source.captured(app.authority) as (reader, writer):
+            writer.write(b"again")
+            assert await reader.readexactly(5) == b"again"
+
+    assert outbound_errors(source) == {"internal": 1}

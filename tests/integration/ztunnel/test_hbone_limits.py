@@ -1,8 +1,8 @@
 """The node's 15008 under peers that take too much: streams per connection, connections and streams per
 source identity and per source IP, connections that never speak HTTP/2 or stop using streams, and bugs.
 
-Each runs the real inbound path (`served.ServedNode`) on loopback. What is checked is what clients and
-the operator notice: how many tunnels were opened to the app, what the greedy client was answered
+Each runs the real inbound path (`served.ServedNode`) on loopback (no root needed). What is checked is
+what clients and the operator notice: how many tunnels were opened to the app, what the greedy client was answered
 (REFUSED_STREAM, GOAWAY, a closed connection), that another client is served all along, and the count of
 each refusal in meshlet_connection_errors_total.
 """
@@ -10,7 +10,6 @@ each refusal in meshlet_connection_errors_total.
 from __future__ import annotations
 
 import asyncio
-import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -18,29 +17,20 @@ import pytest
 import pytest_asyncio
 
 from control.ca import CertificateAuthority
-from tests.integration.ztunnel.nodes import (
-    CLIENT_ID,
-    SERVER_ID,
-    TD,
-    App,
-    SourceNode,
-    connect,
-    wait_until,
-    workload_certificate,
-)
+from meshlet_contracts.zds import WorkloadInfo
+from tests.integration.ztunnel.loopback import CLIENT_ID, SERVER_ID, TD, App, wait_until, workload_certificate
 from tests.integration.ztunnel.served import RawHbone, ServedNode, connect_status, dial
 from ztunnel.hbone import ErrorCode
 from ztunnel.hbone import frames as fr
 from ztunnel.identity.manager import WorkloadCertificate
 from ztunnel.proxy.limits import HboneLimits
 
-pytestmark = [
-    pytest.mark.asyncio,
-    pytest.mark.skipif(os.geteuid() != 0, reason="ztunnel's inbound path opens marked, transparent sockets: root"),
-]
+pytestmark = pytest.mark.asyncio
 TEST_TIMEOUT = 60.0
 OTHER_ID = "spiffe://cluster.local/ns/c/sa/other"
 GREEDY_IP, OTHER_IP, THIRD_IP = "127.0.0.2", "127.0.0.3", "127.0.0.4"
+OTHER_POD = WorkloadInfo("other", "c", "other", ("127.0.0.5",))
+"""A client pod of OTHER_ID on another node."""
 
 
 @pytest.fixture(scope="module")
@@ -107,11 +97,11 @@ async def clients() -> AsyncIterator[list[Any]]:
 
 
 async def echo_through(node: ServedNode, cert: WorkloadCertificate, echo_app: App) -> bytes:
-    """Bytes sent by a well-behaved client (ztunnel's outbound path, from 127.0.0.1) and echoed back."""
-    source = SourceNode(cert, node.port, expected_identity=SERVER_ID)
+    """Bytes sent by a well-behaved client (ztunnel's outbound path, another node's) and echoed back."""
+    source = ServedNode(cert, pod=OTHER_POD, sockets=node.sockets)
     try:
-        port = await source.listen(echo_app.authority)
-        async with connect(port) as (reader, writer):
+        await source.start()
+        async with source.captured(echo_app.authority) as (reader, writer):
             writer.write(b"still served")
             return await reader.readexactly(12)
     finally:

@@ -484,3 +484,5 @@ def test_valid_policies_convert_deterministically_and_round_trip(spec: dict[str,
     wire = policy.to_wire()
     assert json.loads(json.dumps(wire)) == wire
     assert AuthorizationPolicy.from_k8s(authz(_spec_from_wire(wire))) == policy
+    # What ztunnel reads back with the shared types is the policy control validated.
+    assert AuthorizationPolicy.from_wire(json.loads(json.dumps(wire))) == policy

@@ -83,6 +83,13 @@ async def until(condition: Any, timeout: float = 2.0) -> None:
             await asyncio.sleep(0.005)
 
 
+def idle(store: ConfigStore, conn: ProxyConnection) -> bool:
+    """The connection's sender is parked with nothing to send: it has sent the store's version and cleared
+    the wake-up flag, which it does only right before it waits (and a new version sets it again). What the
+    sender has sent by then is all it will send until something wakes it."""
+    return conn.sent_version == store.version and not conn.dirty.is_set()
+
+
 async def test_slow_proxy_is_disconnected_and_never_delays_the_others() -> None:
     metrics = ControlMetrics()
     store = ConfigStore(MeshSettings(), metrics)
@@ -124,7 +131,7 @@ async def test_versions_a_proxy_missed_are_coalesced_into_one_delta() -> None:
         assert (delta["base"], delta["version"]) == (1, 4)
         assert delta["remove"] == {"workloads": [w["uid"] for w in sock.sent[0]["resources"]["workloads"]]}
         assert sorted(w["name"] for w in delta["upsert"]["workloads"]) == ["p2", "p3"]
-        await asyncio.sleep(0.05)
+        await until(lambda: idle(store, conn))
         assert len(sock.sent) == 2
 
 
@@ -146,8 +153,9 @@ async def test_after_a_nack_the_next_version_is_a_snapshot() -> None:
         await until(lambda: sock.sent and sock.sent[-1]["version"] == 2)
         hub._on_reply(conn, json.dumps({"type": "nack", "version": 2, "error": "bad p2"}))
         assert conn.last_error == "bad p2" and metrics.rejects.labels("n1")._value.get() == 1
-        await asyncio.sleep(0.05)
+        await until(lambda: idle(store, conn))
         sent = len(sock.sent)  # the rejected version is not pushed again
+        assert sock.sent[-1]["version"] == 2
         store.apply([SourceBatch("h", (pod("p3", "10.0.0.3"),))])
         await until(lambda: len(sock.sent) == sent + 1)
         assert sock.sent[-1]["type"] == "snapshot" and sock.sent[-1]["version"] == 3

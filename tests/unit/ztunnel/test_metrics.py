@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.promtool import promtool_check_metrics
 from ztunnel.metrics import TCP_LABELS, Metrics, Peer, tcp_labels
 
 TCP_COUNTERS = {
@@ -50,7 +52,7 @@ def test_tcp_counters_carry_istios_names_and_labels() -> None:
     for family in TCP_COUNTERS:
         assert types[family] == "counter"
         [(got, _)] = families[family]
-        assert tuple(got) == TCP_LABELS  # every label, in Istio's order
+        assert sorted(got) == sorted(TCP_LABELS)  # every Istio label (the text format leaves their order free)
     [(got, _)] = families["istio_tcp_connections_opened"]
     assert got["reporter"] == "source"
     assert got["source_principal"] == "spiffe://cluster.local/ns/a/sa/client"
@@ -110,10 +112,42 @@ def test_each_label_set_is_its_own_series() -> None:
     destination = tcp_labels("destination", CLIENT, SERVER, None, True)
     metrics.opened[source] += 1
     metrics.opened[destination] += 3
-    metrics.gauges["meshlet_workloads"] = 4
+    metrics.gauge("meshlet_workloads", "Workloads known.", lambda: 4)
 
     families = samples(metrics.render())
 
     by_reporter = {labels["reporter"]: value for labels, value in families["istio_tcp_connections_opened"]}
     assert by_reporter == {"source": 1, "destination": 3}
     assert families["meshlet_workloads"] == [({}, 4)]
+
+
+def test_node_values_are_read_at_each_scrape_with_their_type_and_help() -> None:
+    metrics = Metrics()
+    handshakes = [0]
+    metrics.counter("meshlet_ztunnel_hbone_handshakes_total", "HBONE connections opened.", lambda: handshakes[0])
+    metrics.gauge("meshlet_ztunnel_served_pods", "Pods served.", lambda: 2)
+    handshakes[0] = 7
+
+    text = metrics.render()
+
+    assert "meshlet_ztunnel_hbone_handshakes_total 7.0\n" in text
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    assert families["meshlet_ztunnel_hbone_handshakes"].type == "counter"
+    assert families["meshlet_ztunnel_served_pods"].type == "gauge"
+    assert families["meshlet_ztunnel_served_pods"].documentation == "Pods served."
+    with pytest.raises(ValueError):
+        metrics.counter("meshlet_ztunnel_hbone_handshakes", "not a counter's name", lambda: 0)
+
+
+def test_promtool_finds_nothing_to_flag() -> None:
+    """What Prometheus' own linter says about the text, with every kind of family and an awkward label."""
+    metrics = Metrics()
+    labels = tcp_labels("source", CLIENT, SERVER, ("b", "web"), mutual_tls=True)
+    metrics.opened[labels] += 1
+    metrics.connection_closed(labels, sent=1, received=2)
+    metrics.errors[("outbound", 'no "route"')] += 1
+    metrics.decisions[("inbound", "allow")] += 1
+    metrics.counter("meshlet_ztunnel_zds_failed_messages_total", "ZDS messages not applied.", lambda: 0)
+    metrics.gauge("meshlet_ztunnel_open_connections", "Connections being relayed now.", lambda: 0)
+
+    assert promtool_check_metrics(metrics.render()) == ""

@@ -363,7 +363,7 @@ def test_policy_set_converts_once_and_sorts() -> None:
         [wire_policy("b"), wire_policy("a", namespace="z"), wire_policy("a")],
         [{"name": "default", "namespace": ROOT, "selector": None, "mode": "STRICT", "portModes": {}}],
     )
-    assert [p.key for p in ps.authorization] == [f"{NS}/a", f"{NS}/b", "z/a"]
+    assert [p.ref for p in ps.authorization] == [f"{NS}/a", f"{NS}/b", "z/a"]
     assert mtls_mode(ps.peer_authentication, NS, LABELS, 8080, ROOT) == "STRICT"
 
 
