@@ -1,4 +1,12 @@
-"""e2e fixtures: a fresh lab per test (unique id), always torn down, and checks that nothing is left."""
+"""e2e fixtures: labs (unique ids), always torn down, and checks that nothing is left.
+
+A lab takes ~10 s to bring up, so the e2e tests that only read one (or change the store and revert it,
+waiting until the proxies have applied the revert) share it: `shared_lab` (backend auto), and
+`shared_backend_lab` once per redirection backend, each up from its first test to the end of tests/e2e
+(pytest groups the tests of one backend together). After each such test the lab must be as the test found
+it (same processes, same store), or the test fails and so does every later one on that lab. A test that
+breaks things (kills or restarts a daemon, changes labels) is marked `breaks_lab` and gets a fresh lab of
+its own from the same fixture; `lab` is always a fresh one."""
 
 from __future__ import annotations
 
@@ -14,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
 from meshlet.lab import kernel
 from meshlet.lab.plan import prefix_for
@@ -50,6 +59,8 @@ class Lab:
 
     id: str
     status: dict[str, Any]
+    broken_by: str | None = None
+    """The test that left this shared lab changed, if one did."""
 
     def run(self, *args: str, **kw: Any) -> subprocess.CompletedProcess[str]:
         return meshlet("lab", "--id", self.id, *args, **kw)
@@ -118,3 +129,83 @@ def bare_lab() -> Iterator[Lab]:
     """Control and pods only: tests start an agent or a ztunnel themselves."""
     with lab_of("--no-node-daemons") as running:
         yield running
+
+
+BACKENDS = ["iptables", "ebpf"]
+"""The redirection backends every mesh test must hold for."""
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "breaks_lab: the test kills, restarts or relabels: it gets a lab of its own, not the shared one"
+    )
+
+
+@pytest.fixture(scope="package")
+def _shared_auto_lab() -> Iterator[Lab]:
+    with lab_of() as running:
+        yield running
+
+
+@pytest.fixture(scope="package", params=BACKENDS)
+def _shared_backend_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
+    with lab_of("--redirect", request.param) as running:
+        running.status["backend"] = request.param
+        yield running
+
+
+@pytest.fixture
+def shared_lab(_shared_auto_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """The whole mesh (backend auto), one lab shared by the tests that leave it as they found it; a test
+    marked `breaks_lab` gets a fresh one of its own."""
+    yield from _shared_or_own(_shared_auto_lab, request)
+
+
+@pytest.fixture
+def shared_backend_lab(_shared_backend_lab: Lab, request: pytest.FixtureRequest) -> Iterator[Lab]:
+    """As `shared_lab`, once per redirection backend (its name in `status["backend"]`)."""
+    backend = _shared_backend_lab.status["backend"]
+    yield from _shared_or_own(_shared_backend_lab, request, "--redirect", backend)
+
+
+def _shared_or_own(shared: Lab, request: pytest.FixtureRequest, *extra: str) -> Iterator[Lab]:
+    if request.node.get_closest_marker("breaks_lab") is None:
+        with left_as_found(shared, request.node.nodeid):
+            yield shared
+        return
+    with lab_of(*extra) as own:
+        if "backend" in shared.status:
+            own.status["backend"] = shared.status["backend"]
+        yield own
+
+
+def _fingerprint(lab: Lab) -> dict[str, Any]:
+    """What a test sharing the lab must not change: its processes (PID and start time) and the store.
+    Annotations are left out: the agent writes them, and they follow the labels, which are compared."""
+    state = json.loads((Path(lab.status["directory"]) / "lab.json").read_text())
+    store: dict[str, Any] = {}
+    for path in sorted(Path(lab.status["store"]).glob("*.yaml")):
+        obj = yaml.safe_load(path.read_text())
+        if isinstance(obj, dict) and isinstance(obj.get("metadata"), dict):
+            obj["metadata"].pop("annotations", None)
+        store[path.name] = obj
+    processes = {key: (p["pid"], p["starttime"]) for key, p in state["processes"].items()}
+    return {"processes": processes, "store": store}
+
+
+@contextlib.contextmanager
+def left_as_found(lab: Lab, test: str) -> Iterator[None]:
+    """Fail the test, and every later one sharing `lab`, when it leaves the lab changed: a shared lab that
+    a test broke would make the next tests fail for reasons that are not theirs."""
+    if lab.broken_by:
+        pytest.fail(f"the shared lab {lab.id} was left changed by {lab.broken_by}")
+    before = _fingerprint(lab)
+    yield
+    after = _fingerprint(lab)
+    gone = [key for key, (pid, start) in after["processes"].items() if proc_starttime(pid) != start]
+    changed = [name for name in before["store"].keys() | after["store"].keys()
+               if before["store"].get(name) != after["store"].get(name)]  # fmt: skip
+    if before["processes"] != after["processes"] or gone or changed:
+        lab.broken_by = test
+        pytest.fail(f"{test} left the shared lab {lab.id} changed: processes not running {gone}, "
+                    f"store objects changed {changed}; revert in the test, or mark it breaks_lab")  # fmt: skip

@@ -92,6 +92,30 @@ def write_object(lab: Lab, obj: dict[str, Any]) -> Path:
     return path
 
 
+def config_dump(lab: Lab, node: str) -> dict[str, Any]:
+    """What `node`'s ztunnel holds, from its admin port (which answers on the node only)."""
+    dump: dict[str, Any] = json.loads(
+        lab.exec(node, "curl", "-sS", "-m", "2", "http://127.0.0.1:15000/config_dump").stdout
+    )
+    return dump
+
+
+def remove_policy(lab: Lab, path: Path) -> None:
+    """Delete a policy a test wrote to the store (if still there), and wait until every node's ztunnel has
+    dropped it: a test sharing its lab leaves the proxies as it found them, not only the store."""
+    _, namespace, name = path.name.removesuffix(".yaml").split(".", 2)  # as write_object names it
+    path.unlink(missing_ok=True)
+
+    def dropped() -> bool:
+        for node in (n["name"] for n in lab.status["nodes"]):
+            held = config_dump(lab, node)["policies"]
+            if any((p["namespace"], p["name"]) == (namespace, name) for kind in held.values() for p in kind):
+                return False
+        return True
+
+    wait_for(dropped, 10, f"every ztunnel to drop policy {namespace}/{name}")
+
+
 def edit_object(lab: Lab, filename: str, change: Any) -> None:
     path = Path(lab.status["store"]) / filename
     obj = yaml.safe_load(path.read_text())

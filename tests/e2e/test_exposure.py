@@ -7,10 +7,17 @@ from __future__ import annotations
 import base64
 from pathlib import Path
 
+import pytest
 from cryptography.hazmat.primitives import serialization
 
 from tests.e2e.conftest import Lab
 from tests.e2e.mesh_helpers import curl, reaches, url
+
+
+@pytest.fixture
+def lab(shared_lab: Lab) -> Lab:
+    """The shared lab: this test only reads."""
+    return shared_lab
 
 
 def secrets_of(lab: Lab) -> list[bytes]:

@@ -9,7 +9,16 @@ import signal
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Lab, bring_up, leftovers, meshlet, new_lab_id
+from tests.e2e.mesh_helpers import metric
+
+
+@pytest.fixture
+def lab(shared_lab: Lab) -> Lab:
+    """The shared lab, for the tests that only read it; those that bring labs up and down make their own."""
+    return shared_lab
 
 
 def test_status_json_contract(lab: Lab) -> None:
@@ -105,7 +114,13 @@ def test_two_labs_side_by_side_do_not_collide() -> None:
         assert not any(leftovers(lab_id).values())
 
 
+def mtls_opened(lab: Lab, node: str) -> float:
+    return metric(lab, node, "istio_tcp_connections_opened_total", reporter="source",
+                  connection_security_policy="mutual_tls")  # fmt: skip
+
+
 def test_demo_reports_every_call(lab: Lab) -> None:
+    before = {node: mtls_opened(lab, node) for node in ("node1", "node2")}
     proc = lab.run("demo")
     assert proc.returncode == 0, proc.stderr
     assert f"meshlet lab --id {lab.id} down" in proc.stdout
@@ -119,5 +134,5 @@ def test_demo_reports_every_call(lab: Lab) -> None:
     assert len(mesh_to_mesh) == 2 and all(c["security"].startswith("mTLS") for c in mesh_to_mesh)
     # The proxies counted it: two demo runs, one mTLS call out of each node per run.
     by_node = {z["node"]: z for z in report["ztunnels"]}
-    assert by_node["node1"]["mutual_tls"] >= 2 and by_node["node2"]["mutual_tls"] >= 2
+    assert all(by_node[node]["mutual_tls"] >= before[node] + 2 for node in ("node1", "node2")), (before, by_node)
     assert by_node["node1"]["principals"] == ["spiffe://cluster.local/ns/mesh/sa/web"]

@@ -6,8 +6,16 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
+
 from tests.e2e.conftest import Lab
 from ztunnel.identity.manager import new_csr
+
+
+@pytest.fixture
+def lab(shared_lab: Lab) -> Lab:
+    """The shared lab; the test that takes it down gets its own."""
+    return shared_lab
 
 
 def csr_from_node(lab: Lab, node: str, spiffe: str, tmp: Path) -> tuple[int, dict[str, object]]:
@@ -45,6 +53,7 @@ def test_pods_reach_control_and_its_replies_stay_in_the_lab(lab: Lab) -> None:
     assert proc.stdout == "ready\n"
 
 
+@pytest.mark.breaks_lab
 def test_lab_down_stops_control(lab: Lab) -> None:
     lab.run("down")
     assert subprocess.run(["pgrep", "-f", f"control serve --store /var/run/meshlet/labs/{lab.id}/"]).returncode == 1

@@ -32,6 +32,7 @@ from tests.e2e.mesh_helpers import (
     processes,
     reaches,
     refused,
+    remove_policy,
     running,
     slow_download,
     stop,
@@ -44,12 +45,12 @@ POLICY_TIMEOUT = 10.0
 """Seconds a store edit may take to reach the proxies (file poll + stream): generous on a loaded CI box."""
 
 
-@pytest.fixture(params=["iptables", "ebpf"])
-def lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    """The whole mesh, once per redirection backend: every test here must hold for both."""
-    with lab_of("--redirect", request.param) as running:
-        running.status["backend"] = request.param
-        yield running
+@pytest.fixture
+def lab(shared_backend_lab: Lab) -> Lab:
+    """The whole mesh, once per redirection backend: every test here must hold for both. Tests that only
+    read it, or revert what they change, share it (so counters are compared before and after, never from
+    zero); those marked `breaks_lab` get their own."""
+    return shared_backend_lab
 
 
 def backend(lab: Lab) -> str:
@@ -108,6 +109,7 @@ def test_vip_to_another_node_is_mutual_tls_and_the_app_sees_the_callers_ip(lab: 
     body = tmp_path / "body"
     data = (marker + os.urandom(990)) * 1024  # ~1 MB, the marker in every KB
     body.write_bytes(data)
+    before = (mtls_out(lab), mtls_in(lab), received(lab))
     answers: list[dict[str, Any]] = []
     with capture(lab, 1, tmp_path / "node1.pcap") as pcap:
         # Round robin over web-1a and web-2a: within a few calls one lands on node2.
@@ -124,19 +126,31 @@ def test_vip_to_another_node_is_mutual_tls_and_the_app_sees_the_callers_ip(lab: 
     web_2a = lab.pod("web-2a")["ip"]
     assert any(f"> {web_2a}.15008:" in line for line in summaries), "no HBONE traffic to web-2a:15008 captured"
     assert not any(f"{web_2a}.8080" in line for line in summaries), "the app port was reached on the wire"
-    assert metric(lab, "node1", "istio_tcp_connections_opened_total", reporter="source", source_workload="web-1a",
-                  destination_workload="web-2a", destination_service_name="web", source_principal=WEB_PRINCIPAL,
-                  connection_security_policy="mutual_tls") >= 1  # fmt: skip
-    assert metric(lab, "node2", "istio_tcp_connections_opened_total", reporter="destination",
-                  source_workload="web-1a", source_principal=WEB_PRINCIPAL,
-                  connection_security_policy="mutual_tls") >= 1  # fmt: skip
+    assert mtls_out(lab) >= before[0] + 1
+    assert mtls_in(lab) >= before[1] + 1
     # Istio's meaning: the upload is what the destination received during the request.
-    received = metric(lab, "node1", "istio_tcp_received_bytes_total", reporter="source", destination_workload="web-2a")
-    assert received >= len(data)
+    assert received(lab) - before[2] >= len(data)
+
+
+def mtls_out(lab: Lab) -> float:
+    return metric(lab, "node1", "istio_tcp_connections_opened_total", reporter="source", source_workload="web-1a",
+                  destination_workload="web-2a", destination_service_name="web", source_principal=WEB_PRINCIPAL,
+                  connection_security_policy="mutual_tls")  # fmt: skip
+
+
+def mtls_in(lab: Lab) -> float:
+    return metric(lab, "node2", "istio_tcp_connections_opened_total", reporter="destination",
+                  source_workload="web-1a", source_principal=WEB_PRINCIPAL,
+                  connection_security_policy="mutual_tls")  # fmt: skip
+
+
+def received(lab: Lab) -> float:
+    return metric(lab, "node1", "istio_tcp_received_bytes_total", reporter="source", destination_workload="web-2a")
 
 
 def test_hbone_port_demands_a_client_certificate_and_shows_the_spiffe_identity(lab: Lab) -> None:
     target = f"{lab.pod('web-2a')['ip']}:15008"
+    failed = metric(lab, "node2", "meshlet_connection_errors_total", reason="tls_handshake")
     # web-1b is not enrolled: it reaches 15008 directly, as any outsider could.
     bare = lab.exec("web-1b", "bash", "-c", f"sleep 1 | openssl s_client -connect {target} -alpn h2 2>&1", check=False)
     assert "unexpected eof" in bare.stdout or "alert" in bare.stdout, bare.stdout
@@ -144,7 +158,7 @@ def test_hbone_port_demands_a_client_certificate_and_shows_the_spiffe_identity(l
                      f"openssl s_client -connect {target} -alpn h2 </dev/null 2>/dev/null"
                      " | openssl x509 -noout -ext subjectAltName").stdout  # fmt: skip
     assert f"URI:{WEB_PRINCIPAL}" in shown
-    wait_for(lambda: metric(lab, "node2", "meshlet_connection_errors_total", reason="tls_handshake") >= 1, 10,
+    wait_for(lambda: metric(lab, "node2", "meshlet_connection_errors_total", reason="tls_handshake") > failed, 10,
              "ztunnel to count the failed handshake")  # fmt: skip
 
 
@@ -152,18 +166,25 @@ def test_deny_policy_refuses_then_removing_it_allows_again_without_restarts(lab:
     before = {k: v["pid"] for k, v in processes(lab).items()}
     target = url(lab, "web-2a")
     assert reaches(lab, "web-1a", target)
+    denied = metric(lab, "node2", "meshlet_authorization_decisions_total", direction="inbound", decision="deny")
     policy = write_object(lab, {
         "apiVersion": "security.meshlet.io/v1", "kind": "AuthorizationPolicy",
         "metadata": {"name": "deny-all", "namespace": "mesh"}, "spec": {"action": "DENY", "rules": [{}]},
     })  # fmt: skip
-    wait_for(lambda: refused(lab, "web-1a", target), POLICY_TIMEOUT, "the DENY policy to refuse")
-    answer = curl(lab, "web-1a", target)
-    assert answer.returncode == 56, answer  # connection reset: a refusal never looks like a clean close
-    assert metric(lab, "node2", "meshlet_authorization_decisions_total", direction="inbound", decision="deny") >= 1
-    policy.unlink()
-    wait_for(lambda: reaches(lab, "web-1a", target), POLICY_TIMEOUT, "removing the policy to allow again")
-    assert {k: v["pid"] for k, v in processes(lab).items()} == before
-    assert all(running(p) for p in processes(lab).values())
+    try:
+        wait_for(lambda: refused(lab, "web-1a", target), POLICY_TIMEOUT, "the DENY policy to refuse")
+        answer = curl(lab, "web-1a", target)
+        # A reset, never a clean close (52) or an answer: curl says 56, or 7 when the reset lands before it has
+        # read its own connect's completion (ztunnel refuses that fast when the tunnel is pooled).
+        assert answer.returncode in (7, 56), answer
+        decisions = metric(lab, "node2", "meshlet_authorization_decisions_total", direction="inbound", decision="deny")
+        assert decisions >= denied + 1
+        policy.unlink()
+        wait_for(lambda: reaches(lab, "web-1a", target), POLICY_TIMEOUT, "removing the policy to allow again")
+        assert {k: v["pid"] for k, v in processes(lab).items()} == before
+        assert all(running(p) for p in processes(lab).values())
+    finally:
+        remove_policy(lab, policy)
 
 
 def test_strict_peer_authentication_refuses_plaintext_and_permissive_allows_it(lab: Lab) -> None:
@@ -173,17 +194,22 @@ def test_strict_peer_authentication_refuses_plaintext_and_permissive_allows_it(l
         "apiVersion": "security.meshlet.io/v1", "kind": "PeerAuthentication",
         "metadata": {"name": "default", "namespace": "mesh"}, "spec": {"mtls": {"mode": "STRICT"}},
     }  # fmt: skip
-    write_object(lab, strict)
-    wait_for(lambda: refused(lab, "web-2b", target), POLICY_TIMEOUT, "STRICT to refuse plaintext")
-    assert reaches(lab, "web-1a", target)  # mTLS from an enrolled pod is still fine
-    assert metric(lab, "node2", "meshlet_connection_errors_total", reason="strict_mtls") >= 1
-    strict["spec"]["mtls"]["mode"] = "PERMISSIVE"
-    write_object(lab, strict)
-    wait_for(lambda: reaches(lab, "web-2b", target), POLICY_TIMEOUT, "PERMISSIVE to let plaintext in")
-    answer = get_json(lab, "web-2b", target)
-    assert answer["peer"].split(":")[0] == lab.pod("web-2b")["ip"]
+    refusals = metric(lab, "node2", "meshlet_connection_errors_total", reason="strict_mtls")
+    policy = write_object(lab, strict)
+    try:
+        wait_for(lambda: refused(lab, "web-2b", target), POLICY_TIMEOUT, "STRICT to refuse plaintext")
+        assert reaches(lab, "web-1a", target)  # mTLS from an enrolled pod is still fine
+        assert metric(lab, "node2", "meshlet_connection_errors_total", reason="strict_mtls") >= refusals + 1
+        strict["spec"]["mtls"]["mode"] = "PERMISSIVE"
+        write_object(lab, strict)
+        wait_for(lambda: reaches(lab, "web-2b", target), POLICY_TIMEOUT, "PERMISSIVE to let plaintext in")
+        answer = get_json(lab, "web-2b", target)
+        assert answer["peer"].split(":")[0] == lab.pod("web-2b")["ip"]
+    finally:
+        remove_policy(lab, policy)
 
 
+@pytest.mark.breaks_lab
 def test_with_control_stopped_known_pods_keep_talking(lab: Lab) -> None:
     size = 3_000_000
     # A transfer that outlives control: rate-limited so that it is still running when control goes.
@@ -202,6 +228,7 @@ def test_with_control_stopped_known_pods_keep_talking(lab: Lab) -> None:
     assert int(out) == size
 
 
+@pytest.mark.breaks_lab
 def test_an_opted_out_pod_talks_plaintext_untouched(lab: Lab, tmp_path: Path) -> None:
     def opt_out(obj: dict[str, Any]) -> None:
         obj["metadata"].setdefault("labels", {})["meshlet.io/dataplane-mode"] = "none"
@@ -220,6 +247,7 @@ def test_an_opted_out_pod_talks_plaintext_untouched(lab: Lab, tmp_path: Path) ->
     assert metric(lab, "node1", "istio_tcp_connections_opened_total", source_workload="web-1a") == opened
 
 
+@pytest.mark.breaks_lab
 def test_ztunnel_killed_means_enrolled_traffic_is_refused_never_sent_in_the_clear(lab: Lab) -> None:
     assert reaches(lab, "web-1a", url(lab, "web-2b"))
     stop(lab, "ztunnel/node1")
@@ -231,6 +259,7 @@ def test_ztunnel_killed_means_enrolled_traffic_is_refused_never_sent_in_the_clea
     assert reaches(lab, "web-1b", url(lab, "web-2b"))  # pods outside the mesh are not affected
 
 
+@pytest.mark.breaks_lab
 def test_label_flip_moves_new_connections_through_ztunnel_and_back(lab: Lab) -> None:
     app_pids = {k: v["pid"] for k, v in processes(lab).items() if k.startswith("app/")}
 
@@ -262,6 +291,7 @@ def test_label_flip_moves_new_connections_through_ztunnel_and_back(lab: Lab) -> 
     assert {k: v["pid"] for k, v in processes(lab).items() if k.startswith("app/")} == app_pids
 
 
+@pytest.mark.breaks_lab
 def test_sigterm_drains_while_a_new_ztunnel_takes_over_the_listeners(lab: Lab, tmp_path: Path) -> None:
     old = processes(lab)["ztunnel/node1"]
     size = 1_500_000
@@ -307,6 +337,7 @@ def test_config_dump_shows_served_pods_certificates_and_config(lab: Lab) -> None
     assert lab.exec("node1", "curl", "-sS", "-m", "2", f"http://{node_ip}:15000/config_dump", check=False).returncode
 
 
+@pytest.mark.breaks_lab
 def test_agent_killed_and_restarted_under_traffic_changes_nothing(lab: Lab, tmp_path: Path) -> None:
     agent = processes(lab)["agent/node1"]
     rules = lab.exec("web-1a", "iptables-save").stdout

@@ -8,11 +8,19 @@ import signal
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from tests.conftest import wait_for
 from tests.e2e.conftest import Lab, meshlet
-from tests.e2e.mesh_helpers import end, get_json, hold_connection, reaches, stop, url, write_object
+from tests.e2e.mesh_helpers import end, get_json, hold_connection, reaches, remove_policy, stop, url, write_object
 
 WEB = "spiffe://cluster.local/ns/mesh/sa/web"
+
+
+@pytest.fixture
+def lab(shared_lab: Lab) -> Lab:
+    """The shared lab, for the tests that only read it (or remove what they add); `breaks_lab` ones get their own."""
+    return shared_lab
 
 
 def cli_json(lab: Lab, *args: str, ok: bool = True) -> Any:
@@ -42,6 +50,7 @@ def test_status_reports_a_healthy_node(lab: Lab) -> None:
     assert "node2" in human and "ready" in human
 
 
+@pytest.mark.breaks_lab
 def test_status_exits_non_zero_and_names_the_problem_when_ztunnel_is_stopped(lab: Lab) -> None:
     stop(lab, "ztunnel/node2", signal.SIGKILL)
     report = cli_json(lab, "status", "--node", "node2", ok=False)
@@ -74,36 +83,41 @@ def test_check_passes_on_a_healthy_lab_node(lab: Lab) -> None:
 
 
 def test_inspection_commands_show_the_mesh_as_json(lab: Lab) -> None:
-    write_object(lab, {
+    policy = write_object(lab, {
         "apiVersion": "security.meshlet.io/v1", "kind": "AuthorizationPolicy",
         "metadata": {"name": "allow-mesh", "namespace": "mesh"},
         "spec": {"action": "ALLOW", "rules": [{"from": [{"source": {"namespaces": ["mesh"]}}]}]},
     })  # fmt: skip
-    wait_for(lambda: cli_json(lab, "policies", "--node", "node2"), 10, "the policy to reach ztunnel")
-    workloads = cli_json(lab, "workloads", "--node", "node2")
-    assert {w["name"] for w in workloads} == {"web-1a", "web-1b", "web-2a", "web-2b"}
-    assert {w["name"] for w in cli_json(lab, "workloads", "-n", "mesh", "--on", "node2")} == {"web-2a"}
-    mine = next(w for w in workloads if w["name"] == "web-2a")
-    assert mine["identity"] == WEB and mine["enrolled"] and mine["node"] == "node2"
-    services = cli_json(lab, "services", "-n", "mesh")
-    assert len(services) == 1 and services[0]["ports"] == [80]
-    assert sorted(e["ip"] for e in services[0]["endpoints"]) == sorted(lab.pod(p)["ip"] for p in ("web-1a", "web-2a"))
-    policies = cli_json(lab, "policies", "--node", "node2")
-    assert policies == [{"kind": "AuthorizationPolicy", "name": "allow-mesh", "namespace": "mesh", "selector": None,
-                         "action": "ALLOW", "rules": 1, "needsL7": False}]  # fmt: skip
-    certs = cli_json(lab, "certs", "--node", "node2")
-    assert [c["identity"] for c in certs] == [WEB] and certs[0]["notAfter"] and certs[0]["error"] is None
-    # A connection held open shows up while it lasts.
-    slow = hold_connection(lab, "web-1a", lab.pod("web-2a")["ip"], 8080, 30)
     try:
-        conns = wait_for(lambda: cli_json(lab, "connections", "--node", "node1"), 10, "an open connection")
-        assert conns[0]["direction"] == "outbound" and lab.pod("web-2a")["ip"] in conns[0]["connection"]
-        yaml_out = meshlet("connections", "--lab", lab.id, "-o", "yaml").stdout
-        assert "direction: outbound" in yaml_out
+        wait_for(lambda: cli_json(lab, "policies", "--node", "node2"), 10, "the policy to reach ztunnel")
+        workloads = cli_json(lab, "workloads", "--node", "node2")
+        assert {w["name"] for w in workloads} == {"web-1a", "web-1b", "web-2a", "web-2b"}
+        assert {w["name"] for w in cli_json(lab, "workloads", "-n", "mesh", "--on", "node2")} == {"web-2a"}
+        mine = next(w for w in workloads if w["name"] == "web-2a")
+        assert mine["identity"] == WEB and mine["enrolled"] and mine["node"] == "node2"
+        services = cli_json(lab, "services", "-n", "mesh")
+        assert len(services) == 1 and services[0]["ports"] == [80]
+        mesh_ips = sorted(lab.pod(p)["ip"] for p in ("web-1a", "web-2a"))
+        assert sorted(e["ip"] for e in services[0]["endpoints"]) == mesh_ips
+        policies = cli_json(lab, "policies", "--node", "node2")
+        assert policies == [{"kind": "AuthorizationPolicy", "name": "allow-mesh", "namespace": "mesh", "selector": None,
+                             "action": "ALLOW", "rules": 1, "needsL7": False}]  # fmt: skip
+        certs = cli_json(lab, "certs", "--node", "node2")
+        assert [c["identity"] for c in certs] == [WEB] and certs[0]["notAfter"] and certs[0]["error"] is None
+        # A connection held open shows up while it lasts.
+        slow = hold_connection(lab, "web-1a", lab.pod("web-2a")["ip"], 8080, 30)
+        try:
+            conns = wait_for(lambda: cli_json(lab, "connections", "--node", "node1"), 10, "an open connection")
+            assert conns[0]["direction"] == "outbound" and lab.pod("web-2a")["ip"] in conns[0]["connection"]
+            yaml_out = meshlet("connections", "--lab", lab.id, "-o", "yaml").stdout
+            assert "direction: outbound" in yaml_out
+        finally:
+            end(slow)
     finally:
-        end(slow)
+        remove_policy(lab, policy)
 
 
+@pytest.mark.breaks_lab
 def test_label_namespace_enrolls_and_releases_a_namespace(lab: Lab) -> None:
     meshlet("label", "namespace", "plain", "meshlet.io/dataplane-mode=ambient", "--lab", lab.id)
     wait_for(lambda: cli_json(lab, "status", "--node", "node1")["pods"]["captured"] == 2, 10, "web-1b captured")
