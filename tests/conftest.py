@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable
-from typing import TypeVar
+from typing import Any, TypeVar
+
+import pytest
 
 T = TypeVar("T")
 
@@ -23,3 +26,29 @@ def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: fl
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_exc})")
         time.sleep(interval)
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = 5.0, interval: float = 0.005) -> None:
+    """`wait_for` for tests running on an event loop: yields to the loop between polls."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not condition():
+                await asyncio.sleep(interval)
+    except TimeoutError:
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+
+
+def fail_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, message: str) -> None:
+    """Make the coroutine method `owner.name` raise RuntimeError(message) on its first call only, then run
+    as before: a long-lived task that breaks once, for tests of its supervision."""
+    real = getattr(owner, name)
+    calls = 0
+
+    async def flaky(*args: Any, **kwargs: Any) -> None:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            raise RuntimeError(message)
+        await real(*args, **kwargs)
+
+    monkeypatch.setattr(owner, name, flaky)

@@ -16,8 +16,7 @@ import pytest
 from control.model.mesh import MeshSettings
 from control.server import Control
 from control.settings import ControlSettings
-from control.sources.base import Sink
-from tests.conftest import wait_for
+from tests.conftest import fail_once, wait_for
 from tests.integration.control.conftest import TD, ControlProcess, free_port, namespace
 
 
@@ -58,17 +57,7 @@ async def test_ready_names_a_task_that_is_down_and_debug_status_lists_it(
     )  # fmt: skip
     control = Control(settings)  # in-process, so that its file source can be made to fail
     control.supervisor.backoff_initial = 1.0  # down for 0.5-1 s: long enough to look at
-    real_run = control.source.run
-    failures = 1
-
-    async def flaky(sink: Sink) -> None:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise RuntimeError("the watch broke")
-        await real_run(sink)
-
-    monkeypatch.setattr(control.source, "run", flaky)
+    fail_once(monkeypatch, control.source, "run", "the watch broke")
     port = settings.metrics_listen[1]
 
     def tasks() -> dict[str, Any]:

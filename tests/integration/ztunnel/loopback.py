@@ -23,6 +23,7 @@ from typing import Any
 from cryptography import x509
 
 from control.ca import CertificateAuthority
+from tests.conftest import until
 from ztunnel.identity.manager import WorkloadCertificate, new_csr
 
 TD = "cluster.local"
@@ -118,13 +119,8 @@ def workload_certificate(ca: CertificateAuthority, spiffe_id: str) -> WorkloadCe
 
 
 async def wait_until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
-    """Yield to the loop until `condition()` holds; fail naming `what` after `timeout` seconds."""
-    try:
-        async with asyncio.timeout(timeout):
-            while not condition():
-                await asyncio.sleep(0.005)
-    except TimeoutError:
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}") from None
+    """`tests.conftest.until` with the longer deadline loopback proxies need on a loaded machine."""
+    await until(condition, what, timeout)
 
 
 Handler = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]

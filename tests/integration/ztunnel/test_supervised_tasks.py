@@ -18,6 +18,7 @@ import pytest
 
 from control.ca import CertificateAuthority
 from control.nodes import NodeRegistry
+from tests.conftest import fail_once
 from ztunnel.main import Ztunnel, parser
 
 pytestmark = pytest.mark.asyncio
@@ -67,17 +68,7 @@ async def test_a_failed_task_is_named_by_readiness_until_it_is_restarted(
     )  # fmt: skip
     zt = Ztunnel(args)
     zt.supervisor.backoff_initial = 1.0  # down for 0.5-1 s: long enough to look at
-    real_run = zt.ctx.identities.run
-    failures = 1
-
-    async def flaky() -> None:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise RuntimeError("the renewals broke")
-        await real_run()
-
-    monkeypatch.setattr(zt.ctx.identities, "run", flaky)
+    fail_once(monkeypatch, zt.ctx.identities, "run", "the renewals broke")
     task = asyncio.create_task(zt.run())
     try:
         body = await until_ready_says(readiness, lambda b: "task identities" in b, "the failed task in readiness")

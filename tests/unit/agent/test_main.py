@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import os
 import socket
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from agent.main import Agent, parser
 from control.sources.files import FileSource
 from meshlet.cli.endpoints import NodeEndpoints
 from meshlet.cli.status import gather
+from tests.conftest import fail_once, until
 
 pytestmark = pytest.mark.asyncio
 AMBIENT = {"meshlet.io/dataplane-mode": "ambient"}
@@ -88,15 +89,6 @@ def new_agent(tmp_path: Path, resync: float = 30.0) -> tuple[Agent, RecordingRec
     return agent, reconciler
 
 
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.005)
-
-
 @contextlib.asynccontextmanager
 async def running(agent: Agent) -> AsyncIterator[None]:
     task = asyncio.create_task(agent.run())
@@ -142,17 +134,7 @@ async def test_a_failed_store_watch_is_restarted_and_meshlet_status_reports_it_m
 ) -> None:
     agent, reconciler = new_agent(tmp_path)
     agent.supervisor.backoff_initial = 1.0  # down for 0.5-1 s: long enough to look at
-    real_run = agent.source.run
-    failures = 1
-
-    async def flaky(sink: Any) -> None:
-        nonlocal failures
-        if failures:
-            failures -= 1
-            raise RuntimeError("the watch broke")
-        await real_run(sink)
-
-    monkeypatch.setattr(agent.source, "run", flaky)
+    fail_once(monkeypatch, agent.source, "run", "the watch broke")
     with socket.socket() as no_ztunnel:  # bound, never listening: ztunnel's admin refuses
         no_ztunnel.bind(("127.0.0.1", 0))
         ep = NodeEndpoints(None, Path(agent.args.status_socket), no_ztunnel.getsockname())

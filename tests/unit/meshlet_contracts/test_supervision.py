@@ -5,23 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import random
-from collections.abc import Callable
 
 import pytest
 
 from meshlet_contracts import supervision
 from meshlet_contracts.supervision import Supervisor
+from tests.conftest import until
 
 pytestmark = pytest.mark.asyncio
-
-
-async def until(condition: Callable[[], bool], what: str, timeout: float = 5.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not condition():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        await asyncio.sleep(0.001)
 
 
 async def test_a_task_that_raises_shows_as_down_then_is_restarted() -> None:
