@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 import pytest
@@ -52,3 +53,15 @@ def fail_once(monkeypatch: pytest.MonkeyPatch, owner: object, name: str, message
         await real(*args, **kwargs)
 
     monkeypatch.setattr(owner, name, flaky)
+
+
+@pytest.fixture
+def no_cyclic_gc() -> Iterator[None]:
+    """Only reference counting frees: what the cyclic collector would free later is what the test finds
+    (a connection kept alive by a reference cycle)."""
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+        gc.collect()

@@ -8,9 +8,7 @@ reference the test holds is dropped is what the proxy would have kept.
 
 from __future__ import annotations
 
-import gc
 import weakref
-from collections.abc import Iterator
 
 import pytest
 
@@ -51,14 +49,7 @@ class FakeTransport:
         return None
 
 
-@pytest.fixture(autouse=True)
-def no_cyclic_gc() -> Iterator[None]:
-    gc.disable()
-    try:
-        yield
-    finally:
-        gc.enable()
-        gc.collect()
+pytestmark = pytest.mark.usefixtures("no_cyclic_gc")
 
 
 def side(tunnel: Tunnel) -> tuple[TcpSide, FakeTransport]:
