@@ -36,6 +36,8 @@ class WorkloadItem(TypedDict):
     enrolled: bool
     ready: NotRequired[bool]
     """Absent reads as ready (items of control versions that did not send it)."""
+    workloadName: NotRequired[str]
+    """Its controller's name as Istio names workloads (Deployment, StatefulSet, ...); absent reads as `name`."""
 
 
 class ServicePortItem(TypedDict):
@@ -44,6 +46,8 @@ class ServicePortItem(TypedDict):
     targetPort: NotRequired[int | str]
     """A number, or the name of a container port."""
     protocol: NotRequired[str]
+    appProtocol: NotRequired[str]
+    """Kubernetes' `appProtocol`; with the name it says whether the port is HTTP (`meshlet_contracts.protocols`)."""
 
 
 class EndpointItem(TypedDict):
@@ -158,6 +162,8 @@ def parse_workload(raw: object) -> WorkloadItem:
         "enrolled": boolean(item, "enrolled", None),
         "ready": boolean(item, "ready", True),
     }
+    if "workloadName" in item:
+        out["workloadName"] = req_str(item, "workloadName")
     return out
 
 
@@ -181,6 +187,8 @@ def _service_port(raw: object) -> ServicePortItem:
         out["name"] = opt_str(item, "name")
     if "protocol" in item:
         out["protocol"] = opt_str(item, "protocol")
+    if app_protocol := opt_str(item, "appProtocol"):
+        out["appProtocol"] = app_protocol
     if "targetPort" in item:
         target = item["targetPort"]
         out["targetPort"] = target if isinstance(target, str) and not target.isdigit() else port(target, "targetPort")

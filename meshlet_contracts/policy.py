@@ -34,6 +34,7 @@ from meshlet_contracts.config_items import (
     port,
     strings,
 )
+from meshlet_contracts.http_paths import is_template, valid_template
 
 Action = Literal["ALLOW", "DENY", "AUDIT"]
 MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
@@ -121,6 +122,8 @@ class Operation:
         values: dict[str, Any] = {}
         for key, attr in OPERATION_FIELDS.items():
             values[attr] = _ports(raw, key) if attr.endswith("ports") else strings(raw, key)
+            if attr.endswith("paths"):
+                _check_templates(values[attr], key)
         return cls(**values)
 
 
@@ -328,6 +331,14 @@ def _networks(raw: Mapping[str, Any], key: str) -> tuple[Network, ...]:
         except ValueError:
             raise PolicyError(f"{key}[{i}]", f"{item!r} is not a CIDR range") from None
     return tuple(out)
+
+
+def _check_templates(paths: tuple[str, ...], key: str) -> None:
+    # Control rejects invalid templates; checked again here so that a proxy never holds one it cannot match.
+    for i, path in enumerate(paths):
+        error = valid_template(path) if is_template(path) else None
+        if error is not None:
+            raise PolicyError(f"{key}[{i}]", f"{path!r}: {error}")
 
 
 def _ports(raw: Mapping[str, Any], key: str) -> tuple[int, ...]:

@@ -2,7 +2,8 @@
 
 - 15000 `/config_dump`: what this proxy holds (workloads, services, policies, certificates with expiry,
   served pods with their listener state, open connections, pooled HBONE connections), and
-  `/quitquitquit` (POST): drain and exit, as Envoy and Istio's ztunnel offer.
+  `/quitquitquit` (POST): drain and exit, as Envoy and Istio's ztunnel offer;
+  `/logging?access=on|off` (POST): switch the JSON access log (`ztunnel.observe.accesslog`) at runtime.
 - 15020 `/metrics` (also `/stats/prometheus`): Prometheus text.
 - 15021 `/healthz/ready`: 200 once config and the agent's pod snapshot have arrived, 503 while draining.
 These run on the same loop as the data path but do no blocking work: each reply is built from memory.
@@ -24,6 +25,7 @@ from meshlet_contracts import ports
 from meshlet_contracts.supervision import Supervisor
 from ztunnel.config.client import ConfigClient
 from ztunnel.inpod.client import ZdsClient
+from ztunnel.observe.accesslog import ACCESS_LOG
 from ztunnel.proxy.context import ProxyContext
 
 
@@ -157,6 +159,7 @@ class Admin:
         app = web.Application()
         app.router.add_get("/config_dump", self._config_dump)
         app.router.add_post("/quitquitquit", self._quit)
+        app.router.add_post("/logging", self._logging)
         return app
 
     def metrics_app(self) -> web.Application:
@@ -176,6 +179,14 @@ class Admin:
     async def _quit(self, _: web.Request) -> web.Response:
         asyncio.get_running_loop().call_soon(self.shutdown)
         return web.Response(text="draining\n")
+
+    async def _logging(self, request: web.Request) -> web.Response:
+        access = request.query.get("access")
+        if access not in ("on", "off", None):
+            return web.Response(status=400, text=f"access={access!r}: expected on or off\n")
+        if access is not None:
+            ACCESS_LOG.set(access == "on")
+        return web.Response(text=f"access: {'on' if ACCESS_LOG.enabled else 'off'}\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(

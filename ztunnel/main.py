@@ -31,6 +31,8 @@ from ztunnel.config.state import ConfigState
 from ztunnel.identity.manager import IdentityManager
 from ztunnel.inpod.client import ZdsClient
 from ztunnel.inpod.manager import WorkloadManager
+from ztunnel.metrics import DEFAULT_CLUSTER, Metrics
+from ztunnel.observe.accesslog import ACCESS_LOG
 from ztunnel.proxy import limits
 from ztunnel.proxy.context import ProxyContext
 from ztunnel.proxy.limits import HboneLimits
@@ -107,6 +109,16 @@ def parser() -> argparse.ArgumentParser:
         help="seconds without a stream before an inbound connection gets GOAWAY (default %(default)s)",
     )
     p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--access-log",
+        action="store_true",
+        help="write a JSON access log line per connection and request to stderr (admin: POST /logging?access=on|off)",
+    )
+    p.add_argument(
+        "--cluster-id",
+        default=DEFAULT_CLUSTER,
+        help="this mesh's cluster, as metrics' source_cluster/destination_cluster say (default %(default)s)",
+    )
     return p
 
 
@@ -131,6 +143,7 @@ class Ztunnel:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        ACCESS_LOG.set(args.access_log)
         credential = NodeCredential.in_dir(args.credentials)
         self.ctx = ProxyContext(
             node=args.node,
@@ -139,6 +152,7 @@ class Ztunnel:
             identities=IdentityManager(args.control, credential),
             sockets=NetnsSockets(OriginalDestination(args.bpf_dir)),
             config_wait=args.config_wait,
+            metrics=Metrics(cluster=args.cluster_id),
             limits=HboneLimits(
                 max_streams_per_connection=args.max_streams_per_connection,
                 max_connections_per_peer=args.max_connections_per_peer,

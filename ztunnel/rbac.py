@@ -9,6 +9,9 @@ so they are resolved the way that fails closed, as Istio's ztunnel does:
   would at L7 (a rule denying `methods: [DELETE]` from a namespace denies every connection from it).
 AUDIT policies only mark requests for logging and never change a decision.
 
+Ports where the proxy handles HTTP per request are decided by `ztunnel.l7.authz` instead, with these same
+matchers for the connection's parts.
+
 There are no proxy headers at L4, so `ipBlocks` and `remoteIpBlocks` (and `source.ip` and `remote.ip`) all compare
 the connection's source address.
 """
@@ -59,10 +62,12 @@ class Decision:
     reason: str
     policy: str | None
     """`namespace/name` of the policy that decided, or None when no single policy did."""
+    audit: bool = False
+    """Whether an AUDIT policy matched, so the request should be logged as audited (L7 decisions only)."""
 
 
 @dataclass(frozen=True, slots=True)
-class _Peer:
+class Peer:
     """A connection's attributes in the form rules compare them, worked out once per decision."""
 
     principal: str
@@ -72,7 +77,7 @@ class _Peer:
     dest_port: int
 
     @classmethod
-    def of(cls, conn: Connection) -> _Peer:
+    def of(cls, conn: Connection) -> Peer:
         # Plaintext has no principal and no namespace: "" is matched by no pattern, not even "*", as in Istio.
         principal = (conn.source_identity or "").removeprefix(_SPIFFE)
         parts = principal.split("/")
@@ -113,7 +118,7 @@ def authorize(
 ) -> Decision:
     """Whether `conn` may reach the workload (`namespace`, `labels`): any matching DENY policy denies; otherwise,
     if no ALLOW policy applies, the connection is allowed, else it is allowed only if some ALLOW policy matches."""
-    peer = _Peer.of(conn)
+    peer = Peer.of(conn)
     selected = applicable(policies, namespace, labels, root_namespace)
     for policy in selected:
         if policy.action == "DENY" and any(_rule_matches(rule, peer) for rule in policy.rules):
@@ -148,43 +153,47 @@ def mtls_mode(
     return next((mode for mode in modes if mode != "UNSET"), "PERMISSIVE")
 
 
-def _rule_matches(rule: Rule, peer: _Peer) -> bool:
+def _rule_matches(rule: Rule, peer: Peer) -> bool:
     """Whether the L4 parts of `rule` match; callers decide what the L7 parts mean (see the module docstring)."""
     return (
-        (not rule.sources or any(_source_matches(s, peer) for s in rule.sources))
-        and (not rule.operations or any(_operation_matches(o, peer) for o in rule.operations))
-        and all(_condition_matches(c, peer) for c in rule.conditions)
+        (not rule.sources or any(source_matches(s, peer) for s in rule.sources))
+        and (not rule.operations or any(operation_matches(o, peer) for o in rule.operations))
+        and all(condition_matches(c, peer) for c in rule.conditions)
     )
 
 
-def _source_matches(source: Source, peer: _Peer) -> bool:
+def source_matches(source: Source, peer: Peer) -> bool:
+    """Whether the L4 fields of one `from` entry match (request principals are left to the caller)."""
+    remote = source.remote_ip_blocks, source.not_remote_ip_blocks
     return (
-        _field(source.principals, source.not_principals, lambda p: _string_matches(p, peer.principal))
-        and _field(source.namespaces, source.not_namespaces, lambda n: _string_matches(n, peer.namespace))
-        and _field(source.ip_blocks, source.not_ip_blocks, lambda net: _contains(net, peer.source_ip))
-        and _field(source.remote_ip_blocks, source.not_remote_ip_blocks, lambda net: _contains(net, peer.source_ip))
+        field_matches(source.principals, source.not_principals, lambda p: string_matches(p, peer.principal))
+        and field_matches(source.namespaces, source.not_namespaces, lambda n: string_matches(n, peer.namespace))
+        and field_matches(source.ip_blocks, source.not_ip_blocks, lambda net: _contains(net, peer.source_ip))
+        and field_matches(*remote, lambda net: _contains(net, peer.source_ip))
     )
 
 
-def _operation_matches(operation: Operation, peer: _Peer) -> bool:
-    return _field(operation.ports, operation.not_ports, lambda port: port == peer.dest_port)
+def operation_matches(operation: Operation, peer: Peer) -> bool:
+    """Whether the ports of one `to` entry match (its HTTP fields are left to the caller)."""
+    return field_matches(operation.ports, operation.not_ports, lambda port: port == peer.dest_port)
 
 
-def _condition_matches(condition: Condition, peer: _Peer) -> bool:
+def condition_matches(condition: Condition, peer: Peer) -> bool:
+    """Whether a `when` entry with an L4 key matches; True for any other key (see `_rule_matches`)."""
     key = condition.key
     if key in ("source.ip", "remote.ip", "destination.ip"):
         address = peer.dest_ip if key == "destination.ip" else peer.source_ip
-        return _field(condition.networks, condition.not_networks, lambda net: _contains(net, address))
+        return field_matches(condition.networks, condition.not_networks, lambda net: _contains(net, address))
     if key in ("source.principal", "source.namespace"):
         value = peer.principal if key == "source.principal" else peer.namespace
-        return _field(condition.values, condition.not_values, lambda v: _string_matches(v, value))
+        return field_matches(condition.values, condition.not_values, lambda v: string_matches(v, value))
     if key == "destination.port":
         port = str(peer.dest_port)
-        return _field(condition.values, condition.not_values, lambda v: v == port)
+        return field_matches(condition.values, condition.not_values, lambda v: v == port)
     return True  # needs the request: an ALLOW rule with it never gets here, a DENY rule ignores it
 
 
-def _field(values: tuple[T, ...], not_values: tuple[T, ...], matches: Callable[[T], bool]) -> bool:
+def field_matches(values: tuple[T, ...], not_values: tuple[T, ...], matches: Callable[[T], bool]) -> bool:
     """One field of a source, operation or condition: empty `values` match anything, else one must match; then
     no entry of `not_values` may match."""
     return (not values or any(map(matches, values))) and not any(map(matches, not_values))
@@ -195,7 +204,7 @@ def _contains(network: Network, address: _Address) -> bool:
     return address in network
 
 
-def _string_matches(pattern: str, value: str) -> bool:
+def string_matches(pattern: str, value: str) -> bool:
     """Istio's string match: `*` alone matches any non-empty value, `*suffix` and `prefix*` match the end or the
     start, anything else must be equal."""
     if pattern == "*":

@@ -8,6 +8,7 @@ store should not be stricter than Kubernetes where it does not matter).
 from __future__ import annotations
 
 import ipaddress
+import re
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -96,6 +97,8 @@ class Pod:
     ready: bool
     container_ports: tuple[tuple[str, int], ...]
     """Named container ports, for Services whose targetPort is a name."""
+    workload_name: str = ""
+    """Its controller's name as Istio derives it (`workload_name`); "" reads as the pod's name."""
 
     @property
     def key(self) -> ObjectKey:
@@ -155,7 +158,35 @@ class Pod:
             phase=opt_str(obj, "status.phase", "Pending"),
             ready=ready,
             container_ports=tuple(ports),
+            workload_name=workload_name(obj, key.name),
         )
+
+
+_CRONJOB_RUN = re.compile(r"(.+)-\d{8,10}")
+"""A Job a CronJob created: `<cronjob>-<scheduled time in minutes>`."""
+
+
+def workload_name(obj: Mapping[str, Any], pod_name: str) -> str:
+    """The workload a pod belongs to, by Istio's rules: its controller (the ownerReference with `controller:
+    true`) names it, a ReplicaSet with the pod's `pod-template-hash` suffix stands for its Deployment, a Job
+    named like a CronJob's run for that CronJob, a ReplicationController of an OpenShift DeploymentConfig for
+    that; a pod without a controller is its own workload."""
+    labels = obj.get("metadata", {}).get("labels") or {}
+    for ref in opt_list(obj, "metadata.ownerReferences"):
+        if not isinstance(ref, Mapping) or ref.get("controller") is not True:
+            continue
+        kind, name = ref.get("kind"), ref.get("name")
+        if not isinstance(name, str) or not name:
+            continue
+        template_hash = labels.get("pod-template-hash")
+        if kind == "ReplicaSet" and isinstance(template_hash, str) and template_hash and name.endswith(template_hash):
+            return name.removesuffix(template_hash).removesuffix("-") or name
+        if kind == "ReplicationController" and isinstance(labels.get("deploymentconfig"), str):
+            return str(labels["deploymentconfig"]) or name
+        if kind == "Job" and (run := _CRONJOB_RUN.fullmatch(name)):
+            return run.group(1)
+        return name
+    return pod_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +197,8 @@ class ServicePort:
     port: int
     target_port: int | str
     protocol: str
+    app_protocol: str = ""
+    """`appProtocol`, "" when unset: with the name, whether the port is HTTP (`meshlet_contracts.protocols`)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,7 +242,12 @@ class Service:
             protocol = opt_str(port, "protocol", "TCP")
             if protocol not in ("TCP", "UDP", "SCTP"):
                 fail(f"{field}.protocol", f"{protocol!r} is not one of TCP, UDP, SCTP")
-            ports.append(ServicePort(opt_str(port, "name"), number, target, protocol))
+            app_protocol = port.get("appProtocol", "")
+            if app_protocol is None:
+                app_protocol = ""
+            elif not isinstance(app_protocol, str):
+                fail(f"{field}.appProtocol", f"expected a string, got {app_protocol!r}")
+            ports.append(ServicePort(opt_str(port, "name"), number, target, protocol, app_protocol))
         # An empty selector selects nothing, as in Kubernetes (endpoints are then managed by hand).
         selector = labels(obj, "spec.selector") or None
         return cls(

@@ -10,9 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
-from control.model.kube import Namespace, Pod, Service
+from control.model.kube import Namespace, Pod, Service, ServicePort
 from control.model.security import AuthorizationPolicy, PeerAuthentication
-from meshlet_contracts.config_items import ConfigItem, EndpointItem, ServiceItem, WorkloadItem
+from meshlet_contracts.config_items import ConfigItem, EndpointItem, ServiceItem, ServicePortItem, WorkloadItem
 from meshlet_contracts.wire import COLLECTIONS, item_key, spiffe_id
 
 WireItem = ConfigItem
@@ -54,6 +54,7 @@ def workload_item(pod: Pod, namespace: Namespace | None, settings: MeshSettings)
         "labels": dict(pod.labels),
         "enrolled": enrolled(pod, namespace, settings),
         "ready": pod.ready,
+        "workloadName": pod.workload_name or pod.name,
     }
 
 
@@ -83,11 +84,21 @@ def service_item(service: Service, pods: Iterable[Pod], settings: MeshSettings) 
         "namespace": service.namespace,
         "hostname": f"{service.name}.{service.namespace}.svc.{settings.cluster_domain}",
         "vips": list(service.vips),
-        "ports": [
-            {"name": p.name, "port": p.port, "targetPort": p.target_port, "protocol": p.protocol} for p in service.ports
-        ],
+        "ports": [_port_item(p) for p in service.ports],
         "endpoints": endpoints,
     }
+
+
+def _port_item(port: ServicePort) -> ServicePortItem:
+    item: ServicePortItem = {
+        "name": port.name,
+        "port": port.port,
+        "targetPort": port.target_port,
+        "protocol": port.protocol,
+    }
+    if port.app_protocol:  # absent when unset, so items of Services without it stay as they were
+        item["appProtocol"] = port.app_protocol
+    return item
 
 
 def build_state(objects: Iterable[object], settings: MeshSettings) -> MeshState:

@@ -31,6 +31,7 @@ from control.model.fields import (
     str_list,
 )
 from meshlet_contracts import policy
+from meshlet_contracts.http_paths import is_template, valid_template
 from meshlet_contracts.policy import (
     ACTIONS,
     IP_KEYS,
@@ -283,7 +284,7 @@ def _operation(raw: Mapping[str, Any]) -> Operation:
     for name in ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"):
         strings[name] = _strings(raw, name)
         for i, item in enumerate(strings[name]):
-            if name.lower().endswith("paths") and ("{*}" in item or "{**}" in item):
+            if name.lower().endswith("paths") and is_template(item):
                 _check_path_template(item, f"{name}[{i}]")
             else:
                 _check_wildcard(item, f"{name}[{i}]")
@@ -369,9 +370,10 @@ def _check_identity_text(value: str, field: str, what: str) -> None:
 
 
 def _check_path_template(path: str, field: str) -> None:
-    rest = path.replace("{**}", "").replace("{*}", "")
-    if "*" in rest or "{" in rest or "}" in rest:
-        fail(field, f"{path!r}: a path template may use no wildcard other than {{*}} and {{**}}")
+    # The grammar is shared with ztunnel, which matches requests with it: both must read a template alike.
+    error = valid_template(path)
+    if error is not None:
+        fail(field, f"{path!r}: {error}")
 
 
 def _cidr(value: str, field: str) -> str:

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshlet_contracts.protocols import http_ports
+
 Rows = list[dict[str, Any]]
+
+ROOT_NAMESPACE = "meshlet-system"
+"""ztunnel's default `--root-namespace`: its policies apply to every workload of the mesh."""
 
 
 def workloads(dump: dict[str, Any], namespace: str | None, on_node: str | None) -> Rows:
+    """`l7` lists the ports connections into the workload are handled at L7 on, each with why; a `port` of null
+    means every port (a policy with HTTP rules selects the workload)."""
+    targets = _http_targets(dump["services"])
     rows = [
         {"name": w["name"], "namespace": w["namespace"], "node": w["node"], "ips": w["ips"],
-         "serviceAccount": w["service_account"], "identity": w["identity"], "enrolled": w["enrolled"]}
+         "serviceAccount": w["service_account"], "identity": w["identity"], "enrolled": w["enrolled"],
+         "l7": targets.get(w["uid"], []) + _l7_policies(w, dump["policies"]["authorization"])}
         for w in dump["workloads"]
     ]  # fmt: skip
     return [r for r in rows if namespace in (None, r["namespace"]) and on_node in (None, r["node"])]
@@ -22,12 +31,51 @@ def workloads(dump: dict[str, Any], namespace: str | None, on_node: str | None) 
 def services(dump: dict[str, Any], namespace: str | None) -> Rows:
     rows = [
         {"name": s["name"], "namespace": s["namespace"], "vips": s["vips"],
-         "ports": [p["port"] for p in s["ports"]],
+         "ports": [p["port"] for p in s["ports"]], "protocols": _protocols(s["ports"]),
          "endpoints": [{"ip": e["ip"], "ports": e["ports"], "ready": e["ready"]} for e in s["endpoints"]]}
         for s in dump["services"]
     ]  # fmt: skip
     rows.sort(key=lambda r: (r["namespace"], r["name"]))
     return [r for r in rows if namespace in (None, r["namespace"])]
+
+
+def _protocols(ports: list[Any]) -> Rows:
+    """Each port's protocol as the proxy treats it (`http` with why, or `tcp`), in the service's port order."""
+    http = http_ports(ports)  # the dump holds the config stream's service items as they came
+    return [
+        {"port": p["port"], "protocol": "http" if p["port"] in http else "tcp", "reason": http.get(p["port"])}
+        for p in ports
+    ]
+
+
+def _http_targets(services: list[dict[str, Any]]) -> dict[str, Rows]:
+    """Workload uid -> its ports some service maps an HTTP port to, with the first such service as the reason."""
+    found: dict[tuple[str, int], str] = {}
+    for s in sorted(services, key=lambda s: (s["namespace"], s["name"])):
+        http = http_ports(s["ports"])
+        for e in s["endpoints"]:
+            for service_port, pod_port in e["ports"].items():
+                if (reason := http.get(int(service_port))) is not None:
+                    where = f"service {s['namespace']}/{s['name']} port {service_port}"
+                    found.setdefault((e["workloadUid"], pod_port), f"{where}: {reason}")
+    out: dict[str, Rows] = {}
+    for (uid, pod_port), reason in sorted(found.items()):
+        out.setdefault(uid, []).append({"port": pod_port, "reason": reason})
+    return out
+
+
+def _l7_policies(workload: dict[str, Any], authorization: list[dict[str, Any]]) -> Rows:
+    """The AuthorizationPolicies with HTTP rules that select an enrolled workload: its every port is then L7."""
+    if not workload["enrolled"]:
+        return []  # no ztunnel in front of it to enforce them
+    labels = workload.get("labels") or {}
+    return [
+        {"port": None, "reason": f"AuthorizationPolicy {p['namespace']}/{p['name']} has HTTP rules"}
+        for p in sorted(authorization, key=lambda p: (p["namespace"], p["name"]))
+        if p.get("needsL7")
+        and p["namespace"] in (workload["namespace"], ROOT_NAMESPACE)
+        and all(labels.get(k) == v for k, v in (p.get("selector") or {}).items())
+    ]
 
 
 def policies(dump: dict[str, Any], namespace: str | None) -> Rows:
@@ -63,8 +111,8 @@ def connections(dump: dict[str, Any], namespace: str | None) -> Rows:
 
 COLUMNS: dict[str, list[tuple[str, str]]] = {
     "workloads": [("NAMESPACE", "namespace"), ("NAME", "name"), ("NODE", "node"), ("IPS", "ips"),
-                  ("IDENTITY", "identity"), ("ENROLLED", "enrolled")],
-    "services": [("NAMESPACE", "namespace"), ("NAME", "name"), ("VIPS", "vips"), ("PORTS", "ports"),
+                  ("IDENTITY", "identity"), ("ENROLLED", "enrolled"), ("L7", "l7")],
+    "services": [("NAMESPACE", "namespace"), ("NAME", "name"), ("VIPS", "vips"), ("PORTS", "protocols"),
                  ("ENDPOINTS", "endpoints")],
     "policies": [("NAMESPACE", "namespace"), ("KIND", "kind"), ("NAME", "name"), ("SELECTOR", "selector"),
                  ("ACTION/MODE", "action")],
@@ -80,6 +128,10 @@ def cell(row: dict[str, Any], key: str) -> str:
         value = row.get("mode")
     if key == "endpoints":
         return ", ".join(e["ip"] for e in value or []) or "-"
+    if key == "protocols":  # 80 http (port name http), 9000 tcp
+        return ", ".join(_with_reason(f"{p['port']} {p['protocol']}", p["reason"]) for p in value or []) or "-"
+    if key == "l7":  # 8080 (service shop/web port 80: port name http), all ports (AuthorizationPolicy ...)
+        return ", ".join(_with_reason(str(p["port"] or "all ports"), p["reason"]) for p in value or []) or "-"
     if isinstance(value, list):
         return ", ".join(map(str, value)) or "-"
     if isinstance(value, dict):
@@ -87,3 +139,7 @@ def cell(row: dict[str, Any], key: str) -> str:
     if isinstance(value, bool):
         return "yes" if value else "no"
     return "-" if value is None else str(value)
+
+
+def _with_reason(text: str, reason: str | None) -> str:
+    return f"{text} ({reason})" if reason else text

@@ -74,13 +74,34 @@ def lab(ctx: click.Context, lab_id: str) -> None:
     show_default=True,
     help="Start each node's agent and ztunnel (without: control and pods only, to run them by hand).",
 )
+@click.option(
+    "--service-port-name",
+    default="http",
+    show_default=True,
+    help="Name of the `web` services' port: `http`/`http-*` makes it HTTP (L7), `tcp`/`tcp-*` plain TCP (L4).",
+)
+@click.option(
+    "--service-app-protocol",
+    default="",
+    help="appProtocol of the `web` services' port (http, tcp, kubernetes.io/h2c, ...); decides over the name.",
+)
 @click.pass_context
-def up(ctx: click.Context, nodes: int, pods_per_node: int, redirect: str, node_daemons: bool) -> None:
+def up(
+    ctx: click.Context,
+    nodes: int,
+    pods_per_node: int,
+    redirect: str,
+    node_daemons: bool,
+    service_port_name: str,
+    service_app_protocol: str,
+) -> None:
     """Create the lab (removing any earlier one under the same id first)."""
     _need_root()
     started = time.monotonic()
     with progress.status(f"bringing up lab {_lab_id(ctx)!r}: {nodes} nodes x {pods_per_node} pods"):
-        state = cluster.up(_lab_id(ctx), nodes, pods_per_node, redirect, node_daemons)
+        state = cluster.up(
+            _lab_id(ctx), nodes, pods_per_node, redirect, node_daemons, service_port_name, service_app_protocol
+        )
     console.print(
         f"lab [bold]{state.plan.lab_id}[/bold] up in {time.monotonic() - started:.1f}s: "
         f"{len(state.plan.nodes)} nodes, {len(state.plan.pods)} pods; store {state.store}"

@@ -6,6 +6,15 @@
 - `GET /bytes?n=N` -> N bytes of a fixed pattern (bulk transfers).
 - `POST /sha256` -> JSON {sha256, bytes, pod, peer, ...} of the request body (integrity of large uploads).
 - `POST /echo` -> the request body.
+For the L7 tests:
+- `/status/<code>` (any method) -> that status with a short body.
+- `/public*` and `/admin*` (any method) -> 200 JSON {path, method}: targets for path-based policies.
+- `GET /headers` -> JSON of the request headers (lowercased names; repeats joined by ", ").
+- `POST|PUT /upload` -> JSON {bytes, sha256} of a body of any size, Content-Length or chunked, read streaming.
+- `GET /download?n=N` -> N bytes, as `/bytes`.
+- `GET /ws` -> a WebSocket echo (`meshlet.lab.app_websocket`).
+HEAD answers every GET path with its headers and no body; `Expect: 100-continue` is answered by http.server
+(protocol_version is HTTP/1.1). A body the route does not read is drained, so keep-alive survives it.
 Stdlib only and one thread per connection: it starts in a fraction of a second and needs nothing the
 pod might not have.
 """
@@ -16,9 +25,13 @@ import argparse
 import hashlib
 import json
 import sys
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from io import BufferedIOBase
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
+
+from meshlet.lab.app_websocket import accept_key, echo, valid_key
 
 MAX_BYTES = 1 << 30
 CHUNK = 64 * 1024
@@ -30,24 +43,48 @@ class AppHandler(BaseHTTPRequestHandler):
 
     protocol_version = "HTTP/1.1"
     server: AppServer
+    _head = False
+
+    def send_response(self, code: int, message: str | None = None) -> None:
+        super().send_response(code, message)
+        if code >= 200:  # which pod answered: tests of load balancing and of the mesh's L7 path read it
+            self.send_header("X-Pod", self.server.identity.get("pod", ""))
 
     def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
+        if status in (204, 304):  # responses that never have a body (RFC 9110 sections 15.3.5, 15.4.5)
+            self.end_headers()
+            return
         self.send_header("Content-Type", content_type)
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
-        self.wfile.write(body)
+        if not self._head:
+            self.wfile.write(body)
 
     def _json(self, obj: dict[str, Any], status: int = 200) -> None:
         self._reply(status, json.dumps(obj).encode() + b"\n")
 
+    def _route_any(self, path: str) -> None:
+        """The routes every method shares, after the body was drained."""
+        if path.startswith("/status/"):
+            code = path.removeprefix("/status/")
+            if code.isascii() and code.isdigit() and 200 <= int(code) <= 599:
+                self._reply(int(code), f"status {code}\n".encode(), "text/plain")
+            else:
+                self._json({"error": f"status must be a number in 200..599, got {code!r}"}, 400)
+        elif path.startswith(("/public", "/admin")):
+            self._json({"path": path, "method": self.command})
+        else:
+            self._json({"error": f"no route for {path}"}, 404)
+
     def do_GET(self) -> None:  # noqa: N802 (name set by http.server)
         url = urlsplit(self.path)
+        self._drain()
         if url.path == "/":
             self._json({**self.server.identity, "peer": f"{self.client_address[0]}:{self.client_address[1]}"})
         elif url.path == "/healthz":
             self._reply(200, b"ok\n", "text/plain")
-        elif url.path == "/bytes":
+        elif url.path in ("/bytes", "/download"):
             try:
                 n = int(parse_qs(url.query).get("n", ["0"])[0])
             except ValueError:
@@ -58,18 +95,35 @@ class AppHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Type", "application/octet-stream")
             self.send_header("Content-Length", str(n))
             self.end_headers()
-            while n > 0:
+            while n > 0 and not self._head:
                 chunk = PATTERN[: min(n, CHUNK)]
                 self.wfile.write(chunk)
                 n -= len(chunk)
+        elif url.path == "/headers":
+            headers: dict[str, str] = {}
+            for name, value in self.headers.items():
+                key = name.lower()
+                headers[key] = f"{headers[key]}, {value}" if key in headers else value
+            self._json(headers)
+        elif url.path == "/ws" and not self._head:
+            self._websocket()
         else:
-            self._json({"error": f"no route for {url.path}"}, 404)
+            self._route_any(url.path)
+
+    def do_HEAD(self) -> None:  # noqa: N802
+        self._head = True
+        try:
+            self.do_GET()
+        finally:
+            self._head = False
 
     def do_POST(self) -> None:  # noqa: N802
+        path = urlsplit(self.path).path
+        if path not in ("/sha256", "/echo"):
+            return self._other()
         length = int(self.headers.get("Content-Length", "0"))
         if not 0 <= length <= MAX_BYTES:
             return self._json({"error": "body too large"}, 413)
-        path = urlsplit(self.path).path
         if path == "/sha256":
             digest = hashlib.sha256()
             left = length
@@ -81,13 +135,112 @@ class AppHandler(BaseHTTPRequestHandler):
                 left -= len(chunk)
             peer = f"{self.client_address[0]}:{self.client_address[1]}"
             self._json({**self.server.identity, "peer": peer, "sha256": digest.hexdigest(), "bytes": length - left})
-        elif path == "/echo":
-            self._reply(200, self.rfile.read(length), "application/octet-stream")
         else:
-            self._json({"error": f"no route for {path}"}, 404)
+            self._reply(200, self.rfile.read(length), "application/octet-stream")
+
+    def _other(self) -> None:
+        """PUT, DELETE, PATCH, OPTIONS, and POST outside /sha256 and /echo."""
+        path = urlsplit(self.path).path
+        if path == "/upload" and self.command in ("POST", "PUT"):
+            return self._upload()
+        self._drain()
+        self._route_any(path)
+
+    do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
+
+    def _upload(self) -> None:
+        digest = hashlib.sha256()
+        total = 0
+        try:
+            for chunk in self._body():
+                digest.update(chunk)
+                total += len(chunk)
+        except BodyError as exc:
+            self.close_connection = True  # where the next request starts is unknown now
+            return self._json({"error": str(exc)}, 400)
+        self._json({"bytes": total, "sha256": digest.hexdigest()})
+
+    def _drain(self) -> None:
+        """Read and drop a body the route does not use, so the next request on the connection parses."""
+        try:
+            for _ in self._body():
+                pass
+        except BodyError:
+            self.close_connection = True
+
+    def _body(self) -> Iterator[bytes]:
+        """The request body in pieces of at most CHUNK bytes, whatever its framing; never held whole."""
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            yield from read_chunked(self.rfile)
+            return
+        raw = self.headers.get("Content-Length", "0").strip()
+        if not (raw.isascii() and raw.isdigit()):
+            raise BodyError(f"Content-Length {raw[:20]!r} is not a length")
+        left = int(raw)
+        while left > 0:
+            chunk = self.rfile.read(min(left, CHUNK))
+            if not chunk:
+                raise BodyError("body ended before its Content-Length")
+            left -= len(chunk)
+            yield chunk
+
+    def _websocket(self) -> None:
+        key = self.headers.get("Sec-WebSocket-Key", "")
+        upgrade = self.headers.get("Upgrade", "").lower() == "websocket"
+        connection = "upgrade" in self.headers.get("Connection", "").lower()
+        if not (upgrade and connection and valid_key(key) and self.headers.get("Sec-WebSocket-Version") == "13"):
+            body = b'{"error": "expected a WebSocket handshake (RFC 6455, version 13)"}\n'
+            self.send_response(400 if upgrade else 426)
+            self.send_header("Sec-WebSocket-Version", "13")
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+            return
+        self.send_response(101)
+        self.send_header("Upgrade", "websocket")
+        self.send_header("Connection", "Upgrade")
+        self.send_header("Sec-WebSocket-Accept", accept_key(key))
+        self.end_headers()
+        self.wfile.flush()
+        self.close_connection = True  # the connection never returns to HTTP
+        echo(self.rfile, self.wfile)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 (signature of http.server)
         sys.stderr.write(f"{self.client_address[0]}:{self.client_address[1]} {format % args}\n")
+
+
+class BodyError(ValueError):
+    """A request body that does not follow its framing."""
+
+
+def read_chunked(rfile: BufferedIOBase, max_line: int = 4096) -> Iterator[bytes]:
+    """A chunked body (RFC 9112 section 7.1) in pieces of at most CHUNK bytes; trailers are read and dropped."""
+    while True:
+        line = rfile.readline(max_line + 1)
+        size_text = line.split(b";", 1)[0].strip()
+        if len(line) > max_line or not line.endswith(b"\n") or not size_text:
+            raise BodyError("malformed chunk size line")
+        try:
+            size = int(size_text, 16)
+        except ValueError:
+            raise BodyError(f"chunk size {size_text[:20]!r} is not hexadecimal") from None
+        if size == 0:
+            break
+        while size > 0:
+            chunk = rfile.read(min(size, CHUNK))
+            if not chunk:
+                raise BodyError("body ended inside a chunk")
+            size -= len(chunk)
+            yield chunk
+        if rfile.readline(3) not in (b"\r\n", b"\n"):
+            raise BodyError("chunk data longer than its size")
+    while True:  # the trailer section, up to its empty line
+        line = rfile.readline(max_line + 1)
+        if not line.endswith(b"\n"):
+            raise BodyError("body ended inside the trailers")
+        if not line.strip():
+            return
 
 
 class AppServer(ThreadingHTTPServer):

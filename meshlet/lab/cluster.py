@@ -47,11 +47,21 @@ class Removed:
     directory: str | None = None
 
 
-def up(lab_id: str, nodes: int, pods_per_node: int, redirect: str, node_daemons: bool = True) -> LabState:
+def up(
+    lab_id: str,
+    nodes: int,
+    pods_per_node: int,
+    redirect: str,
+    node_daemons: bool = True,
+    service_port_name: str = "http",
+    service_app_protocol: str = "",
+) -> LabState:
     with locked():
         if LabState.load(lab_id) is not None or _leftovers(lab_id):
             _down(lab_id)
-        plan = plan_lab(lab_id, free_slot(lab_id), nodes, pods_per_node, redirect)
+        plan = plan_lab(
+            lab_id, free_slot(lab_id), nodes, pods_per_node, redirect, service_port_name, service_app_protocol
+        )
         _check_addresses_free(plan)
         directory = lab_dir(lab_id)
         directory.mkdir(parents=True, exist_ok=True)

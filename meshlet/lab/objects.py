@@ -82,6 +82,9 @@ def pod_object(plan: LabPlan, pod: PodPlan) -> Obj:
 
 
 def service_object(plan: LabPlan, service: ServicePlan) -> Obj:
+    port: Obj = {"name": service.port_name, "port": SERVICE_PORT, "targetPort": APP_PORT, "protocol": "TCP"}
+    if service.app_protocol:
+        port["appProtocol"] = service.app_protocol
     return {
         "apiVersion": "v1",
         "kind": "Service",
@@ -91,7 +94,7 @@ def service_object(plan: LabPlan, service: ServicePlan) -> Obj:
             "clusterIP": service.vip,
             "clusterIPs": [service.vip],
             "selector": {"app": "web"},
-            "ports": [{"name": "http", "port": SERVICE_PORT, "targetPort": APP_PORT, "protocol": "TCP"}],
+            "ports": [port],
         },
     }
 

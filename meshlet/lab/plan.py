@@ -22,6 +22,8 @@ MAX_SLOTS = 32
 MAX_NODES = 8
 MAX_PODS_PER_NODE = 26
 ID_PATTERN = re.compile(r"[a-z][a-z0-9]{0,7}")  # fullmatch: `$` would take a trailing newline
+PORT_NAME_PATTERN = re.compile(r"(?=.{1,15}\Z)[a-z0-9]([a-z0-9-]*[a-z0-9])?")
+APP_PROTOCOL_PATTERN = re.compile(r"([a-z0-9.-]+/)?[A-Za-z0-9][A-Za-z0-9_.-]{0,62}")
 MESH_NAMESPACE = "mesh"
 PLAIN_NAMESPACE = "plain"
 APP_PORT = 8080
@@ -76,6 +78,10 @@ class ServicePlan:
     name: str
     namespace: str
     vip: str
+    port_name: str = "http"
+    """The name of its one port: by Istio's convention `http`/`http-*` makes it HTTP, `tcp`/`tcp-*` not."""
+    app_protocol: str = ""
+    """The port's `appProtocol` ("" leaves it out); when set it decides over the name (`http`, `tcp`, ...)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,8 +139,17 @@ def check_id(lab_id: str) -> str:
     return lab_id
 
 
-def plan_lab(lab_id: str, slot: int, nodes: int, pods_per_node: int, redirect: str = "auto") -> LabPlan:
-    """Plan a lab of `nodes` nodes with `pods_per_node` pods each, alternating mesh and plain namespaces."""
+def plan_lab(
+    lab_id: str,
+    slot: int,
+    nodes: int,
+    pods_per_node: int,
+    redirect: str = "auto",
+    service_port_name: str = "http",
+    service_app_protocol: str = "",
+) -> LabPlan:
+    """Plan a lab of `nodes` nodes with `pods_per_node` pods each, alternating mesh and plain namespaces; each
+    namespace's `web` service has one port, named `service_port_name`, with `service_app_protocol` if set."""
     check_id(lab_id)
     if not 0 <= slot < MAX_SLOTS:
         raise PlanError(f"slot {slot} is out of range 0..{MAX_SLOTS - 1}")
@@ -144,6 +159,16 @@ def plan_lab(lab_id: str, slot: int, nodes: int, pods_per_node: int, redirect: s
         raise PlanError(f"--pods-per-node {pods_per_node}: a node has 1 to {MAX_PODS_PER_NODE} pods")
     if redirect not in REDIRECT_MODES:
         raise PlanError(f"--redirect {redirect!r}: choose one of {', '.join(REDIRECT_MODES)}")
+    if not PORT_NAME_PATTERN.fullmatch(service_port_name) or "--" in service_port_name:
+        raise PlanError(
+            f"--service-port-name {service_port_name!r}: a port name is 1-15 lowercase letters, digits and single "
+            "'-', starting and ending with a letter or digit (Kubernetes' IANA_SVC_NAME)"
+        )
+    if service_app_protocol and not APP_PROTOCOL_PATTERN.fullmatch(service_app_protocol):
+        raise PlanError(
+            f"--service-app-protocol {service_app_protocol!r}: expected a protocol name such as http, tcp, "
+            "kubernetes.io/h2c"
+        )
     prefix = prefix_for(lab_id)
     cgroup = f"{prefix}lab"
     node_plans: list[NodePlan] = []
@@ -178,7 +203,8 @@ def plan_lab(lab_id: str, slot: int, nodes: int, pods_per_node: int, redirect: s
             )
     namespaces = sorted({p.namespace for p in pod_plans})
     services = tuple(
-        ServicePlan(name="web", namespace=ns, vip=f"10.96.{slot}.{10 + k}") for k, ns in enumerate(namespaces)
+        ServicePlan("web", ns, f"10.96.{slot}.{10 + k}", service_port_name, service_app_protocol)
+        for k, ns in enumerate(namespaces)
     )
     return LabPlan(
         lab_id=lab_id,

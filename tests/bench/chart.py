@@ -1,4 +1,4 @@
-"""The PNG for people: every ratio (C/B, D/B, C/A) against the 1.0 line, one panel per direction.
+"""The PNG for people: every ratio (C/B, D/B, C/A, E/F) against the 1.0 line, one panel per direction.
 
 Top panel: metrics where higher is better (throughput; the targets say C/B >= 1.0). Bottom panel:
 metrics where lower is better (latency, CPU, memory), so there a bar left of 1.0 is meshlet ahead.
@@ -20,7 +20,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from tests.bench.report import METRICS, RATIOS, Metric, label_of  # noqa: E402
 
-_COLORS = {"C/B": "#1f77b4", "D/B": "#9467bd", "C/A": "#bbbbbb"}
+_COLORS = {"C/B": "#1f77b4", "D/B": "#9467bd", "C/A": "#bbbbbb", "E/F": "#2ca02c"}
 
 
 def _panel(
@@ -67,17 +67,18 @@ def write_chart(
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(11, 10), gridspec_kw={"height_ratios": [len(higher) + 1, len(lower)]}
     )
-    _panel(top, higher, rats, counts, "higher is better: meshlet ahead right of 1.0 (target: C/B, D/B >= 1.0)")
+    _panel(top, higher, rats, counts, "higher is better: meshlet ahead right of 1.0 (target: C/B, D/B, E/F >= 1.0)")
     _panel(bottom, lower, rats, counts, "lower is better: meshlet ahead left of 1.0")
     handles, labels = bottom.get_legend_handles_labels()
     if not handles:
         handles, labels = top.get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=4, fontsize=9)
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=9)
     fig.suptitle(
-        "meshlet benchmark: C = meshlet (iptables), D = meshlet (eBPF), B = HAProxy mTLS pair, A = direct\n" + subtitle,
+        "meshlet benchmark: C = meshlet (iptables), D = meshlet (eBPF), B = HAProxy mTLS pair, A = direct;\n"
+        "L7: E = meshlet L7 (eBPF), F = HAProxy mode http mTLS pair\n" + subtitle,
         fontsize=11,
     )
-    fig.tight_layout(rect=(0, 0.04, 1, 0.95))
+    fig.tight_layout(rect=(0, 0.04, 1, 0.93))
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -1,7 +1,12 @@
-"""Scenario B: the sidecar-style mTLS tunnel a user would otherwise set up, as a pair of HAProxy processes.
+"""Scenarios B and F: the sidecar-style mTLS tunnel a user would otherwise set up, as a pair of HAProxy processes.
 
-client pod:  app -> 127.0.0.1:10080 (haproxy, mode tcp) == TLS 1.3, client certificate ==>
+client pod:  app -> 127.0.0.1:10080 (haproxy) == TLS 1.3, client certificate ==>
 server pod:  :9443 (haproxy: mTLS termination, client certificate required) -> 127.0.0.1:8081 (nginx)
+
+B runs both in `mode tcp` (the L4 reference); F runs both in `mode http` (the L7 reference for meshlet's
+L7 scenario E): each side parses every request and response, keeps its client connections alive and
+reuses idle server-side connections across client connections (`http-reuse always`), as a mesh's L7
+proxy pools its upstream connections. Same certificates and topology for both.
 
 Same key type and TLS version as meshlet (ECDSA P-256 certificates from one CA, TLS 1.3 only), and both
 sides verify the peer (the client also checks the server's name, as ztunnel checks the SPIFFE ID). Each
@@ -42,12 +47,19 @@ global
   ssl-default-server-options ssl-min-ver TLSv1.3
 
 defaults
-  mode tcp
+  mode {mode}
   maxconn {maxconn}
   timeout connect 5s
   timeout client 600s
   timeout server 600s
+{http_defaults}"""
+
+_HTTP_DEFAULTS = """\
+  option http-keep-alive
+  timeout http-keep-alive 600s
+  timeout http-request 600s
 """
+MODES = ("tcp", "http")
 
 _CLIENT = """\
 frontend app
@@ -55,7 +67,7 @@ frontend app
   default_backend tunnel
 
 backend tunnel
-  server peer {server_ip}:{server_port} ssl crt {dir}/client.pem ca-file {dir}/ca.pem verify required \
+{reuse}  server peer {server_ip}:{server_port} ssl crt {dir}/client.pem ca-file {dir}/ca.pem verify required \
 ssl-min-ver TLSv1.3 verifyhost {name} sni str({name})
 """
 
@@ -65,8 +77,9 @@ frontend tunnel
   default_backend app
 
 backend app
-  server nginx 127.0.0.1:{app_port}
+{reuse}  server nginx 127.0.0.1:{app_port}
 """
+_REUSE = "  http-reuse always\n"
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,7 +97,10 @@ def _openssl(*args: str, cwd: Path) -> None:
 
 
 def make_certs(workdir: Path) -> None:
-    """A CA, and a server and a client certificate it signs; ECDSA P-256 keys; haproxy's PEM bundles."""
+    """A CA, and a server and a client certificate it signs; ECDSA P-256 keys; haproxy's PEM bundles.
+    Made once per work directory, so B and F use the same ones."""
+    if (workdir / "client.pem").exists():
+        return
     ec = ["genpkey", "-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256", "-out"]
     _openssl(*ec, "ca.key", cwd=workdir)
     _openssl(
@@ -114,22 +130,37 @@ def make_certs(workdir: Path) -> None:
         (workdir / f"{role}.pem").write_text(pem)
 
 
-def _global() -> str:
-    return _GLOBAL.format(maxconn=maxconn(resource.getrlimit(resource.RLIMIT_NOFILE)[0]))
-
-
-def client_config(workdir: Path, server_ip: str) -> str:
-    client = _CLIENT.format(
-        listen=CLIENT_PORT, server_ip=server_ip, server_port=SERVER_PORT, dir=workdir, name=SERVER_NAME
+def _global(mode: str) -> str:
+    if mode not in MODES:
+        raise ValueError(f"haproxy mode {mode!r}: expected one of {MODES}")
+    return _GLOBAL.format(
+        mode=mode,
+        maxconn=maxconn(resource.getrlimit(resource.RLIMIT_NOFILE)[0]),
+        http_defaults=_HTTP_DEFAULTS if mode == "http" else "",
     )
-    return _global() + "\n" + client
 
 
-def server_config(workdir: Path, app_port: int) -> str:
-    return _global() + "\n" + _SERVER.format(server_port=SERVER_PORT, dir=workdir, app_port=app_port)
+def client_config(workdir: Path, server_ip: str, mode: str = "tcp") -> str:
+    client = _CLIENT.format(
+        listen=CLIENT_PORT,
+        server_ip=server_ip,
+        server_port=SERVER_PORT,
+        dir=workdir,
+        name=SERVER_NAME,
+        reuse=_REUSE if mode == "http" else "",
+    )
+    return _global(mode) + "\n" + client
+
+
+def server_config(workdir: Path, app_port: int, mode: str = "tcp") -> str:
+    server = _SERVER.format(
+        server_port=SERVER_PORT, dir=workdir, app_port=app_port, reuse=_REUSE if mode == "http" else ""
+    )
+    return _global(mode) + "\n" + server
 
 
 def _start(lab: Lab, pod: str, workdir: Path, role: str, text: str) -> subprocess.Popen[str]:
+    """`role` names the files: haproxy-<role>.cfg and .log in the work directory."""
     conf = workdir / f"haproxy-{role}.cfg"
     conf.write_text(text)
     check = subprocess.run(["haproxy", "-c", "-q", "-f", str(conf)], capture_output=True, text=True, timeout=30)
@@ -143,12 +174,15 @@ def _start(lab: Lab, pod: str, workdir: Path, role: str, text: str) -> subproces
     return proc
 
 
-def start_pair(lab: Lab, client_pod: str, server_pod: str, server_ip: str, app_port: int, workdir: Path) -> Pair:
-    """Certificates, then the server side, then the client side; the caller checks the path answers."""
+def start_pair(
+    lab: Lab, client_pod: str, server_pod: str, server_ip: str, app_port: int, workdir: Path, mode: str = "tcp"
+) -> Pair:
+    """Certificates, then the server side, then the client side; the caller checks the path answers.
+    `mode` is haproxy's: "tcp" (scenario B) or "http" (scenario F)."""
     make_certs(workdir)
-    server = _start(lab, server_pod, workdir, "server", server_config(workdir, app_port))
+    server = _start(lab, server_pod, workdir, f"server-{mode}", server_config(workdir, app_port, mode))
     try:
-        client = _start(lab, client_pod, workdir, "client", client_config(workdir, server_ip))
+        client = _start(lab, client_pod, workdir, f"client-{mode}", client_config(workdir, server_ip, mode))
     except BaseException:
         server.terminate()
         server.wait(10)

@@ -1,5 +1,8 @@
 """The workloads' server: nginx in a server pod on :8081, serving a 1 KB body and a 100 MB file.
 
+In the eBPF lab it also listens on :8082, the target of the HTTP service port scenario E calls, so that
+no HTTP service port ever targets :8081, which the L4 scenarios call (see services.py).
+
 One worker process (the machine has two cores, and the client and proxies need them too), enough file
 descriptors and connections for 10,000 held connections, keep-alive without practical limits, idle
 connections kept for ten minutes. Everything it writes (pid, error log) stays in the work directory.
@@ -14,6 +17,8 @@ from pathlib import Path
 from tests.bench.lab import Lab, wait_alive
 
 PORT = 8081
+L7_PORT = 8082
+"""The same server, reached by scenario E through a Service port named `http`."""
 SMALL_PATH, SMALL_BYTES = "/1k", 1024
 BULK_PATH, BULK_BYTES = "/100m", 100 * 1024 * 1024
 
@@ -34,8 +39,7 @@ http {{
   client_header_timeout 600s;
   default_type application/octet-stream;
   server {{
-    listen {port} backlog=4096;
-    location = {small} {{ alias {dir}/1k.bin; }}
+{listen}    location = {small} {{ alias {dir}/1k.bin; }}
     location = {bulk} {{ alias {dir}/100m.bin; }}
   }}
 }}
@@ -54,14 +58,16 @@ def write_site(workdir: Path) -> None:
         path.chmod(0o755 if path.is_dir() else 0o644)  # nginx's worker runs as nobody
 
 
-def config(workdir: Path, name: str) -> str:
-    return _CONFIG.format(dir=workdir, name=name, port=PORT, small=SMALL_PATH, bulk=BULK_PATH)
+def config(workdir: Path, name: str, ports: tuple[int, ...] = (PORT,)) -> str:
+    listen = "".join(f"    listen {port} backlog=4096;\n" for port in ports)
+    return _CONFIG.format(dir=workdir, name=name, listen=listen, small=SMALL_PATH, bulk=BULK_PATH)
 
 
-def start(lab: Lab, pod: str, workdir: Path) -> subprocess.Popen[str]:
-    """Start nginx in `pod` (foreground, so its PID is ours to stop); the caller checks it answers."""
+def start(lab: Lab, pod: str, workdir: Path, ports: tuple[int, ...] = (PORT,)) -> subprocess.Popen[str]:
+    """Start nginx in `pod` (foreground, so its PID is ours to stop), listening on `ports`; the caller
+    checks it answers."""
     conf = workdir / f"nginx-{pod}.conf"
-    conf.write_text(config(workdir, pod))
+    conf.write_text(config(workdir, pod, ports))
     log = open(workdir / f"nginx-{pod}.stderr", "w")  # the child keeps its own copy of the fd
     proc = lab.spawn(
         pod, ["nginx", "-c", str(conf), "-e", str(workdir / f"nginx-{pod}.error.log"), "-g", "daemon off;"], stderr=log

@@ -1,4 +1,4 @@
-"""From scenario results to the judgement: metric rows, ratios C/B, D/B, C/A, targets, the table, JSON.
+"""From scenario results to the judgement: metric rows, ratios C/B, D/B, C/A, E/F, targets, the table, JSON.
 
 Nothing absolute passes or fails; a ratio is a scenario's value over another's in the same run. Each
 metric says which way is better, so a ratio can be read (and coloured) without knowing the metric.
@@ -14,10 +14,20 @@ from typing import Any
 
 from rich.table import Table
 
-SCENARIOS = ("A", "B", "C", "D")
-HEADERS = {"A": "direct", "B": "HAProxy", "C": "meshlet", "D": "eBPF"}
-"""Short column names: A direct, B the HAProxy mTLS pair, C meshlet (iptables), D meshlet (eBPF)."""
-RATIOS = (("C/B", "C", "B"), ("D/B", "D", "B"), ("C/A", "C", "A"))
+SCENARIOS = ("A", "B", "C", "D", "E", "F")
+HEADERS = {"A": "direct", "B": "HAProxy", "C": "meshlet", "D": "eBPF", "E": "L7 eBPF", "F": "HAProxy L7"}
+"""Short column names: A direct, B the HAProxy mTLS pair (mode tcp), C meshlet (iptables), D meshlet (eBPF),
+E meshlet L7 (eBPF backend, an HTTP service port), F the HAProxy mTLS pair in `mode http`."""
+TITLES = {
+    "A": "direct",
+    "B": "HAProxy mTLS pair",
+    "C": "meshlet iptables",
+    "D": "meshlet eBPF",
+    "E": "meshlet L7 (eBPF)",
+    "F": "HAProxy mode http mTLS pair",
+}
+"""The scenarios' full names, as the progress lines and the JSON spell them."""
+RATIOS = (("C/B", "C", "B"), ("D/B", "D", "B"), ("C/A", "C", "A"), ("E/F", "E", "F"))
 """(name, numerator, denominator)."""
 
 Result = Mapping[str, Any]
@@ -126,7 +136,7 @@ def values(results: Mapping[str, Result | None]) -> dict[str, dict[str, float | 
 
 
 def ratios(vals: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[str, float | None]]:
-    """{metric: {'C/B': ..., 'D/B': ..., 'C/A': ...}}."""
+    """{metric: {'C/B': ..., 'D/B': ..., 'C/A': ..., 'E/F': ...}}."""
     return {key: {name: ratio(row.get(a), row.get(b)) for name, a, b in RATIOS} for key, row in vals.items()}
 
 
@@ -137,7 +147,10 @@ def _target(scenario: str, what: str, value: float | None, unit: str, holds: boo
 def targets(
     vals: Mapping[str, Mapping[str, float | None]], rats: Mapping[str, Mapping[str, float | None]], hold_max: int
 ) -> list[dict[str, Any]]:
-    """The issue's targets for meshlet (C, and D when measured); `holds` is None when not measured."""
+    """The issues' targets for meshlet (C, D, E when measured); `holds` is None when not measured.
+
+    L4 (C, D) against the HAProxy tcp pair (issue #7); L7 (E) against the HAProxy http pair (issue #14:
+    "E at or above F" on req/s, and CPU per request no higher)."""
     out = []
     for s in ("C", "D"):
         for key in ("c1_rps", "c16_rps", "bulk_gbit_per_s"):
@@ -150,6 +163,12 @@ def targets(
         held, errors = vals["held_max"][s], vals["held_max_errors"][s]
         ok = None if held is None or errors is None else held == hold_max and errors == 0
         out.append(_target(s, f"{hold_max:,} concurrent connections held without an error", held, "held", ok))
+    for key in ("c1_rps", "c16_rps"):
+        r = rats[key]["E/F"]
+        out.append(_target("E", f"{_BY_KEY[key].label}: E/F >= 1.0", r, "x", None if r is None else r >= 1.0))
+    for key in ("cpu_us_per_request_c1", "cpu_us_per_request_c16"):
+        r = rats[key]["E/F"]
+        out.append(_target("E", f"{_BY_KEY[key].label}: E/F <= 1.0", r, "x", None if r is None else r <= 1.0))
     return out
 
 
@@ -171,7 +190,7 @@ def table(
     rats: Mapping[str, Mapping[str, float | None]],
     counts: Mapping[str, int],
 ) -> Table:
-    """Rows: metrics; columns: A-D, then the ratios (green: meshlet better, red: worse)."""
+    """Rows: metrics; columns: A-F, then the ratios (green: meshlet better, red: worse)."""
     t = Table(title="meshlet benchmark (one run, this machine)", title_justify="left")
     t.add_column("metric (better)", no_wrap=True)
     for s in SCENARIOS:

@@ -5,7 +5,10 @@ Brings up a 2-node lab, starts nginx in the server pods and measures the same wo
   B  an HAProxy mTLS pair           (plain pods, through haproxy on each side)
   C  meshlet, iptables backend      (mesh pods web-1a -> web-2a, through both nodes' ztunnels)
   D  meshlet, eBPF backend          (a second lab with --redirect ebpf; unavailable while refused)
-then prints the table with the ratios C/B, D/B, C/A and writes it as JSON and a PNG chart.
+  E  meshlet L7, eBPF backend       (as D, but through a Service port named `http`: ztunnel at L7)
+  F  an HAProxy `mode http` mTLS pair (as B, both sides parsing HTTP, server connections reused)
+and the HTTP parsers' cost (httptools vs h11, http_parsers.py), then prints the table with the ratios
+C/B, D/B, C/A, E/F and writes it as JSON and a PNG chart.
 Everything it started is stopped by PID and the lab is taken down, also on failure or Ctrl-C.
 """
 
@@ -27,7 +30,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tests.bench import haproxy, nginx, report
+from tests.bench import haproxy, http_parsers, nginx, report, services
 from tests.bench.chart import write_chart
 from tests.bench.lab import BenchError, Lab, LabError, Pod, stop
 from tests.bench.scenario import Scenario, Settings, measure
@@ -52,11 +55,31 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--bulk-runs", type=int, default=3, help="100 MB downloads per scenario; median (default 3)")
     p.add_argument("--hold", type=int, default=1000, help="idle connections for RSS per connection (default 1000)")
     p.add_argument("--hold-max", type=int, default=10000, help="idle connections to hold at once (default 10000)")
-    p.add_argument("--scenarios", default="ABCD", help="which of A, B, C, D to run (default ABCD)")
+    p.add_argument(
+        "--scenarios",
+        type=_scenarios,
+        default="".join(report.SCENARIOS),
+        help="which of A-F to run, e.g. EF or E,F (default ABCDEF)",
+    )
+    p.add_argument(
+        "--parsers",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also measure the HTTP parsers, httptools vs h11 (default on; about 30 s)",
+    )
     p.add_argument("--lab-id", default="bench", help="lab id (default bench)")
     p.add_argument("--out", type=Path, default=RESULTS, help=f"where latest.json and latest.png go (default {RESULTS})")
     p.add_argument("--keep-workdir", action="store_true", help="keep configs, certs and server logs")
     return p.parse_args(argv)
+
+
+def _scenarios(text: str) -> str:
+    """'E,F', 'ef' or 'EF' -> 'EF'; an unknown letter is an error naming it."""
+    letters = text.upper().replace(",", "").replace(" ", "")
+    unknown = sorted(set(letters) - set(report.SCENARIOS))
+    if unknown or not letters:
+        raise argparse.ArgumentTypeError(f"unknown scenario(s) {unknown or text!r}: choose from {report.SCENARIOS}")
+    return letters
 
 
 def _cmd(argv: list[str]) -> str:
@@ -129,9 +152,17 @@ class Run:
         while self.started:
             stop(self.started.pop())
 
+    def _services(self, server: str) -> services.BenchServices | str:
+        """The benchmark's Services (services.py), or why they could not be written."""
+        try:
+            return services.add(self.lab, server)
+        except (BenchError, OSError) as exc:
+            _say(f"[yellow]benchmark Services not added: {exc}[/yellow]")
+            return f"cannot add the benchmark's Services: {exc}"
+
     def iptables_lab(self) -> None:
-        """A, B and C share one lab brought up with the iptables backend."""
-        todo = [s for s in "ABC" if s in self.wanted]
+        """A, B, C and F share one lab brought up with the iptables backend."""
+        todo = [s for s in "ABCF" if s in self.wanted]
         if not todo:
             return
         _say(f"lab {self.lab.lab_id}: up --redirect iptables")
@@ -146,21 +177,28 @@ class Run:
         if "A" in todo:
             self._measure(Scenario("A", "direct", "web-1b", pods["web-2b"].ip, nginx.PORT, {}))
         if "B" in todo:
-            self._haproxy(pods)
+            self._haproxy(pods, "B")
+        if "F" in todo:
+            self._haproxy(pods, "F")
         if "C" in todo:
+            self._services("web-2a")  # C calls the pod IP; the only service port on :8081 is tcp-web
             self._measure(Scenario("C", "meshlet iptables", "web-1a", pods["web-2a"].ip, nginx.PORT, self._ztunnels()))
         self._stop_all()
         self.lab.down()
 
-    def _haproxy(self, pods: dict[str, Pod]) -> None:
+    def _haproxy(self, pods: dict[str, Pod], key: str) -> None:
+        """B (mode tcp) or F (mode http): the same pair of pods, certificates and ports, one pair at a time."""
+        mode = "http" if key == "F" else "tcp"
         try:
-            pair = haproxy.start_pair(self.lab, "web-1b", "web-2b", pods["web-2b"].ip, nginx.PORT, self.workdir)
+            pair = haproxy.start_pair(
+                self.lab, "web-1b", "web-2b", pods["web-2b"].ip, nginx.PORT, self.workdir, mode=mode
+            )
         except BenchError as exc:
-            self.unavailable["B"] = f"failed: {exc}"
+            self.unavailable[key] = f"failed: {exc}"
             return
         self.started += [pair.client, pair.server]
         proxies = {pods["web-1b"].node: pair.client.pid, pods["web-2b"].node: pair.server.pid}
-        self._measure(Scenario("B", "HAProxy mTLS pair", "web-1b", "127.0.0.1", haproxy.CLIENT_PORT, proxies))
+        self._measure(Scenario(key, report.TITLES[key], "web-1b", "127.0.0.1", haproxy.CLIENT_PORT, proxies))
         for proc in (pair.client, pair.server):  # idle haproxies take no CPU, but C gets the machine alone
             stop(proc)
             self.started.remove(proc)
@@ -172,24 +210,35 @@ class Run:
             raise BenchError(f"cannot read the node proxies' PIDs: {exc}") from exc
 
     def ebpf_lab(self) -> None:
-        """D: a lab with `--redirect ebpf`; recorded as unavailable, with the CLI's reason, when refused."""
-        if "D" not in self.wanted:
+        """D and E: a lab with `--redirect ebpf`; recorded as unavailable, with the CLI's reason, when refused.
+
+        D calls the server pod's IP on nginx's :8081 (L4). E calls the `bench-http` Service (port `http`,
+        to nginx's :8082 in the same pod): the source ztunnel handles that at L7 once L7 is wired."""
+        todo = [s for s in "DE" if s in self.wanted]
+        if not todo:
             return
         _say(f"lab {self.lab.lab_id}: up --redirect ebpf")
         try:
             self.lab.up("ebpf")
         except LabError as exc:
-            self.unavailable["D"] = f"`meshlet lab up --redirect ebpf` refused: {exc}"
-            _say(f"[yellow]D unavailable: {exc}[/yellow]")
+            self.unavailable.update(dict.fromkeys(todo, f"`meshlet lab up --redirect ebpf` refused: {exc}"))
+            _say(f"[yellow]{', '.join(todo)} unavailable: {exc}[/yellow]")
             return
         try:
             pods = _pods(self.lab)
-            self.started.append(nginx.start(self.lab, "web-2a", self.workdir))
-            sc = Scenario("D", "meshlet eBPF", "web-1a", pods["web-2a"].ip, nginx.PORT, self._ztunnels())
+            ports = (nginx.PORT, nginx.L7_PORT) if "E" in todo else (nginx.PORT,)
+            self.started.append(nginx.start(self.lab, "web-2a", self.workdir, ports))
+            proxies = self._ztunnels()
         except BenchError as exc:
-            self.unavailable["D"] = f"lab failed: {exc}"
+            self.unavailable.update(dict.fromkeys(todo, f"lab failed: {exc}"))
             return
-        self._measure(sc)
+        svc = self._services("web-2a")
+        if "D" in todo:
+            self._measure(Scenario("D", report.TITLES["D"], "web-1a", pods["web-2a"].ip, nginx.PORT, proxies))
+        if "E" in todo and isinstance(svc, str):
+            self.unavailable["E"] = svc
+        elif "E" in todo:
+            self._measure(Scenario("E", report.TITLES["E"], "web-1a", svc.http_vip, svc.http_port, proxies))
         self._stop_all()
         self.lab.down()
 
@@ -230,14 +279,22 @@ def main(argv: list[str] | None = None) -> int:
         run.cleanup()
         if not args.keep_workdir:
             shutil.rmtree(workdir, ignore_errors=True)
+    parsers = None
+    if args.parsers:  # after the labs are down: the machine is as quiet as it gets
+        _say("HTTP parsers: httptools vs h11")
+        parsers = http_parsers.measure()
     info["load_average_at_end"] = os.getloadavg()
     doc = report.document(run.results, run.unavailable, counts, _meta(args, info, started_at, t0))
+    doc["http_parsers"] = parsers
     json_path, png_path = args.out / "latest.json", args.out / "latest.png"
     report.write_json(json_path, doc)
     missing = "".join(f"; {s} not measured" for s in report.SCENARIOS if not doc["scenarios"][s]["available"])
     subtitle = f"{started_at:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} CPUs, wrk {args.duration:g}s{missing}"
     write_chart(png_path, {key: m["ratios"] for key, m in doc["metrics"].items()}, counts, subtitle)
     _print(doc, counts)
+    if parsers:
+        console.print("\n[bold]HTTP parsers[/bold] (median ns per message, MB/s of wire data)")
+        console.print(http_parsers.table(parsers), markup=False, highlight=False)
     console.print(f"\nJSON: {json_path}\nchart: {png_path}\n({doc['seconds']:.0f}s)")
     return 0
 

@@ -31,7 +31,7 @@ class Scenario:
     """What to measure: who calls where, through which node proxies."""
 
     key: str
-    """A, B, C or D."""
+    """A to F (report.SCENARIOS)."""
     title: str
     client: str
     """The pod the clients run in."""

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.conftest import wait_for
 from tests.e2e.conftest import Lab
 from tests.e2e.mesh_helpers import curl, metric, reaches, url
-from tests.promtool import promtool_check_metrics
+from tests.promtool import promtool_problems
 
 
 def scrape(lab: Lab, node: str, address: str) -> str:
@@ -37,7 +37,7 @@ def test_ztunnel_and_control_metrics_pass_promtool(shared_lab: Lab) -> None:
     assert "istio_tcp_sent_bytes_total{" in texts["ztunnel node1"]
 
     for what, text in texts.items():
-        assert promtool_check_metrics(text) == "", what
+        assert promtool_problems(text) == [], what
 
     types = {f.name: f.type for f in text_string_to_metric_families(texts["ztunnel node1"])}
     assert types["meshlet_ztunnel_hbone_handshakes"] == "counter"

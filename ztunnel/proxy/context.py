@@ -11,8 +11,11 @@ import asyncio
 import logging
 from dataclasses import dataclass, field
 
+from meshlet_contracts.identity import IdentityError, parse_spiffe_id
 from ztunnel.identity.manager import IdentityManager
-from ztunnel.metrics import UNKNOWN, Metrics, Peer
+from ztunnel.l7.session import Limits
+from ztunnel.l7.upstreams import UpstreamPool
+from ztunnel.metrics import DEFAULT_CLUSTER, UNKNOWN, Metrics, Peer, canonical_revision, canonical_service
 from ztunnel.proxy.limits import HboneLimits, PeerLoad
 from ztunnel.proxy.pool import HbonePool
 from ztunnel.proxy.relay import TcpSide, Tunnel
@@ -68,6 +71,10 @@ class ProxyContext:
     """Where the held config came from: "control", "cache" (the verified last good copy) or "" (none yet)."""
     config_wait: float = 3.0
     """Seconds a connection accepted before any config waits for one before it is refused."""
+    http_limits: Limits = field(default_factory=Limits)
+    """What the HTTP proxy allows a request (head size, header and idle timeouts)."""
+    http_upstreams: UpstreamPool = field(default_factory=UpstreamPool)
+    """Upstream HTTP/1.1 connections kept alive between requests (outbound L7)."""
     sockets: SocketFactory = field(default_factory=NetnsSockets)
     """Opens every upstream socket (in a pod's netns, marked) and reads original destinations; tests give
     one that stays on loopback."""
@@ -98,16 +105,38 @@ class ProxyContext:
         log.info("%s connection failed (%s): %s", direction, reason, detail)
 
 
-def peer_of(workload: Workload | None, principal: str | None = None) -> Peer:
-    """A workload as metrics label it; `principal` overrides (what the certificate proved)."""
+def peer_of(workload: Workload | None, principal: str | None = None, cluster: str = DEFAULT_CLUSTER) -> Peer:
+    """A workload as metrics label it (Istio's naming: controller, canonical service and revision, version);
+    `principal` overrides (what the certificate proved); `cluster` is this mesh's cluster id."""
     if workload is None:
         return Peer(principal=principal or UNKNOWN)
+    labels = workload.labels
+    name = workload.workload_name or workload.name
     return Peer(
-        workload=workload.name,
+        workload=name,
         namespace=workload.namespace,
         principal=principal or (workload.identity if workload.enrolled else UNKNOWN),
-        app=workload.labels.get("app", UNKNOWN),
+        app=labels.get("app") or labels.get("app.kubernetes.io/name") or UNKNOWN,
+        version=labels.get("version") or labels.get("app.kubernetes.io/version") or UNKNOWN,
+        canonical_service=canonical_service(labels, name),
+        canonical_revision=canonical_revision(labels),
+        cluster=cluster,
     )
+
+
+def source_peer(metrics: Metrics, workload: Workload | None, identity: str | None) -> Peer:
+    """The source of an inbound connection: the workload at its IP, unless the identity it authenticated with
+    is not that workload's (a spoofed or reused IP): then what the identity says (namespace, service account)
+    and an unknown workload, and the mismatch is counted. No workload at the IP: the identity's namespace."""
+    if identity and (workload is None or workload.identity != identity):
+        if workload is not None:
+            metrics.identity_mismatches += 1
+        try:
+            spiffe = parse_spiffe_id(identity)
+        except IdentityError:
+            return Peer(principal=identity)
+        return Peer(namespace=spiffe.namespace, principal=identity)
+    return peer_of(workload, identity, metrics.cluster)
 
 
 class Accepted(TcpSide):
@@ -117,8 +146,11 @@ class Accepted(TcpSide):
     direction = ""
 
     def __init__(self, ctx: ProxyContext, pod: ServedPod) -> None:
-        super().__init__(Tunnel(self.direction, ctx.metrics, ctx.tunnels, ""))
-        self.tunnel.downstream = self
+        tunnel = Tunnel(self.direction, ctx.metrics, ctx.tunnels, "")
+        super().__init__(tunnel)
+        self.tunnel = tunnel
+        """This connection's bookkeeping; `owner` too, unless the L7 proxy drives the connection."""
+        tunnel.downstream = self
         self.ctx = ctx
         self.pod = pod
 

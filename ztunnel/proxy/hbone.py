@@ -37,7 +37,7 @@ from ztunnel.hbone import (
     WindowUpdated,
 )
 from ztunnel.metrics import Metrics
-from ztunnel.proxy.relay import WRITE_HIGH_WATER, Side, Tunnel
+from ztunnel.proxy.relay import WRITE_HIGH_WATER, Owner, Side
 
 log = logging.getLogger(__name__)
 JOIN_LIMIT = 64 * 1024
@@ -46,10 +46,10 @@ JOIN_LIMIT = 64 * 1024
 class StreamSide:
     """One CONNECT stream of an `HboneConnection`, as a side of a tunnel."""
 
-    def __init__(self, conn: HboneConnection, stream_id: int, tunnel: Tunnel) -> None:
+    def __init__(self, conn: HboneConnection, stream_id: int, owner: Owner) -> None:
         self.conn = conn
         self.stream_id = stream_id
-        self.tunnel = tunnel
+        self.owner = owner
         self.peer: Side | None = None
         self.received = 0
         self.closed = False
@@ -145,6 +145,11 @@ class StreamSide:
             self._unacked = 0
             self.conn.flush()
 
+    def replay(self, chunks: list[bytes]) -> None:
+        """Bytes taken from this stream by a reader that gave it back (the HTTP proxy handing it to the L4
+        relay); already acknowledged to the peer. They go to the next peer first."""
+        self._early[:0] = chunks
+
     def abort(self) -> None:
         if self.closed:
             return
@@ -172,7 +177,7 @@ class StreamSide:
             return
         self.closed = True
         self.conn.stream_done(self)
-        self.tunnel.side_lost(self, error)
+        self.owner.side_lost(self, error)
 
 
 RequestHandler = Callable[["HboneConnection", RequestReceived], None]
@@ -384,20 +389,20 @@ class HboneConnection(asyncio.Protocol):
         return not self.lost and not self.goaway and self.h2.available_streams > 0
 
     def open(
-        self, authority: str, tunnel: Tunnel, headers: list[tuple[str, str]]
+        self, authority: str, owner: Owner, headers: list[tuple[str, str]]
     ) -> tuple[StreamSide, asyncio.Future[int]]:
         """(client) Send a CONNECT; the future gets the response status."""
         stream_id = self.h2.open_stream(authority, headers)
-        side = StreamSide(self, stream_id, tunnel)
+        side = StreamSide(self, stream_id, owner)
         self.streams[stream_id] = side
         fut: asyncio.Future[int] = asyncio.get_running_loop().create_future()
         self.responses[stream_id] = fut
         self.flush()
         return side, fut
 
-    def accept(self, stream_id: int, tunnel: Tunnel) -> StreamSide:
+    def accept(self, stream_id: int, owner: Owner) -> StreamSide:
         """(server) Track a requested stream before it is answered, so data for it is kept."""
-        side = StreamSide(self, stream_id, tunnel)
+        side = StreamSide(self, stream_id, owner)
         self.streams[stream_id] = side
         return side
 

@@ -19,10 +19,12 @@ from typing import cast
 from meshlet_contracts.identity import IdentityError, parse_port
 from meshlet_contracts.ports import RESERVED_PORTS
 from ztunnel.hbone import ErrorCode, RequestReceived
-from ztunnel.metrics import tcp_labels
-from ztunnel.proxy.context import Accepted, ProxyContext, ServedPod, peer_of
-from ztunnel.proxy.delivery import allowed, deliver
+from ztunnel.metrics import CONNECT, DENY, tcp_labels, with_flags
+from ztunnel.proxy.context import Accepted, ProxyContext, ServedPod, peer_of, source_peer
+from ztunnel.proxy.delivery import allowed, deliver, failed, refused
 from ztunnel.proxy.hbone import HboneConnection, StreamSide
+from ztunnel.proxy.http_entry import serve_http
+from ztunnel.proxy.http_inbound import InboundHttp, connection_allowed, l7_reason
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.rbac import Connection, mtls_mode
 from ztunnel.tls import PeerIdentityError, peer_identity
@@ -137,24 +139,61 @@ class InboundHbone(HboneConnection):
             self.respond(side.stream_id, 503)
             return
         index = ctx.index
+        source = source_peer(ctx.metrics, index.by_ip.get(self.source_ip), self.peer_identity)
+        destination = peer_of(index.workloads.get(pod.uid), pod.identity, ctx.metrics.cluster)
+        labels = tcp_labels("destination", source, destination, None, True)
         request = Connection(self.source_ip, self.peer_identity, host, port)
+        l7 = l7_reason(ctx, index, pod, port)
+        if l7 is not None:
+            if not connection_allowed(ctx, index, pod, request, "inbound"):
+                ctx.metrics.errors[("inbound", "denied")] += 1
+                refused(ctx, tunnel, "denied", with_flags(labels, DENY))
+                self.respond(side.stream_id, 401)
+                return
+            self.respond(side.stream_id, 200)
+            tunnel.labels = (labels,)
+            ctx.metrics.opened[labels] += 1  # the stream is a connection as at L4; its requests are counted too
+            router = InboundHttp(ctx, pod, request, source, True, "inbound")
+            handback = await serve_http(ctx, side, tunnel, router, sniff=not l7[1])
+            if handback is not None:
+                await self._relay_handed_back(side, tunnel, request, handback)
+            return
         if not allowed(ctx, index, pod, request, "inbound"):
             ctx.metrics.errors[("inbound", "denied")] += 1
+            refused(ctx, tunnel, "denied", with_flags(labels, DENY))
             self.respond(side.stream_id, 401)
             return
         try:
             upstream = await deliver(ctx, pod, self.source_ip, host, port, tunnel)
         except (OSError, TimeoutError) as exc:
             ctx.count_error("inbound", "app_unreachable", f"{pod.namespace}/{pod.name}:{port}: {exc}")
+            refused(ctx, tunnel, "app_unreachable", with_flags(labels, CONNECT))
             self.respond(side.stream_id, 503)
             return
         if side.closed:
             upstream.abort()
             return
         self.respond(side.stream_id, 200)
-        source = peer_of(index.by_ip.get(self.source_ip), self.peer_identity)
-        labels = tcp_labels("destination", source, peer_of(index.workloads.get(pod.uid), pod.identity), None, True)
         tunnel.established(upstream, labels)
+
+    async def _relay_handed_back(
+        self, side: StreamSide, tunnel: Tunnel, request: Connection, data: list[bytes]
+    ) -> None:
+        """A stream the HTTP proxy found not to be HTTP/1 (answered 200 already): relayed at L4 if the L4 decision,
+        where HTTP rules fail closed, allows it; reset otherwise."""
+        ctx, pod = self.ctx, self.pod
+        if not allowed(ctx, ctx.index, pod, request, "inbound"):
+            ctx.metrics.errors[("inbound", "denied")] += 1
+            side.abort()
+            return
+        try:
+            upstream = await deliver(ctx, pod, request.source_ip, request.dest_ip, request.dest_port, tunnel)
+        except (OSError, TimeoutError) as exc:
+            ctx.count_error("inbound", "app_unreachable", f"{pod.namespace}/{pod.name}:{request.dest_port}: {exc}")
+            side.abort()
+            return
+        side.replay(data)
+        tunnel.established(upstream)
 
 
 def _request_of_inbound(conn: HboneConnection, ev: RequestReceived) -> None:
@@ -176,8 +215,7 @@ class InboundPlaintext(Accepted):
             ip, port = ctx.sockets.inbound_destination(self.transport.get_extra_info("socket"))
             source_ip = self.transport.get_extra_info("peername")[0]
         except (OSError, TypeError) as exc:
-            ctx.count_error("inbound_plaintext", "original_dst", exc)
-            tunnel.fail()
+            failed(ctx, tunnel, "inbound_plaintext", "original_dst", exc)
             return
         tunnel.describe = f"{source_ip} -> {ip}:{port}"
         if not await self.admitted(port, RESERVED_PORTS):
@@ -191,19 +229,38 @@ class InboundPlaintext(Accepted):
             port,
             ctx.root_namespace,
         )
+        cluster = ctx.metrics.cluster
+        source = peer_of(index.by_ip.get(source_ip), None, cluster)
+        labels = tcp_labels("destination", source, peer_of(workload, None, cluster), None, False)
         if mode == "STRICT":
-            ctx.count_error("inbound_plaintext", "strict_mtls", f"{tunnel.describe}: plaintext refused (STRICT)")
-            tunnel.fail()
+            # Refused by PeerAuthentication, a policy: DENY, as Istio's ztunnel reports it.
+            refused(ctx, tunnel, "strict_mtls", with_flags(labels, DENY))
+            failed(ctx, tunnel, "inbound_plaintext", "strict_mtls", f"{tunnel.describe}: plaintext refused (STRICT)")
             return
-        if not allowed(ctx, index, pod, Connection(source_ip, None, ip, port), "inbound_plaintext"):
+        conn = Connection(source_ip, None, ip, port)
+        l7 = l7_reason(ctx, index, pod, port)
+        if l7 is not None:
+            if not connection_allowed(ctx, index, pod, conn, "inbound_plaintext"):
+                ctx.metrics.errors[("inbound_plaintext", "denied")] += 1
+                refused(ctx, tunnel, "denied", with_flags(labels, DENY))
+                tunnel.fail()
+                return
+            tunnel.labels = (labels,)
+            ctx.metrics.opened[labels] += 1
+            router = InboundHttp(ctx, pod, conn, source, False, "inbound_plaintext")
+            handback = await serve_http(ctx, self, tunnel, router, sniff=not l7[1])
+            if handback is None:
+                return
+            self.replay(handback)  # not HTTP/1: the L4 decision (HTTP rules fail closed) and relay, below
+        if not allowed(ctx, index, pod, conn, "inbound_plaintext"):
             ctx.metrics.errors[("inbound_plaintext", "denied")] += 1
+            refused(ctx, tunnel, "denied", with_flags(labels, DENY))
             tunnel.fail()
             return
         try:
             upstream = await deliver(ctx, pod, source_ip, ip, port, tunnel)
         except (OSError, TimeoutError) as exc:
-            ctx.count_error("inbound_plaintext", "app_unreachable", f"{tunnel.describe}: {exc}")
-            tunnel.fail()
+            refused(ctx, tunnel, "app_unreachable", with_flags(labels, CONNECT))
+            failed(ctx, tunnel, "inbound_plaintext", "app_unreachable", f"{tunnel.describe}: {exc}")
             return
-        labels = tcp_labels("destination", peer_of(index.by_ip.get(source_ip)), peer_of(workload), None, False)
-        tunnel.established(upstream, labels)
+        tunnel.established(upstream, *(() if tunnel.labels else (labels,)))  # handed back by L7: counted already

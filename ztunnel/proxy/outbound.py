@@ -10,7 +10,8 @@ workload is the pod owning the netns. `route.py` decides where the connection go
 Nothing is forwarded before ztunnel holds a complete config (a restart's first moments, control away
 with no cached copy): the connection waits briefly, then is reset. ztunnel's own ports are never a
 destination (a self-loop would accept and re-dial itself without end).
-Any failure resets the app's connection (never a clean close) and is counted by reason.
+Any failure resets the app's connection (never a clean close) and is counted by reason; once routed, also in
+istio_tcp_* with response_flags CONNECT (the destination's side says DENY when its policy refused).
 """
 
 from __future__ import annotations
@@ -21,11 +22,13 @@ import ssl
 
 from meshlet_contracts.ports import PROXY_PORTS
 from ztunnel.identity.manager import IdentityError
-from ztunnel.metrics import tcp_labels
+from ztunnel.metrics import CONNECT, DENY, tcp_labels, with_flags
 from ztunnel.proxy.context import Accepted, peer_of
-from ztunnel.proxy.delivery import allowed, deliver
+from ztunnel.proxy.delivery import allowed, deliver, failed, refused
+from ztunnel.proxy.http_entry import serve_http
+from ztunnel.proxy.http_outbound import OutboundHttp
 from ztunnel.proxy.relay import Side, TcpSide
-from ztunnel.proxy.route import Hbone, Local, Refuse, route
+from ztunnel.proxy.route import Hbone, Local, Passthrough, Refuse, route
 from ztunnel.rbac import Connection
 from ztunnel.state.mesh import Upstream
 from ztunnel.tls import PeerIdentityError
@@ -47,55 +50,65 @@ class Outbound(Accepted):
             source_ip = peer[0]
             ip, port = ctx.sockets.outbound_destination(self.transport.get_extra_info("socket"), peer)
         except (OSError, TypeError) as exc:
-            ctx.count_error("outbound", "original_dst", exc)
-            tunnel.fail()
+            failed(ctx, tunnel, "outbound", "original_dst", exc)
             return
         tunnel.describe = f"{source_ip} -> {ip}:{port}"
         if not await self.admitted(port, PROXY_PORTS):
             return
         index = ctx.index
         try:
+            addressed = index.by_vip.get(ip)
+            if addressed is not None and port in addressed.http_ports:
+                router = OutboundHttp(ctx, self.pod, index, source_ip, ip, port)
+                handback = await serve_http(ctx, self, tunnel, router, sniff=False)
+                if handback is None:
+                    return
+                self.replay(handback)  # HTTP/2 with prior knowledge: carried at L4, as any TCP connection
             decision = route(index, ctx.pods, ip, port)
         except Exception:  # a bug (or a config item the index cannot take) costs this connection only
             self._internal_error()
             return
         if isinstance(decision, Refuse):
-            ctx.count_error("outbound", decision.reason, f"{tunnel.describe}: {decision.detail}")
-            tunnel.fail()
+            failed(ctx, tunnel, "outbound", decision.reason, f"{tunnel.describe}: {decision.detail}")
             return
         up = decision.upstream
-        source = peer_of(index.workloads.get(self.pod.uid), self.pod.identity)
+        cluster = ctx.metrics.cluster
+        source = peer_of(index.workloads.get(self.pod.uid), self.pod.identity, cluster)
         service = (up.service.namespace, up.service.name) if up.service is not None else None
+        mtls = not isinstance(decision, Passthrough)
+        destination = peer_of(up.workload, decision.identity if isinstance(decision, Local) else None, cluster)
+        labels = tcp_labels("source", source, destination, service, mtls)
         try:
             if isinstance(decision, Local):
                 local = decision.pod
+                dest_labels = tcp_labels("destination", source, destination, service, True)
                 if not allowed(ctx, index, local, Connection(source_ip, self.pod.identity, up.ip, up.port), "inbound"):
                     ctx.metrics.errors[("outbound", "denied")] += 1
+                    # As across nodes: the destination's side says DENY, the source's that it could not connect.
+                    refused(ctx, tunnel, "denied", with_flags(labels, CONNECT), with_flags(dest_labels, DENY))
                     tunnel.fail()
                     return
-                upstream: Side = await deliver(ctx, local, source_ip, up.ip, up.port, tunnel)
-                destination = peer_of(up.workload, decision.identity)
-                tunnel.established(
-                    upstream,
-                    tcp_labels("source", source, destination, service, True),
-                    tcp_labels("destination", source, destination, service, True),
-                )
+                try:
+                    upstream: Side = await deliver(ctx, local, source_ip, up.ip, up.port, tunnel)
+                except (OSError, TimeoutError):
+                    refused(ctx, tunnel, "connect", with_flags(labels, CONNECT), with_flags(dest_labels, CONNECT))
+                    raise
+                tunnel.established(upstream, labels, dest_labels)
                 return
             if isinstance(decision, Hbone):
                 upstream = await self._hbone(source_ip, up, decision.identity)
-                labels = tcp_labels("source", source, peer_of(up.workload), service, True)
             else:
                 sock = await ctx.sockets.connect(self.pod.netns_fd, up.ip, up.port)
                 _, upstream = await asyncio.get_running_loop().create_connection(lambda: TcpSide(tunnel), sock=sock)
-                labels = tcp_labels("source", source, peer_of(up.workload), service, False)
         except _Refused as exc:
-            ctx.count_error("outbound", exc.reason, f"{tunnel.describe}: {exc}")
-            tunnel.fail()
+            refused(ctx, tunnel, exc.reason, with_flags(labels, CONNECT))
+            failed(ctx, tunnel, "outbound", exc.reason, f"{tunnel.describe}: {exc}")
             return
         except (OSError, TimeoutError, ssl.SSLError, IdentityError) as exc:
             reason = {PeerIdentityError: "peer_identity", IdentityError: "no_certificate"}.get(type(exc), "connect")
-            ctx.count_error("outbound", reason, f"{tunnel.describe}: {type(exc).__name__}: {exc}")
-            tunnel.fail()
+            if not tunnel.labels:
+                refused(ctx, tunnel, reason, with_flags(labels, CONNECT))
+            failed(ctx, tunnel, "outbound", reason, f"{tunnel.describe}: {type(exc).__name__}: {exc}")
             return
         except Exception:  # a bug must cost this connection only, never the listener or the process
             self._internal_error()
@@ -106,6 +119,7 @@ class Outbound(Accepted):
         """Count, log (with the traceback) and reset a connection that a bug failed."""
         self.ctx.metrics.errors[("outbound", "internal")] += 1
         log.exception("outbound %s failed", self.tunnel.describe)
+        self.tunnel.failure = "internal"
         self.tunnel.fail()
 
     async def _hbone(self, source_ip: str, up: Upstream, identity: str) -> Side:

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from typing import Protocol, cast
 
 from ztunnel.metrics import Labels, Metrics
+from ztunnel.observe.accesslog import ACCESS_LOG
 from ztunnel.proxy.sockets import reset
 
 log = logging.getLogger(__name__)
@@ -43,6 +44,12 @@ class Side(Protocol):
     def close(self) -> None: ...
 
 
+class Owner(Protocol):
+    """What a side reports its end to: a `Tunnel` (L4 relay), or the L7 proxy's channel driving the side."""
+
+    def side_lost(self, side: Side, error: BaseException | None) -> None: ...
+
+
 class Tunnel:
     """One proxied connection: its two sides, what it is labelled, and what it carried."""
 
@@ -60,6 +67,10 @@ class Tunnel:
         self.started = time.time()
         self.finished = False
         self.on_finish: Callable[[Tunnel], None] | None = None
+        self.failure = ""
+        """Why setting it up failed ("" unless it did), for the access log."""
+        self.sent_override: int | None = None
+        """Bytes sent to the client when no upstream side carried them (the HTTP proxy wrote them)."""
         registry.add(self)
 
     def established(self, upstream: Side, *labels: Labels) -> None:
@@ -68,9 +79,10 @@ class Tunnel:
             upstream.abort()
             return
         assert self.downstream is not None
-        self.labels = labels
-        for label_set in labels:
-            self.metrics.opened[label_set] += 1
+        if labels:  # none: counted already (a connection the HTTP proxy handed back to the relay)
+            self.labels = labels
+            for label_set in labels:
+                self.metrics.opened[label_set] += 1
         self.upstream = upstream
         self.downstream.peer = upstream  # type: ignore[attr-defined]
         upstream.peer = self.downstream  # type: ignore[attr-defined]
@@ -109,10 +121,13 @@ class Tunnel:
             self.registry.discard(self)
             # Istio's meaning: "sent" is the response (what the destination sent back to the client),
             # "received" the request (what the client sent), so existing dashboards read them right.
-            sent = self.upstream.received if self.upstream is not None else 0
+            sent = self.upstream.received if self.upstream is not None else (self.sent_override or 0)
             received = self.downstream.received if self.downstream is not None else 0
             for label_set in self.labels:
                 self.metrics.connection_closed(label_set, sent, received)
+            if ACCESS_LOG.enabled:
+                labels = self.labels[0] if self.labels else None
+                ACCESS_LOG.connection(self.direction, self.started, self.describe, labels, received, sent, self.failure)
             if self.on_finish is not None:
                 self.on_finish(self)
             # Both sides are closed: unlink them from each other and from the tunnel. Those links are reference
@@ -139,8 +154,8 @@ class Tunnel:
 class TcpSide(asyncio.Protocol):
     """A TCP socket as one side of a tunnel. Reading starts paused until the tunnel is established."""
 
-    def __init__(self, tunnel: Tunnel) -> None:
-        self.tunnel = tunnel
+    def __init__(self, owner: Owner) -> None:
+        self.owner = owner
         self.transport: asyncio.Transport | None = None
         self.peer: Side | None = None
         self.received = 0
@@ -187,7 +202,7 @@ class TcpSide(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
-        self.tunnel.side_lost(self, exc)
+        self.owner.side_lost(self, exc)
 
     # ----- Side: driven by the peer -----
 
@@ -213,6 +228,11 @@ class TcpSide(asyncio.Protocol):
                 self.peer.write(chunk)
         if self.transport is not None and not self.closed and not self.eof_in:
             self.transport.resume_reading()
+
+    def replay(self, chunks: list[bytes]) -> None:
+        """Bytes taken from this socket by a reader that gave the connection back (the HTTP proxy handing it to
+        the L4 relay): they go to the next peer first, before anything read later."""
+        self._early[:0] = chunks
 
     def abort(self) -> None:
         if self.transport is not None and not self.closed:

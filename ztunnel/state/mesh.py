@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from meshlet_contracts.config_items import ItemError, ServiceItem, WorkloadItem, parse_service, parse_workload
+from meshlet_contracts.protocols import http_ports
 from ztunnel.config.state import ConfigRejected, ConfigState
 from ztunnel.state.policy import PolicySet
 
@@ -32,6 +33,8 @@ class Workload:
     labels: Mapping[str, str]
     enrolled: bool
     ready: bool
+    workload_name: str = ""
+    """Its controller's name as Istio names workloads (a Deployment, StatefulSet, ...); "" reads as `name`."""
 
     @classmethod
     def from_wire(cls, item: WorkloadItem) -> Workload:
@@ -47,6 +50,7 @@ class Workload:
             labels=dict(item.get("labels", {})),
             enrolled=item["enrolled"],
             ready=item.get("ready", True),
+            workload_name=item.get("workloadName") or item["name"],
         )
 
 
@@ -67,6 +71,8 @@ class Service:
     vips: tuple[str, ...]
     ports: tuple[int, ...]
     endpoints: tuple[Endpoint, ...]
+    http_ports: Mapping[int, str] = field(default_factory=dict)
+    """Service port -> why it is HTTP (`port name http-web`), for the ports that are; the others are TCP."""
 
     @classmethod
     def from_wire(cls, item: ServiceItem) -> Service:
@@ -86,6 +92,7 @@ class Service:
                 )
                 for e in item["endpoints"]
             ),
+            http_ports=http_ports(item["ports"]),
         )
 
 
@@ -114,6 +121,8 @@ class MeshIndex:
     """`namespace/name` -> service."""
     by_vip: Mapping[str, Service] = field(default_factory=dict)
     policies: PolicySet = field(default_factory=PolicySet)
+    http_targets: Mapping[tuple[str, int], str] = field(default_factory=dict)
+    """(workload uid, its port) -> why connections into that port are HTTP: a service it backs says so."""
     # Round-robin cursors per service: the only mutable part, and only ever advanced.
     _cursors: dict[str, itertools.count[int]] = field(default_factory=dict)
 
@@ -146,7 +155,12 @@ class MeshIndex:
             )
         except ItemError as exc:
             raise ConfigRejected(str(exc)) from None
-        return cls(state.version, workloads, by_ip, services, by_vip, policies)
+        return cls(state.version, workloads, by_ip, services, by_vip, policies, http_targets=_http_targets(services))
+
+    def http_reason_for(self, workload_uid: str, target_port: int) -> str | None:
+        """Why a connection into `target_port` of that workload is HTTP (`service shop/web port 80: port name
+        http`), or None: no service the workload is an endpoint of maps an HTTP port to that port."""
+        return self.http_targets.get((workload_uid, target_port))
 
     def resolve(self, ip: str, port: int) -> Upstream:
         """The upstream of a connection to `ip:port`: a VIP picks an endpoint by round robin."""
@@ -162,3 +176,16 @@ class MeshIndex:
             cursor = self._cursors.setdefault(key, itertools.count())
         endpoint = candidates[next(cursor) % len(candidates)]
         return Upstream(endpoint.ip, endpoint.ports[port], self.workloads.get(endpoint.workload_uid), service)
+
+
+def _http_targets(services: Mapping[str, Service]) -> dict[tuple[str, int], str]:
+    """The inbound side of the services' HTTP ports: for each endpoint, the pod ports they land on."""
+    out: dict[tuple[str, int], str] = {}
+    for key in sorted(services):  # the first service by name gives the reason when several agree
+        service = services[key]
+        for endpoint in service.endpoints:
+            for service_port, pod_port in endpoint.ports.items():
+                reason = service.http_ports.get(service_port)
+                if reason is not None:
+                    out.setdefault((endpoint.workload_uid, pod_port), f"service {key} port {service_port}: {reason}")
+    return out

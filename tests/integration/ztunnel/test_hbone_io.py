@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
+import logging
 import os
 import socket
 import ssl
@@ -37,6 +39,7 @@ from tests.integration.ztunnel.loopback import (
 )
 from tests.integration.ztunnel.served import CLIENT_POD, ServedNode, mesh
 from ztunnel.hbone import H2Settings
+from ztunnel.observe import accesslog
 from ztunnel.proxy.limits import HboneLimits
 
 pytestmark = pytest.mark.asyncio
@@ -136,6 +139,19 @@ def tcp_totals(node: ServedNode) -> dict[str, float]:
         for f in families
         if f.name.startswith("istio_tcp_")
     }
+
+
+def flagged(node: ServedNode) -> dict[tuple[str, str, str], float]:
+    """istio_tcp_connections_{opened,closed}_total with response_flags other than `-`, by
+    (family, reporter, flags), as Prometheus would scrape them."""
+    out: dict[tuple[str, str, str], float] = {}
+    for f in text_string_to_metric_families(node.metrics.render()):
+        if f.name in ("istio_tcp_connections_opened", "istio_tcp_connections_closed"):
+            for sample in f.samples:
+                if sample.labels["response_flags"] != "-":
+                    key = (f.name.rsplit("_", 1)[1], sample.labels["reporter"], sample.labels["response_flags"])
+                    out[key] = out.get(key, 0) + sample.value
+    return out
 
 
 def outbound_errors(node: ServedNode) -> dict[str, int]:
@@ -286,6 +302,11 @@ async def test_a_refused_stream_resets_only_its_own_connection(
 
     assert outbound_errors(source) == {"denied": 1}  # the server answered 401
     assert destination.errors("denied") == 1
+    # As Istio's ztunnel reports it: the destination says the policy denied it, the source that it could not
+    # connect; each counted as opened and closed (the closes once both ends are gone).
+    await wait_until(lambda: len(flagged(source)) == 2 and len(flagged(destination)) == 2, "denial counted")
+    assert flagged(destination) == {("opened", "destination", "DENY"): 1, ("closed", "destination", "DENY"): 1}
+    assert flagged(source) == {("opened", "source", "CONNECT"): 1, ("closed", "source", "CONNECT"): 1}
     assert denied.accepted == 0
     [pooled] = source.pooled()
     assert source.handshakes == 1 and not pooled.lost
@@ -304,6 +325,9 @@ async def test_an_app_that_is_not_listening_resets_the_client(source: ServedNode
 
     assert outbound_errors(source) == {"hbone_503": 1}  # the server answered 503
     assert destination.errors("app_unreachable") == 1
+    await wait_until(lambda: len(flagged(source)) == 2 and len(flagged(destination)) == 2, "failure counted")
+    assert flagged(destination) == {("opened", "destination", "CONNECT"): 1, ("closed", "destination", "CONNECT"): 1}
+    assert flagged(source) == {("opened", "source", "CONNECT"): 1, ("closed", "source", "CONNECT"): 1}
 
 
 async def test_an_app_reset_resets_the_client_and_no_other_stream(source: ServedNode, apps: StartApp) -> None:
@@ -494,3 +518,42 @@ async def test_a_bug_routing_a_connection_resets_it_and_the_next_one_is_served(
             assert await reader.readexactly(5) == b"again"
 
     assert outbound_errors(source) == {"internal": 1}
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+async def test_with_the_access_log_on_each_end_of_each_connection_writes_a_json_line(
+    source: ServedNode, destination: ServedNode, apps: StartApp
+) -> None:
+    allowed, denied = await apps(echo), await apps(echo)
+    destination.ctx.index = mesh(deny_ports=[denied.port])
+    collect = _Lines()
+    logging.getLogger(accesslog.LOGGER).addHandler(collect)
+    accesslog.ACCESS_LOG.set(True)
+    try:
+        async with asyncio.timeout(TEST_TIMEOUT):
+            async with source.captured(allowed.authority) as (reader, writer):
+                writer.write(b"hello")
+                assert await reader.readexactly(5) == b"hello"
+            async with source.captured(denied.authority) as (reader, writer):
+                with pytest.raises(ConnectionResetError):
+                    await reader.read()
+            await wait_until(lambda: len(collect.lines) == 4, "a line per connection on each node")
+    finally:
+        accesslog.ACCESS_LOG.set(False)
+        logging.getLogger(accesslog.LOGGER).removeHandler(collect)
+
+    entries = [json.loads(line) for line in collect.lines]
+    seen = {(e["direction"], e["response_flags"], e.get("failure", "")) for e in entries}
+    assert seen == {("outbound", "-", ""), ("inbound", "-", ""), ("outbound", "CONNECT", "denied"),
+                    ("inbound", "DENY", "denied")}  # fmt: skip
+    relayed = next(e for e in entries if e["direction"] == "inbound" and not e.get("failure"))
+    assert (relayed["bytes_received"], relayed["bytes_sent"]) == (5, 5)
+    assert relayed["source_principal"] == CLIENT_ID and relayed["destination_principal"] == SERVER_ID

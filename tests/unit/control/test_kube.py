@@ -80,6 +80,25 @@ def test_service_ports_and_named_target() -> None:
     assert [(p.port, p.target_port) for p in svc.ports] == [(80, "http"), (81, 9090)]
 
 
+def test_service_port_app_protocol_is_read_and_checked() -> None:
+    svc = Service.from_k8s(
+        {
+            "kind": "Service",
+            "metadata": {"name": "web", "namespace": "mesh"},
+            "spec": {"ports": [{"port": 80, "appProtocol": "kubernetes.io/h2c"}, {"port": 81, "appProtocol": None}]},
+        }
+    )
+    assert [p.app_protocol for p in svc.ports] == ["kubernetes.io/h2c", ""]
+    with pytest.raises(ValidationError, match=r"spec\.ports\[0\]\.appProtocol: expected a string, got 7"):
+        Service.from_k8s(
+            {
+                "kind": "Service",
+                "metadata": {"name": "a", "namespace": "b"},
+                "spec": {"ports": [{"port": 80, "appProtocol": 7}]},
+            }
+        )
+
+
 def test_service_port_of_wrong_type_is_named() -> None:
     with pytest.raises(ValidationError, match=r"spec\.ports\[0\]\.port: expected a port number, got str 'http'"):
         Service.from_k8s(

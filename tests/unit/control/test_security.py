@@ -248,6 +248,8 @@ def when(*conditions: Any) -> dict[str, Any]:
         (op(ports=["65536"]), "spec.rules[0].to[0].operation.ports[0]", "out of range 1..65535"),
         (op(paths=["/api/*/users"]), "spec.rules[0].to[0].operation.paths[0]", "'*' is allowed only alone"),
         (op(paths=["/{*}/x/{name}"]), "spec.rules[0].to[0].operation.paths[0]", "path template"),
+        (op(notPaths=["/a", "/{**}/x/{*}"]), "spec.rules[0].to[0].operation.notPaths[1]", "{**} must be the last"),
+        (op(paths=["/files/{*}.txt"]), "spec.rules[0].to[0].operation.paths[0]", "must be a whole segment"),
         (op(method=["GET"]), "spec.rules[0].to[0].operation.method", "did you mean 'methods'?"),
         (when({"values": ["a"]}), "spec.rules[0].when[0].key", "required"),
         (when({"key": "source.ip"}), "spec.rules[0].when[0].values", "needs values or notValues"),

@@ -44,7 +44,8 @@ POD = Pod(
     ready=True,
     container_ports=(("http", 8080),),
 )
-SERVICE = Service("web", "shop", ("10.96.0.10",), (ServicePort("http", 80, "http", "TCP"),), (("app", "web"),))
+# appProtocol set, so the item carries every optional key of a service port.
+SERVICE = Service("web", "shop", ("10.96.0.10",), (ServicePort("http", 80, "http", "TCP", "http"),), (("app", "web"),))
 AUTHZ = AuthorizationPolicy.from_k8s(
     {
         "apiVersion": "security.istio.io/v1",
@@ -158,6 +159,7 @@ BAD_SERVICES = [
     (("vips",), _DELETE, "vips: required"),
     (("ports", 0, "port"), "http", "ports[0].port: expected a port number in 1..65535, got 'http'"),
     (("ports", 0, "targetPort"), 0, "ports[0].targetPort: expected a port number in 1..65535, got 0"),
+    (("ports", 0, "appProtocol"), 7, "ports[0].appProtocol: expected a string, got int 7"),
     (("endpoints", 0), "x", "endpoints[0]: expected a mapping, got str"),
     (("endpoints", 0, "workloadUid"), None, "endpoints[0].workloadUid: required"),
     (("endpoints", 0, "ports", "80"), 70000, "endpoints[0].ports.80: expected a port number in 1..65535, got 70000"),

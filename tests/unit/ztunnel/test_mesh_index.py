@@ -152,3 +152,28 @@ def test_one_bad_item_among_good_ones_rejects_the_version_naming_only_it() -> No
     bad["ips"] = None
     with pytest.raises(ConfigRejected, match=r"^workloads/uid-web-b: ips: required$"):
         apply(ConfigState(), snapshot(workloads=[good, bad]), validate)
+
+
+def test_service_ports_say_which_are_http_and_why() -> None:
+    a = pod("web-a", "10.0.0.1")
+    service = web_service(
+        ServicePort("http", 80, 8080, "TCP"),
+        ServicePort("admin", 81, 9000, "TCP", "http"),
+        ServicePort("http-raw", 82, 7000, "TCP", "tcp"),
+        ServicePort("db", 5432, 5432, "TCP"),
+    )
+    index = index_of([a], [service])
+    assert index.services["shop/web"].http_ports == {80: "port name http", 81: "appProtocol: http"}
+
+
+def test_inbound_http_reason_follows_the_services_a_workload_backs() -> None:
+    a, b, other = pod("web-a", "10.0.0.1"), pod("web-b", "10.0.0.2"), pod("db-a", "10.0.0.3", ns="data")
+    service = web_service(ServicePort("http-web", 80, "http", "TCP"), ServicePort("tcp", 9000, 9000, "TCP"))
+    index = index_of([a, b, other], [service])
+    # The named target port `http` is the pods' 8080: connections into 8080 are HTTP, into 9000 not.
+    assert index.http_reason_for("uid-web-a", 8080) == "service shop/web port 80: port name http-web"
+    assert index.http_reason_for("uid-web-b", 8080) == "service shop/web port 80: port name http-web"
+    assert index.http_reason_for("uid-web-a", 9000) is None
+    assert index.http_reason_for("uid-web-a", 80) is None  # the service port, not the pod's
+    assert index.http_reason_for("uid-db-a", 8080) is None  # another namespace: not an endpoint
+    assert index.http_reason_for("uid-unknown", 8080) is None

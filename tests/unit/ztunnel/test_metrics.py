@@ -23,7 +23,7 @@ SERVER = Peer("server", "b", "spiffe://cluster.local/ns/b/sa/server", "server")
 _NAME = r"[a-zA-Z_:][a-zA-Z0-9_:]*"
 _LABEL = rf'{_NAME}="(?:[^"\\\n]|\\[\\"n])*"'
 _SAMPLE = re.compile(rf"^{_NAME}(?:\{{{_LABEL}(?:,{_LABEL})*\}})? -?[0-9.eE+-]+$")
-_COMMENT = re.compile(rf"^# (?:HELP {_NAME} .*|TYPE {_NAME} (?:counter|gauge))$")
+_COMMENT = re.compile(rf"^# (?:HELP {_NAME} .*|TYPE {_NAME} (?:counter|gauge|histogram))$")
 
 
 def samples(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
@@ -63,11 +63,11 @@ def test_tcp_counters_carry_istios_names_and_labels() -> None:
     assert (got["request_protocol"], got["response_flags"]) == ("tcp", "-")
 
 
-def test_a_plaintext_connection_without_a_service_is_labelled_unknown_and_none() -> None:
+def test_a_plaintext_connection_without_a_service_is_labelled_unknown() -> None:
     labels = dict(zip(TCP_LABELS, tcp_labels("destination", Peer(), SERVER, None, mutual_tls=False), strict=True))
     assert labels["source_workload"] == labels["source_principal"] == "unknown"
     assert labels["destination_service"] == labels["destination_service_name"] == "unknown"
-    assert labels["connection_security_policy"] == "none"
+    assert labels["connection_security_policy"] == "unknown"  # Istio's ztunnel's word for plaintext
 
 
 def test_label_values_are_escaped() -> None:

@@ -49,3 +49,23 @@ def test_store_has_one_file_per_object_that_reads_back(tmp_path: Path) -> None:
     assert len(set(paths)) == len(objs)
     assert [yaml.safe_load(p.read_text()) for p in paths] == objs
     assert not [p for p in (tmp_path / "store").iterdir() if p.name.startswith(".")]
+
+
+def test_the_web_services_declare_the_port_protocol_asked_for() -> None:
+    """HTTP by name by default (as before); a lab can make its services TCP, or set appProtocol."""
+
+    def ports(**kwargs: str) -> list[dict[str, object]]:
+        objs = lab_objects(plan_lab("demo", 0, 1, 2, **kwargs))
+        [port] = {o["metadata"]["namespace"]: o for o in objs if o["kind"] == "Service"}["mesh"]["spec"]["ports"]
+        return [port]
+
+    assert ports() == [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}]
+    assert ports(service_port_name="tcp-web") == [
+        {"name": "tcp-web", "port": 80, "targetPort": 8080, "protocol": "TCP"}
+    ]
+    tagged = ports(service_port_name="web", service_app_protocol="kubernetes.io/h2c")
+    assert tagged == [
+        {"name": "web", "port": 80, "targetPort": 8080, "protocol": "TCP", "appProtocol": "kubernetes.io/h2c"}
+    ]
+    for obj in lab_objects(plan_lab("demo", 0, 1, 2, service_port_name="web", service_app_protocol="tcp")):
+        kubernetes_validate.validate(obj, K8S_VERSION, strict=True)

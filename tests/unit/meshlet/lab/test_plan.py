@@ -70,3 +70,17 @@ def test_bad_input_is_named(args: tuple[str, int, int, int], message: str) -> No
 def test_bad_redirect_mode_is_named() -> None:
     with pytest.raises(PlanError, match="--redirect 'bpf'"):
         plan_lab("demo", 0, 1, 1, redirect="bpf")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"service_port_name": "HTTP"}, "--service-port-name 'HTTP'"),
+        ({"service_port_name": "http-"}, "--service-port-name 'http-'"),
+        ({"service_port_name": "a-very-long-port-name"}, "--service-port-name"),
+        ({"service_app_protocol": "not a protocol"}, "--service-app-protocol 'not a protocol'"),
+    ],
+)
+def test_bad_service_protocol_is_named(kwargs: dict[str, str], message: str) -> None:
+    with pytest.raises(PlanError, match=message):
+        plan_lab("demo", 0, 1, 1, **kwargs)  # type: ignore[arg-type]

@@ -1,0 +1,560 @@
+"""One downstream HTTP/1.x connection through the proxy: each request read, decided, forwarded and answered in order.
+
+The session is HTTP only; what a request means for the mesh (who may send it, which endpoint takes it, what is
+counted) is its `Router`'s (`ztunnel/proxy/http_*.py`). Per request:
+1. the head is parsed (llhttp); a bad one is answered 400 (431 when too large, 408 when it does not arrive
+   within the header timeout) and the connection closed; an idle keep-alive connection is closed quietly;
+2. the router admits it or answers it itself (a policy denial: 403 `RBAC: access denied`, on the same
+   connection when no body is left unread);
+3. the router gives an upstream connection (kept alive between requests: `Upstream`), the head is rebuilt
+   (hop-by-hop headers dropped, the router's headers added) and written, and the body streams through
+   (`_pump_request`, concurrently with the response: `Expect: 100-continue` and early answers work);
+4. the response streams back; its framing is chosen per hop (Content-Length kept; otherwise chunked to an
+   HTTP/1.1 client, close-delimited to HTTP/1.0); 1xx are passed on; after a 101 (or a 2xx to CONNECT) both
+   directions become a byte relay;
+5. the router is told the outcome (`done`): status, Envoy-style response flags, bytes, duration.
+Pipelined requests wait in the parser's event queue and are answered in order. A bodiless request whose
+reused upstream closed before answering is retried once on a fresh connection (the upstream closed an idle
+connection as the request went out: nothing was processed). An HTTP/2 preface (prior knowledge), or bytes
+that are not HTTP when the router allows it, end the session with the bytes read, for the L4 relay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ztunnel.l7.channel import Channel, ChannelClosed
+from ztunnel.l7.messages import (
+    H2_PREFACE,
+    BadMessage,
+    Event,
+    Head,
+    Headers,
+    RequestParser,
+    ResponseParser,
+    chunk,
+    end_to_end,
+    last_chunk,
+    local_response,
+)
+
+log = logging.getLogger(__name__)
+CONNECT_FAILURE = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
+TERMINATION = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+
+
+@dataclass(slots=True)
+class Limits:
+    max_head: int = 60 * 1024
+    """Bytes of a request's line and headers (Envoy's default: 60 KiB); over it: 431."""
+    header_timeout: float = 10.0
+    """From a request's first byte to its complete head; over it: 408 (slowloris)."""
+    idle_timeout: float = 60.0
+    """A keep-alive connection with no request for this long is closed."""
+    stream_idle_timeout: float = 300.0
+    """No byte either way for this long during a request (Envoy's default): the request fails."""
+
+
+@dataclass(slots=True)
+class Reply:
+    """An answer the proxy gives itself; `flags` are Envoy's response flags, `detail` goes to the log."""
+
+    status: int
+    body: str
+    flags: str = "-"
+    detail: str = ""
+
+
+class UpstreamFailed(Exception):
+    """The router could not give an upstream: answered with `reply`."""
+
+    def __init__(self, reply: Reply) -> None:
+        super().__init__(reply.detail or reply.body)
+        self.reply = reply
+
+
+@dataclass(slots=True)
+class Upstream:
+    """A connection to an upstream that carries HTTP/1.1 requests one at a time, kept alive between them."""
+
+    channel: Channel
+    address: str
+    key: object = None
+    """The router's pool key."""
+    reused: bool = False
+    parser: ResponseParser = field(default_factory=ResponseParser)
+    events: deque[Event] = field(default_factory=deque)
+
+
+@dataclass(slots=True)
+class Exchange:
+    """One request and what became of it: the record metrics and the access log are made from."""
+
+    head: Head
+    started: float = field(default_factory=time.time)
+    clock: float = field(default_factory=time.perf_counter)
+    status: int = 0
+    flags: str = "-"
+    request_bytes: int = 0
+    response_bytes: int = 0
+    duration_ms: float = 0.0
+    upstream: str = ""
+    detail: str = ""
+    target: object = None
+    """What the router chose for this request (an endpoint, a decision); its own business."""
+    extra: list[bytes] = field(default_factory=list)
+    """Header lines the router adds to the forwarded request."""
+    drop: frozenset[bytes] = frozenset()
+    """Header names (lowercase) the router replaces: not forwarded as received."""
+
+
+class Router(Protocol):
+    def admit(self, exchange: Exchange) -> Reply | None:
+        """Decide the request: None forwards it (the choice kept in `exchange.target`), a Reply answers it."""
+        ...
+
+    async def connect(self, exchange: Exchange, fresh: bool) -> Upstream:
+        """An upstream for the request (`fresh`: not a kept-alive one); raises UpstreamFailed."""
+        ...
+
+    def release(self, upstream: Upstream, reusable: bool) -> None: ...
+
+    def done(self, exchange: Exchange) -> None: ...
+
+
+class _Lost(Exception):
+    """The upstream ended before its response did; `answered` once any response byte went downstream."""
+
+    def __init__(self, answered: bool, detail: str) -> None:
+        super().__init__(detail)
+        self.answered = answered
+
+
+class _ClientGone(Exception):
+    """The downstream closed or reset in the middle of a request."""
+
+
+class Session:
+    """Serves one downstream connection (a TCP socket from an app, or an HBONE stream) request by request."""
+
+    def __init__(self, down: Channel, router: Router, limits: Limits, sniff: bool = False) -> None:
+        self.down = down
+        self.router = router
+        self.limits = limits
+        self.sniff = sniff
+        """Bytes that are not HTTP at all before the first request are handed back (L4) rather than refused."""
+        self.parser = RequestParser(limits.max_head)
+        self.events: deque[Event] = deque()
+        self.requests = 0
+        self._first: list[bytes] | None = []
+        """Raw bytes until the first head parsed: what goes to the L4 relay if this is not HTTP/1."""
+        self._held = b""
+
+    async def run(self) -> list[bytes] | None:
+        """Serve until the connection ends; returns the bytes read when it is to be relayed at L4 instead."""
+        try:
+            while True:
+                try:
+                    head = await self._next_head()
+                except _Handback as handback:
+                    return handback.data
+                except BadMessage as exc:
+                    self._refuse(exc.status, f"{exc}", "-")
+                    return None
+                except TimeoutError:
+                    if self.parser.mid_message:
+                        self._refuse(408, "request head not received in time", "-")
+                    else:
+                        self.down.close()
+                    return None
+                except ChannelClosed:
+                    return None
+                if head is None:
+                    self.down.close()
+                    return None
+                self._first = None
+                self.requests += 1
+                if not await self._exchange(head):
+                    return None
+        except asyncio.CancelledError:  # the proxy is shutting down: nothing may be left half-open
+            self.down.abort()
+            raise
+        except Exception:
+            log.exception("HTTP session failed")
+            self.down.abort()
+            raise
+
+    # ----- reading the downstream -----
+
+    async def _next_head(self) -> Head | None:
+        while True:
+            limits = self.limits
+            event = await self._event(limits.header_timeout if self.parser.mid_message else limits.idle_timeout)
+            if event is None:
+                return None
+            kind, value = event
+            if kind == "head":
+                assert isinstance(value, Head)
+                return value
+            # A body or end without a head cannot happen; raw bytes without an upgrade neither.
+
+    async def _event(self, timeout: float) -> Event | None:
+        events = self.events
+        while not events:
+            async with asyncio.timeout(timeout):
+                data = await self.down.read()
+            if not data:
+                return None
+            if self._first is not None:
+                data = self._sniff(data)
+                if not data:
+                    continue
+            try:
+                events.extend(self.parser.feed(data))
+            except BadMessage:
+                if self._first is not None and self.sniff and self.requests == 0:
+                    raise _Handback(self._first) from None
+                raise
+            timeout = self.limits.header_timeout if self.parser.mid_message else timeout
+        return events.popleft()
+
+    def _sniff(self, data: bytes) -> bytes:
+        """Before the first request: keep the raw bytes (for a hand-back to L4), and hold back what may be the
+        start of the HTTP/2 preface until it is complete or ruled out (llhttp would read PRI as a method)."""
+        first = self._first
+        assert first is not None
+        first.append(data)
+        pending = self._held + data
+        if pending[:3] == H2_PREFACE[:3] and H2_PREFACE.startswith(pending[: len(H2_PREFACE)]):
+            if len(pending) >= len(H2_PREFACE):
+                raise _Handback(first)  # HTTP/2 with prior knowledge: carried at L4, never broken
+            self._held = pending
+            return b""
+        self._held = b""
+        return pending
+
+    def _refuse(self, status: int, reason: str, flags: str) -> None:
+        """Answer a request that could not be read (400/408/431) and close the connection."""
+        head = Head("1.1", [], method="-", target="-")
+        exchange = Exchange(head, status=status, flags=flags, detail=reason)
+        self.down.send(local_response(status, f"{_REASON_TEXT.get(status, 'bad request')}: {reason}\n", close=True))
+        self.down.close()
+        self._done(exchange)
+
+    # ----- one request -----
+
+    async def _exchange(self, head: Head) -> bool:
+        exchange = Exchange(head)
+        reply = self.router.admit(exchange)
+        if reply is not None:
+            return await self._answer(exchange, reply)
+        fresh = False
+        while True:
+            try:
+                upstream = await self.router.connect(exchange, fresh)
+            except UpstreamFailed as failed:
+                return await self._answer(exchange, failed.reply)
+            exchange.upstream = upstream.address
+            try:
+                return await self._forward(exchange, upstream)
+            except _Lost as lost:
+                self.router.release(upstream, False)
+                retry = upstream.reused and not lost.answered and not head.has_body and not fresh
+                if retry:
+                    fresh = True
+                    continue
+                if lost.answered:
+                    exchange.flags = "UC"
+                    exchange.detail = str(lost)
+                    self.down.abort()
+                    self._done(exchange)
+                    return False
+                return await self._answer(exchange, Reply(503, TERMINATION, "UC", str(lost)))
+            except asyncio.CancelledError:
+                self.router.release(upstream, False)
+                raise
+            except _ClientGone as gone:
+                self.router.release(upstream, False)
+                exchange.flags = "DC"
+                exchange.detail = str(gone)
+                self.down.abort()
+                self._done(exchange)
+                return False
+
+    async def _answer(self, exchange: Exchange, reply: Reply) -> bool:
+        """Send the proxy's own reply; the connection stays open only if no request body is left unread."""
+        head = exchange.head
+        keep = head.keep_alive and not head.upgrade and (not head.has_body or self._request_complete())
+        exchange.status, exchange.flags, exchange.detail = reply.status, reply.flags, reply.detail
+        payload = local_response(reply.status, reply.body, close=not keep, head_only=head.method == "HEAD")
+        self.down.send(payload)
+        exchange.response_bytes = 0 if head.method == "HEAD" else len(reply.body.encode())
+        self._done(exchange)
+        if not keep:
+            self.down.close()
+        return keep
+
+    def _request_complete(self) -> bool:
+        """Whether the current request's end is already queued (its body all read): then skip its body."""
+        while self.events:
+            kind, _ = self.events[0]
+            if kind == "head":
+                return False
+            self.events.popleft()
+            if kind == "end":
+                return True
+        return False
+
+    async def _forward(self, exchange: Exchange, upstream: Upstream) -> bool:
+        head, down, up = exchange.head, self.down, upstream.channel
+        upstream.parser.expect(head.method)
+        up.send(_request_head(exchange))
+        pump: asyncio.Task[None] | None = None
+        if head.has_body:
+            pump = asyncio.get_running_loop().create_task(self._pump_request(exchange, up))
+        else:
+            self._skip_end()
+        try:
+            keep, reusable = await self._relay_response(exchange, upstream)
+        except BaseException:
+            if pump is not None:
+                pump.cancel()
+            raise
+        if pump is not None and not (pump.done() and not pump.cancelled() and pump.exception() is None):
+            # The response ended before the request body did (an early answer): neither connection can be
+            # brought back in step with the other.
+            pump.cancel()
+            keep = reusable = False
+        self.router.release(upstream, reusable)
+        self._done(exchange)
+        if not keep:
+            down.close()
+        return keep
+
+    def _skip_end(self) -> None:
+        events = self.events
+        if events and events[0][0] == "end":
+            events.popleft()
+        else:  # llhttp reports the end of a bodiless request with its head, in the same feed
+            log.debug("bodiless request without its end queued")
+
+    async def _pump_request(self, exchange: Exchange, up: Channel) -> None:
+        """Stream the request body to the upstream, re-framed for this hop, at the upstream's pace."""
+        chunked = exchange.head.chunked
+        timeout = self.limits.stream_idle_timeout
+        while True:
+            try:
+                event = await self._event(timeout)
+            except (ChannelClosed, TimeoutError) as exc:
+                up.abort()
+                raise _ClientGone(f"request body not complete: {exc or 'timeout'}") from None
+            if event is None:
+                up.abort()  # the client's end of stream before the body's end: the upstream must not take it whole
+                return
+            kind, value = event
+            if kind == "body":
+                assert isinstance(value, bytes)
+                exchange.request_bytes += len(value)
+                up.send(chunk(value) if chunked else value)
+                try:
+                    await up.drain()
+                except ChannelClosed:
+                    return  # the upstream is gone: the response side reports it
+            elif kind == "end":
+                if chunked:
+                    assert isinstance(value, list)
+                    up.send(last_chunk(value))
+                return
+
+    async def _up_event(self, upstream: Upstream, answered: bool) -> Event:
+        events = upstream.events
+        while not events:
+            try:
+                async with asyncio.timeout(self.limits.stream_idle_timeout):
+                    data = await upstream.channel.read()
+            except ChannelClosed as exc:
+                raise _Lost(answered, f"upstream reset: {exc}") from None
+            except TimeoutError:
+                raise _Lost(answered, "upstream idle timeout") from None
+            if not data:
+                return ("eof", b"")
+            try:
+                events.extend(upstream.parser.feed(data))
+            except BadMessage as exc:
+                raise _Lost(answered, f"malformed response: {exc}") from None
+        return events.popleft()
+
+    async def _relay_response(self, exchange: Exchange, upstream: Upstream) -> tuple[bool, bool]:
+        """Stream the response down; returns (keep the downstream, reuse the upstream)."""
+        head, down = exchange.head, self.down
+        keep = head.keep_alive
+        framing = "none"
+        answered = False
+        response: Head | None = None
+        while True:
+            if down.lost:
+                raise _ClientGone("client closed before the response ended")
+            kind, value = await self._up_event(upstream, answered)
+            if kind == "head":
+                assert isinstance(value, Head)
+                response = value
+                status = response.status
+                if status == 101 or (head.method == "CONNECT" and 200 <= status < 300):
+                    exchange.status = status
+                    down.send(_response_head(response, head, "upgrade", keep))
+                    answered = True
+                    await self._upgraded(exchange, upstream, head.method == "CONNECT")
+                    return False, False
+                if status < 200:  # 100 Continue and other interim answers go on as they are
+                    down.send(_response_head(response, head, "none", keep))
+                    continue
+                exchange.status = status
+                if head.upgrade:
+                    self._upgrade_refused()
+                if head.method == "HEAD" or status in (204, 304):
+                    framing = "none"
+                elif response.content_length is not None:
+                    framing = "length"
+                elif head.version == "1.1":
+                    framing = "chunked"
+                else:
+                    framing, keep = "close", False
+                down.send(_response_head(response, head, framing, keep))
+                answered = True
+            elif kind == "body":
+                assert isinstance(value, bytes)
+                exchange.response_bytes += len(value)
+                down.send(chunk(value) if framing == "chunked" else value)
+                try:
+                    await down.drain()
+                except ChannelClosed:
+                    raise _ClientGone("client closed during the response") from None
+            elif kind == "end":
+                if response is None or response.status < 200:
+                    continue  # the end of an interim response
+                if framing == "chunked":
+                    assert isinstance(value, list)
+                    down.send(last_chunk(value))
+                return keep, response.keep_alive
+            else:  # eof
+                if response is not None and response.status >= 200 and framing in ("chunked", "close"):
+                    if response.content_length is None and not response.chunked:
+                        # A close-delimited response ends with its connection.
+                        if framing == "chunked":
+                            down.send(last_chunk([]))
+                        return keep, False
+                raise _Lost(answered, "upstream closed before the response ended")
+
+    def _upgrade_refused(self) -> None:
+        """An upgrade answered without a switch: the client may go on with plain requests. llhttp stopped at the
+        upgrade, so a fresh parser takes what the client sent after it."""
+        raw = [value for kind, value in self.events if kind == "raw"]
+        self.events.clear()
+        self.parser = RequestParser(self.limits.max_head)
+        for data in raw:
+            assert isinstance(data, bytes)
+            if data:
+                self.events.extend(self.parser.feed(data))
+
+    async def _upgraded(self, exchange: Exchange, upstream: Upstream, connect: bool) -> None:
+        """Relay raw bytes both ways (WebSocket, CONNECT) until both ends are done."""
+        down, up = self.down, upstream.channel
+        for kind, value in list(self.events):
+            if kind == "raw" and value:
+                assert isinstance(value, bytes)
+                exchange.request_bytes += len(value)
+                up.send(value)
+        self.events.clear()
+        for kind, value in list(upstream.events):
+            if kind in ("raw", "body") and value:  # after a 2xx to CONNECT llhttp reads the rest as a body
+                assert isinstance(value, bytes)
+                exchange.response_bytes += len(value)
+                down.send(value)
+        upstream.events.clear()
+        if connect:
+            upstream.parser = ResponseParser()  # never fed again: the remaining bytes are raw
+
+        async def pump(src: Channel, dst: Channel, toward_client: bool) -> None:
+            while True:
+                data = await src.read()
+                if not data:
+                    dst.send_eof()
+                    return
+                if toward_client:
+                    exchange.response_bytes += len(data)
+                else:
+                    exchange.request_bytes += len(data)
+                dst.send(data)
+                await dst.drain()
+
+        tasks = [asyncio.ensure_future(pump(down, up, False)), asyncio.ensure_future(pump(up, down, True))]
+        failed = False
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            failed = any(task.exception() is not None for task in done)
+            if failed:  # a reset one way resets the other: ending both channels ends the other pump
+                down.abort()
+                up.abort()
+            await asyncio.wait(tasks)
+        finally:
+            for task in tasks:
+                task.cancel()
+        if not failed:
+            down.close()
+            up.close()
+
+    def _done(self, exchange: Exchange) -> None:
+        exchange.duration_ms = (time.perf_counter() - exchange.clock) * 1000.0
+        try:
+            self.router.done(exchange)
+        except Exception:  # metrics or logging must never cost the connection
+            log.exception("recording a request failed")
+
+
+class _Handback(Exception):
+    def __init__(self, data: list[bytes]) -> None:
+        super().__init__("not HTTP/1")
+        self.data = data
+
+
+_REASON_TEXT = {400: "bad request", 408: "request timeout", 431: "request header fields too large"}
+
+
+def _request_head(exchange: Exchange) -> bytes:
+    head = exchange.head
+    lines = [b"%b %b HTTP/1.1\r\n" % (head.method.encode("latin-1"), head.target.encode("latin-1"))]
+    lines.extend(end_to_end(head, exchange.drop))
+    lines.extend(exchange.extra)
+    if head.upgrade and head.method != "CONNECT":
+        lines.append(b"connection: upgrade\r\n")
+        lines.extend(b"upgrade: " + v + b"\r\n" for v in head.values(b"upgrade"))
+    if head.chunked:
+        lines.append(b"transfer-encoding: chunked\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+def _response_head(response: Head, request: Head, framing: str, keep: bool) -> bytes:
+    lines = [b"HTTP/1.1 %d %b\r\n" % (response.status, response.reason.encode("latin-1"))]
+    lines.extend(end_to_end(response))
+    if framing == "upgrade":
+        if response.status == 101:
+            lines.append(b"connection: upgrade\r\n")
+            lines.extend(b"upgrade: " + v + b"\r\n" for v in response.values(b"upgrade"))
+    elif framing == "chunked":
+        lines.append(b"transfer-encoding: chunked\r\n")
+    if response.status >= 200 and framing != "upgrade":
+        if not keep:
+            lines.append(b"connection: close\r\n")
+        elif request.version == "1.0":
+            lines.append(b"connection: keep-alive\r\n")
+    lines.append(b"\r\n")
+    return b"".join(lines)
+
+
+Trailers = Headers

@@ -1,0 +1,54 @@
+"""Handing one accepted connection (a TCP socket or an HBONE stream) to the HTTP proxy, and back if it is not HTTP/1.
+
+The connection keeps its `Tunnel` for bookkeeping (the registry `/config_dump` lists, the access log line, the
+TCP metrics when it has labels), while a `Channel` drives it: the channel owns the side, and passes its end on to
+the tunnel, with the bytes the proxy wrote to the client (there is no upstream side whose count would say it).
+If the session finds HTTP/2 with prior knowledge, or bytes that are not HTTP where that is allowed, the side is
+given back with what was read, to be replayed to the L4 relay's upstream first.
+"""
+
+from __future__ import annotations
+
+from ztunnel.l7.channel import Channel
+from ztunnel.l7.session import Router, Session
+from ztunnel.proxy.context import ProxyContext
+from ztunnel.proxy.relay import Side, Tunnel
+
+
+class _Ends:
+    """The channel's end-of-side callback: the tunnel's bookkeeping, with the bytes the proxy sent."""
+
+    __slots__ = ("tunnel", "channel")
+
+    def __init__(self, tunnel: Tunnel, channel: Channel) -> None:
+        self.tunnel = tunnel
+        self.channel = channel
+
+    def __call__(self, side: Side, error: BaseException | None) -> None:
+        tunnel, channel = self.tunnel, self.channel
+        self.channel = None  # type: ignore[assignment]  # no cycle left once the connection ended
+        tunnel.sent_override = channel.sent
+        tunnel.side_lost(side, error)
+
+
+async def serve_http(ctx: ProxyContext, side: Side, tunnel: Tunnel, router: Router, sniff: bool) -> list[bytes] | None:
+    """Serve `side` request by request through `router`; returns the bytes read when the connection is handed
+    back for the L4 relay (the side is then owned by `tunnel` again, reading paused), else None."""
+    channel = Channel()
+    channel.on_lost = _Ends(tunnel, channel)
+    side.owner = channel  # type: ignore[attr-defined]
+    tunnel.describe += " http"
+    channel.attach(side)
+    try:
+        handback = await Session(channel, router, ctx.http_limits, sniff).run()
+    finally:
+        close = getattr(router, "close", None)
+        if close is not None:
+            close()
+    if handback is None:
+        return None
+    rest = channel.detach()
+    channel.on_lost = None
+    side.owner = tunnel  # type: ignore[attr-defined]
+    tunnel.describe = tunnel.describe.removesuffix(" http")
+    return handback + rest

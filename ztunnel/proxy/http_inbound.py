@@ -1,0 +1,127 @@
+"""Inbound HTTP: requests inside an HBONE stream (or a plaintext connection) to a served pod, one by one.
+
+`inbound.py` hands a connection here when the destination port is handled at L7: a Service port that is HTTP,
+or an AuthorizationPolicy with HTTP rules that may apply to the port (`ztunnel.l7.authz.has_http_rules`). At
+connect time only what would refuse every request is refused (`authorize_connection`); then each request is
+authorized with Istio's semantics (`authorize_request`): a denied one is answered 403 `RBAC: access denied` on
+the same connection, an allowed one goes to the app over one connection (opened at the first allowed
+request, kept alive, reopened if the app closed it), from the caller's IP as on the L4 path. A policy change
+applies from the next request: each reads the index current when it arrives.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from ztunnel.l7.authz import authorize_connection, authorize_request, has_http_rules
+from ztunnel.l7.session import CONNECT_FAILURE, Exchange, Reply, Upstream, UpstreamFailed
+from ztunnel.l7.upstreams import new_upstream
+from ztunnel.metrics import Peer
+from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
+from ztunnel.proxy.delivery import deliver
+from ztunnel.proxy.http_common import DENIED, Call, begin, record, request_of
+from ztunnel.rbac import Connection
+from ztunnel.state.mesh import MeshIndex
+
+log = logging.getLogger(__name__)
+
+
+class InboundHttp:
+    """The router of one inbound connection into `pod`'s port (`ztunnel.l7.session.Router`)."""
+
+    def __init__(
+        self, ctx: ProxyContext, pod: ServedPod, conn: Connection, source: Peer, mutual_tls: bool, direction: str
+    ) -> None:
+        self.ctx = ctx
+        self.pod = pod
+        self.conn = conn
+        self.source = source
+        self.mutual_tls = mutual_tls
+        self.direction = direction
+        self.app: Upstream | None = None
+        self._denials_logged = 0
+
+    def admit(self, exchange: Exchange) -> Reply | None:
+        ctx, pod = self.ctx, self.pod
+        call = begin(exchange, self.source)
+        index = ctx.index  # the current version: a policy change applies to the next request
+        workload = index.workloads.get(pod.uid)
+        call.destination = peer_of(workload, pod.identity, ctx.metrics.cluster)
+        call.mutual_tls = self.mutual_tls
+        verdict = authorize_request(
+            index.policies.authorization,
+            pod.namespace,
+            workload.labels if workload is not None else {},
+            self.conn,
+            request_of(exchange.head),
+            ctx.root_namespace,
+        )
+        ctx.metrics.decisions[(self.direction, "allow" if verdict.allowed else "deny")] += 1
+        call.note(verdict)
+        if verdict.allowed:
+            return None
+        if self._denials_logged < 1:  # once per connection: a client repeating a denied request floods nothing
+            self._denials_logged += 1
+            head, caller = exchange.head, self.conn.source_identity or self.conn.source_ip
+            log.info("denied %s %s from %s to %s/%s: %s", head.method, head.target[:200], caller, pod.namespace,
+                     pod.name, verdict.reason)  # fmt: skip
+        return DENIED
+
+    async def connect(self, exchange: Exchange, fresh: bool) -> Upstream:
+        app, self.app = self.app, None
+        if app is not None:
+            if not fresh and not app.channel.lost and not app.channel.buffered:
+                app.reused = True
+                return app
+            app.channel.abort()
+        conn = self.conn
+        upstream, channel = new_upstream(f"{conn.dest_ip}:{conn.dest_port}", None)
+        try:
+            side = await deliver(self.ctx, self.pod, conn.source_ip, conn.dest_ip, conn.dest_port, channel)
+        except (OSError, TimeoutError) as exc:
+            self.ctx.count_error(self.direction, "app_unreachable",
+                                 f"{self.pod.namespace}/{self.pod.name}:{conn.dest_port}: {exc}")  # fmt: skip
+            raise UpstreamFailed(Reply(503, CONNECT_FAILURE, "UF", str(exc))) from None
+        channel.attach(side)
+        return upstream
+
+    def release(self, upstream: Upstream, reusable: bool) -> None:
+        if reusable and not upstream.channel.lost:
+            self.app = upstream
+        else:
+            upstream.channel.abort()
+
+    def close(self) -> None:
+        """The downstream is done: the app connection ends with it."""
+        app, self.app = self.app, None
+        if app is not None:
+            app.channel.close()
+
+    def done(self, exchange: Exchange) -> None:
+        call = exchange.target if isinstance(exchange.target, Call) else None
+        record(self.ctx.metrics, exchange, call, ("destination",), self.conn.source_ip, self.source)
+
+
+def l7_reason(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, port: int) -> tuple[str, bool] | None:
+    """Why connections into `pod`'s `port` are handled at L7, and whether the port is declared HTTP (a Service
+    says so) rather than only reached by a policy's HTTP rules; None: at L4."""
+    declared = index.http_reason_for(pod.uid, port)
+    if declared is not None:
+        return declared, True
+    workload = index.workloads.get(pod.uid)
+    labels = workload.labels if workload is not None else {}
+    if has_http_rules(index.policies.authorization, pod.namespace, labels, port, ctx.root_namespace):
+        return "an AuthorizationPolicy has HTTP rules for this port", False
+    return None
+
+
+def connection_allowed(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, conn: Connection, direction: str) -> bool:
+    """The connect-time check of an L7 connection: refused only when every request on it would be."""
+    workload = index.workloads.get(pod.uid)
+    labels = workload.labels if workload is not None else {}
+    verdict = authorize_connection(index.policies.authorization, pod.namespace, labels, conn, ctx.root_namespace)
+    if not verdict.allowed:
+        ctx.metrics.decisions[(direction, "deny")] += 1
+        log.info("denied %s -> %s/%s:%d: %s", conn.source_identity or conn.source_ip, pod.namespace, pod.name,
+                 conn.dest_port, verdict.reason)  # fmt: skip
+    return verdict.allowed
