@@ -31,6 +31,8 @@ from ztunnel.config.state import ConfigState
 from ztunnel.identity.manager import IdentityManager
 from ztunnel.inpod.client import ZdsClient
 from ztunnel.inpod.manager import WorkloadManager
+from ztunnel.l7.session import Limits
+from ztunnel.l7.upstreams import IDLE_TIMEOUT, UpstreamPool
 from ztunnel.metrics import DEFAULT_CLUSTER, Metrics
 from ztunnel.observe.accesslog import ACCESS_LOG
 from ztunnel.proxy import limits
@@ -108,6 +110,33 @@ def parser() -> argparse.ArgumentParser:
         default=limits.IDLE_TIMEOUT,
         help="seconds without a stream before an inbound connection gets GOAWAY (default %(default)s)",
     )
+    http = p.add_argument_group("HTTP (L7)", "requests the proxy parses: HTTP Service ports, ports with HTTP rules")
+    http_defaults = Limits()
+    http.add_argument(
+        "--http-max-head-bytes",
+        type=positive_int,
+        default=http_defaults.max_head,
+        help="a request's line and headers, at most; more is answered 431 (default %(default)s)",
+    )
+    http.add_argument(
+        "--http-header-timeout",
+        type=positive_float,
+        default=http_defaults.header_timeout,
+        help="seconds from a request's first byte to its complete head; later is answered 408 (default %(default)s)",
+    )
+    http.add_argument(
+        "--http-idle-timeout",
+        type=positive_float,
+        default=http_defaults.idle_timeout,
+        help="seconds a client's keep-alive connection may wait for its next request (default %(default)s)",
+    )
+    http.add_argument(
+        "--http-upstream-idle-timeout",
+        type=float,
+        default=IDLE_TIMEOUT,
+        help="seconds an upstream connection (HBONE stream) is kept for the next request; 0: one per request "
+        "(default %(default)s)",
+    )
     p.add_argument("--log-level", default="INFO")
     p.add_argument(
         "--access-log",
@@ -153,6 +182,12 @@ class Ztunnel:
             sockets=NetnsSockets(OriginalDestination(args.bpf_dir)),
             config_wait=args.config_wait,
             metrics=Metrics(cluster=args.cluster_id),
+            http_limits=Limits(
+                max_head=args.http_max_head_bytes,
+                header_timeout=args.http_header_timeout,
+                idle_timeout=args.http_idle_timeout,
+            ),
+            http_upstreams=UpstreamPool(idle_timeout=args.http_upstream_idle_timeout),
             limits=HboneLimits(
                 max_streams_per_connection=args.max_streams_per_connection,
                 max_connections_per_peer=args.max_connections_per_peer,

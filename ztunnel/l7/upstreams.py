@@ -55,6 +55,9 @@ class UpstreamPool:
         if not reusable or channel.lost or channel.buffered or upstream.events:
             channel.abort()
             return
+        if self.idle_timeout <= 0:  # keeping none: one upstream connection per request
+            channel.close()
+            return
         idle = self._idle.setdefault(upstream.key, [])
         if len(idle) >= self.max_idle_per_key:
             channel.close()
