@@ -58,6 +58,16 @@ class Admin:
             lambda: ctx.pool.handshakes if ctx.pool else 0,
         )
         m.counter(
+            "meshlet_ztunnel_http_upstream_reused_total",
+            "HTTP requests sent on a kept-alive upstream connection (no new HBONE stream or TCP connect).",
+            lambda: ctx.http_upstreams.reused,
+        )
+        m.gauge(
+            "meshlet_ztunnel_http_upstream_idle",
+            "Upstream HTTP connections kept alive now, waiting for a request.",
+            lambda: ctx.http_upstreams.idle_count(),
+        )
+        m.counter(
             "meshlet_ztunnel_zds_failed_messages_total",
             "Messages from the agent (ZDS) that could not be applied.",
             lambda: self.zds.errors,
@@ -93,6 +103,7 @@ class Admin:
             certs.append({**entry, "notBefore": cert.not_before.isoformat() if cert else None})
         return {
             "node": ctx.node,
+            "rootNamespace": ctx.root_namespace,
             "startedAt": self.started.isoformat(),
             "ready": self.ready,
             "problems": self.problems(),

@@ -19,10 +19,11 @@ def workloads(dump: dict[str, Any], namespace: str | None, on_node: str | None) 
     """`l7` lists the ports connections into the workload are handled at L7 on, each with why; a `port` of null
     means every port (a policy with HTTP rules selects the workload)."""
     targets = _http_targets(dump["services"])
+    root = dump.get("rootNamespace", ROOT_NAMESPACE)  # ztunnels before 2026-11-28 did not say
     rows = [
         {"name": w["name"], "namespace": w["namespace"], "node": w["node"], "ips": w["ips"],
          "serviceAccount": w["service_account"], "identity": w["identity"], "enrolled": w["enrolled"],
-         "l7": targets.get(w["uid"], []) + _l7_policies(w, dump["policies"]["authorization"])}
+         "l7": targets.get(w["uid"], []) + _l7_policies(w, dump["policies"]["authorization"], root)}
         for w in dump["workloads"]
     ]  # fmt: skip
     return [r for r in rows if namespace in (None, r["namespace"]) and on_node in (None, r["node"])]
@@ -64,8 +65,9 @@ def _http_targets(services: list[dict[str, Any]]) -> dict[str, Rows]:
     return out
 
 
-def _l7_policies(workload: dict[str, Any], authorization: list[dict[str, Any]]) -> Rows:
-    """The AuthorizationPolicies with HTTP rules that select an enrolled workload: its every port is then L7."""
+def _l7_policies(workload: dict[str, Any], authorization: list[dict[str, Any]], root: str) -> Rows:
+    """The AuthorizationPolicies with HTTP rules that select an enrolled workload: the ports those rules may apply
+    to are then L7 (shown as every port: the dump's policy summary does not say which)."""
     if not workload["enrolled"]:
         return []  # no ztunnel in front of it to enforce them
     labels = workload.get("labels") or {}
@@ -73,7 +75,7 @@ def _l7_policies(workload: dict[str, Any], authorization: list[dict[str, Any]]) 
         {"port": None, "reason": f"AuthorizationPolicy {p['namespace']}/{p['name']} has HTTP rules"}
         for p in sorted(authorization, key=lambda p: (p["namespace"], p["name"]))
         if p.get("needsL7")
-        and p["namespace"] in (workload["namespace"], ROOT_NAMESPACE)
+        and p["namespace"] in (workload["namespace"], root)
         and all(labels.get(k) == v for k, v in (p.get("selector") or {}).items())
     ]
 

@@ -85,6 +85,14 @@ def lab(ctx: click.Context, lab_id: str) -> None:
     default="",
     help="appProtocol of the `web` services' port (http, tcp, kubernetes.io/h2c, ...); decides over the name.",
 )
+@click.option(
+    "--ztunnel-arg",
+    "ztunnel_args",
+    multiple=True,
+    metavar="ARG",
+    help="One more argument for every node's ztunnel, after the lab's own (repeat it; e.g. "
+    "--ztunnel-arg=--http-upstream-idle-timeout --ztunnel-arg=0).",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -94,13 +102,21 @@ def up(
     node_daemons: bool,
     service_port_name: str,
     service_app_protocol: str,
+    ztunnel_args: tuple[str, ...],
 ) -> None:
     """Create the lab (removing any earlier one under the same id first)."""
     _need_root()
     started = time.monotonic()
     with progress.status(f"bringing up lab {_lab_id(ctx)!r}: {nodes} nodes x {pods_per_node} pods"):
         state = cluster.up(
-            _lab_id(ctx), nodes, pods_per_node, redirect, node_daemons, service_port_name, service_app_protocol
+            _lab_id(ctx),
+            nodes,
+            pods_per_node,
+            redirect,
+            node_daemons,
+            service_port_name,
+            service_app_protocol,
+            ztunnel_args,
         )
     console.print(
         f"lab [bold]{state.plan.lab_id}[/bold] up in {time.monotonic() - started:.1f}s: "

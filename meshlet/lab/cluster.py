@@ -55,12 +55,20 @@ def up(
     node_daemons: bool = True,
     service_port_name: str = "http",
     service_app_protocol: str = "",
+    ztunnel_args: tuple[str, ...] = (),
 ) -> LabState:
     with locked():
         if LabState.load(lab_id) is not None or _leftovers(lab_id):
             _down(lab_id)
         plan = plan_lab(
-            lab_id, free_slot(lab_id), nodes, pods_per_node, redirect, service_port_name, service_app_protocol
+            lab_id,
+            free_slot(lab_id),
+            nodes,
+            pods_per_node,
+            redirect,
+            service_port_name,
+            service_app_protocol,
+            ztunnel_args,
         )
         _check_addresses_free(plan)
         directory = lab_dir(lab_id)

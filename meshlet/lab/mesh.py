@@ -113,7 +113,7 @@ def start_node(state: LabState, node: NodePlan) -> dict[str, processes.Started]:
         "ztunnel", "--node", node.name, "--control", state.plan.control_url,
         "--credentials", str(node_credential_dir(state, node.name)), "--zds-socket", str(run / "ztunnel.sock"),
         "--trust-domain", TRUST_DOMAIN, "--drain-timeout", "10", "--bpf-dir", str(bpf_dir),
-        "--config-cache", str(run.parent / "state" / "config.json"),
+        "--config-cache", str(run.parent / "state" / "config.json"), *state.plan.ztunnel_args,
     )  # fmt: skip
     logs = state.logs
     return {

@@ -99,6 +99,8 @@ class LabPlan:
     nodes: tuple[NodePlan, ...]
     pods: tuple[PodPlan, ...]
     services: tuple[ServicePlan, ...]
+    ztunnel_args: tuple[str, ...] = ()
+    """Appended to every node's ztunnel argv (`lab up --ztunnel-arg`): later flags win, so these override."""
 
     @property
     def prefix(self) -> str:
@@ -147,9 +149,11 @@ def plan_lab(
     redirect: str = "auto",
     service_port_name: str = "http",
     service_app_protocol: str = "",
+    ztunnel_args: tuple[str, ...] = (),
 ) -> LabPlan:
     """Plan a lab of `nodes` nodes with `pods_per_node` pods each, alternating mesh and plain namespaces; each
-    namespace's `web` service has one port, named `service_port_name`, with `service_app_protocol` if set."""
+    namespace's `web` service has one port, named `service_port_name`, with `service_app_protocol` if set;
+    `ztunnel_args` go to every node's ztunnel after the lab's own flags."""
     check_id(lab_id)
     if not 0 <= slot < MAX_SLOTS:
         raise PlanError(f"slot {slot} is out of range 0..{MAX_SLOTS - 1}")
@@ -169,6 +173,8 @@ def plan_lab(
             f"--service-app-protocol {service_app_protocol!r}: expected a protocol name such as http, tcp, "
             "kubernetes.io/h2c"
         )
+    if any(not arg for arg in ztunnel_args):
+        raise PlanError("--ztunnel-arg: an empty argument (pass each flag and value as its own --ztunnel-arg)")
     prefix = prefix_for(lab_id)
     cgroup = f"{prefix}lab"
     node_plans: list[NodePlan] = []
@@ -218,4 +224,5 @@ def plan_lab(
         nodes=tuple(node_plans),
         pods=tuple(pod_plans),
         services=services,
+        ztunnel_args=tuple(ztunnel_args),
     )

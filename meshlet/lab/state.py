@@ -88,6 +88,7 @@ def _plan_from_dict(d: dict[str, Any]) -> LabPlan:
             "nodes": tuple(NodePlan(**n) for n in d["nodes"]),
             "pods": tuple(PodPlan(**p) for p in d["pods"]),
             "services": tuple(ServicePlan(**s) for s in d["services"]),
+            "ztunnel_args": tuple(d.get("ztunnel_args", ())),  # absent in a lab.json written before the flag
         }
     )
 

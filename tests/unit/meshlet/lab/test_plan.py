@@ -84,3 +84,11 @@ def test_bad_redirect_mode_is_named() -> None:
 def test_bad_service_protocol_is_named(kwargs: dict[str, str], message: str) -> None:
     with pytest.raises(PlanError, match=message):
         plan_lab("demo", 0, 1, 1, **kwargs)  # type: ignore[arg-type]
+
+
+def test_ztunnel_args_are_kept_in_order_and_an_empty_one_is_named() -> None:
+    plan = plan_lab("a", 0, 1, 1, ztunnel_args=("--http-upstream-idle-timeout", "0"))
+    assert plan.ztunnel_args == ("--http-upstream-idle-timeout", "0")
+    assert plan_lab("a", 0, 1, 1).ztunnel_args == ()
+    with pytest.raises(PlanError, match="--ztunnel-arg: an empty argument"):
+        plan_lab("a", 0, 1, 1, ztunnel_args=("--log-level", ""))

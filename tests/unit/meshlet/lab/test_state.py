@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -49,3 +50,18 @@ def test_unreadable_state_names_the_file_and_the_fix() -> None:
 
 def test_missing_lab_loads_as_none() -> None:
     assert LabState.load("nope") is None
+
+
+
+def test_ztunnel_args_round_trip_and_an_older_state_file_loads_without_them() -> None:
+    lab_dir("z").mkdir(parents=True)
+    plan = plan_lab("z", 0, 1, 1, ztunnel_args=("--http-upstream-idle-timeout", "0"))
+    LabState(plan=plan, directory=str(lab_dir("z"))).save()
+    loaded = LabState.load("z")
+    assert loaded is not None and loaded.plan.ztunnel_args == ("--http-upstream-idle-timeout", "0")
+    path = lab_dir("z") / "lab.json"
+    data = json.loads(path.read_text())
+    del data["plan"]["ztunnel_args"]  # as `up` wrote it before --ztunnel-arg existed
+    path.write_text(json.dumps(data))
+    older = LabState.load("z")
+    assert older is not None and older.plan.ztunnel_args == ()
