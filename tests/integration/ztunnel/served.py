@@ -62,10 +62,12 @@ HANDSHAKE_TIMEOUT = 5.0
 AMBIENT = (("meshlet.io/dataplane-mode", "ambient"),)
 
 
-def mesh(deny_ports: Iterable[int] = ()) -> MeshIndex:
-    """The mesh config both nodes hold: both pods, enrolled; a DENY policy on the server for `deny_ports`."""
+def mesh(deny_ports: Iterable[int] = (), policies: Iterable[dict[str, Any]] = ()) -> MeshIndex:
+    """The mesh config both nodes hold: both pods, enrolled; a DENY policy on the server for `deny_ports`, and
+    `policies` (AuthorizationPolicy objects as a user writes them)."""
     items = [workload_item(_pod(p), Namespace(p.namespace, AMBIENT), MeshSettings()) for p in (POD, CLIENT_POD)]
     resources: dict[str, list[Any]] = {"workloads": items}
+    resources["authorization_policies"] = [AuthorizationPolicy.from_k8s(p).to_wire() for p in policies]
     ports = [str(p) for p in deny_ports]
     if ports:
         policy = AuthorizationPolicy.from_k8s(
@@ -76,7 +78,7 @@ def mesh(deny_ports: Iterable[int] = ()) -> MeshIndex:
                 "spec": {"action": "DENY", "rules": [{"to": [{"operation": {"ports": ports}}]}]},
             }
         )
-        resources["authorization_policies"] = [policy.to_wire()]
+        resources["authorization_policies"].append(policy.to_wire())
     message = {"type": "snapshot", "epoch": "e1", "version": 1, "resources": resources}
     return MeshIndex.from_config(apply(ConfigState(), message))
 
