@@ -25,6 +25,7 @@ from ztunnel.l7.authz import authorize_request
 from ztunnel.l7.channel import Channel
 from ztunnel.l7.session import CONNECT_FAILURE, Exchange, Reply, Upstream, UpstreamFailed
 from ztunnel.metrics import Labels, Metrics, tcp_labels
+from ztunnel.proxy.connect import StreamRefused, open_stream
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
 from ztunnel.proxy.delivery import deliver
 from ztunnel.proxy.http_common import DENIED, Call, begin, record, request_of
@@ -35,7 +36,6 @@ from ztunnel.state.mesh import MeshIndex
 from ztunnel.tls import PeerIdentityError
 
 log = logging.getLogger(__name__)
-RESPONSE_TIMEOUT = 10.0
 NO_HEALTHY_UPSTREAM = Reply(503, "no healthy upstream", "UH")
 
 
@@ -120,25 +120,15 @@ class OutboundHttp:
 
     async def _hbone(self, upstream: Upstream, decision: Hbone) -> None:
         """A CONNECT stream to the endpoint, answered 200 by a server that proved the endpoint's identity."""
-        ctx, pod, up = self.ctx, self.pod, decision.upstream
-        cert = await ctx.identities.certificate(pod.identity)
-        assert ctx.pool is not None
-        conn = await ctx.pool.get((pod.identity, self.source_ip, up.ip, decision.identity), pod.netns_fd,
-                                  ctx.tls.client(cert))  # fmt: skip
-        side, response = conn.open(f"{up.ip}:{up.port}", upstream.channel, [("forwarded", f"for={self.source_ip}")])
+        ctx, up = self.ctx, decision.upstream
         try:
-            async with asyncio.timeout(RESPONSE_TIMEOUT):
-                status = await response
-        except BaseException:
-            side.abort()
-            raise
-        if status != 200:
-            side.abort()
-            if status in (401, 403):
+            side = await open_stream(ctx, self.pod, self.source_ip, up, decision.identity, upstream.channel)
+        except StreamRefused as refused:
+            if refused.status in (401, 403):
                 ctx.metrics.errors[("outbound", "denied")] += 1
-                raise UpstreamFailed(DENIED)
-            ctx.count_error("outbound", f"hbone_{status}", f"{self.source_ip} -> {up.ip}:{up.port}: CONNECT {status}")
-            raise UpstreamFailed(Reply(503, CONNECT_FAILURE, "UF", f"CONNECT answered {status}"))
+                raise UpstreamFailed(DENIED) from None
+            ctx.count_error("outbound", refused.reason, f"{self.source_ip} -> {up.ip}:{up.port}: {refused}")
+            raise UpstreamFailed(Reply(503, CONNECT_FAILURE, "UF", str(refused))) from None
         upstream.channel.attach(side)
 
     def release(self, upstream: Upstream, reusable: bool) -> None:

@@ -23,6 +23,7 @@ import ssl
 from meshlet_contracts.ports import PROXY_PORTS
 from ztunnel.identity.manager import IdentityError
 from ztunnel.metrics import CONNECT, DENY, tcp_labels, with_flags
+from ztunnel.proxy.connect import StreamRefused, open_stream
 from ztunnel.proxy.context import Accepted, peer_of
 from ztunnel.proxy.delivery import allowed, deliver, failed, refused
 from ztunnel.proxy.http_entry import serve_http
@@ -30,11 +31,9 @@ from ztunnel.proxy.http_outbound import OutboundHttp
 from ztunnel.proxy.relay import Side, TcpSide
 from ztunnel.proxy.route import Hbone, Local, Passthrough, Refuse, route
 from ztunnel.rbac import Connection
-from ztunnel.state.mesh import Upstream
 from ztunnel.tls import PeerIdentityError
 
 log = logging.getLogger(__name__)
-RESPONSE_TIMEOUT = 10.0
 
 
 class Outbound(Accepted):
@@ -96,11 +95,11 @@ class Outbound(Accepted):
                 tunnel.established(upstream, labels, dest_labels)
                 return
             if isinstance(decision, Hbone):
-                upstream = await self._hbone(source_ip, up, decision.identity)
+                upstream = await open_stream(ctx, self.pod, source_ip, up, decision.identity, tunnel)
             else:
                 sock = await ctx.sockets.connect(self.pod.netns_fd, up.ip, up.port)
                 _, upstream = await asyncio.get_running_loop().create_connection(lambda: TcpSide(tunnel), sock=sock)
-        except _Refused as exc:
+        except StreamRefused as exc:
             refused(ctx, tunnel, exc.reason, with_flags(labels, CONNECT))
             failed(ctx, tunnel, "outbound", exc.reason, f"{tunnel.describe}: {exc}")
             return
@@ -121,27 +120,3 @@ class Outbound(Accepted):
         log.exception("outbound %s failed", self.tunnel.describe)
         self.tunnel.failure = "internal"
         self.tunnel.fail()
-
-    async def _hbone(self, source_ip: str, up: Upstream, identity: str) -> Side:
-        """A CONNECT stream to `up` on a pooled connection whose server proved `identity`, once answered 200."""
-        ctx, pod = self.ctx, self.pod
-        cert = await ctx.identities.certificate(pod.identity)
-        assert ctx.pool is not None
-        conn = await ctx.pool.get((pod.identity, source_ip, up.ip, identity), pod.netns_fd, ctx.tls.client(cert))
-        side, response = conn.open(f"{up.ip}:{up.port}", self.tunnel, [("forwarded", f"for={source_ip}")])
-        try:
-            async with asyncio.timeout(RESPONSE_TIMEOUT):
-                status = await response
-        except BaseException:
-            side.abort()
-            raise
-        if status != 200:
-            side.abort()
-            raise _Refused("denied" if status in (401, 403) else f"hbone_{status}", f"CONNECT answered {status}")
-        return side
-
-
-class _Refused(Exception):
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
