@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from ztunnel.l7.authz import Request
 from ztunnel.l7.messages import Head
+from ztunnel.l7.paths import normalize
 from ztunnel.l7.session import Exchange, Reply
 from ztunnel.metrics import Metrics, Peer, request_labels
 from ztunnel.observe.accesslog import ACCESS_LOG, RequestRecord
@@ -61,6 +62,26 @@ def begin(exchange: Exchange, source: Peer) -> Call:
     call = Call(trace, rid, source)
     exchange.target = call
     return call
+
+
+BAD_PATH = Reply(400, "bad request: the request path cannot be normalized\n", "-", "path not normalizable")
+
+
+def normalize_target(head: Head) -> bool:
+    """Put the request target in the form authorization decided on, as Istio forwards it: the path normalized
+    (`ztunnel.l7.paths.normalize`: dot segments resolved, unreserved escapes decoded, `\\` as `/`) with the
+    query kept, so that the app acts on the very path the policy allowed (`/public/../admin` reaches it as
+    `/admin`, which an ALLOW on `/public*` never allowed). False when it cannot be normalized (answered 400).
+    CONNECT's authority and OPTIONS' `*` are not paths and stay as they are."""
+    target = head.target
+    if head.method == "CONNECT" or target == "*":
+        return True
+    path = normalize(target)
+    if path is None:
+        return False
+    _, mark, query = target.partition("#")[0].partition("?")
+    head.target = path + mark + query
+    return True
 
 
 def request_of(head: Head) -> Request:

@@ -19,7 +19,7 @@ from ztunnel.l7.upstreams import new_upstream
 from ztunnel.metrics import Peer
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
 from ztunnel.proxy.delivery import deliver
-from ztunnel.proxy.http_common import DENIED, Call, begin, record, request_of
+from ztunnel.proxy.http_common import BAD_PATH, DENIED, Call, begin, normalize_target, record, request_of
 from ztunnel.rbac import Connection
 from ztunnel.state.mesh import MeshIndex
 
@@ -48,6 +48,8 @@ class InboundHttp:
         workload = index.workloads.get(pod.uid)
         call.destination = peer_of(workload, pod.identity, ctx.metrics.cluster)
         call.mutual_tls = self.mutual_tls
+        if not normalize_target(exchange.head):
+            return BAD_PATH
         verdict = authorize_request(
             index.policies.authorization,
             pod.namespace,

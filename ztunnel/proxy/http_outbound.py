@@ -28,7 +28,7 @@ from ztunnel.metrics import Labels, Metrics, tcp_labels
 from ztunnel.proxy.connect import StreamRefused, open_stream
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
 from ztunnel.proxy.delivery import deliver
-from ztunnel.proxy.http_common import DENIED, Call, begin, record, request_of
+from ztunnel.proxy.http_common import BAD_PATH, DENIED, Call, begin, normalize_target, record, request_of
 from ztunnel.proxy.relay import Side, TcpSide
 from ztunnel.proxy.route import Hbone, Local, Passthrough, Refuse, route
 from ztunnel.rbac import Connection
@@ -73,6 +73,8 @@ class OutboundHttp:
     def _authorize_local(self, exchange: Exchange, call: Call, decision: Local) -> Reply | None:
         """An endpoint this process serves: its inbound policies apply here (the request never leaves the node)."""
         ctx, pod, up = self.ctx, decision.pod, decision.upstream
+        if not normalize_target(exchange.head):
+            return BAD_PATH
         workload = self.index.workloads.get(pod.uid)
         conn = Connection(self.source_ip, self.pod.identity, up.ip, up.port)
         verdict = authorize_request(
