@@ -54,7 +54,9 @@ class OutboundHttp:
     def admit(self, exchange: Exchange) -> Reply | None:
         ctx = self.ctx
         call = begin(exchange, self.source)
-        decision = route(self.index, ctx.pods, self.ip, self.port)
+        # The current config for each request: endpoints that came or went since the connection opened count.
+        index = self.index = ctx.index
+        decision = route(index, ctx.pods, self.ip, self.port)
         if isinstance(decision, Refuse):
             ctx.metrics.errors[("outbound", decision.reason)] += 1
             if decision.reason == "no_healthy_endpoint":
