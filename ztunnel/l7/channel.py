@@ -33,6 +33,8 @@ class Channel:
         self.side: Side | None = None
         self.on_lost = on_lost
         """Called once when the side ends, as an owner's `side_lost` is (the connection's bookkeeping)."""
+        self.lost_hook: Callable[[], None] | None = None
+        """The proxy's own: called when the side ends, to act at once (abandon the request in flight)."""
         self.limit = limit
         self.sent = 0
         """Bytes written to the side."""
@@ -42,8 +44,9 @@ class Channel:
         self._lost = False
         self._error: BaseException | None = None
         self._blocked = False
-        self._waiters: list[asyncio.Future[None] | None] = [None, None]
-        """One for the reader, one for the writer in `drain`: each is awaited by one coroutine at a time."""
+        self._waiters: list[asyncio.Future[None]] = []
+        """One future per waiting coroutine (a reader, a writer in `drain`), all woken by any change: a future
+        shared by two coroutines would be cancelled for both when one of them is."""
 
     def attach(self, side: Side) -> None:
         """Drive `side` from now on; it starts reading (what it read early is delivered first)."""
@@ -105,6 +108,8 @@ class Channel:
         self._error = None if clean else (error or ChannelClosed("connection reset"))
         self._eof = True
         self._wake()
+        if self.lost_hook is not None:
+            self.lost_hook()
         if self.on_lost is not None:
             self.on_lost(side, error)
 
@@ -118,7 +123,7 @@ class Channel:
                 if self._error is not None:
                     raise ChannelClosed(str(self._error)) from self._error
                 return b""
-            await self._wait(0)
+            await self._wait()
         queue = self._queue
         data = queue[0] if len(queue) == 1 else b"".join(queue)
         self._queue = []
@@ -143,7 +148,7 @@ class Channel:
         while self._blocked:
             if self._lost:
                 raise ChannelClosed("connection closed while writing")
-            await self._wait(1)
+            await self._wait()
         if self._lost and self._error is not None:
             raise ChannelClosed(str(self._error))
 
@@ -162,14 +167,16 @@ class Channel:
         if self.side is not None and not self._lost:
             self.side.abort()
 
-    async def _wait(self, which: int) -> None:
-        waiter = self._waiters[which] = asyncio.get_running_loop().create_future()
+    async def _wait(self) -> None:
+        """Wait for the next change; callers re-check their condition (a wake-up may be for the other one)."""
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
             await waiter
         finally:
-            self._waiters[which] = None
+            self._waiters.remove(waiter)
 
     def _wake(self) -> None:
         for waiter in self._waiters:
-            if waiter is not None and not waiter.done():
+            if not waiter.done():
                 waiter.set_result(None)

@@ -8,7 +8,11 @@ requests are simply several heads in one list, answered in order by the session.
 Limits: the bytes of a request head (line and headers) are counted as they arrive, so a head over
 `max_head` is refused (431) before it is complete; a head llhttp rejects is a `BadMessage` (400) naming the
 problem. The head a proxy forwards is rebuilt: hop-by-hop headers (RFC 9110 7.6.1, and those named by
-`Connection`) are dropped, and the body's framing is the proxy's own choice for each hop.
+`Connection`) are dropped, and the body's framing is the proxy's own choice for each hop. llhttp runs strict:
+httptools leaves all of its leniency flags off unless `set_dangerous_leniencies` is called, which this proxy
+never does, so the shapes of request smuggling (Content-Length with Transfer-Encoding, two Content-Lengths,
+chunked not last, obs-fold, bare LF, NUL or CR in a field) are refused with 400, and so is an HTTP/1.1
+request without exactly one Host (the authority a policy decides on must be the one the app sees).
 """
 
 from __future__ import annotations
@@ -87,6 +91,8 @@ class _Parser:
         self._in_head = True
         self._head_bytes = 0
         self._head: Head | None = None
+        self.failed: BadMessage | None = None
+        """The error met after complete events of the same feed: raised once those have been taken."""
         self.parser: httptools.HttpRequestParser | httptools.HttpResponseParser
 
     # httptools callbacks
@@ -139,7 +145,20 @@ class _Parser:
         return head
 
     def feed(self, data: bytes) -> list[Event]:
-        """Parse `data`; returns the events it completed. Raises BadMessage."""
+        """Parse `data`; returns the events it completed. Raises BadMessage, at once when nothing came before
+        the error in this feed, else on the next call (pipelined requests before a bad one are served first)."""
+        if self.failed is not None:
+            raise self.failed
+        try:
+            self._feed(data)
+        except BadMessage as exc:
+            if not self.events:
+                raise
+            self.failed = exc
+        events, self.events = self.events, []
+        return events
+
+    def _feed(self, data: bytes) -> None:
         if self._in_head:
             self._head_bytes += len(data)
         try:
@@ -156,8 +175,6 @@ class _Parser:
             raise BadMessage(400, str(exc).lower() or "malformed message") from None
         if self._in_head and self._head_bytes > self.max_head:
             raise BadMessage(431, f"message head over {self.max_head} bytes and not complete")
-        events, self.events = self.events, []
-        return events
 
     @property
     def mid_message(self) -> bool:
@@ -174,6 +191,8 @@ class RequestParser(_Parser):
         p = self.parser
         assert isinstance(p, httptools.HttpRequestParser)
         method = p.get_method().decode("latin-1")
+        if p.get_http_version() not in ("1.0", "1.1"):  # llhttp reads `GET /` as HTTP/0.9: no headers, no framing
+            raise BadMessage(400, f"unsupported HTTP version {p.get_http_version()}")
         head = Head(
             version=p.get_http_version(),
             headers=headers,
@@ -182,7 +201,32 @@ class RequestParser(_Parser):
             keep_alive=p.should_keep_alive(),
             upgrade=method == "CONNECT" or bool(p.should_upgrade()),
         )
-        return self._framing(head)
+        self._framing(head)
+        hosts = len(head.values(b"host"))
+        if hosts > 1 or (hosts == 0 and head.version == "1.1"):
+            # RFC 9112 3.2; two would let a policy read one authority while the app serves the other.
+            raise BadMessage(400, "missing host header" if hosts == 0 else "duplicate host header")
+        codings = [c.strip().lower() for v in head.values(b"transfer-encoding") for c in v.split(b",")]
+        if codings and codings != [b"chunked"]:
+            # The proxy re-frames the body per hop, which only works when chunked is the body's sole coding
+            # (RFC 9112 6.1: a coding the server does not implement gets 501).
+            raise BadMessage(501, f"transfer-coding not implemented: {b', '.join(codings).decode('latin-1')}")
+        return head
+
+    def resume_plain(self, head: Head) -> None:
+        """Go on after `head` as a plain request although it asked for an upgrade (h2c, which the proxy does not
+        take): httptools stops parsing at an upgrade's head, so a fresh parser is primed with the head's framing
+        and takes its body (then the requests after it) from the bytes fed next."""
+        self.parser = httptools.HttpRequestParser(self)
+        self.failed = None
+        if head.has_body:
+            framing = (
+                b"transfer-encoding: chunked" if head.chunked else b"content-length: %d" % (head.content_length or 0)
+            )
+            self._feed(b"POST / HTTP/1.1\r\nhost: -\r\n" + framing + b"\r\n\r\n")
+        self.events = []  # the primer's head is not a request
+        self._in_head = not head.has_body
+        self._head_bytes = 0
 
 
 class ResponseParser(_Parser):
@@ -242,8 +286,13 @@ def chunk(data: bytes) -> bytes:
     return b"%x\r\n%b\r\n" % (len(data), data)
 
 
+NOT_IN_TRAILERS = HOP_BY_HOP | {b"content-length", b"host"}
+"""Fields that frame or route a message: never forwarded as trailers (RFC 9110 6.5.1)."""
+
+
 def last_chunk(trailers: Headers) -> bytes:
-    return b"0\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in trailers) + b"\r\n"
+    kept = (n + b": " + v + b"\r\n" for n, v in trailers if n.lower() not in NOT_IN_TRAILERS)
+    return b"0\r\n" + b"".join(kept) + b"\r\n"
 
 
 REASONS = {
@@ -253,6 +302,7 @@ REASONS = {
     408: "Request Timeout",
     431: "Request Header Fields Too Large",
     500: "Internal Server Error",
+    501: "Not Implemented",
     502: "Bad Gateway",
     503: "Service Unavailable",
     504: "Gateway Timeout",

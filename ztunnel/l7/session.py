@@ -3,20 +3,26 @@
 The session is HTTP only; what a request means for the mesh (who may send it, which endpoint takes it, what is
 counted) is its `Router`'s (`ztunnel/proxy/http_*.py`). Per request:
 1. the head is parsed (llhttp); a bad one is answered 400 (431 when too large, 408 when it does not arrive
-   within the header timeout) and the connection closed; an idle keep-alive connection is closed quietly;
+   within the header timeout, 501 for a transfer-coding other than chunked) and the connection closed (after
+   the requests before it); an idle keep-alive connection is closed quietly; an h2c upgrade is served as the
+   HTTP/1.1 request it also is (the proxy does not take h2c, as Envoy), and so is an upgrade with a body;
 2. the router admits it or answers it itself (a policy denial: 403 `RBAC: access denied`, on the same
    connection when no body is left unread);
 3. the router gives an upstream connection (kept alive between requests: `Upstream`), the head is rebuilt
    (hop-by-hop headers dropped, the router's headers added) and written, and the body streams through
    (`_pump_request`, concurrently with the response: `Expect: 100-continue` and early answers work);
 4. the response streams back; its framing is chosen per hop (Content-Length kept; otherwise chunked to an
-   HTTP/1.1 client, close-delimited to HTTP/1.0); 1xx are passed on; after a 101 (or a 2xx to CONNECT) both
-   directions become a byte relay;
+   HTTP/1.1 client with the trailers, close-delimited to HTTP/1.0); 1xx are passed on to HTTP/1.1 clients
+   (RFC 9110 15.2); after a 101 to an upgrade (or a 2xx to CONNECT) both directions become a byte relay;
 5. the router is told the outcome (`done`): status, Envoy-style response flags, bytes, duration.
-Pipelined requests wait in the parser's event queue and are answered in order. A bodiless request whose
-reused upstream closed before answering is retried once on a fresh connection (the upstream closed an idle
-connection as the request went out: nothing was processed). An HTTP/2 preface (prior knowledge), or bytes
-that are not HTTP when the router allows it, end the session with the bytes read, for the L4 relay.
+Pipelined requests wait in the parser's event queue and are answered in order. A bodiless idempotent request
+whose reused upstream closed before answering is retried once on a fresh connection (the upstream closed an
+idle connection as the request went out: nothing was processed; RFC 9112 9.3.1 forbids retrying the others).
+An upstream that fails before answering gets the client a 503 (UC), 502 for a malformed response (UPE), 504
+when nothing moved either way for `stream_idle_timeout` (UT); after the response began, the client connection
+is reset instead, so a truncated message is never taken for a whole one. A client that leaves during a request
+aborts its upstream (DC; DPE when its body is malformed). An HTTP/2 preface (prior knowledge), or bytes that
+are not HTTP when the router allows it, end the session with the bytes read, for the L4 relay.
 """
 
 from __future__ import annotations
@@ -46,6 +52,10 @@ from ztunnel.l7.messages import (
 log = logging.getLogger(__name__)
 CONNECT_FAILURE = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 TERMINATION = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
+PROTOCOL_ERROR = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
+TIMEOUT = "upstream request timeout"
+IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
+"""RFC 9110 9.2.2: the methods a proxy may send again after a connection failed under them."""
 
 
 @dataclass(slots=True)
@@ -58,6 +68,9 @@ class Limits:
     """A keep-alive connection with no request for this long is closed."""
     stream_idle_timeout: float = 300.0
     """No byte either way for this long during a request (Envoy's default): the request fails."""
+    linger_timeout: float = 2.0
+    """After an answer that ends the connection while the client is still sending: how long its bytes are
+    read and dropped before the close, so that it reads the answer rather than a reset."""
 
 
 @dataclass(slots=True)
@@ -128,15 +141,21 @@ class Router(Protocol):
 
 
 class _Lost(Exception):
-    """The upstream ended before its response did; `answered` once any response byte went downstream."""
+    """The upstream failed before its response ended; `answered` once any response byte went downstream.
+    `reply` is what the client gets when nothing did: 503 UC (closed, reset), 502 UPE, 504 UT."""
 
-    def __init__(self, answered: bool, detail: str) -> None:
+    def __init__(self, answered: bool, detail: str, reply: Reply | None = None) -> None:
         super().__init__(detail)
         self.answered = answered
+        self.reply = reply or Reply(503, TERMINATION, "UC", detail)
 
 
 class _ClientGone(Exception):
-    """The downstream closed or reset in the middle of a request."""
+    """The downstream closed or reset in the middle of a request (DC), or sent a malformed body (DPE)."""
+
+    def __init__(self, detail: str, flags: str = "DC") -> None:
+        super().__init__(detail)
+        self.flags = flags
 
 
 class Session:
@@ -154,6 +173,10 @@ class Session:
         self._first: list[bytes] | None = []
         """Raw bytes until the first head parsed: what goes to the L4 relay if this is not HTTP/1."""
         self._held = b""
+        self._active = 0.0
+        """Loop time of the last body bytes moved during a request: the stream idle timeout counts both ways."""
+        self._lingering = False
+        """The connection ends after an answer while the client may still be sending: `_linger` closes it."""
 
     async def run(self) -> list[bytes] | None:
         """Serve until the connection ends; returns the bytes read when it is to be relayed at L4 instead."""
@@ -165,22 +188,25 @@ class Session:
                     return handback.data
                 except BadMessage as exc:
                     self._refuse(exc.status, f"{exc}", "-")
-                    return None
+                    break
                 except TimeoutError:
                     if self.parser.mid_message:
                         self._refuse(408, "request head not received in time", "-")
                     else:
                         self.down.close()
-                    return None
+                    break
                 except ChannelClosed:
-                    return None
+                    break
                 if head is None:
                     self.down.close()
-                    return None
+                    break
                 self._first = None
                 self.requests += 1
                 if not await self._exchange(head):
-                    return None
+                    break
+            if self._lingering:
+                await self._linger()
+            return None
         except asyncio.CancelledError:  # the proxy is shutting down: nothing may be left half-open
             self.down.abort()
             raise
@@ -206,6 +232,8 @@ class Session:
     async def _event(self, timeout: float) -> Event | None:
         events = self.events
         while not events:
+            if self.parser.failed is not None:  # after the requests that came before it were answered
+                raise self.parser.failed
             async with asyncio.timeout(timeout):
                 data = await self.down.read()
             if not data:
@@ -243,12 +271,14 @@ class Session:
         head = Head("1.1", [], method="-", target="-")
         exchange = Exchange(head, status=status, flags=flags, detail=reason)
         self.down.send(local_response(status, f"{_REASON_TEXT.get(status, 'bad request')}: {reason}\n", close=True))
-        self.down.close()
+        self._lingering = True
         self._done(exchange)
 
     # ----- one request -----
 
     async def _exchange(self, head: Head) -> bool:
+        if head.upgrade and head.method != "CONNECT" and (head.has_body or _upgrade_tokens(head) == {b"h2c"}):
+            self._plain(head)
         exchange = Exchange(head)
         reply = self.router.admit(exchange)
         if reply is not None:
@@ -260,27 +290,39 @@ class Session:
             except UpstreamFailed as failed:
                 return await self._answer(exchange, failed.reply)
             exchange.upstream = upstream.address
+            if self.down.lost:  # the client left while the upstream was being connected: nothing was sent
+                self.router.release(upstream, True)
+                exchange.flags, exchange.detail = "DC", "client closed before the request was sent"
+                self._done(exchange)
+                return False
             try:
                 return await self._forward(exchange, upstream)
             except _Lost as lost:
                 self.router.release(upstream, False)
-                retry = upstream.reused and not lost.answered and not head.has_body and not fresh
+                retry = (
+                    lost.reply.flags == "UC"
+                    and upstream.reused
+                    and not lost.answered
+                    and not fresh
+                    and not head.has_body
+                    and head.method in IDEMPOTENT
+                )
                 if retry:
                     fresh = True
                     continue
                 if lost.answered:
-                    exchange.flags = "UC"
+                    exchange.flags = lost.reply.flags
                     exchange.detail = str(lost)
                     self.down.abort()
                     self._done(exchange)
                     return False
-                return await self._answer(exchange, Reply(503, TERMINATION, "UC", str(lost)))
+                return await self._answer(exchange, lost.reply)
             except asyncio.CancelledError:
                 self.router.release(upstream, False)
                 raise
             except _ClientGone as gone:
                 self.router.release(upstream, False)
-                exchange.flags = "DC"
+                exchange.flags = gone.flags
                 exchange.detail = str(gone)
                 self.down.abort()
                 self._done(exchange)
@@ -289,15 +331,34 @@ class Session:
     async def _answer(self, exchange: Exchange, reply: Reply) -> bool:
         """Send the proxy's own reply; the connection stays open only if no request body is left unread."""
         head = exchange.head
-        keep = head.keep_alive and not head.upgrade and (not head.has_body or self._request_complete())
+        complete = not head.has_body or self._request_complete()
+        keep = head.keep_alive and not head.upgrade and complete
         exchange.status, exchange.flags, exchange.detail = reply.status, reply.flags, reply.detail
-        payload = local_response(reply.status, reply.body, close=not keep, head_only=head.method == "HEAD")
+        extra = [(b"connection", b"keep-alive")] if keep and head.version == "1.0" else None
+        payload = local_response(reply.status, reply.body, not keep, head.method == "HEAD", extra)
         self.down.send(payload)
         exchange.response_bytes = 0 if head.method == "HEAD" else len(reply.body.encode())
         self._done(exchange)
         if not keep:
-            self.down.close()
+            if complete:
+                self.down.close()
+            else:
+                self._lingering = True  # its body is still coming: a close now would reset the answer away
         return keep
+
+    async def _linger(self) -> None:
+        """Close a connection the client may still be sending on (a denied upload, a refused request) so that it
+        reads the answer rather than a reset (RFC 9112 9.6): half-close, drop what arrives until the client's end
+        of stream or `linger_timeout`, then close."""
+        down = self.down
+        down.send_eof()
+        try:
+            async with asyncio.timeout(self.limits.linger_timeout):
+                while await down.read():
+                    pass
+        except (TimeoutError, ChannelClosed):
+            pass
+        down.close()
 
     def _request_complete(self) -> bool:
         """Whether the current request's end is already queued (its body all read): then skip its body."""
@@ -313,6 +374,8 @@ class Session:
     async def _forward(self, exchange: Exchange, upstream: Upstream) -> bool:
         head, down, up = exchange.head, self.down, upstream.channel
         upstream.parser.expect(head.method)
+        self._active = asyncio.get_running_loop().time()
+        down.lost_hook = up.abort  # the client left: the upstream stops at once, not when it next writes
         up.send(_request_head(exchange))
         pump: asyncio.Task[None] | None = None
         if head.has_body:
@@ -321,18 +384,26 @@ class Session:
             self._skip_end()
         try:
             keep, reusable = await self._relay_response(exchange, upstream)
-        except BaseException:
+        except BaseException as exc:
             if pump is not None:
                 pump.cancel()
+                failure = pump.exception() if pump.done() and not pump.cancelled() else None
+                if isinstance(failure, _ClientGone) and isinstance(exc, _Lost):
+                    raise failure from None  # the pump aborted the upstream because the client left
+            if isinstance(exc, _Lost) and down.lost:
+                raise _ClientGone("client closed before the response ended") from None
             raise
+        finally:
+            down.lost_hook = None
         if pump is not None and not (pump.done() and not pump.cancelled() and pump.exception() is None):
             # The response ended before the request body did (an early answer): neither connection can be
-            # brought back in step with the other.
+            # brought back in step with the other, and the client may still be sending.
             pump.cancel()
             keep = reusable = False
+            self._lingering = True
         self.router.release(upstream, reusable)
         self._done(exchange)
-        if not keep:
+        if not keep and not self._lingering:
             down.close()
         return keep
 
@@ -347,18 +418,28 @@ class Session:
         """Stream the request body to the upstream, re-framed for this hop, at the upstream's pace."""
         chunked = exchange.head.chunked
         timeout = self.limits.stream_idle_timeout
+        loop = asyncio.get_running_loop()
         while True:
             try:
                 event = await self._event(timeout)
-            except (ChannelClosed, TimeoutError) as exc:
+            except TimeoutError:
+                if loop.time() - self._active < timeout:
+                    continue  # the response is moving: the stream is not idle
                 up.abort()
-                raise _ClientGone(f"request body not complete: {exc or 'timeout'}") from None
+                raise _ClientGone("request body not complete: idle timeout") from None
+            except ChannelClosed as exc:
+                up.abort()
+                raise _ClientGone(f"request body not complete: {exc}") from None
+            except BadMessage as exc:  # a broken chunk: the upstream must not take what came as the whole body
+                up.abort()
+                raise _ClientGone(f"malformed request body: {exc}", "DPE") from None
             if event is None:
                 up.abort()  # the client's end of stream before the body's end: the upstream must not take it whole
-                return
+                raise _ClientGone("client closed before the request body ended")
             kind, value = event
             if kind == "body":
                 assert isinstance(value, bytes)
+                self._active = loop.time()
                 exchange.request_bytes += len(value)
                 up.send(chunk(value) if chunked else value)
                 try:
@@ -373,20 +454,27 @@ class Session:
 
     async def _up_event(self, upstream: Upstream, answered: bool) -> Event:
         events = upstream.events
+        limit = self.limits.stream_idle_timeout
+        loop = asyncio.get_running_loop()
         while not events:
-            try:
-                async with asyncio.timeout(self.limits.stream_idle_timeout):
-                    data = await upstream.channel.read()
-            except ChannelClosed as exc:
-                raise _Lost(answered, f"upstream reset: {exc}") from None
-            except TimeoutError:
-                raise _Lost(answered, "upstream idle timeout") from None
+            deadline = loop.time() + limit
+            while True:
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        data = await upstream.channel.read()
+                    break
+                except ChannelClosed as exc:
+                    raise _Lost(answered, f"upstream reset: {exc}") from None
+                except TimeoutError:
+                    deadline = self._active + limit  # a request body still moving keeps the stream alive
+                    if deadline <= loop.time():
+                        raise _Lost(answered, "upstream idle timeout", Reply(504, TIMEOUT, "UT")) from None
             if not data:
                 return ("eof", b"")
             try:
                 events.extend(upstream.parser.feed(data))
             except BadMessage as exc:
-                raise _Lost(answered, f"malformed response: {exc}") from None
+                raise _Lost(answered, f"malformed response: {exc}", Reply(502, PROTOCOL_ERROR, "UPE")) from None
         return events.popleft()
 
     async def _relay_response(self, exchange: Exchange, upstream: Upstream) -> tuple[bool, bool]:
@@ -404,14 +492,17 @@ class Session:
                 assert isinstance(value, Head)
                 response = value
                 status = response.status
+                if status == 101 and not head.upgrade:
+                    raise _Lost(answered, "101 to a request without Upgrade", Reply(502, PROTOCOL_ERROR, "UPE"))
                 if status == 101 or (head.method == "CONNECT" and 200 <= status < 300):
                     exchange.status = status
                     down.send(_response_head(response, head, "upgrade", keep))
                     answered = True
                     await self._upgraded(exchange, upstream, head.method == "CONNECT")
                     return False, False
-                if status < 200:  # 100 Continue and other interim answers go on as they are
-                    down.send(_response_head(response, head, "none", keep))
+                if status < 200:  # 100 Continue and other interim answers go on, to HTTP/1.1 clients only
+                    if head.version == "1.1":  # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client
+                        down.send(_response_head(response, head, "none", keep))
                     continue
                 exchange.status = status
                 if head.upgrade:
@@ -429,6 +520,7 @@ class Session:
             elif kind == "body":
                 assert isinstance(value, bytes)
                 exchange.response_bytes += len(value)
+                self._active = asyncio.get_running_loop().time()
                 down.send(chunk(value) if framing == "chunked" else value)
                 try:
                     await down.drain()
@@ -450,20 +542,30 @@ class Session:
                         return keep, False
                 raise _Lost(answered, "upstream closed before the response ended")
 
+    def _plain(self, head: Head) -> None:
+        """Serve an upgrade request as the HTTP/1.1 request it also is, when the proxy cannot switch it: h2c (as
+        Envoy, which does not take it either), or one with a body (llhttp would take the body for the new
+        protocol's bytes). `Upgrade` and what `Connection` names (`HTTP2-Settings`) are not forwarded; its body
+        and what follows are parsed again."""
+        raw = b"".join(value for kind, value in self.events if kind == "raw" and isinstance(value, bytes))
+        self.events.clear()  # llhttp's end of the message, reported with its head, and the raw bytes
+        head.upgrade = False
+        self.parser.resume_plain(head)
+        self.down.unread(raw)
+
     def _upgrade_refused(self) -> None:
         """An upgrade answered without a switch: the client may go on with plain requests. llhttp stopped at the
-        upgrade, so a fresh parser takes what the client sent after it."""
-        raw = [value for kind, value in self.events if kind == "raw"]
+        upgrade, so a fresh parser takes what the client sent after it, when the next request is read (a bad
+        one is then answered 400 like any other)."""
+        raw = b"".join(value for kind, value in self.events if kind == "raw" and isinstance(value, bytes))
         self.events.clear()
         self.parser = RequestParser(self.limits.max_head)
-        for data in raw:
-            assert isinstance(data, bytes)
-            if data:
-                self.events.extend(self.parser.feed(data))
+        self.down.unread(raw)
 
     async def _upgraded(self, exchange: Exchange, upstream: Upstream, connect: bool) -> None:
         """Relay raw bytes both ways (WebSocket, CONNECT) until both ends are done."""
         down, up = self.down, upstream.channel
+        down.lost_hook = None  # each direction ends on its own now
         for kind, value in list(self.events):
             if kind == "raw" and value:
                 assert isinstance(value, bytes)
@@ -522,7 +624,16 @@ class _Handback(Exception):
         self.data = data
 
 
-_REASON_TEXT = {400: "bad request", 408: "request timeout", 431: "request header fields too large"}
+_REASON_TEXT = {
+    400: "bad request",
+    408: "request timeout",
+    431: "request header fields too large",
+    501: "not implemented",
+}
+
+
+def _upgrade_tokens(head: Head) -> set[bytes]:
+    return {token.strip().lower() for value in head.values(b"upgrade") for token in value.split(b",")}
 
 
 def _request_head(exchange: Exchange) -> bytes:
@@ -533,6 +644,9 @@ def _request_head(exchange: Exchange) -> bytes:
     if head.upgrade and head.method != "CONNECT":
         lines.append(b"connection: upgrade\r\n")
         lines.extend(b"upgrade: " + v + b"\r\n" for v in head.values(b"upgrade"))
+    if any(token.strip().lower() == b"trailers" for value in head.values(b"te") for token in value.split(b",")):
+        # The client takes trailers, and so does this proxy (re-chunked to it): the upstream may send them.
+        lines.append(b"te: trailers\r\nconnection: te\r\n")
     if head.chunked:
         lines.append(b"transfer-encoding: chunked\r\n")
     lines.append(b"\r\n")

@@ -6,7 +6,8 @@ endpoint's node; for an endpoint of this node, a TCP connection to its app. Open
 request to the same endpoint from the same source, for at most `idle_timeout`. That is shorter than the
 destination's keep-alive timeout (`session.Limits.idle_timeout`), so it is almost always this side that
 closes an idle connection, never the other while a request is on its way (the session retries that case
-once anyway). A connection that ended or received bytes while idle is never handed out.
+once anyway, for a bodiless idempotent request). A connection that ended or received bytes while idle is never
+handed out.
 """
 
 from __future__ import annotations
