@@ -31,7 +31,7 @@ from ztunnel.config.state import ConfigState
 from ztunnel.identity.manager import IdentityManager
 from ztunnel.inpod.client import ZdsClient
 from ztunnel.inpod.manager import WorkloadManager
-from ztunnel.l7.session import Limits
+from ztunnel.l7.exchange import Limits
 from ztunnel.l7.upstreams import IDLE_TIMEOUT, UpstreamPool
 from ztunnel.metrics import DEFAULT_CLUSTER, Metrics
 from ztunnel.observe.accesslog import ACCESS_LOG

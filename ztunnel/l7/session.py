@@ -31,113 +31,34 @@ import asyncio
 import logging
 import time
 from collections import deque
-from dataclasses import dataclass, field
-from typing import Protocol
 
 from ztunnel.l7.channel import Channel, ChannelClosed
+from ztunnel.l7.exchange import (
+    IDEMPOTENT,
+    PROTOCOL_ERROR,
+    TERMINATION,
+    TIMEOUT,
+    Exchange,
+    Limits,
+    Reply,
+    Router,
+    Upstream,
+    UpstreamFailed,
+)
+from ztunnel.l7.heads import request_head, response_head, upgrade_tokens
 from ztunnel.l7.messages import (
     H2_PREFACE,
     BadMessage,
     Event,
     Head,
-    Headers,
     RequestParser,
     ResponseParser,
     chunk,
-    end_to_end,
     last_chunk,
     local_response,
 )
 
 log = logging.getLogger(__name__)
-CONNECT_FAILURE = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
-TERMINATION = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
-PROTOCOL_ERROR = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
-TIMEOUT = "upstream request timeout"
-IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
-"""RFC 9110 9.2.2: the methods a proxy may send again after a connection failed under them."""
-
-
-@dataclass(slots=True)
-class Limits:
-    max_head: int = 60 * 1024
-    """Bytes of a request's line and headers (Envoy's default: 60 KiB); over it: 431."""
-    header_timeout: float = 10.0
-    """From a request's first byte to its complete head; over it: 408 (slowloris)."""
-    idle_timeout: float = 60.0
-    """A keep-alive connection with no request for this long is closed."""
-    stream_idle_timeout: float = 300.0
-    """No byte either way for this long during a request (Envoy's default): the request fails."""
-    linger_timeout: float = 2.0
-    """After an answer that ends the connection while the client is still sending: how long its bytes are
-    read and dropped before the close, so that it reads the answer rather than a reset."""
-
-
-@dataclass(slots=True)
-class Reply:
-    """An answer the proxy gives itself; `flags` are Envoy's response flags, `detail` goes to the log."""
-
-    status: int
-    body: str
-    flags: str = "-"
-    detail: str = ""
-
-
-class UpstreamFailed(Exception):
-    """The router could not give an upstream: answered with `reply`."""
-
-    def __init__(self, reply: Reply) -> None:
-        super().__init__(reply.detail or reply.body)
-        self.reply = reply
-
-
-@dataclass(slots=True)
-class Upstream:
-    """A connection to an upstream that carries HTTP/1.1 requests one at a time, kept alive between them."""
-
-    channel: Channel
-    address: str
-    key: object = None
-    """The router's pool key."""
-    reused: bool = False
-    parser: ResponseParser = field(default_factory=ResponseParser)
-    events: deque[Event] = field(default_factory=deque)
-
-
-@dataclass(slots=True)
-class Exchange:
-    """One request and what became of it: the record metrics and the access log are made from."""
-
-    head: Head
-    started: float = field(default_factory=time.time)
-    clock: float = field(default_factory=time.perf_counter)
-    status: int = 0
-    flags: str = "-"
-    request_bytes: int = 0
-    response_bytes: int = 0
-    duration_ms: float = 0.0
-    upstream: str = ""
-    detail: str = ""
-    target: object = None
-    """What the router chose for this request (an endpoint, a decision); its own business."""
-    extra: list[bytes] = field(default_factory=list)
-    """Header lines the router adds to the forwarded request."""
-    drop: frozenset[bytes] = frozenset()
-    """Header names (lowercase) the router replaces: not forwarded as received."""
-
-
-class Router(Protocol):
-    def admit(self, exchange: Exchange) -> Reply | None:
-        """Decide the request: None forwards it (the choice kept in `exchange.target`), a Reply answers it."""
-        ...
-
-    async def connect(self, exchange: Exchange, fresh: bool) -> Upstream:
-        """An upstream for the request (`fresh`: not a kept-alive one); raises UpstreamFailed."""
-        ...
-
-    def release(self, upstream: Upstream, reusable: bool) -> None: ...
-
-    def done(self, exchange: Exchange) -> None: ...
 
 
 class _Lost(Exception):
@@ -277,7 +198,7 @@ class Session:
     # ----- one request -----
 
     async def _exchange(self, head: Head) -> bool:
-        if head.upgrade and head.method != "CONNECT" and (head.has_body or _upgrade_tokens(head) == {b"h2c"}):
+        if head.upgrade and head.method != "CONNECT" and (head.has_body or upgrade_tokens(head) == {b"h2c"}):
             self._plain(head)
         exchange = Exchange(head)
         reply = self.router.admit(exchange)
@@ -376,7 +297,7 @@ class Session:
         upstream.parser.expect(head.method)
         self._active = asyncio.get_running_loop().time()
         down.lost_hook = up.abort  # the client left: the upstream stops at once, not when it next writes
-        up.send(_request_head(exchange))
+        up.send(request_head(exchange))
         pump: asyncio.Task[None] | None = None
         if head.has_body:
             pump = asyncio.get_running_loop().create_task(self._pump_request(exchange, up))
@@ -496,13 +417,13 @@ class Session:
                     raise _Lost(answered, "101 to a request without Upgrade", Reply(502, PROTOCOL_ERROR, "UPE"))
                 if status == 101 or (head.method == "CONNECT" and 200 <= status < 300):
                     exchange.status = status
-                    down.send(_response_head(response, head, "upgrade", keep))
+                    down.send(response_head(response, head, "upgrade", keep))
                     answered = True
                     await self._upgraded(exchange, upstream, head.method == "CONNECT")
                     return False, False
                 if status < 200:  # 100 Continue and other interim answers go on, to HTTP/1.1 clients only
                     if head.version == "1.1":  # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client
-                        down.send(_response_head(response, head, "none", keep))
+                        down.send(response_head(response, head, "none", keep))
                     continue
                 exchange.status = status
                 if head.upgrade:
@@ -515,7 +436,7 @@ class Session:
                     framing = "chunked"
                 else:
                     framing, keep = "close", False
-                down.send(_response_head(response, head, framing, keep))
+                down.send(response_head(response, head, framing, keep))
                 answered = True
             elif kind == "body":
                 assert isinstance(value, bytes)
@@ -630,45 +551,3 @@ _REASON_TEXT = {
     431: "request header fields too large",
     501: "not implemented",
 }
-
-
-def _upgrade_tokens(head: Head) -> set[bytes]:
-    return {token.strip().lower() for value in head.values(b"upgrade") for token in value.split(b",")}
-
-
-def _request_head(exchange: Exchange) -> bytes:
-    head = exchange.head
-    lines = [b"%b %b HTTP/1.1\r\n" % (head.method.encode("latin-1"), head.target.encode("latin-1"))]
-    lines.extend(end_to_end(head, exchange.drop))
-    lines.extend(exchange.extra)
-    if head.upgrade and head.method != "CONNECT":
-        lines.append(b"connection: upgrade\r\n")
-        lines.extend(b"upgrade: " + v + b"\r\n" for v in head.values(b"upgrade"))
-    if any(token.strip().lower() == b"trailers" for value in head.values(b"te") for token in value.split(b",")):
-        # The client takes trailers, and so does this proxy (re-chunked to it): the upstream may send them.
-        lines.append(b"te: trailers\r\nconnection: te\r\n")
-    if head.chunked:
-        lines.append(b"transfer-encoding: chunked\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-def _response_head(response: Head, request: Head, framing: str, keep: bool) -> bytes:
-    lines = [b"HTTP/1.1 %d %b\r\n" % (response.status, response.reason.encode("latin-1"))]
-    lines.extend(end_to_end(response))
-    if framing == "upgrade":
-        if response.status == 101:
-            lines.append(b"connection: upgrade\r\n")
-            lines.extend(b"upgrade: " + v + b"\r\n" for v in response.values(b"upgrade"))
-    elif framing == "chunked":
-        lines.append(b"transfer-encoding: chunked\r\n")
-    if response.status >= 200 and framing != "upgrade":
-        if not keep:
-            lines.append(b"connection: close\r\n")
-        elif request.version == "1.0":
-            lines.append(b"connection: keep-alive\r\n")
-    lines.append(b"\r\n")
-    return b"".join(lines)
-
-
-Trailers = Headers

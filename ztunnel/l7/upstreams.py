@@ -16,7 +16,7 @@ import asyncio
 from collections.abc import Hashable
 
 from ztunnel.l7.channel import Channel
-from ztunnel.l7.session import Upstream
+from ztunnel.l7.exchange import Upstream
 
 IDLE_TIMEOUT = 15.0
 MAX_IDLE_PER_KEY = 32

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 from meshlet_contracts.identity import IdentityError, parse_spiffe_id
 from ztunnel.identity.manager import IdentityManager
-from ztunnel.l7.session import Limits
+from ztunnel.l7.exchange import Limits
 from ztunnel.l7.upstreams import UpstreamPool
 from ztunnel.metrics import DEFAULT_CLUSTER, UNKNOWN, Metrics, Peer, canonical_revision, canonical_service
 from ztunnel.proxy.limits import HboneLimits, PeerLoad

@@ -12,9 +12,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ztunnel.l7.authz import Request
+from ztunnel.l7.exchange import Exchange, Reply
 from ztunnel.l7.messages import Head
 from ztunnel.l7.paths import normalize
-from ztunnel.l7.session import Exchange, Reply
 from ztunnel.metrics import Metrics, Peer, request_labels
 from ztunnel.observe.accesslog import ACCESS_LOG, RequestRecord
 from ztunnel.observe.trace import TraceContext, child, parse, request_id

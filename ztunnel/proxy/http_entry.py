@@ -10,7 +10,8 @@ given back with what was read, to be replayed to the L4 relay's upstream first.
 from __future__ import annotations
 
 from ztunnel.l7.channel import Channel
-from ztunnel.l7.session import Router, Session
+from ztunnel.l7.exchange import Router
+from ztunnel.l7.session import Session
 from ztunnel.proxy.context import ProxyContext
 from ztunnel.proxy.relay import Side, Tunnel
 

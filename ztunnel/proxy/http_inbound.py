@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 
 from ztunnel.l7.authz import authorize_connection, authorize_request, has_http_rules
-from ztunnel.l7.session import CONNECT_FAILURE, Exchange, Reply, Upstream, UpstreamFailed
+from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Reply, Upstream, UpstreamFailed
 from ztunnel.l7.upstreams import new_upstream
 from ztunnel.metrics import Peer
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of

@@ -23,7 +23,7 @@ import ssl
 from ztunnel.identity.manager import IdentityError
 from ztunnel.l7.authz import authorize_request
 from ztunnel.l7.channel import Channel
-from ztunnel.l7.session import CONNECT_FAILURE, Exchange, Reply, Upstream, UpstreamFailed
+from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Reply, Upstream, UpstreamFailed
 from ztunnel.metrics import Labels, Metrics, tcp_labels
 from ztunnel.proxy.connect import StreamRefused, open_stream
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of

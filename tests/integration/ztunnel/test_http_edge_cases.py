@@ -25,7 +25,8 @@ from hypothesis import strategies as st
 from tests.conftest import until
 from tests.integration.ztunnel.test_http_session import app_port, proxy, raw_exchange
 from ztunnel.l7.channel import Channel
-from ztunnel.l7.session import Exchange, Limits, Reply, Session, Upstream
+from ztunnel.l7.exchange import Exchange, Limits, Reply, Upstream
+from ztunnel.l7.session import Session
 
 pytestmark = pytest.mark.asyncio
 __all__ = ["app_port"]  # the fixture, shared with test_http_session

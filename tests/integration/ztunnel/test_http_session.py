@@ -25,7 +25,8 @@ import wsproto.events
 
 from tests.conftest import wait_for
 from ztunnel.l7.channel import Channel
-from ztunnel.l7.session import Exchange, Limits, Reply, Session, Upstream, UpstreamFailed
+from ztunnel.l7.exchange import Exchange, Limits, Reply, Upstream, UpstreamFailed
+from ztunnel.l7.session import Session
 from ztunnel.l7.upstreams import UpstreamPool, new_upstream
 from ztunnel.proxy.relay import TcpSide
 
