@@ -88,10 +88,12 @@ def authorize_request(
     conn: Connection,
     request: Request,
     root_namespace: str,
+    peer: Peer | None = None,
 ) -> Decision:
     """Whether `request`, arriving on `conn`, may reach the workload (`namespace`, `labels`); `audit` is set
-    when an AUDIT policy matches it."""
-    peer = Peer.of(conn)
+    when an AUDIT policy matches it. `peer` is `Peer.of(conn)` when the caller keeps it (one per connection:
+    parsing its addresses is most of the cost of a decision)."""
+    peer = peer if peer is not None else Peer.of(conn)
     selected = applicable(policies, namespace, labels, root_namespace)
     strict, lenient = _Context.of(peer, request, False), _Context.of(peer, request, True)
     audit = any(_policy_matches(p, lenient) is True for p in selected if p.action == "AUDIT")

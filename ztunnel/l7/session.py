@@ -59,6 +59,8 @@ from ztunnel.l7.messages import (
 )
 
 log = logging.getLogger(__name__)
+FLUSH_BYTES = 64 * 1024
+"""Response bytes gathered for one write to the client at most: more is written at once (bodies stream)."""
 
 
 class _Lost(Exception):
@@ -155,8 +157,11 @@ class Session:
         while not events:
             if self.parser.failed is not None:  # after the requests that came before it were answered
                 raise self.parser.failed
-            async with asyncio.timeout(timeout):
+            if self.down.buffered:  # ready: no wait, so no timer to arm (most reads of a busy connection)
                 data = await self.down.read()
+            else:
+                async with asyncio.timeout(timeout):
+                    data = await self.down.read()
             if not data:
                 return None
             if self._first is not None:
@@ -380,6 +385,12 @@ class Session:
         while not events:
             deadline = loop.time() + limit
             while True:
+                if upstream.channel.buffered:  # ready: read without arming a timer
+                    try:
+                        data = await upstream.channel.read()
+                    except ChannelClosed as exc:
+                        raise _Lost(answered, f"upstream reset: {exc}") from None
+                    break
                 try:
                     async with asyncio.timeout_at(deadline):
                         data = await upstream.channel.read()
@@ -399,15 +410,22 @@ class Session:
         return events.popleft()
 
     async def _relay_response(self, exchange: Exchange, upstream: Upstream) -> tuple[bool, bool]:
-        """Stream the response down; returns (keep the downstream, reuse the upstream)."""
+        """Stream the response down; returns (keep the downstream, reuse the upstream). What is ready goes down in
+        one write, before waiting for more from the upstream: a small response (head, body, end) costs the client
+        side one write and one wake-up, not three."""
         head, down = exchange.head, self.down
         keep = head.keep_alive
         framing = "none"
         answered = False
         response: Head | None = None
+        out: list[bytes] = []
+        pending = 0
         while True:
             if down.lost:
                 raise _ClientGone("client closed before the response ended")
+            if out and (not upstream.events or pending >= FLUSH_BYTES):
+                await self._flush(out)
+                pending = 0
             kind, value = await self._up_event(upstream, answered)
             if kind == "head":
                 assert isinstance(value, Head)
@@ -417,13 +435,15 @@ class Session:
                     raise _Lost(answered, "101 to a request without Upgrade", Reply(502, PROTOCOL_ERROR, "UPE"))
                 if status == 101 or (head.method == "CONNECT" and 200 <= status < 300):
                     exchange.status = status
-                    down.send(response_head(response, head, "upgrade", keep))
+                    out.append(response_head(response, head, "upgrade", keep))
+                    await self._flush(out)
                     answered = True
                     await self._upgraded(exchange, upstream, head.method == "CONNECT")
                     return False, False
                 if status < 200:  # 100 Continue and other interim answers go on, to HTTP/1.1 clients only
                     if head.version == "1.1":  # RFC 9110 15.2: never a 1xx to an HTTP/1.0 client
-                        down.send(response_head(response, head, "none", keep))
+                        out.append(response_head(response, head, "none", keep))
+                        await self._flush(out)  # the client may be waiting for it before sending the body
                     continue
                 exchange.status = status
                 if head.upgrade:
@@ -436,32 +456,41 @@ class Session:
                     framing = "chunked"
                 else:
                     framing, keep = "close", False
-                down.send(response_head(response, head, framing, keep))
+                out.append(response_head(response, head, framing, keep))
                 answered = True
             elif kind == "body":
                 assert isinstance(value, bytes)
                 exchange.response_bytes += len(value)
+                pending += len(value)
                 self._active = asyncio.get_running_loop().time()
-                down.send(chunk(value) if framing == "chunked" else value)
-                try:
-                    await down.drain()
-                except ChannelClosed:
-                    raise _ClientGone("client closed during the response") from None
+                out.append(chunk(value) if framing == "chunked" else value)
             elif kind == "end":
                 if response is None or response.status < 200:
                     continue  # the end of an interim response
                 if framing == "chunked":
                     assert isinstance(value, list)
-                    down.send(last_chunk(value))
+                    out.append(last_chunk(value))
+                await self._flush(out)
                 return keep, response.keep_alive
             else:  # eof
                 if response is not None and response.status >= 200 and framing in ("chunked", "close"):
                     if response.content_length is None and not response.chunked:
                         # A close-delimited response ends with its connection.
                         if framing == "chunked":
-                            down.send(last_chunk([]))
+                            out.append(last_chunk([]))
+                        await self._flush(out)
                         return keep, False
                 raise _Lost(answered, "upstream closed before the response ended")
+
+    async def _flush(self, out: list[bytes]) -> None:
+        """Write what is ready to the client in one piece, then wait while its side is over its buffer limit."""
+        if out:
+            self.down.send(out[0] if len(out) == 1 else b"".join(out))
+            out.clear()
+        try:
+            await self.down.drain()
+        except ChannelClosed:
+            raise _ClientGone("client closed during the response") from None
 
     def _plain(self, head: Head) -> None:
         """Serve an upgrade request as the HTTP/1.1 request it also is, when the proxy cannot switch it: h2c (as

@@ -12,7 +12,9 @@ applies from the next request: each reads the index current when it arrives.
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
+from meshlet_contracts.policy import AuthorizationPolicy
 from ztunnel.l7.authz import authorize_connection, authorize_request, has_http_rules
 from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Reply, Upstream, UpstreamFailed
 from ztunnel.l7.upstreams import new_upstream
@@ -20,7 +22,8 @@ from ztunnel.metrics import Peer
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
 from ztunnel.proxy.delivery import deliver
 from ztunnel.proxy.http_common import BAD_PATH, DENIED, Call, begin, normalize_target, record, request_of
-from ztunnel.rbac import Connection
+from ztunnel.rbac import Connection, applicable
+from ztunnel.rbac import Peer as Attributes
 from ztunnel.state.mesh import MeshIndex
 
 log = logging.getLogger(__name__)
@@ -40,23 +43,38 @@ class InboundHttp:
         self.direction = direction
         self.app: Upstream | None = None
         self._denials_logged = 0
+        self._peer = Attributes.of(conn)
+        """The connection's attributes as rules compare them (parsed addresses), once per connection."""
+        self._index: MeshIndex | None = None
+        self._selected: list[AuthorizationPolicy] = []
+        self._labels: Mapping[str, str] = {}
+        self._destination = Peer()
+
+    def _policies(self, index: MeshIndex) -> list[AuthorizationPolicy]:
+        """The policies that apply to the pod, and its labels, worked out once per config version."""
+        if index is not self._index:
+            ctx, pod = self.ctx, self.pod
+            workload = index.workloads.get(pod.uid)
+            self._labels = workload.labels if workload is not None else {}
+            self._selected = applicable(index.policies.authorization, pod.namespace, self._labels, ctx.root_namespace)
+            self._destination = peer_of(workload, pod.identity, ctx.metrics.cluster)
+            self._index = index
+        return self._selected
 
     def admit(self, exchange: Exchange) -> Reply | None:
         ctx, pod = self.ctx, self.pod
         call = begin(exchange, self.source)
-        index = ctx.index  # the current version: a policy change applies to the next request
-        workload = index.workloads.get(pod.uid)
-        call.destination = peer_of(workload, pod.identity, ctx.metrics.cluster)
         call.mutual_tls = self.mutual_tls
         if not normalize_target(exchange.head):
             return BAD_PATH
+        selected = self._policies(ctx.index)  # the current version: a policy change applies to the next request
+        call.destination = self._destination
+        if not selected:  # nothing to decide: no request attribute can change that
+            ctx.metrics.decisions[(self.direction, "allow")] += 1
+            call.decision = "allow"
+            return None
         verdict = authorize_request(
-            index.policies.authorization,
-            pod.namespace,
-            workload.labels if workload is not None else {},
-            self.conn,
-            request_of(exchange.head),
-            ctx.root_namespace,
+            selected, pod.namespace, self._labels, self.conn, request_of(exchange.head), ctx.root_namespace, self._peer
         )
         ctx.metrics.decisions[(self.direction, "allow" if verdict.allowed else "deny")] += 1
         call.note(verdict)

@@ -24,7 +24,7 @@ from ztunnel.identity.manager import IdentityError
 from ztunnel.l7.authz import authorize_request
 from ztunnel.l7.channel import Channel
 from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Reply, Upstream, UpstreamFailed
-from ztunnel.metrics import Labels, Metrics, tcp_labels
+from ztunnel.metrics import Labels, Metrics, Peer, tcp_labels
 from ztunnel.proxy.connect import StreamRefused, open_stream
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
 from ztunnel.proxy.delivery import deliver
@@ -50,12 +50,16 @@ class OutboundHttp:
         self.ip = ip
         self.port = port
         self.source = peer_of(index.workloads.get(pod.uid), pod.identity, ctx.metrics.cluster)
+        self._peers: dict[str, Peer] = {}
+        """Endpoints' metric labels by IP, for the index version in `self.index` (a handful per connection)."""
 
     def admit(self, exchange: Exchange) -> Reply | None:
         ctx = self.ctx
         call = begin(exchange, self.source)
         # The current config for each request: endpoints that came or went since the connection opened count.
-        index = self.index = ctx.index
+        index = ctx.index
+        if index is not self.index:
+            self.index, self._peers = index, {}
         decision = route(index, ctx.pods, self.ip, self.port)
         if isinstance(decision, Refuse):
             ctx.metrics.errors[("outbound", decision.reason)] += 1
@@ -65,10 +69,13 @@ class OutboundHttp:
         up = decision.upstream
         call.route = decision
         call.service = (up.service.namespace, up.service.name) if up.service is not None else None
-        call.destination = peer_of(up.workload, None, ctx.metrics.cluster)
+        destination = self._peers.get(up.ip)
+        if destination is None:
+            principal = decision.identity if isinstance(decision, Local) else None
+            destination = self._peers[up.ip] = peer_of(up.workload, principal, ctx.metrics.cluster)
+        call.destination = destination
         call.mutual_tls = not isinstance(decision, Passthrough)
         if isinstance(decision, Local):
-            call.destination = peer_of(up.workload, decision.identity, ctx.metrics.cluster)
             return self._authorize_local(exchange, call, decision)
         return None
 
