@@ -1,7 +1,9 @@
 """The lab as the benchmark uses it: through the `meshlet lab` CLI, as a user would.
 
 Only the node proxies' PIDs come from elsewhere, the lab's state file (`lab.json`, `processes`), because
-no command prints them; their CPU time and RSS are read from /proc like `ps` would.
+no command prints them; their CPU time and RSS are read from /proc like `ps` would. Their request counts
+(`istio_requests_total`, which only the L7 path records) are scraped from each node's ztunnel `/metrics`
+with curl in the node's netns, as Prometheus would.
 """
 
 from __future__ import annotations
@@ -16,8 +18,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from meshlet.lab.scrape import samples
+
 MESHLET = str(Path(sys.executable).with_name("meshlet"))
 """The CLI of the venv running the benchmark."""
+
+ZTUNNEL_METRICS = "http://127.0.0.1:15020/metrics"
+"""ztunnel's Prometheus endpoint, from inside its node's netns (ztunnel's default --metrics)."""
 
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -44,16 +51,19 @@ class Pod:
 class Lab:
     """One lab id, driven with `meshlet lab --id ID ...`."""
 
-    def __init__(self, lab_id: str) -> None:
+    def __init__(self, lab_id: str, ztunnel_args: tuple[str, ...] = ()) -> None:
         self.lab_id = lab_id
+        self.ztunnel_args = ztunnel_args
+        """Extra ztunnel flags for every `up` (`lab up --ztunnel-arg`), e.g. the upstream pool's idle timeout."""
 
     def _cli(self, *args: str) -> list[str]:
         return [MESHLET, "lab", "--id", self.lab_id, *args]
 
     def up(self, redirect: str) -> None:
         """`lab up --nodes 2 --pods-per-node 2 --redirect REDIRECT`; LabError with the CLI's message if refused."""
+        extra = [f"--ztunnel-arg={arg}" for arg in self.ztunnel_args]  # `=`: a value may start with '-'
         proc = subprocess.run(
-            self._cli("up", "--nodes", "2", "--pods-per-node", "2", "--redirect", redirect),
+            self._cli("up", "--nodes", "2", "--pods-per-node", "2", "--redirect", redirect, *extra),
             capture_output=True,
             text=True,
             timeout=180,
@@ -114,6 +124,25 @@ class Lab:
         if not pids:
             raise BenchError(f"lab {self.lab_id!r} runs no ztunnel (lab.json lists none)")
         return dict(sorted(pids.items()))
+
+    def requests_by_reporter(self, node: str) -> dict[str, float]:
+        """{reporter: requests} of `istio_requests_total` on a node's ztunnel, summed over the other labels.
+
+        Only the L7 path counts requests, so an L4 scenario leaves these unchanged."""
+        proc = self.exec(node, ["curl", "-sS", "-f", "--max-time", "5", ZTUNNEL_METRICS], timeout=30)
+        if proc.returncode != 0:
+            raise BenchError(f"{ZTUNNEL_METRICS} on {node}: {proc.stderr.strip()[-200:]}")
+        return requests_by_reporter(proc.stdout)
+
+
+def requests_by_reporter(text: str) -> dict[str, float]:
+    """{reporter: requests} from Prometheus text: the sum of `istio_requests_total` samples per reporter."""
+    out: dict[str, float] = {}
+    for name, labels, value in samples(text):
+        if name == "istio_requests_total":
+            reporter = labels.get("reporter", "")
+            out[reporter] = out.get(reporter, 0.0) + value
+    return out
 
 
 def stop(proc: subprocess.Popen[str], timeout: float = 10.0) -> None:

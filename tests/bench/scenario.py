@@ -2,7 +2,9 @@
 
 A scenario is a client pod, the address it calls and the node proxies on the way (none for direct).
 Every workload runs in the client pod's netns through `meshlet lab exec`; the proxies' CPU time is read
-before and after each wrk run, their RSS when idle and while holding many open idle connections.
+before and after each wrk run, their RSS when idle and while holding many open idle connections. For
+meshlet, the requests each ztunnel counted (`istio_requests_total` by reporter: only L7 counts) during
+the wrk runs show which path served them: E's on both reporters, none for C and D.
 Results are plain JSON-ready dicts (report.py reads them by key).
 """
 
@@ -153,18 +155,45 @@ def run_hold(lab: Lab, sc: Scenario, count: int, settle: float = 1.0) -> dict[st
     }
 
 
+def _l7_requests(lab: Lab, sc: Scenario) -> dict[str, dict[str, float]] | None:
+    """{node: {reporter: requests}} of the ztunnels on the path; None without ztunnels or when a scrape fails."""
+    if not sc.proxies or sc.key not in "CDE":  # only meshlet's node proxies serve istio_requests_total
+        return None
+    try:
+        return {node: lab.requests_by_reporter(node) for node in sc.proxies}
+    except BenchError:
+        return None
+
+
+def l7_delta(before: dict[str, dict[str, float]] | None, after: dict[str, dict[str, float]] | None) -> Any:
+    """{node: {reporter: requests counted between the two scrapes}}, None when either is missing."""
+    if before is None or after is None:
+        return None
+    return {
+        node: {rep: n - before.get(node, {}).get(rep, 0.0) for rep, n in sorted(counts.items())}
+        for node, counts in after.items()
+    }
+
+
 def measure(lab: Lab, sc: Scenario, settings: Settings, say: Say) -> dict[str, Any]:
     """Every workload once, in a fixed order (load first, then the held connections)."""
     started = time.monotonic()
     result: dict[str, Any] = {"title": sc.title, "client": sc.client, "url": sc.url(""), "proxies": dict(sc.proxies)}
     ready(lab, sc)
     result["rss_idle_kb"] = _rss(sc)
+    counted = _l7_requests(lab, sc)
     say(f"{sc.key}: warm-up")
-    run_wrk(lab, sc, 16, 1.0)
+    warm = run_wrk(lab, sc, 16, 1.0)
     say(f"{sc.key}: wrk c=1, {settings.duration:g}s")
     result["c1"] = run_wrk(lab, sc, 1, settings.duration)
     say(f"{sc.key}: wrk c=16, {settings.duration:g}s")
     result["c16"] = run_wrk(lab, sc, 16, settings.duration)
+    if counted is not None:
+        result["l7_requests"] = {
+            "wrk_requests": warm["requests"] + result["c1"]["requests"] + result["c16"]["requests"],
+            "by_node_and_reporter": l7_delta(counted, _l7_requests(lab, sc)),
+        }
+        say(f"{sc.key}: requests seen at L7 (istio_requests_total) during wrk: {result['l7_requests']}")
     say(f"{sc.key}: new connections (Connection: close), c=16, {settings.duration:g}s")
     result["new_connections"] = run_wrk(lab, sc, 16, settings.duration, close=True)
     say(f"{sc.key}: bulk, 100 MB x {settings.bulk_runs} over one connection")

@@ -52,7 +52,6 @@ def test_missing_lab_loads_as_none() -> None:
     assert LabState.load("nope") is None
 
 
-
 def test_ztunnel_args_round_trip_and_an_older_state_file_loads_without_them() -> None:
     lab_dir("z").mkdir(parents=True)
     plan = plan_lab("z", 0, 1, 1, ztunnel_args=("--http-upstream-idle-timeout", "0"))
