@@ -23,12 +23,24 @@ from control.metrics import ControlMetrics
 from control.model.fields import ObjectKey, ValidationError
 from control.model.kube import Namespace, Node, Pod, Service, ServiceAccount
 from control.model.mesh import MeshSettings, MeshState, build_state
+from control.model.routes import HTTPRoute
 from control.model.security import AuthorizationPolicy, PeerAuthentication
+from control.model.traffic import TrafficPolicy, conflicts
 from control.sources.base import SourceBatch
 
 log = logging.getLogger(__name__)
 
-Converted = Namespace | Node | Pod | Service | ServiceAccount | AuthorizationPolicy | PeerAuthentication
+Converted = (
+    Namespace
+    | Node
+    | Pod
+    | Service
+    | ServiceAccount
+    | AuthorizationPolicy
+    | PeerAuthentication
+    | TrafficPolicy
+    | HTTPRoute
+)
 CONVERTERS: Mapping[str, Callable[[Mapping[str, Any]], Converted]] = {
     "Namespace": Namespace.from_k8s,
     "Node": Node.from_k8s,
@@ -37,6 +49,8 @@ CONVERTERS: Mapping[str, Callable[[Mapping[str, Any]], Converted]] = {
     "ServiceAccount": ServiceAccount.from_k8s,
     "AuthorizationPolicy": AuthorizationPolicy.from_k8s,
     "PeerAuthentication": PeerAuthentication.from_k8s,
+    "HTTPRoute": HTTPRoute.from_k8s,
+    "TrafficPolicy": TrafficPolicy.from_k8s,
 }
 
 
@@ -86,6 +100,8 @@ class ConfigStore:
         self._listeners: list[Callable[[], None]] = []
         self._parked: dict[ObjectKey, tuple[dict[str, Any], str]] = {}
         """Objects rejected only for an address another object holds: retried when addresses free up."""
+        self.traffic_conflicts: dict[str, str] = {}
+        """TrafficPolicy `namespace/name` -> why it is not in force (an older one targets the same Service port)."""
 
     def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
         """Call `listener` after every new version; returns the function that unsubscribes."""
@@ -97,6 +113,7 @@ class ConfigStore:
             self._apply_batch(batch)
         self._retry_parked()
         self.synced = True
+        self._report_conflicts()
         new = build_state(self.objects.values(), self.settings)
         if new != self.state:
             self.state = new
@@ -148,6 +165,14 @@ class ConfigStore:
             self.errors[batch.origin] = errors
         elif self.errors.pop(batch.origin, None):
             log.info("%s: all objects valid again", batch.origin)
+
+    def _report_conflicts(self) -> None:
+        """Two TrafficPolicies for one target are both valid, but only the oldest is in force: say so, once."""
+        found = conflicts(o for o in self.objects.values() if isinstance(o, TrafficPolicy))
+        for ref, reason in found.items():
+            if self.traffic_conflicts.get(ref) != reason:
+                log.warning("TrafficPolicy %s: %s", ref, reason)
+        self.traffic_conflicts = found
 
     def _retry_parked(self) -> None:
         """Objects waiting for an address: those whose address is free now come into force."""

@@ -134,7 +134,87 @@ class PeerAuthenticationItem(TypedDict):
     """Port (as a string) -> mode, for the selected workloads only."""
 
 
-ConfigItem = WorkloadItem | ServiceItem | AuthorizationPolicyItem | PeerAuthenticationItem
+class HTTPRouteItem(TypedDict):
+    """`http_routes`, keyed by `namespace/name`: a Gateway API HTTPRoute attached to Services (GAMMA), validated,
+    with control's status per parent; built and read by `meshlet_contracts.routes`, which defines the nested shapes."""
+
+    name: str
+    namespace: str
+    creationTimestamp: str
+    """RFC 3339 UTC, "" when unknown: the older route wins a tie between matches."""
+    parentRefs: list[dict[str, Any]]
+    rules: list[dict[str, Any]]
+    status: list[dict[str, Any]]
+    """Per parentRef: its `Accepted` and `ResolvedRefs` conditions."""
+
+
+# TrafficPolicy items: built and read by `meshlet_contracts.traffic`; the spec in canonical form (defaults filled in,
+# durations normalized), null for an absent section.
+class TargetRefItem(TypedDict):
+    kind: str
+    name: str
+    port: int | None
+
+
+class HttpCookieItem(TypedDict):
+    name: str
+    path: str
+    ttl: str | None
+
+
+class ConsistentHashItem(TypedDict, total=False):
+    """One of the key sources, and one of ringHash / maglev."""
+
+    httpHeaderName: str
+    httpCookie: HttpCookieItem
+    useSourceIp: bool
+    ringHash: dict[str, int]
+    maglev: dict[str, int]
+
+
+class LoadBalancerItem(TypedDict, total=False):
+    simple: str | None
+    consistentHash: ConsistentHashItem
+
+
+class ConnectionPoolItem(TypedDict):
+    tcp: dict[str, int | None]
+    http: dict[str, int | None]
+
+
+class OutlierDetectionItem(TypedDict):
+    consecutive5xxErrors: int
+    consecutiveGatewayErrors: int
+    interval: str
+    baseEjectionTime: str
+    maxEjectionPercent: int
+
+
+class RateLimitItem(TypedDict):
+    requestsPerUnit: int
+    unit: str
+    burst: int
+    perSourceIdentity: bool
+    route: str
+
+
+class TrafficPolicyItem(TypedDict):
+    """`traffic_policies`, keyed by `namespace/name`: meshlet's TrafficPolicy, validated."""
+
+    name: str
+    namespace: str
+    creationTimestamp: str
+    """RFC 3339 UTC, "" when unknown: the older of two policies for one target wins."""
+    targetRef: TargetRefItem
+    loadBalancer: LoadBalancerItem | None
+    connectionPool: ConnectionPoolItem | None
+    outlierDetection: OutlierDetectionItem | None
+    rateLimit: RateLimitItem | None
+
+
+ConfigItem = (
+    WorkloadItem | ServiceItem | AuthorizationPolicyItem | PeerAuthenticationItem | HTTPRouteItem | TrafficPolicyItem
+)
 """An item of any collection of `meshlet_contracts.wire.COLLECTIONS`."""
 
 

@@ -11,7 +11,8 @@ Config stream (a WebSocket at `/v1/config`, JSON text messages):
 - proxy -> control `ack`: {"type": "ack", "version"} or `nack`: {"type": "nack", "version", "error"}.
 `epoch` changes when control restarts; versions count up within an epoch. Collections and their keys:
 workloads by `uid`, services by `namespace/name`, authorization policies and peer authentications by
-`namespace/name`; each item's shape is defined once in `meshlet_contracts.config_items`.
+`namespace/name`, HTTPRoutes (`http_routes`) and TrafficPolicies (`traffic_policies`) by `namespace/name`; each
+item's shape is defined once in `meshlet_contracts.config_items`.
 """
 
 from __future__ import annotations
@@ -45,7 +46,14 @@ __all__ = [
     "spiffe_id",
 ]
 
-COLLECTIONS = ("workloads", "services", "authorization_policies", "peer_authentications")
+COLLECTIONS = (
+    "workloads",
+    "services",
+    "authorization_policies",
+    "peer_authentications",
+    "http_routes",
+    "traffic_policies",
+)
 CONFIG_PATH = "/v1/config"
 CERTIFICATES_PATH = "/v1/certificates"
 

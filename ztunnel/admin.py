@@ -1,6 +1,6 @@
 """ztunnel's own HTTP endpoints, in the node's netns: admin (15000, localhost only), metrics, readiness.
 
-- 15000 `/config_dump`: what this proxy holds (workloads, services, policies, certificates with expiry,
+- 15000 `/config_dump`: what this proxy holds (workloads, services, HTTP routes, policies, certificates with expiry,
   served pods with their listener state, open connections, pooled HBONE connections), and
   `/quitquitquit` (POST): drain and exit, as Envoy and Istio's ztunnel offer;
   `/logging?access=on|off` (POST): switch the JSON access log (`ztunnel.observe.accesslog`) at runtime.
@@ -126,9 +126,11 @@ class Admin:
             },
             "workloads": [_workload(w) for w in sorted(index.workloads.values(), key=lambda w: (w.namespace, w.name))],
             "services": [dict(s) for s in state.items("services").values()],
+            "routes": [dict(r) for r in state.items("http_routes").values()],
             "policies": {
                 "authorization": [dict(p) for p in state.items("authorization_policies").values()],
                 "peerAuthentication": [dict(p) for p in state.items("peer_authentications").values()],
+                "traffic": [dict(p) for p in state.items("traffic_policies").values()],
             },
             "certificates": certs,
             "pods": [

@@ -11,7 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from control.model.kube import Namespace, Pod, Service, ServicePort
+from control.model.routes import HTTPRoute, with_status
 from control.model.security import AuthorizationPolicy, PeerAuthentication
+from control.model.traffic import TrafficPolicy
 from meshlet_contracts.config_items import ConfigItem, EndpointItem, ServiceItem, ServicePortItem, WorkloadItem
 from meshlet_contracts.wire import COLLECTIONS, item_key, spiffe_id
 
@@ -106,7 +108,8 @@ def build_state(objects: Iterable[object], settings: MeshSettings) -> MeshState:
     namespaces: dict[str, Namespace] = {}
     pods: list[Pod] = []
     services: list[Service] = []
-    policies: list[tuple[str, AuthorizationPolicy | PeerAuthentication]] = []
+    http_routes: list[HTTPRoute] = []
+    policies: list[tuple[str, AuthorizationPolicy | PeerAuthentication | TrafficPolicy]] = []
     for obj in objects:
         if isinstance(obj, Namespace):
             namespaces[obj.name] = obj
@@ -118,6 +121,11 @@ def build_state(objects: Iterable[object], settings: MeshSettings) -> MeshState:
             policies.append(("authorization_policies", obj))
         elif isinstance(obj, PeerAuthentication):
             policies.append(("peer_authentications", obj))
+        elif isinstance(obj, HTTPRoute):
+            http_routes.append(obj)
+        elif isinstance(obj, TrafficPolicy):
+            # Every valid policy is sent; the proxy keeps the oldest per target, as control reports.
+            policies.append(("traffic_policies", obj))
     state: MeshState = {c: {} for c in COLLECTIONS}
     live = [p for p in pods if p.phase not in ("Succeeded", "Failed")]
     for pod in live:
@@ -129,6 +137,11 @@ def build_state(objects: Iterable[object], settings: MeshSettings) -> MeshState:
     for collection, policy in policies:
         wire = policy.to_wire()
         state[collection][item_key(collection, wire)] = wire
+    by_key = {f"{s.namespace}/{s.name}": s for s in services}
+    for route in http_routes:
+        # Status depends on the Services: worked out here, so a Service appearing re-resolves its routes.
+        route_item = with_status(route, by_key).to_wire()
+        state["http_routes"][item_key("http_routes", route_item)] = route_item
     return state
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from meshlet.cli import routes
 from meshlet_contracts.protocols import http_ports
 
 Rows = list[dict[str, Any]]
@@ -118,6 +119,7 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                  ("ENDPOINTS", "endpoints")],
     "policies": [("NAMESPACE", "namespace"), ("KIND", "kind"), ("NAME", "name"), ("SELECTOR", "selector"),
                  ("ACTION/MODE", "action")],
+    "routes": routes.COLUMNS,
     "certs": [("IDENTITY", "identity"), ("NOT AFTER", "notAfter"), ("ERROR", "error")],
     "connections": [("ID", "id"), ("DIRECTION", "direction"), ("CONNECTION", "connection"),
                     ("SENT", "sentBytes"), ("RECEIVED", "receivedBytes"), ("AGE S", "ageSeconds")],
@@ -125,6 +127,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
 
 
 def cell(row: dict[str, Any], key: str) -> str:
+    if key in routes.CELL_KEYS:
+        return routes.cell(row, key)
     value = row.get(key)
     if key == "action" and value is None:
         value = row.get("mode")

@@ -12,7 +12,9 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from meshlet.lab import cluster, kernel, processes
+from meshlet.lab import cluster, deploy, kernel, processes
+from meshlet.lab.apps import AppsError
+from meshlet.lab.apps_objects import Obj
 from meshlet.lab.demo import Call, traffic, ztunnel_summary
 from meshlet.lab.plan import REDIRECT_MODES, LabPlan, check_id
 
@@ -93,6 +95,12 @@ def lab(ctx: click.Context, lab_id: str) -> None:
     help="One more argument for every node's ztunnel, after the lab's own (repeat it; e.g. "
     "--ztunnel-arg=--http-upstream-idle-timeout --ztunnel-arg=0).",
 )
+@click.option(
+    "--apps",
+    "apps_file",
+    metavar="FILE",
+    help="Manifests to `lab apply` once the lab is up (Namespaces, Deployments, Services, ServiceAccounts, ...).",
+)
 @click.pass_context
 def up(
     ctx: click.Context,
@@ -103,9 +111,11 @@ def up(
     service_port_name: str,
     service_app_protocol: str,
     ztunnel_args: tuple[str, ...],
+    apps_file: str | None,
 ) -> None:
     """Create the lab (removing any earlier one under the same id first)."""
     _need_root()
+    manifests = _manifests(apps_file, "--apps") if apps_file else []  # read first: a bad file fails before `up`
     started = time.monotonic()
     with progress.status(f"bringing up lab {_lab_id(ctx)!r}: {nodes} nodes x {pods_per_node} pods"):
         state = cluster.up(
@@ -122,7 +132,54 @@ def up(
         f"lab [bold]{state.plan.lab_id}[/bold] up in {time.monotonic() - started:.1f}s: "
         f"{len(state.plan.nodes)} nodes, {len(state.plan.pods)} pods; store {state.store}"
     )
+    if manifests:
+        _run_apps(state.plan.lab_id, manifests)
     _print_status(cluster.status(state.plan.lab_id))
+
+
+def _manifests(path: str, hint: str) -> list[Obj]:
+    try:
+        return deploy.read_manifests(path)
+    except (OSError, AppsError) as exc:
+        raise click.BadParameter(str(exc), param_hint=hint) from exc
+
+
+def _run_apps(lab_id: str, manifests: list[Obj], delete: bool = False) -> None:
+    """Apply (or delete) the manifests, printing one line per object as kubectl does; exit 1 when some
+    object to delete was not there (as kubectl does)."""
+    try:
+        change = deploy.delete(lab_id, manifests) if delete else deploy.apply(lab_id, manifests)
+    except (AppsError, cluster.LabError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    for line in change.results:
+        click.echo(line)
+    if any(line.endswith(" not found") for line in change.results):
+        sys.exit(1)
+
+
+@lab.command("apply")
+@click.option("-f", "--filename", "path", required=True, help="YAML manifests (`-` reads stdin).")
+@click.pass_context
+def apply_(ctx: click.Context, path: str) -> None:
+    """Create or update objects from manifests, the way `kubectl apply` does.
+
+    \b
+    Deployments become lab pods (netns running the sample app) named
+    <deployment>-<pod-template-hash>-<id>, spread over the nodes; Services get
+    a ClusterIP from the lab's range; other kinds (HTTPRoute, ...) are stored
+    for control. Applying the same file again changes nothing.
+    """
+    _need_root()
+    _run_apps(_lab_id(ctx), _manifests(path, "-f"))
+
+
+@lab.command("delete")
+@click.option("-f", "--filename", "path", required=True, help="YAML manifests (`-` reads stdin).")
+@click.pass_context
+def delete_(ctx: click.Context, path: str) -> None:
+    """Delete the objects the manifests name (a Deployment with its pods, a Namespace with its objects)."""
+    _need_root()
+    _run_apps(_lab_id(ctx), _manifests(path, "-f"), delete=True)
 
 
 @lab.command()

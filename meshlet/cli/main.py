@@ -28,7 +28,7 @@ def cli() -> None:
     """meshlet: a sidecarless service mesh (node agent, node proxy, control service).
 
     \b
-    Node commands (status, check, workloads, services, policies, certs, connections) ask a node's
+    Node commands (status, check, workloads, services, policies, routes, certs, connections) ask a node's
     agent and ztunnel: this host's, or with --node a node of the local lab (`meshlet lab --help`).
     """
 

@@ -1,4 +1,4 @@
-"""The operator's commands: `meshlet status`, `check`, `workloads`, `services`, `policies`, `certs`,
+"""The operator's commands: `meshlet status`, `check`, `workloads`, `services`, `policies`, `routes`, `certs`,
 `connections` and `label`. They work on this host's node, or with `--node NAME` on a node of the local
 lab (`--lab`, default from MESHLET_LAB or `demo`). Tables for people, `-o json|yaml` for scripts.
 """
@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from meshlet.cli import inspect
+from meshlet.cli import routes as routes_view
 from meshlet.cli.checks import run_checks
 from meshlet.cli.endpoints import EndpointError, NodeEndpoints, config_dump, resolve
 from meshlet.cli.label import LabelError, parse_changes, relabel
@@ -131,6 +132,7 @@ def _inspect_command(
 workloads = _inspect_command("workloads", inspect.workloads, "Workloads the node's ztunnel knows.", on=True)
 services = _inspect_command("services", inspect.services, "Services with their VIPs and endpoints.")
 policies = _inspect_command("policies", inspect.policies, "AuthorizationPolicies and PeerAuthentications.")
+routes = _inspect_command("routes", routes_view.rows, "HTTPRoutes per Service: rules, weighted backends, status.")
 certs = _inspect_command("certs", inspect.certs, "Workload certificates held by the node's ztunnel.")
 connections = _inspect_command("connections", inspect.connections, "Connections the node's ztunnel relays now.")
 
@@ -161,4 +163,4 @@ def label(kind: str, name: str, changes: tuple[str, ...], lab_id: str, store: Pa
     console.print(f"{kind} {name} labelled ({path.name}); labels now: {shown}", highlight=False)
 
 
-COMMANDS = [status, check, workloads, services, policies, certs, connections, label]
+COMMANDS = [status, check, workloads, services, policies, routes, certs, connections, label]

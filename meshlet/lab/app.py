@@ -13,6 +13,14 @@ For the L7 tests:
 - `POST|PUT /upload` -> JSON {bytes, sha256} of a body of any size, Content-Length or chunked, read streaming.
 - `GET /download?n=N` -> N bytes, as `/bytes`.
 - `GET /ws` -> a WebSocket echo (`meshlet.lab.app_websocket`).
+Steering, by the conventions of the Gateway API conformance echo server (`meshlet.lab.app_echo`):
+- any other path (any method) -> 200 JSON echo: pod, namespace, method, path and query, host, headers;
+- `?delay=<duration>` on any path waits that long first (at most 30 s);
+- request header `X-Echo-Set-Header: Name:value,...` adds those headers to the response;
+- `/retry/...?uuid=U&succeedAfter=K[&responseCode=C]` fails the first K requests with uuid U (answering C, or
+  resetting the connection without C), then echoes.
+Every answered request is logged on one line (`peer "METHOD target HTTP/1.1" status size`), and every reset
+as `peer "METHOD target" reset`, so a test can count the requests (mirrored copies too) a pod got.
 HEAD answers every GET path with its headers and no body; `Expect: 100-continue` is answered by http.server
 (protocol_version is HTTP/1.1). A body the route does not read is drained, so keep-alive survives it.
 Stdlib only and one thread per connection: it starts in a fraction of a second and needs nothing the
@@ -24,17 +32,20 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import socket
+import struct
 import sys
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from io import BufferedIOBase
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+from meshlet.lab.app_body import CHUNK, BodyError, read_chunked
+from meshlet.lab.app_echo import SET_HEADER, RetryBook, echo_answer, parse_duration, retry_ask, set_headers
 from meshlet.lab.app_websocket import accept_key, echo, valid_key
 
 MAX_BYTES = 1 << 30
-CHUNK = 64 * 1024
 PATTERN = bytes(range(256)) * (CHUNK // 256)
 
 
@@ -49,6 +60,9 @@ class AppHandler(BaseHTTPRequestHandler):
         super().send_response(code, message)
         if code >= 200:  # which pod answered: tests of load balancing and of the mesh's L7 path read it
             self.send_header("X-Pod", self.server.identity.get("pod", ""))
+            if code != 101:
+                for name, value in set_headers(self.headers.get_all(SET_HEADER) or ()):
+                    self.send_header(name, value)
 
     def _reply(self, status: int, body: bytes, content_type: str = "application/json") -> None:
         self.send_response(status)
@@ -64,9 +78,44 @@ class AppHandler(BaseHTTPRequestHandler):
     def _json(self, obj: dict[str, Any], status: int = 200) -> None:
         self._reply(status, json.dumps(obj).encode() + b"\n")
 
+    def _delayed(self, query: str) -> bool:
+        """Wait as `?delay=` asks; False when it answered 400 to a bad delay instead."""
+        delay = parse_qs(query).get("delay")
+        if not delay:
+            return True
+        try:
+            seconds = parse_duration(delay[0])
+        except ValueError as exc:
+            self._json({"error": str(exc)}, 400)
+            return False
+        time.sleep(seconds)  # one thread per connection: only this caller waits
+        return True
+
+    def _echo(self) -> None:
+        self._json(
+            echo_answer(self.server.identity, self.command, self.path, self.request_version, self.headers.items())
+        )
+
+    def _retry(self, query: str) -> None:
+        try:
+            ask = retry_ask(parse_qs(query))
+        except ValueError as exc:
+            return self._json({"error": str(exc)}, 400)
+        if not self.server.retries.should_fail(ask.uuid, ask.succeed_after):
+            return self._echo()
+        if ask.response_code is not None:
+            return self._reply(ask.response_code, f"failing on purpose for uuid {ask.uuid}\n".encode(), "text/plain")
+        self.log_message('"%s %s" reset', self.command, self.path)
+        # SO_LINGER 0 makes close() send RST instead of FIN; the server skips its graceful shutdown for it.
+        self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        self.close_connection = True
+        self.server.resets.add(self.connection)
+
     def _route_any(self, path: str) -> None:
         """The routes every method shares, after the body was drained."""
-        if path.startswith("/status/"):
+        if path.startswith("/retry/") or path == "/retry":
+            self._retry(urlsplit(self.path).query)
+        elif path.startswith("/status/"):
             code = path.removeprefix("/status/")
             if code.isascii() and code.isdigit() and 200 <= int(code) <= 599:
                 self._reply(int(code), f"status {code}\n".encode(), "text/plain")
@@ -75,13 +124,22 @@ class AppHandler(BaseHTTPRequestHandler):
         elif path.startswith(("/public", "/admin")):
             self._json({"path": path, "method": self.command})
         else:
-            self._json({"error": f"no route for {path}"}, 404)
+            self._echo()
 
     def do_GET(self) -> None:  # noqa: N802 (name set by http.server)
         url = urlsplit(self.path)
         self._drain()
+        if url.path != "/ws" and not self._delayed(url.query):
+            return
         if url.path == "/":
-            self._json({**self.server.identity, "peer": f"{self.client_address[0]}:{self.client_address[1]}"})
+            peer = f"{self.client_address[0]}:{self.client_address[1]}"
+            self._json(
+                {
+                    **echo_answer(self.server.identity, "GET", self.path, self.request_version, self.headers.items()),
+                    **self.server.identity,
+                    "peer": peer,
+                }
+            )
         elif url.path == "/healthz":
             self._reply(200, b"ok\n", "text/plain")
         elif url.path in ("/bytes", "/download"):
@@ -144,7 +202,8 @@ class AppHandler(BaseHTTPRequestHandler):
         if path == "/upload" and self.command in ("POST", "PUT"):
             return self._upload()
         self._drain()
-        self._route_any(path)
+        if self._delayed(urlsplit(self.path).query):
+            self._route_any(path)
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
 
@@ -210,39 +269,6 @@ class AppHandler(BaseHTTPRequestHandler):
         sys.stderr.write(f"{self.client_address[0]}:{self.client_address[1]} {format % args}\n")
 
 
-class BodyError(ValueError):
-    """A request body that does not follow its framing."""
-
-
-def read_chunked(rfile: BufferedIOBase, max_line: int = 4096) -> Iterator[bytes]:
-    """A chunked body (RFC 9112 section 7.1) in pieces of at most CHUNK bytes; trailers are read and dropped."""
-    while True:
-        line = rfile.readline(max_line + 1)
-        size_text = line.split(b";", 1)[0].strip()
-        if len(line) > max_line or not line.endswith(b"\n") or not size_text:
-            raise BodyError("malformed chunk size line")
-        try:
-            size = int(size_text, 16)
-        except ValueError:
-            raise BodyError(f"chunk size {size_text[:20]!r} is not hexadecimal") from None
-        if size == 0:
-            break
-        while size > 0:
-            chunk = rfile.read(min(size, CHUNK))
-            if not chunk:
-                raise BodyError("body ended inside a chunk")
-            size -= len(chunk)
-            yield chunk
-        if rfile.readline(3) not in (b"\r\n", b"\n"):
-            raise BodyError("chunk data longer than its size")
-    while True:  # the trailer section, up to its empty line
-        line = rfile.readline(max_line + 1)
-        if not line.endswith(b"\n"):
-            raise BodyError("body ended inside the trailers")
-        if not line.strip():
-            return
-
-
 class AppServer(ThreadingHTTPServer):
     """The server, holding the identity it reports."""
 
@@ -252,6 +278,16 @@ class AppServer(ThreadingHTTPServer):
     def __init__(self, addr: tuple[str, int], identity: dict[str, str]) -> None:
         super().__init__(addr, AppHandler)
         self.identity = identity
+        self.retries = RetryBook()
+        self.resets: set[socket.socket] = set()
+        """Connections `/retry` fails by a reset: closed without the graceful shutdown (which would send FIN)."""
+
+    def shutdown_request(self, request: Any) -> None:
+        if request in self.resets:
+            self.resets.discard(request)
+            self.close_request(request)
+        else:
+            super().shutdown_request(request)
 
 
 def main(argv: list[str] | None = None) -> None:

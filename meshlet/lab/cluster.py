@@ -22,6 +22,7 @@ from control.model.mesh import MeshSettings, enrolled
 from control.sources.files import FileSource
 from control.store import ConfigStore
 from meshlet.lab import kernel, mesh, processes
+from meshlet.lab.apps import AppsState
 from meshlet.lab.objects import DATAPLANE_LABEL, lab_objects
 from meshlet.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
 from meshlet.lab.state import LabState, free_slot, lab_dir, locked
@@ -85,7 +86,7 @@ def up(
                 state.processes[f"app/{pod.namespace}/{pod.name}"] = start_app(state, pod)
                 state.save()
             for pod in plan.pods:
-                _wait_ready(pod, Path(state.processes[f"app/{pod.namespace}/{pod.name}"].log))
+                wait_ready(pod, Path(state.processes[f"app/{pod.namespace}/{pod.name}"].log))
             mesh.wait_control_ready(plan, state.processes["control"])
             for node in plan.nodes if node_daemons else ():
                 state.processes.update(mesh.start_node(state, node))
@@ -226,7 +227,7 @@ def http_get(netns: str, ip: str, port: int, path: str, timeout: float = 2.0) ->
     return status, body
 
 
-def _wait_ready(pod: PodPlan, log: Path) -> None:
+def wait_ready(pod: PodPlan, log: Path) -> None:
     """Wait for the pod's readiness probe, sent from its node as kubelet would."""
     deadline = time.monotonic() + READY_TIMEOUT
     last: Exception | None = None
@@ -299,11 +300,17 @@ def _running(state: LabState, key: str) -> str:
     return "running" if started is not None and processes.is_running(started) else "stopped"
 
 
+def all_pods(state: LabState) -> list[PodPlan]:
+    """The pods of `up` and those of the Deployments `lab apply` made."""
+    return [*state.plan.pods, *(p.pod for p in AppsState.from_json(state.apps).pods)]
+
+
 def status(lab_id: str) -> dict[str, Any]:
     """The lab as `meshlet lab status -o json` reports it (a contract for tests and scripts)."""
     state = load(lab_id)
     plan = state.plan
     enrolled_pods = _enrolled_pods(state)
+    applied = AppsState.from_json(state.apps)
 
     return {
         "id": plan.lab_id,
@@ -340,23 +347,30 @@ def status(lab_id: str) -> dict[str, Any]:
                 "netns": p.netns,
                 "app": _running(state, f"app/{p.namespace}/{p.name}"),
             }
-            for p in plan.pods
+            for p in all_pods(state)
         ],
-        "services": [{"name": s.name, "namespace": s.namespace, "vip": s.vip} for s in plan.services],
+        "services": [{"name": s.name, "namespace": s.namespace, "vip": s.vip} for s in plan.services]
+        + [
+            {"name": o["metadata"]["name"], "namespace": o["metadata"]["namespace"], "vip": o["spec"]["clusterIP"]}
+            for o in applied.objects.values()
+            if o["kind"] == "Service"
+        ],
     }
 
 
 def target(lab_id: str, name: str) -> tuple[str, str]:
     """(netns, cgroup) of a node or pod named `name`, `pod` or `namespace/pod`."""
-    plan = load(lab_id).plan
+    state = load(lab_id)
+    plan = state.plan
     for node in plan.nodes:
         if name == node.name:
             return node.netns, node.cgroup
     ns, _, pod_name = name.rpartition("/")
-    matches = [p for p in plan.pods if p.name == pod_name and ns in ("", p.namespace)]
+    pods = all_pods(state)
+    matches = [p for p in pods if p.name == pod_name and ns in ("", p.namespace)]
     if len(matches) == 1:
         return matches[0].netns, matches[0].cgroup
-    known = [n.name for n in plan.nodes] + [f"{p.namespace}/{p.name}" for p in plan.pods]
+    known = [n.name for n in plan.nodes] + [f"{p.namespace}/{p.name}" for p in pods]
     if not matches:
         raise LabError(f"no node or pod {name!r} in lab {lab_id!r}; known: {', '.join(known)}")
     raise LabError(f"{name!r} is ambiguous in lab {lab_id!r}; use namespace/name")

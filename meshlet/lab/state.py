@@ -41,6 +41,8 @@ class LabState:
     processes: dict[str, Started] = field(default_factory=dict)
     """Keyed by what the process is for: `app/<namespace>/<pod>`, later `agent/<node>` and so on."""
     ready: bool = False
+    apps: dict[str, Any] = field(default_factory=dict)
+    """What `meshlet lab apply` made (`meshlet.lab.apps.AppsState.to_json`); empty until then."""
 
     @property
     def store(self) -> Path:
@@ -56,6 +58,7 @@ class LabState:
             "directory": self.directory,
             "processes": {k: asdict(v) for k, v in self.processes.items()},
             "ready": self.ready,
+            "apps": self.apps,
         }
         write_atomic(Path(self.directory) / "lab.json", json.dumps(data, indent=2).encode(), mode=0o600)
 
@@ -69,6 +72,7 @@ class LabState:
                 directory=data["directory"],
                 processes={k: _started(v) for k, v in data["processes"].items()},
                 ready=data["ready"],
+                apps=data.get("apps", {}),  # absent in a lab.json written before `lab apply`
             )
         except FileNotFoundError:
             return None

@@ -31,3 +31,16 @@ def write_objects(store: Path, objs: Iterable[dict[str, Any]]) -> list[Path]:
         write_atomic(path, yaml.safe_dump(obj, sort_keys=False).encode())
         paths.append(path)
     return paths
+
+
+def remove_objects(store: Path, objs: Iterable[dict[str, Any]]) -> list[Path]:
+    """Remove each object's file from `store` (one already gone is fine); returns the paths removed."""
+    removed = []
+    for obj in objs:
+        path = store / object_filename(obj)
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed

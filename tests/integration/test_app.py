@@ -8,6 +8,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
@@ -39,8 +40,10 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def app() -> Iterator[str]:
+def app(tmp_path: Path) -> Iterator[str]:
+    """The app on a free loopback port; what it logs goes to `tmp_path / "app.log"`."""
     port = _free_port()
+    log = open(tmp_path / "app.log", "wb")  # noqa: SIM115 (closed after the process ends)
     proc = subprocess.Popen(
         [
             sys.executable,
@@ -60,7 +63,7 @@ def app() -> Iterator[str]:
             str(port),
         ],
         stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
+        stderr=log,
     )
     try:
         wait_for(lambda: socket.create_connection(("127.0.0.1", port), timeout=0.2).close() or True, 10, "app")
@@ -68,6 +71,7 @@ def app() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=5)
+        log.close()
 
 
 def curl(*args: str) -> subprocess.CompletedProcess[bytes]:
@@ -121,12 +125,12 @@ def test_bad_input_gets_a_4xx_naming_the_problem(app: str) -> None:
     proc = subprocess.run(["curl", "-sS", "-m", "10", app + "/bytes?n=lots"], capture_output=True, check=True)
     assert json.loads(proc.stdout) == {"error": "n must be an integer"}
     proc = subprocess.run(
-        ["curl", "-sS", "-m", "10", "-w", "%{http_code}", "-o", "/dev/null", app + "/nope"],
+        ["curl", "-sS", "-m", "10", "-w", "%{http_code}", "-o", "/dev/null", app + "/?delay=forever"],
         capture_output=True,
         text=True,
         check=True,
     )
-    assert proc.stdout == "404"
+    assert proc.stdout == "400"
 
 
 # --- endpoints for the L7 tests: real sockets on loopback, http.client and wsproto as independent clients --------
@@ -163,7 +167,8 @@ def test_public_and_admin_paths_answer_every_method(app: str) -> None:
         ):
             status, body = _ask(c, method, path + "?q=1", body=b"{}" if method in ("POST", "PUT") else None)
             assert status == 200 and json.loads(body) == {"path": path, "method": method}
-        assert _ask(c, "GET", "/private")[0] == 404
+        status, body = _ask(c, "GET", "/private")
+        assert status == 200 and json.loads(body)["path"] == "/private"  # any other path echoes
 
 
 def test_headers_come_back_as_json_with_lowercased_names(app: str) -> None:
@@ -292,3 +297,69 @@ def test_websocket_closes_with_1002_on_an_unmasked_client_frame(app: str) -> Non
         s.sendall(b"\x81\x02hi")  # a text frame without the mask clients must set (RFC 6455 section 5.1)
         closed = _ws_events(s, ws, lambda e: isinstance(e, CloseConnection))
         assert isinstance(closed[-1], CloseConnection) and closed[-1].code == 1002
+
+
+# --- steering, by the Gateway API conformance echo server's conventions ---------------------------------------------
+
+
+def test_any_other_path_echoes_the_request_and_who_answered(app: str) -> None:
+    with closing(_conn(app)) as c:
+        c.request("PATCH", "/some/where?a=1&a=2&b=", body=b"{}", headers={"X-Request-Id": "r1", "x-multi": "one"})
+        resp = c.getresponse()
+        answer = json.loads(resp.read())
+    assert resp.status == 200 and resp.getheader("X-Pod") == "p1"
+    assert (answer["pod"], answer["namespace"], answer["method"]) == ("p1", "ns1", "PATCH")
+    assert answer["path"] == "/some/where?a=1&a=2&b=" and answer["query"] == {"a": ["1", "2"], "b": [""]}
+    assert answer["host"].startswith("127.0.0.1:") and answer["proto"] == "HTTP/1.1"
+    assert answer["headers"]["X-Request-Id"] == ["r1"] and answer["headers"]["X-Multi"] == ["one"]
+
+
+def test_delay_waits_before_answering_and_bad_delays_are_refused(app: str) -> None:
+    with closing(_conn(app)) as c:
+        started = time.monotonic()
+        status, _ = _ask(c, "GET", "/anything?delay=300ms")
+        elapsed = time.monotonic() - started
+        assert status == 200 and 0.3 <= elapsed < 2.0
+        status, body = _ask(c, "GET", "/status/503?delay=1h")
+        assert status == 400 and "limit" in json.loads(body)["error"]
+
+
+def test_echo_set_header_adds_response_headers(app: str) -> None:
+    with closing(_conn(app)) as c:
+        c.request("GET", "/status/201", headers={"X-Echo-Set-Header": "X-Foo: 1, X-Bar:two,X-Foo:3"})
+        resp = c.getresponse()
+        resp.read()
+    assert resp.status == 201 and resp.getheader("X-Foo") == "1,3" and resp.getheader("X-Bar") == "two"
+
+
+def test_retry_fails_the_first_k_requests_of_a_uuid_with_the_code_asked_for(app: str) -> None:
+    with closing(_conn(app)) as c:
+        codes = [_ask(c, "GET", "/retry/x?uuid=u1&succeedAfter=2&responseCode=503")[0] for _ in range(4)]
+        assert codes == [503, 503, 200, 200]
+        assert _ask(c, "GET", "/retry/x?uuid=u2&succeedAfter=1&responseCode=500")[0] == 500  # counted per uuid
+        assert _ask(c, "GET", "/retry/x?succeedAfter=1")[0] == 400
+
+
+def test_retry_without_a_code_resets_the_connection_then_succeeds(app: str) -> None:
+    request = b"GET /retry/r?uuid=u3&succeedAfter=1 HTTP/1.1\r\nHost: a\r\n\r\n"
+    with socket.create_connection(_address(app), timeout=10) as s:
+        s.sendall(request)
+        with pytest.raises(ConnectionResetError):
+            while s.recv(65536):
+                pass
+    with socket.create_connection(_address(app), timeout=10) as s:
+        s.sendall(request)
+        head, _ = _read_response(s)
+    assert head.startswith(b"HTTP/1.1 200 ")
+
+
+def test_every_answered_request_is_logged_with_its_path_and_query(app: str, tmp_path: Path) -> None:
+    with closing(_conn(app)) as c:
+        for i in range(3):
+            _ask(c, "GET", f"/mirror/me?n={i}")
+
+    def logged() -> list[str]:
+        return [line for line in (tmp_path / "app.log").read_text().splitlines() if "/mirror/me?n=" in line]
+
+    wait_for(lambda: len(logged()) == 3, 5, "three log lines")
+    assert all('"GET /mirror/me?n=' in line and " 200 " in line for line in logged())

@@ -14,6 +14,8 @@ from dataclasses import dataclass, field
 
 from meshlet_contracts.config_items import ItemError, ServiceItem, WorkloadItem, parse_service, parse_workload
 from meshlet_contracts.protocols import http_ports
+from meshlet_contracts.routes import HTTPRoute
+from meshlet_contracts.traffic import TrafficPolicy
 from ztunnel.config.state import ConfigRejected, ConfigState
 from ztunnel.state.policy import PolicySet
 
@@ -123,6 +125,11 @@ class MeshIndex:
     policies: PolicySet = field(default_factory=PolicySet)
     http_targets: Mapping[tuple[str, int], str] = field(default_factory=dict)
     """(workload uid, its port) -> why connections into that port are HTTP: a service it backs says so."""
+    traffic: Mapping[tuple[str, int | None], TrafficPolicy] = field(default_factory=dict)
+    """(service `namespace/name`, port or None for every port) -> the TrafficPolicy in force there."""
+    routes: Mapping[str, tuple[tuple[int | None, HTTPRoute], ...]] = field(default_factory=dict)
+    """Service `namespace/name` -> the HTTPRoutes attached to it (accepted by control), each with the port it
+    attaches to (None: every port)."""
     # Round-robin cursors per service: the only mutable part, and only ever advanced.
     _cursors: dict[str, itertools.count[int]] = field(default_factory=dict)
 
@@ -155,7 +162,26 @@ class MeshIndex:
             )
         except ItemError as exc:
             raise ConfigRejected(str(exc)) from None
-        return cls(state.version, workloads, by_ip, services, by_vip, policies, http_targets=_http_targets(services))
+        return cls(
+            state.version,
+            workloads,
+            by_ip,
+            services,
+            by_vip,
+            policies,
+            http_targets=_http_targets(services),
+            traffic=_traffic_policies(state),
+            routes=_http_routes(state),
+        )
+
+    def traffic_policy(self, service: str, port: int) -> TrafficPolicy | None:
+        """The TrafficPolicy for `port` of `service` (`namespace/name`): one naming that port wins over one for
+        the whole Service, as Istio's port-level settings do."""
+        return self.traffic.get((service, port)) or self.traffic.get((service, None))
+
+    def routes_for(self, service: str, port: int) -> tuple[HTTPRoute, ...]:
+        """The HTTPRoutes for requests to `port` of `service` (`namespace/name`), for `ztunnel.l7.routing.select`."""
+        return tuple(route for attached, route in self.routes.get(service, ()) if attached in (None, port))
 
     def http_reason_for(self, workload_uid: str, target_port: int) -> str | None:
         """Why a connection into `target_port` of that workload is HTTP (`service shop/web port 80: port name
@@ -176,6 +202,33 @@ class MeshIndex:
             cursor = self._cursors.setdefault(key, itertools.count())
         endpoint = candidates[next(cursor) % len(candidates)]
         return Upstream(endpoint.ip, endpoint.ports[port], self.workloads.get(endpoint.workload_uid), service)
+
+
+def _traffic_policies(state: ConfigState) -> dict[tuple[str, int | None], TrafficPolicy]:
+    """The policy in force per target: of two for the same Service and port, the oldest (control logs the other)."""
+    converted = []
+    for key, item in state.items("traffic_policies").items():
+        try:
+            converted.append(TrafficPolicy.from_wire(item))
+        except ItemError as exc:
+            raise ConfigRejected(f"traffic_policies/{key}: {exc}") from None
+    out: dict[tuple[str, int | None], TrafficPolicy] = {}
+    for policy in sorted(converted, key=lambda p: p.precedence()):
+        out.setdefault((policy.service, policy.target.port), policy)
+    return out
+
+
+def _http_routes(state: ConfigState) -> dict[str, tuple[tuple[int | None, HTTPRoute], ...]]:
+    """Routes by the parent Services control accepted them for; converted once here, not per request."""
+    out: dict[str, list[tuple[int | None, HTTPRoute]]] = {}
+    for key, item in state.items("http_routes").items():
+        try:
+            route = HTTPRoute.from_wire(item)
+        except ItemError as exc:
+            raise ConfigRejected(f"http_routes/{key}: {exc}") from None
+        for parent in route.accepted_parents():
+            out.setdefault(parent.service, []).append((parent.port, route))
+    return {service: tuple(found) for service, found in out.items()}
 
 
 def _http_targets(services: Mapping[str, Service]) -> dict[tuple[str, int], str]:

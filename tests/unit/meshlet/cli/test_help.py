@@ -18,6 +18,9 @@ from meshlet.cli.main import cli
         (["lab", "status"], ["-o, --output"]),
         (["lab", "exec"], ["NAME", "COMMAND"]),
         (["lab", "demo"], ["--fresh"]),
+        (["lab", "apply"], ["-f, --filename", "kubectl apply"]),
+        (["lab", "delete"], ["-f, --filename"]),
+        (["lab", "up"], ["--apps"]),
     ],
 )
 def test_help(args: list[str], expected: list[str]) -> None:
