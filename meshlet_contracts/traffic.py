@@ -33,6 +33,7 @@ from meshlet_contracts.config_items import (
     req_str,
     within,
 )
+from meshlet_contracts.policy import PolicyError
 from meshlet_contracts.spec_checks import count, format_duration, is_prime, known, parse_duration
 
 Simple = Literal["ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"]
@@ -48,15 +49,9 @@ DEFAULT_MAGLEV_SIZE = 65537
 MAX_MAGLEV_SIZE = 1_000_003
 
 
-class TrafficPolicyError(ItemError):
+class TrafficPolicyError(PolicyError):
     """A TrafficPolicy does not follow the schema; `field` is the path within the spec, `policy` names it once
     known (`TrafficPolicy shop/web: outlierDetection.interval: ...`)."""
-
-    def __init__(self, field: str, reason: str, policy: str = "") -> None:
-        super().__init__(field, reason)
-        self.policy = policy
-        where = ": ".join(part for part in (policy, field) if part)
-        self.args = (f"{where}: {reason}" if where else reason,)
 
 
 @dataclass(frozen=True, slots=True)
