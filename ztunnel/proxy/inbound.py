@@ -249,9 +249,9 @@ class InboundPlaintext(Accepted):
             ctx.metrics.opened[labels] += 1
             router = InboundHttp(ctx, pod, conn, source, False, "inbound_plaintext")
             handback = await serve_http(ctx, self, tunnel, router, sniff=not l7[1])
-            if handback is None:
-                return
-            self.replay(handback)  # not HTTP/1: the L4 decision (HTTP rules fail closed) and relay, below
+            if handback is not None:  # not HTTP/1: the L4 decision (HTTP rules fail closed), then the relay
+                await self._relay_handed_back(conn, handback)
+            return
         if not allowed(ctx, index, pod, conn, "inbound_plaintext"):
             ctx.metrics.errors[("inbound_plaintext", "denied")] += 1
             refused(ctx, tunnel, "denied", with_flags(labels, DENY))
@@ -263,4 +263,20 @@ class InboundPlaintext(Accepted):
             refused(ctx, tunnel, "app_unreachable", with_flags(labels, CONNECT))
             failed(ctx, tunnel, "inbound_plaintext", "app_unreachable", f"{tunnel.describe}: {exc}")
             return
-        tunnel.established(upstream, *(() if tunnel.labels else (labels,)))  # handed back by L7: counted already
+        tunnel.established(upstream, labels)
+
+    async def _relay_handed_back(self, conn: Connection, data: list[bytes]) -> None:
+        """A connection the HTTP proxy found not to be HTTP/1 (counted as opened already): relayed at L4 if the L4
+        decision, where HTTP rules fail closed, allows it; reset otherwise."""
+        ctx, pod, tunnel = self.ctx, self.pod, self.tunnel
+        if not allowed(ctx, ctx.index, pod, conn, "inbound_plaintext"):
+            ctx.metrics.errors[("inbound_plaintext", "denied")] += 1
+            tunnel.fail()
+            return
+        try:
+            upstream = await deliver(ctx, pod, conn.source_ip, conn.dest_ip, conn.dest_port, tunnel)
+        except (OSError, TimeoutError) as exc:
+            failed(ctx, tunnel, "inbound_plaintext", "app_unreachable", f"{tunnel.describe}: {exc}")
+            return
+        self.replay(data)
+        tunnel.established(upstream)
