@@ -12,8 +12,11 @@ from __future__ import annotations
 from ztunnel.l7.channel import Channel
 from ztunnel.l7.exchange import Router
 from ztunnel.l7.session import Session
-from ztunnel.proxy.context import ProxyContext
-from ztunnel.proxy.relay import Side, Tunnel
+from ztunnel.proxy.context import ProxyContext, ServedPod
+from ztunnel.proxy.delivery import allowed, deliver, failed
+from ztunnel.proxy.hbone import StreamSide
+from ztunnel.proxy.relay import Side, TcpSide, Tunnel
+from ztunnel.rbac import Connection
 
 
 class _Ends:
@@ -53,3 +56,28 @@ async def serve_http(ctx: ProxyContext, side: Side, tunnel: Tunnel, router: Rout
     side.owner = tunnel  # type: ignore[attr-defined]
     tunnel.describe = tunnel.describe.removesuffix(" http")
     return handback + rest
+
+
+async def relay_handed_back(
+    ctx: ProxyContext,
+    pod: ServedPod,
+    side: TcpSide | StreamSide,
+    tunnel: Tunnel,
+    conn: Connection,
+    data: list[bytes],
+    direction: str,
+) -> None:
+    """An inbound connection the HTTP proxy handed back (not HTTP/1; counted as opened already): relayed at L4,
+    what was read replayed first, if the L4 decision (where HTTP rules fail closed) allows it; reset otherwise."""
+    if not allowed(ctx, ctx.index, pod, conn, direction):
+        ctx.metrics.errors[(direction, "denied")] += 1
+        tunnel.failure = "denied"
+        tunnel.fail()
+        return
+    try:
+        upstream = await deliver(ctx, pod, conn.source_ip, conn.dest_ip, conn.dest_port, tunnel)
+    except (OSError, TimeoutError) as exc:
+        failed(ctx, tunnel, direction, "app_unreachable", f"{pod.namespace}/{pod.name}:{conn.dest_port}: {exc}")
+        return
+    side.replay(data)
+    tunnel.established(upstream)

@@ -23,7 +23,7 @@ from ztunnel.metrics import CONNECT, DENY, tcp_labels, with_flags
 from ztunnel.proxy.context import Accepted, ProxyContext, ServedPod, peer_of, source_peer
 from ztunnel.proxy.delivery import allowed, deliver, failed, refused
 from ztunnel.proxy.hbone import HboneConnection, StreamSide
-from ztunnel.proxy.http_entry import serve_http
+from ztunnel.proxy.http_entry import relay_handed_back, serve_http
 from ztunnel.proxy.http_inbound import InboundHttp, connection_allowed, l7_reason
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.rbac import Connection, mtls_mode
@@ -156,7 +156,7 @@ class InboundHbone(HboneConnection):
             router = InboundHttp(ctx, pod, request, source, True, "inbound")
             handback = await serve_http(ctx, side, tunnel, router, sniff=not l7[1])
             if handback is not None:
-                await self._relay_handed_back(side, tunnel, request, handback)
+                await relay_handed_back(ctx, pod, side, tunnel, request, handback, "inbound")
             return
         if not allowed(ctx, index, pod, request, "inbound"):
             ctx.metrics.errors[("inbound", "denied")] += 1
@@ -175,25 +175,6 @@ class InboundHbone(HboneConnection):
             return
         self.respond(side.stream_id, 200)
         tunnel.established(upstream, labels)
-
-    async def _relay_handed_back(
-        self, side: StreamSide, tunnel: Tunnel, request: Connection, data: list[bytes]
-    ) -> None:
-        """A stream the HTTP proxy found not to be HTTP/1 (answered 200 already): relayed at L4 if the L4 decision,
-        where HTTP rules fail closed, allows it; reset otherwise."""
-        ctx, pod = self.ctx, self.pod
-        if not allowed(ctx, ctx.index, pod, request, "inbound"):
-            ctx.metrics.errors[("inbound", "denied")] += 1
-            side.abort()
-            return
-        try:
-            upstream = await deliver(ctx, pod, request.source_ip, request.dest_ip, request.dest_port, tunnel)
-        except (OSError, TimeoutError) as exc:
-            ctx.count_error("inbound", "app_unreachable", f"{pod.namespace}/{pod.name}:{request.dest_port}: {exc}")
-            side.abort()
-            return
-        side.replay(data)
-        tunnel.established(upstream)
 
 
 def _request_of_inbound(conn: HboneConnection, ev: RequestReceived) -> None:
@@ -250,7 +231,7 @@ class InboundPlaintext(Accepted):
             router = InboundHttp(ctx, pod, conn, source, False, "inbound_plaintext")
             handback = await serve_http(ctx, self, tunnel, router, sniff=not l7[1])
             if handback is not None:  # not HTTP/1: the L4 decision (HTTP rules fail closed), then the relay
-                await self._relay_handed_back(conn, handback)
+                await relay_handed_back(ctx, pod, self, tunnel, conn, handback, "inbound_plaintext")
             return
         if not allowed(ctx, index, pod, conn, "inbound_plaintext"):
             ctx.metrics.errors[("inbound_plaintext", "denied")] += 1
@@ -264,19 +245,3 @@ class InboundPlaintext(Accepted):
             failed(ctx, tunnel, "inbound_plaintext", "app_unreachable", f"{tunnel.describe}: {exc}")
             return
         tunnel.established(upstream, labels)
-
-    async def _relay_handed_back(self, conn: Connection, data: list[bytes]) -> None:
-        """A connection the HTTP proxy found not to be HTTP/1 (counted as opened already): relayed at L4 if the L4
-        decision, where HTTP rules fail closed, allows it; reset otherwise."""
-        ctx, pod, tunnel = self.ctx, self.pod, self.tunnel
-        if not allowed(ctx, ctx.index, pod, conn, "inbound_plaintext"):
-            ctx.metrics.errors[("inbound_plaintext", "denied")] += 1
-            tunnel.fail()
-            return
-        try:
-            upstream = await deliver(ctx, pod, conn.source_ip, conn.dest_ip, conn.dest_port, tunnel)
-        except (OSError, TimeoutError) as exc:
-            failed(ctx, tunnel, "inbound_plaintext", "app_unreachable", f"{tunnel.describe}: {exc}")
-            return
-        self.replay(data)
-        tunnel.established(upstream)
