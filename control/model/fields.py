@@ -162,3 +162,15 @@ def object_key(obj: Mapping[str, Any], namespaced: bool) -> ObjectKey:
     if namespace and not DNS_LABEL.fullmatch(namespace):
         fail("metadata.namespace", f"{namespace!r} is not a valid namespace name")
     return ObjectKey(kind, namespace if namespaced else "", name)
+
+
+def typed_key(obj: Mapping[str, Any], kind: str, api_versions: tuple[str, ...]) -> ObjectKey:
+    """The key of a raw namespaced object of `kind`, after checking its apiVersion is one of `api_versions`."""
+    api_version = req_str(obj, "apiVersion")
+    if api_version not in api_versions:
+        expected = api_versions[0] if len(api_versions) == 1 else f"one of {', '.join(api_versions)}"
+        fail("apiVersion", f"unsupported apiVersion {api_version!r} for {kind}; expected {expected}")
+    key = object_key(obj, namespaced=True)
+    if key.kind != kind:
+        fail("kind", f"expected {kind}, got {key.kind!r}")
+    return key

@@ -17,7 +17,16 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
-from control.model.fields import DNS_LABEL, DNS_SUBDOMAIN, ObjectKey, fail, object_key, opt_map, opt_str, port_number
+from control.model.fields import (
+    DNS_LABEL,
+    DNS_SUBDOMAIN,
+    ObjectKey,
+    fail,
+    opt_map,
+    opt_str,
+    port_number,
+    typed_key,
+)
 from control.model.kube import Service
 from control.model.security import _check_fields, _each, _mapping, _within
 from meshlet_contracts import routes
@@ -63,12 +72,7 @@ class HTTPRoute(routes.HTTPRoute):
 
     @classmethod
     def from_k8s(cls, obj: Mapping[str, Any]) -> HTTPRoute:
-        api_version = opt_str(obj, "apiVersion")
-        if api_version not in API_VERSIONS:
-            fail("apiVersion", f"unsupported apiVersion {api_version!r} for HTTPRoute; expected {API_VERSIONS[0]}")
-        key = object_key(obj, namespaced=True)
-        if key.kind != "HTTPRoute":
-            fail("kind", f"expected HTTPRoute, got {key.kind!r}")
+        key = typed_key(obj, "HTTPRoute", API_VERSIONS)
         created = _timestamp(opt_str(obj, "metadata.creationTimestamp"))
         spec = opt_map(obj, "spec")
         with _within("spec"):

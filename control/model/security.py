@@ -22,13 +22,13 @@ from control.model.fields import (
     ValidationError,
     fail,
     labels,
-    object_key,
     opt_list,
     opt_map,
     opt_str,
     port_number,
     req_str,
     str_list,
+    typed_key,
 )
 from meshlet_contracts import policy
 from meshlet_contracts.http_paths import is_template, valid_template
@@ -164,16 +164,7 @@ def _within(prefix: str) -> Iterator[None]:
 
 def _policy_key(obj: Mapping[str, Any], kind: str) -> ObjectKey:
     """The key of a raw security object, after checking its apiVersion and kind."""
-    api_version = req_str(obj, "apiVersion")
-    if api_version not in API_VERSIONS:
-        fail(
-            "apiVersion",
-            f"unsupported apiVersion {api_version!r} for {kind}; expected one of {', '.join(API_VERSIONS)}",
-        )
-    key = object_key(obj, namespaced=True)
-    if key.kind != kind:
-        fail("kind", f"expected {kind}, got {key.kind!r}")
-    return key
+    return typed_key(obj, kind, API_VERSIONS)
 
 
 def _check_fields(raw: Mapping[str, Any], known: Collection[str]) -> None:

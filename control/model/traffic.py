@@ -15,7 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from control.model.fields import ObjectKey, ValidationError, fail, object_key, opt_map, opt_str, req_str
+from control.model.fields import ObjectKey, ValidationError, opt_map, opt_str, typed_key
 from meshlet_contracts import traffic
 from meshlet_contracts.config_items import ItemError
 
@@ -28,12 +28,7 @@ class TrafficPolicy(traffic.TrafficPolicy):
 
     @classmethod
     def from_k8s(cls, obj: Mapping[str, Any]) -> TrafficPolicy:
-        api_version = req_str(obj, "apiVersion")
-        if api_version not in API_VERSIONS:
-            fail("apiVersion", f"unsupported apiVersion {api_version!r} for TrafficPolicy; expected {API_VERSIONS[0]}")
-        key = object_key(obj, namespaced=True)
-        if key.kind != "TrafficPolicy":
-            fail("kind", f"expected TrafficPolicy, got {key.kind!r}")
+        key = typed_key(obj, "TrafficPolicy", API_VERSIONS)
         created = opt_str(obj, "metadata.creationTimestamp")
         spec = opt_map(obj, "spec")
         try:
