@@ -200,6 +200,8 @@ class Metrics:
         """(direction, allow|deny) -> authorization decisions."""
         self.identity_mismatches = 0
         """Connections whose authenticated identity was not that of the workload at their source IP."""
+        self.traffic: defaultdict[tuple[str, str, str, str], int] = defaultdict(int)
+        """(event, service namespace, service name, kind) -> traffic-management decisions (`TRAFFIC_EVENTS`)."""
         self.requests: defaultdict[Labels, int] = defaultdict(int)
         self.durations: dict[Labels, Histogram] = {}
         self.request_sizes: dict[Labels, Histogram] = {}
@@ -311,12 +313,43 @@ class _Collector:
             "Connections whose authenticated identity is not that of the workload at their source IP.",
             m.identity_mismatches,
         )
+        yield from _traffic(m.traffic)
         build = GaugeMetricFamily("istio_build", "Istio component build info.", labels=("component", "tag"))
         build.add_metric(("ztunnel", m.version), 1)
         yield build
         for name, (kind, help_text, read) in sorted(m.readings.items()):
             family_of = CounterMetricFamily if kind == "counter" else GaugeMetricFamily
             yield family_of(name, help_text, read())
+
+
+TRAFFIC_EVENTS = {
+    "retries": ("meshlet_upstream_retries_total", "Requests tried again (HTTPRoute retry), by backend Service."),
+    "ejections": ("meshlet_outlier_ejections_total", "Endpoints ejected by outlier detection, by Service."),
+    "rate_limited": ("meshlet_rate_limited_total", "Requests answered 429 by a local rate limit, by Service."),
+    "overflows": (
+        "meshlet_upstream_overflows_total",
+        "Requests (or TCP connections) refused by a connection pool limit, by Service and kind "
+        "(connections, pending, retries).",
+    ),
+    "mirrors": (
+        "meshlet_mirrored_requests_total",
+        "Copies of requests for an HTTPRoute RequestMirror, by mirror Service and kind (sent, failed, dropped, "
+        "skipped: a request with a body).",
+    ),
+}
+"""The traffic-management counters: `Metrics.traffic` event -> (exposed name, help)."""
+_KINDED = frozenset({"overflows", "mirrors"})
+
+
+def _traffic(counts: Mapping[tuple[str, str, str, str], int]) -> Iterator[Metric]:
+    service = ("destination_service_namespace", "destination_service_name")
+    for event, (name, help_text) in TRAFFIC_EVENTS.items():
+        kinds = event in _KINDED
+        family = CounterMetricFamily(name, help_text, labels=(*service, "kind") if kinds else service)
+        for (kind, namespace, svc, detail), value in sorted(counts.items()):
+            if kind == event:
+                family.add_metric((namespace, svc, detail) if kinds else (namespace, svc), value)
+        yield family
 
 
 def _histogram(name: str, help_text: str, hists: dict[Labels, Histogram], bounds: tuple[float, ...]) -> Metric:

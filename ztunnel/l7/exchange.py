@@ -10,16 +10,18 @@ from __future__ import annotations
 
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ztunnel.l7.channel import Channel
-from ztunnel.l7.messages import Event, Head, ResponseParser
+from ztunnel.l7.messages import Event, Head, Headers, ResponseParser
 
 CONNECT_FAILURE = "upstream connect error or disconnect/reset before headers. reset reason: connection failure"
 TERMINATION = "upstream connect error or disconnect/reset before headers. reset reason: connection termination"
 PROTOCOL_ERROR = "upstream connect error or disconnect/reset before headers. reset reason: protocol error"
 TIMEOUT = "upstream request timeout"
+OVERFLOW = "upstream connect error or disconnect/reset before headers. reset reason: overflow"
 IDEMPOTENT = frozenset({"GET", "HEAD", "OPTIONS", "TRACE", "PUT", "DELETE"})
 """RFC 9110 9.2.2: the methods a proxy may send again after a connection failed under them."""
 
@@ -47,14 +49,34 @@ class Reply:
     body: str
     flags: str = "-"
     detail: str = ""
+    headers: tuple[tuple[bytes, bytes], ...] = ()
+    """Response headers beyond the framing (a redirect's `location`, a rate limit's `x-ratelimit-*`)."""
 
 
 class UpstreamFailed(Exception):
-    """The router could not give an upstream: answered with `reply`."""
+    """The router could not give an upstream: answered with `reply`. `retriable`: a failure to reach the
+    endpoint (another try may reach another one), not a decision (a denial, an overflow)."""
 
-    def __init__(self, reply: Reply) -> None:
+    def __init__(self, reply: Reply, retriable: bool = False) -> None:
         super().__init__(reply.detail or reply.body)
         self.reply = reply
+        self.retriable = retriable
+
+
+@dataclass(frozen=True, slots=True)
+class RequestPolicy:
+    """How long a request may take and how it is tried again (an HTTPRoute rule's `timeouts` and `retry`).
+
+    `timeout` bounds the whole request, retries included; `try_timeout` each try, from its connect to the end
+    of its response. Up to `retries` more tries are made after a try that failed before answering (connect
+    failure, reset, `try_timeout`) or answered one of `retry_codes`, each after a `backoff` (doubling, with
+    jitter). Only requests without a body are tried again: a body already streamed cannot be sent twice."""
+
+    timeout: float | None = None
+    try_timeout: float | None = None
+    retries: int = 0
+    retry_codes: frozenset[int] = frozenset()
+    backoff: float = 0.025
 
 
 @dataclass(slots=True)
@@ -65,7 +87,11 @@ class Upstream:
     address: str
     key: object = None
     """The router's pool key."""
+    owner: object = None
+    """What holds a connection slot for this upstream while it carries a request (the router's business)."""
     reused: bool = False
+    requests: int = 0
+    """Requests this connection carried (for `maxRequestsPerConnection`)."""
     parser: ResponseParser = field(default_factory=ResponseParser)
     events: deque[Event] = field(default_factory=deque)
 
@@ -90,6 +116,14 @@ class Exchange:
     """Header lines the router adds to the forwarded request."""
     drop: frozenset[bytes] = frozenset()
     """Header names (lowercase) the router replaces: not forwarded as received."""
+    policy: RequestPolicy | None = None
+    """The router's timeouts and retries for this request (None: one try, no timeout of its own)."""
+    retries: int = 0
+    """Tries made after the first."""
+    answered: bool = False
+    """A response head went to the client: the request can no longer be tried again or answered otherwise."""
+    response_edit: Callable[[Headers], Headers] | None = None
+    """Applied to the final response's headers before they go to the client (a route's header filters)."""
 
 
 class Router(Protocol):
@@ -98,9 +132,28 @@ class Router(Protocol):
         ...
 
     async def connect(self, exchange: Exchange, fresh: bool) -> Upstream:
-        """An upstream for the request (`fresh`: not a kept-alive one); raises UpstreamFailed."""
+        """An upstream for the request's next try (`fresh`: not a kept-alive one); raises UpstreamFailed."""
+        ...
+
+    def retry(self, exchange: Exchange) -> bool:
+        """Whether another try may be made now (a cluster's budget of retries in flight); counted."""
+        ...
+
+    def attempted(self, exchange: Exchange, status: int | None) -> None:
+        """A try ended: with this response status, or None when no response came (connect failure, reset,
+        timeout). Called once per `connect` that returned."""
         ...
 
     def release(self, upstream: Upstream, reusable: bool) -> None: ...
 
     def done(self, exchange: Exchange) -> None: ...
+
+
+class Untried:
+    """For a router without retries or per-try bookkeeping (the inbound side: the source's proxy retries)."""
+
+    def retry(self, exchange: Exchange) -> bool:
+        return False
+
+    def attempted(self, exchange: Exchange, status: int | None) -> None:
+        return None

@@ -69,6 +69,11 @@ class Head:
                 lower.setdefault(key.lower(), []).append(value)
         return lower.get(name, [])
 
+    def replace_headers(self, headers: Headers) -> None:
+        """Put `headers` in place of the head's (a route's filters), keeping `get`/`values` in step."""
+        self.headers = headers
+        self._lower = None
+
     @property
     def has_body(self) -> bool:
         """Whether a request head announces a body (responses: see `ResponseParser`)."""

@@ -32,6 +32,15 @@ class UpstreamLost(Exception):
         self.reply = reply or Reply(503, TERMINATION, "UC", detail)
 
 
+class RetryStatus(Exception):
+    """The upstream answered a status the request's policy retries, and another try was granted: nothing of
+    this response went to the client."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"upstream answered {status}: tried again")
+        self.status = status
+
+
 class ClientGone(Exception):
     """The downstream closed or reset in the middle of a request (DC), or sent a malformed body (DPE)."""
 
@@ -49,6 +58,9 @@ class ResponseRelay:
     _active: float
 
     def _upgrade_refused(self) -> None:
+        raise NotImplementedError
+
+    def _retry_status(self, exchange: Exchange, status: int) -> bool:
         raise NotImplementedError
 
     async def _up_event(self, upstream: Upstream, answered: bool) -> Event:
@@ -110,7 +122,7 @@ class ResponseRelay:
                     exchange.status = status
                     out.append(response_head(response, head, "upgrade", keep))
                     await self._flush(out)
-                    answered = True
+                    answered = exchange.answered = True
                     await self._upgraded(exchange, upstream, head.method == "CONNECT")
                     return False, False
                 if status < 200:  # 100 Continue and other interim answers go on, to HTTP/1.1 clients only
@@ -118,7 +130,11 @@ class ResponseRelay:
                         out.append(response_head(response, head, "none", keep))
                         await self._flush(out)  # the client may be waiting for it before sending the body
                     continue
+                if exchange.policy is not None and self._retry_status(exchange, status):
+                    raise RetryStatus(status)
                 exchange.status = status
+                if exchange.response_edit is not None:
+                    response.replace_headers(exchange.response_edit(response.headers))
                 if head.upgrade:
                     self._upgrade_refused()
                 if head.method == "HEAD" or status in (204, 304):
@@ -130,7 +146,7 @@ class ResponseRelay:
                 else:
                     framing, keep = "close", False
                 out.append(response_head(response, head, framing, keep))
-                answered = True
+                answered = exchange.answered = True
             elif kind == "body":
                 assert isinstance(value, bytes)
                 exchange.response_bytes += len(value)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from meshlet_contracts.identity import IdentityError, parse_spiffe_id
 from ztunnel.identity.manager import IdentityManager
+from ztunnel.l7.clusters import Clusters
 from ztunnel.l7.exchange import Limits
 from ztunnel.l7.upstreams import UpstreamPool
 from ztunnel.metrics import DEFAULT_CLUSTER, UNKNOWN, Metrics, Peer, canonical_revision, canonical_service
@@ -75,6 +76,10 @@ class ProxyContext:
     """What the HTTP proxy allows a request (head size, header and idle timeouts)."""
     http_upstreams: UpstreamPool = field(default_factory=UpstreamPool)
     """Upstream HTTP/1.1 connections kept alive between requests (outbound L7)."""
+    clusters: Clusters = field(default_factory=Clusters)
+    """Per backend Service port: load balancer, outlier detection, pool limits, rate limits (TrafficPolicy)."""
+    mirrors_in_flight: int = 0
+    """Mirrored requests (HTTPRoute RequestMirror) not finished yet: bounded, the copies are best effort."""
     sockets: SocketFactory = field(default_factory=NetnsSockets)
     """Opens every upstream socket (in a pod's netns, marked) and reads original destinations; tests give
     one that stays on loopback."""
@@ -82,6 +87,7 @@ class ProxyContext:
     def __post_init__(self) -> None:
         if self.pool is None:
             self.pool = HbonePool(self.trust_domain, self.sockets, self.metrics)
+        self.clusters.counts = self.metrics.traffic  # clusters count into the exported metrics
 
     def spawn(self, coro: object, name: str) -> None:
         task: asyncio.Task[None] = asyncio.get_running_loop().create_task(coro, name=name)  # type: ignore[arg-type]

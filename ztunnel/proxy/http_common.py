@@ -39,7 +39,13 @@ class Call:
     policy: str = ""
     audit: bool = False
     route: object = None
-    """The router's choice of upstream for this request."""
+    """The router's choice of upstream for this request (its latest try's)."""
+    plan: object = None
+    """The outbound router's plan (`ztunnel.l7.plan.Plan`): route rule, backend cluster, policy."""
+    tried: list[str] = field(default_factory=list)
+    """Endpoint IPs tried for this request, in order."""
+    retrying: bool = False
+    """The current try is a retry holding one of its cluster's `maxRetries`."""
 
     def note(self, verdict: Decision) -> None:
         """Keep an authorization decision for the access log."""

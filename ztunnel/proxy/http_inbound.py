@@ -16,7 +16,7 @@ from collections.abc import Mapping
 
 from meshlet_contracts.policy import AuthorizationPolicy
 from ztunnel.l7.authz import authorize_connection, authorize_request, has_http_rules
-from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Reply, Upstream, UpstreamFailed
+from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Reply, Untried, Upstream, UpstreamFailed
 from ztunnel.l7.upstreams import new_upstream
 from ztunnel.metrics import Peer
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
@@ -29,7 +29,7 @@ from ztunnel.state.mesh import MeshIndex
 log = logging.getLogger(__name__)
 
 
-class InboundHttp:
+class InboundHttp(Untried):
     """The router of one inbound connection into `pod`'s port (`ztunnel.l7.session.Router`)."""
 
     def __init__(

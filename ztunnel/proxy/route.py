@@ -66,6 +66,11 @@ def route(index: MeshIndex, served: Mapping[str, ServedPod], ip: str, port: int)
         up = index.resolve(ip, port)
     except NoHealthyEndpoint as exc:
         return Refuse("no_healthy_endpoint", str(exc))
+    return classify(served, up)
+
+
+def classify(served: Mapping[str, ServedPod], up: Upstream) -> Route:
+    """How to reach an endpoint already chosen (`up`): served here, over HBONE, or outside the mesh."""
     destination = up.workload
     if destination is None or not destination.enrolled:
         return Passthrough(up)

@@ -25,7 +25,7 @@ from hypothesis import strategies as st
 from tests.conftest import until
 from tests.integration.ztunnel.test_http_session import app_port, proxy, raw_exchange
 from ztunnel.l7.channel import Channel
-from ztunnel.l7.exchange import Exchange, Limits, Reply, Upstream
+from ztunnel.l7.exchange import Exchange, Limits, Reply, Untried, Upstream
 from ztunnel.l7.session import Session
 
 pytestmark = pytest.mark.asyncio
@@ -498,7 +498,7 @@ class _Side:
         self.ended = True
 
 
-class _LocalRouter:
+class _LocalRouter(Untried):
     """Answers every request itself; an upstream is never asked for."""
 
     def __init__(self) -> None:

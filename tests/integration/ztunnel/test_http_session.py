@@ -25,7 +25,7 @@ import wsproto.events
 
 from tests.conftest import wait_for
 from ztunnel.l7.channel import Channel
-from ztunnel.l7.exchange import Exchange, Limits, Reply, Upstream, UpstreamFailed
+from ztunnel.l7.exchange import Exchange, Limits, Reply, Untried, Upstream, UpstreamFailed
 from ztunnel.l7.session import Session
 from ztunnel.l7.upstreams import UpstreamPool, new_upstream
 from ztunnel.proxy.relay import TcpSide
@@ -70,7 +70,7 @@ def app_port() -> Iterator[int]:
 
 
 @dataclass
-class AppRouter:
+class AppRouter(Untried):
     """Every request to the app; `/admin*` denied; records what `done` saw."""
 
     port: int
