@@ -1,0 +1,227 @@
+"""Timeouts and retries of the HTTP session on loopback: a router with several upstream "endpoints" (asyncio
+servers that answer, reset, answer 503 or answer late) and the request policy an HTTPRoute rule gives
+(`RequestPolicy`), driven by curl as a client.
+
+What a client notices: a reset or 503 endpoint is tried around (the answer comes from a good one), a spent
+retry budget answers with the failure and flag URX, `timeouts.request` answers 504 in time, a per-try timeout
+moves on to the next endpoint, a request with a body is never sent twice, a route's response edits and its
+own answers' headers (a redirect's location) reach the client.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+
+import pytest
+
+from ztunnel.l7.channel import Channel
+from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Limits, Reply, RequestPolicy, Upstream, UpstreamFailed
+from ztunnel.l7.messages import Headers
+from ztunnel.l7.session import Session
+from ztunnel.l7.upstreams import UpstreamPool, new_upstream
+from ztunnel.proxy.relay import TcpSide
+
+pytestmark = pytest.mark.asyncio
+Behaviour = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+
+
+async def _read_head(reader: asyncio.StreamReader) -> bytes:
+    return await reader.readuntil(b"\r\n\r\n")
+
+
+def answering(name: str, status: int = 200, delay: float = 0.0) -> Behaviour:
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await _read_head(reader)
+                if delay:
+                    await asyncio.sleep(delay)
+                body = name.encode()
+                writer.write(b"HTTP/1.1 %d X\r\ncontent-length: %d\r\nx-from: %b\r\n\r\n%b" % (status, len(body),
+                                                                                               body, body))  # fmt: skip
+                await writer.drain()
+        writer.close()
+
+    return serve
+
+
+async def resetting(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        await _read_head(reader)
+    writer.transport.abort()
+
+
+@dataclass
+class TriesRouter:
+    """Every request goes to the endpoints in turn, first the untried ones; the policy is the test's."""
+
+    ports: list[int]
+    policy: RequestPolicy | None = None
+    reply: Reply | None = None
+    edit: Callable[[Headers], Headers] | None = None
+    budget: int = 100
+    pool: UpstreamPool = field(default_factory=lambda: UpstreamPool(idle_timeout=0))
+    outcomes: list[tuple[int, int | None]] = field(default_factory=list)
+    done_list: list[Exchange] = field(default_factory=list)
+    _tried: list[int] = field(default_factory=list)
+
+    def admit(self, exchange: Exchange) -> Reply | None:
+        exchange.policy = self.policy
+        exchange.response_edit = self.edit
+        self._tried = []
+        return self.reply
+
+    async def connect(self, exchange: Exchange, fresh: bool) -> Upstream:
+        port = next((p for p in self.ports if p not in self._tried), self.ports[0])
+        self._tried.append(port)
+        upstream, channel = new_upstream(f"127.0.0.1:{port}", port)
+        try:
+            _, side = await asyncio.get_running_loop().create_connection(lambda: TcpSide(channel), "127.0.0.1", port)
+        except OSError as exc:
+            raise UpstreamFailed(Reply(503, CONNECT_FAILURE, "UF", str(exc)), retriable=True) from None
+        channel.attach(side)
+        return upstream
+
+    def retry(self, exchange: Exchange) -> bool:
+        if self.budget <= 0:
+            return False
+        self.budget -= 1
+        return True
+
+    def attempted(self, exchange: Exchange, status: int | None) -> None:
+        self.outcomes.append((self._tried[-1], status))
+
+    def release(self, upstream: Upstream, reusable: bool) -> None:
+        self.pool.put(upstream, reusable)
+
+    def done(self, exchange: Exchange) -> None:
+        self.done_list.append(exchange)
+
+
+@contextlib.asynccontextmanager
+async def mesh(*behaviours: Behaviour) -> AsyncIterator[tuple[int, TriesRouter]]:
+    """Upstream servers with these behaviours, and a proxy (the session) in front of them."""
+    servers = [await asyncio.start_server(b, "127.0.0.1", 0) for b in behaviours]
+    router = TriesRouter([s.sockets[0].getsockname()[1] for s in servers])
+    tasks: set[asyncio.Task[None]] = set()
+
+    class Downstream(TcpSide):
+        def connection_made(self, transport: asyncio.BaseTransport) -> None:
+            super().connection_made(transport)
+            channel = self.owner
+            assert isinstance(channel, Channel)
+            channel.attach(self)
+            task = asyncio.get_running_loop().create_task(self._serve(channel))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+        async def _serve(self, channel: Channel) -> None:
+            await Session(channel, router, Limits()).run()
+
+    front = await asyncio.get_running_loop().create_server(lambda: Downstream(Channel()), "127.0.0.1", 0)
+    try:
+        yield front.sockets[0].getsockname()[1], router
+    finally:
+        front.close()
+        for server in servers:
+            server.close()
+        for task in list(tasks):
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+
+
+async def curl(port: int, *args: str, path: str = "/") -> tuple[int, dict[str, str], str, float]:
+    """(status, response headers, body, seconds) of one request through the proxy."""
+    started = time.monotonic()
+    proc = await asyncio.create_subprocess_exec(
+        "curl", "-sS", "-m", "10", "-D", "-", *args, f"http://127.0.0.1:{port}{path}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await proc.communicate()
+    elapsed = time.monotonic() - started
+    assert proc.returncode == 0, err
+    head, _, body = out.decode().partition("\r\n\r\n")
+    lines = head.split("\r\n")
+    headers = {k.lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
+    return int(lines[0].split()[1]), headers, body, elapsed
+
+
+async def test_a_reset_endpoint_is_tried_around() -> None:
+    async with mesh(resetting, answering("good")) as (port, router):
+        router.policy = RequestPolicy(retries=2, backoff=0.001)
+        status, _, body, _ = await curl(port)
+        assert (status, body) == (200, "good")
+        assert [s for _, s in router.outcomes] == [None, 200]
+        assert router.done_list[-1].retries == 1
+
+
+async def test_a_retriable_status_is_tried_again_and_others_are_not() -> None:
+    async with mesh(answering("bad", 503), answering("good")) as (port, router):
+        router.policy = RequestPolicy(retries=1, retry_codes=frozenset({503}), backoff=0.001)
+        assert (await curl(port))[::2] == (200, "good")
+        router.policy = RequestPolicy(retries=1, retry_codes=frozenset({500}), backoff=0.001)
+        status, headers, body, _ = await curl(port)
+        assert (status, body, headers["x-from"]) == (503, "bad", "bad")  # not a code of the policy: it stands
+
+
+async def test_spent_retries_answer_the_failure_with_urx() -> None:
+    async with mesh(answering("bad", 503), answering("worse", 503)) as (port, router):
+        router.policy = RequestPolicy(retries=1, retry_codes=frozenset({503}), backoff=0.001)
+        status, _, body, _ = await curl(port)
+        assert (status, body) == (503, "worse")
+        assert router.done_list[-1].flags == "URX"
+    async with mesh(resetting, resetting) as (port, router):
+        router.policy = RequestPolicy(retries=1, backoff=0.001)
+        status, _, _, _ = await curl(port)
+        assert status == 503
+        assert router.done_list[-1].flags == "UC,URX"
+        assert len(router.outcomes) == 2
+
+
+async def test_the_retry_budget_stops_retries() -> None:
+    async with mesh(resetting, answering("good")) as (port, router):
+        router.policy = RequestPolicy(retries=2, backoff=0.001)
+        router.budget = 0
+        status, _, _, _ = await curl(port)
+        assert status == 503
+        assert router.done_list[-1].flags == "UC,URX"
+
+
+async def test_the_request_timeout_answers_504_in_time() -> None:
+    async with mesh(answering("slow", delay=2.0)) as (port, router):
+        router.policy = RequestPolicy(timeout=0.2)
+        status, _, body, elapsed = await curl(port)
+        assert (status, body) == (504, "upstream request timeout")
+        assert 0.2 <= elapsed < 1.0
+        assert router.done_list[-1].flags == "UT"
+        assert router.outcomes == [(router.ports[0], None)]
+
+
+async def test_a_per_try_timeout_moves_on_to_another_endpoint() -> None:
+    async with mesh(answering("slow", delay=2.0), answering("fast")) as (port, router):
+        router.policy = RequestPolicy(try_timeout=0.2, retries=1, backoff=0.001)
+        status, _, body, elapsed = await curl(port)
+        assert (status, body) == (200, "fast")
+        assert elapsed < 1.5
+
+
+async def test_a_request_with_a_body_is_not_sent_twice() -> None:
+    async with mesh(resetting, answering("good")) as (port, router):
+        router.policy = RequestPolicy(retries=2, backoff=0.001)
+        status, _, _, _ = await curl(port, "--data", "payload")
+        assert status == 503
+        assert len(router.outcomes) == 1
+
+
+async def test_route_response_edits_and_own_answer_headers_reach_the_client() -> None:
+    async with mesh(answering("good")) as (port, router):
+        router.edit = lambda headers: [(n, v) for n, v in headers if n.lower() != b"x-from"] + [(b"x-added", b"1")]
+        _, headers, _, _ = await curl(port)
+        assert headers.get("x-added") == "1" and "x-from" not in headers
+        router.reply = Reply(302, "", "-", "", ((b"location", b"http://elsewhere/x"),))
+        status, headers, _, _ = await curl(port)
+        assert (status, headers["location"]) == (302, "http://elsewhere/x")
