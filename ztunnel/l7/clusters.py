@@ -111,10 +111,20 @@ class Cluster:
             self.balancer.least_request.begin(endpoint)
 
     def end(self, endpoint: str, status: int | None, now: float, endpoints: Collection[str] = ()) -> bool:
-        """It ended with `status` (None: no answer): counted, and told to the outlier detector. Returns whether
-        this outcome ejected the endpoint."""
+        """It ended with `status` (None: no answer; 0: abandoned, not the endpoint's doing): counted, and told to
+        the outlier detector. Returns whether this outcome ejected the endpoint."""
         if self.least_request:
             self.balancer.least_request.end(endpoint)
+        if self.outlier is None or status == 0:
+            return False
+        ejected = self.outlier.record(endpoint, status, now, tuple(endpoints))
+        if ejected:
+            self.count("ejections")
+        return ejected
+
+    def judge(self, endpoint: str, status: int | None, now: float, endpoints: Collection[str] = ()) -> bool:
+        """An outcome told to the outlier detector only, the request (or connection) still in flight: a TCP
+        connection's connect (None: failed) is its outcome, and it stays open. Returns whether it ejected."""
         if self.outlier is None:
             return False
         ejected = self.outlier.record(endpoint, status, now, tuple(endpoints))

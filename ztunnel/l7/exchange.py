@@ -140,8 +140,8 @@ class Router(Protocol):
         ...
 
     def attempted(self, exchange: Exchange, status: int | None) -> None:
-        """A try ended: with this response status, or None when no response came (connect failure, reset,
-        timeout). Called once per `connect` that returned."""
+        """A try ended: with this response status, None when no response came (connect failure, reset,
+        timeout), 0 when the client abandoned it (not the upstream's doing). Once per `connect` that returned."""
         ...
 
     def release(self, upstream: Upstream, reusable: bool) -> None: ...

@@ -64,6 +64,16 @@ class ClusterLimits(Generic[W]):
         self._pending.append(waiter)
         return Admission.QUEUED
 
+    def try_connection(self) -> bool:
+        """A connection that cannot wait (a TCP connection at L4: a client's connect cannot be held in a queue):
+        a slot now (call `connection_closed` when it ends), or False, counted as a `connections` overflow."""
+        limit = self.pool.max_connections
+        if limit is None or self.connections < limit:
+            self.connections += 1
+            return True
+        self.overflows["connections"] += 1
+        return False
+
     def connection_closed(self) -> W | None:
         """A connection of this cluster ended: its slot goes to the first waiter (returned: it may now connect,
         and owns the slot) or is freed (None)."""

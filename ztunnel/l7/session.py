@@ -16,6 +16,7 @@ counted) is its `Router`'s (`ztunnel/proxy/http_*.py`). Per request:
    HTTP/1.0); 1xx are passed on to HTTP/1.1 clients (RFC 9110 15.2); after a 101 to an upgrade (or a 2xx to
    CONNECT) both directions become a byte relay;
 5. the router is told the outcome (`done`): status, Envoy-style response flags, bytes, duration.
+A request's tries, timeouts and retries (the router's `RequestPolicy`) are `tries.py`'s.
 Pipelined requests wait in the parser's event queue and are answered in order. A bodiless idempotent request
 whose reused upstream closed before answering is retried once on a fresh connection (the upstream closed an
 idle connection as the request went out: nothing was processed; RFC 9112 9.3.1 forbids retrying the others).
@@ -30,20 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import time
 from collections import deque
 
 from ztunnel.l7.channel import Channel, ChannelClosed
 from ztunnel.l7.exchange import (
-    IDEMPOTENT,
-    TIMEOUT,
     Exchange,
     Limits,
     Reply,
     Router,
     Upstream,
-    UpstreamFailed,
 )
 from ztunnel.l7.heads import request_head, upgrade_tokens
 from ztunnel.l7.messages import (
@@ -56,12 +53,13 @@ from ztunnel.l7.messages import (
     last_chunk,
     local_response,
 )
-from ztunnel.l7.response import ClientGone, ResponseRelay, RetryStatus, UpstreamLost
+from ztunnel.l7.response import ClientGone, ResponseRelay, UpstreamLost
+from ztunnel.l7.tries import Tries
 
 log = logging.getLogger(__name__)
 
 
-class Session(ResponseRelay):
+class Session(Tries, ResponseRelay):
     """Serves one downstream connection (a TCP socket from an app, or an HBONE stream) request by request."""
 
     def __init__(self, down: Channel, router: Router, limits: Limits, sniff: bool = False) -> None:
@@ -200,130 +198,6 @@ class Session(ResponseRelay):
             if not deadline.expired():
                 raise
             return await self._timed_out(exchange, f"request timeout ({policy.timeout:g}s)")
-
-    async def _tries(self, exchange: Exchange) -> bool:
-        """Connect, forward, answer; try again while the router's policy allows (`Exchange.policy`)."""
-        head, router = exchange.head, self.router
-        policy = exchange.policy
-        try_timeout = policy.try_timeout if policy is not None else None
-        fresh = False
-        while True:
-            try:
-                upstream = await router.connect(exchange, fresh)
-            except UpstreamFailed as failed:
-                if failed.retriable and await self._again(exchange):
-                    continue
-                return await self._answer(exchange, self._final(exchange, failed.reply, failed.retriable))
-            exchange.upstream = upstream.address
-            if self.down.lost:  # the client left while the upstream was being connected: nothing was sent
-                self.router.release(upstream, True)
-                router.attempted(exchange, None)
-                exchange.flags, exchange.detail = "DC", "client closed before the request was sent"
-                self._done(exchange)
-                return False
-            try:
-                if try_timeout is None:
-                    keep = await self._forward(exchange, upstream)
-                else:
-                    attempt = asyncio.timeout(try_timeout)
-                    try:
-                        async with attempt:
-                            keep = await self._forward(exchange, upstream)
-                    except TimeoutError:
-                        if not attempt.expired():
-                            raise
-                        raise UpstreamLost(exchange.answered, f"per-try timeout ({try_timeout:g}s)",
-                                           Reply(504, TIMEOUT, "UT")) from None  # fmt: skip
-                router.attempted(exchange, exchange.status)
-                return keep
-            except RetryStatus as answered:  # a retriable status, read before anything went to the client
-                self.router.release(upstream, False)
-                router.attempted(exchange, answered.status)
-                await self._again(exchange, counted=True)
-                continue
-            except UpstreamLost as lost:
-                self.router.release(upstream, False)
-                router.attempted(exchange, None)
-                retry = (
-                    lost.reply.flags == "UC"
-                    and upstream.reused
-                    and not lost.answered
-                    and not fresh
-                    and not head.has_body
-                    and head.method in IDEMPOTENT
-                )
-                if retry:  # a kept-alive connection the upstream closed as the request went out: not a try
-                    fresh = True
-                    continue
-                if lost.answered:
-                    exchange.flags = lost.reply.flags
-                    exchange.detail = str(lost)
-                    self.down.abort()
-                    self._done(exchange)
-                    return False
-                if await self._again(exchange):
-                    continue
-                return await self._answer(exchange, self._final(exchange, lost.reply, True))
-            except asyncio.CancelledError:
-                self.router.release(upstream, False)
-                router.attempted(exchange, None)
-                raise
-            except ClientGone as gone:
-                self.router.release(upstream, False)
-                router.attempted(exchange, None)
-                exchange.flags = gone.flags
-                exchange.detail = str(gone)
-                self.down.abort()
-                self._done(exchange)
-                return False
-
-    def _may_retry(self, exchange: Exchange) -> bool:
-        """Whether the request may be tried again: its policy has tries left, nothing was answered, no body was
-        streamed, and the router's budget allows one more retry in flight."""
-        policy = exchange.policy
-        if policy is None or exchange.answered or exchange.head.has_body or exchange.retries >= policy.retries:
-            return False
-        return self.router.retry(exchange)
-
-    def _retry_status(self, exchange: Exchange, status: int) -> bool:
-        policy = exchange.policy
-        if policy is None or status not in policy.retry_codes:
-            return False
-        if self._may_retry(exchange):
-            return True
-        if policy.retries:
-            exchange.flags = "URX"  # retriable, and the tries (or the budget) are spent: this answer stands
-        return False
-
-    async def _again(self, exchange: Exchange, counted: bool = False) -> bool:
-        """Before another try: whether one may be made (`counted`: already granted), then its backoff, which
-        doubles per try (Gateway API's `backoff` is the least wait) with jitter so that clients spread out."""
-        if not counted and not self._may_retry(exchange):
-            return False
-        exchange.retries += 1
-        policy = exchange.policy
-        assert policy is not None
-        delay = min(policy.backoff * 2 ** (exchange.retries - 1), policy.backoff * 10)
-        await asyncio.sleep(delay * random.uniform(1.0, 1.25))
-        return True
-
-    def _final(self, exchange: Exchange, reply: Reply, retriable: bool) -> Reply:
-        """The reply to a request whose last try failed: flagged URX when its retries were spent on it."""
-        policy = exchange.policy
-        if not retriable or policy is None or not policy.retries:
-            return reply
-        flags = "URX" if reply.flags == "-" else f"{reply.flags},URX"
-        return Reply(reply.status, reply.body, flags, reply.detail, reply.headers)
-
-    async def _timed_out(self, exchange: Exchange, detail: str) -> bool:
-        """The request's own timeout fired: 504 when nothing was answered yet, else the client is reset (a
-        response cut short must not look whole)."""
-        if exchange.answered:
-            exchange.flags, exchange.detail = "UT", detail
-            self.down.abort()
-            self._done(exchange)
-            return False
-        return await self._answer(exchange, Reply(504, TIMEOUT, "UT", detail))
 
     async def _answer(self, exchange: Exchange, reply: Reply) -> bool:
         """Send the proxy's own reply; the connection stays open only if no request body is left unread."""

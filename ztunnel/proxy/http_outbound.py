@@ -123,6 +123,10 @@ class OutboundHttp:
             self._free(cluster)
             self._ended(cluster, chosen.service, up.ip, None)
             raise UpstreamFailed(failed.reply, failed.reply.flags == "UF") from None
+        except BaseException:  # cancelled (the request's timeout, the client gone): not the endpoint's failure
+            self._free(cluster)
+            self._ended(cluster, chosen.service, up.ip, 0)
+            raise
         if cluster.limits is not None:
             upstream.owner = cluster
         return upstream
@@ -255,7 +259,8 @@ class OutboundHttp:
         self._ended(cluster, call.plan.service, call.tried[-1], status)
 
     def _ended(self, cluster: Cluster, service: Service, endpoint: str, status: int | None) -> None:
-        ejected = cluster.end(endpoint, status, time.monotonic(), [e.ip for e in service.endpoints])
+        endpoints = [e.ip for e in service.endpoints] if cluster.outlier is not None else ()
+        ejected = cluster.end(endpoint, status, time.monotonic(), endpoints)
         if ejected:
             log.info("outlier detection ejected %s from %s:%d", endpoint, cluster.service, cluster.port)
 

@@ -225,3 +225,15 @@ async def test_route_response_edits_and_own_answer_headers_reach_the_client() ->
         router.reply = Reply(302, "", "-", "", ((b"location", b"http://elsewhere/x"),))
         status, headers, _, _ = await curl(port)
         assert (status, headers["location"]) == (302, "http://elsewhere/x")
+
+
+async def test_a_request_with_a_body_is_tried_again_when_its_connect_failed() -> None:
+    async with mesh(answering("good")) as (port, router):
+        closed = await asyncio.start_server(resetting, "127.0.0.1", 0)
+        refused_port = closed.sockets[0].getsockname()[1]
+        closed.close()
+        await closed.wait_closed()
+        router.ports.insert(0, refused_port)  # nothing listens there: the connect fails, no byte of the body left
+        router.policy = RequestPolicy(retries=1, backoff=0.001)
+        status, _, body, _ = await curl(port, "--data", "payload")
+        assert (status, body) == (200, "good")
