@@ -27,6 +27,9 @@ from collections.abc import Sequence
 
 from meshlet_contracts.traffic import DEFAULT_MAGLEV_SIZE, LoadBalancer
 
+MAX_TABLES = 4
+"""Hash tables kept per balancer, for the endpoint sets seen last."""
+
 
 def hash64(data: str | bytes, salt: bytes = b"") -> int:
     """A stable 64-bit hash of `data`."""
@@ -145,7 +148,8 @@ class Balancer:
         self.least_request = LeastRequest(self._rng)
         self._round_robin = RoundRobin()
         self._random = RandomChoice(self._rng)
-        self._table: tuple[tuple[str, ...], RingHash | Maglev] | None = None
+        self._tables: dict[tuple[str, ...], RingHash | Maglev] = {}
+        """Tables by endpoint set, the last few kept: an endpoint ejected and back must not cost two rebuilds."""
         self._replicas: int | None = None
 
     def pick(self, endpoints: Sequence[str], hash_key: str | bytes | None = None) -> str:
@@ -163,18 +167,24 @@ class Balancer:
             return self._random.pick(endpoints)
         return self._round_robin.pick(endpoints)
 
+    @property
+    def hashing(self) -> bool:
+        return self.policy is not None and self.policy.consistent_hash is not None
+
     def _hash_table(self, endpoints: Sequence[str]) -> RingHash | Maglev:
         members = tuple(sorted(set(endpoints)))
-        if self._table is None or self._table[0] != members:
+        table = self._tables.get(members)
+        if table is None:
             hashed = self.policy.consistent_hash if self.policy is not None else None
             assert hashed is not None
-            table: RingHash | Maglev
             if hashed.maglev:
                 table = Maglev(members, hashed.table_size)
             else:
                 table = RingHash(members, self._ring_replicas(len(members), hashed.minimum_ring_size))
-            self._table = (members, table)
-        return self._table[1]
+            if len(self._tables) >= MAX_TABLES:
+                del self._tables[next(iter(self._tables))]  # the oldest
+            self._tables[members] = table
+        return table
 
     def _ring_replicas(self, count: int, minimum_ring_size: int) -> int:
         """Points per endpoint: enough for `minimum_ring_size` in all, but unchanged while the endpoint count

@@ -14,6 +14,7 @@ minus ejected ones, minus those already tried for this request (when others rema
 from __future__ import annotations
 
 import asyncio
+import random
 from collections import defaultdict
 from collections.abc import Collection
 
@@ -46,6 +47,7 @@ class Cluster:
         self.limits: ClusterLimits[Waiter] | None = None
         self.rate: RateLimiter | None = None
         self.least_request = False
+        self._rng = random.Random()
         self.configure(policy)
 
     def count(self, event: str, kind: str = "") -> None:
@@ -95,15 +97,18 @@ class Cluster:
         """The endpoint for the next request (or connection): None when every one is ejected."""
         if self.outlier is not None:
             endpoints = [e for e in endpoints if not self.outlier.is_ejected(e.ip, now)]
-        if tried and len(endpoints) > 1:
-            untried = [e for e in endpoints if e.ip not in tried]
-            endpoints = untried or endpoints
         if not endpoints:
             return None
         if len(endpoints) == 1:
             return endpoints[0]
         by_name = {e.ip: e for e in endpoints}
-        return by_name[self.balancer.pick(list(by_name), hash_key)]
+        untried = [name for name in by_name if name not in tried] if tried else []
+        if untried and self.balancer.hashing:
+            # A hash table is built per endpoint set: pick on the whole set, and only a retry that lands on an
+            # endpoint already tried goes elsewhere (at random), rather than a table for every subset.
+            picked = self.balancer.pick(list(by_name), hash_key)
+            return by_name[picked if picked not in tried else self._rng.choice(untried)]
+        return by_name[self.balancer.pick(untried or list(by_name), hash_key)]
 
     def begin(self, endpoint: str) -> None:
         """A request (or connection) to `endpoint` starts: counted for LEAST_REQUEST."""

@@ -141,11 +141,13 @@ def test_a_ring_has_the_requested_points_per_endpoint() -> None:
 def test_the_ring_is_rebuilt_only_when_the_endpoint_set_changes() -> None:
     balancer = hashing(False)
     balancer.pick(endpoints(3), "k")
-    table = balancer._table
+    table = balancer._hash_table(endpoints(3))
     balancer.pick(list(reversed(endpoints(3))), "k")
-    assert balancer._table is table
+    assert balancer._hash_table(endpoints(3)) is table
     balancer.pick(endpoints(2), "k")
-    assert balancer._table is not table
+    assert balancer._hash_table(endpoints(2)) is not table
+    # An endpoint that goes and comes back (ejected for a while) finds its set's table kept.
+    assert balancer._hash_table(endpoints(3)) is table
 
 
 def test_hash64_is_stable_and_64_bits() -> None:
