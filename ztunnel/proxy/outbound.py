@@ -7,6 +7,8 @@ workload is the pod owning the netns. `route.py` decides where the connection go
   opened from the source pod's netns with the source pod's certificate (the pool dials); the server must
   prove the destination's identity;
 - `Passthrough`: plaintext from the pod's netns, as if there were no mesh.
+A Service port with a TrafficPolicy has its endpoint chosen by the policy's load balancer, and its connection
+limit and outlier detection applied, per connection (`tcp_cluster.py`); any other VIP is round robin.
 Nothing is forwarded before ztunnel holds a complete config (a restart's first moments, control away
 with no cached copy): the connection waits briefly, then is reset. ztunnel's own ports are never a
 destination (a self-loop would accept and re-dial itself without end).
@@ -22,6 +24,7 @@ import ssl
 
 from meshlet_contracts.ports import PROXY_PORTS
 from ztunnel.identity.manager import IdentityError
+from ztunnel.l7.pool_limits import OVERFLOW_FLAG
 from ztunnel.metrics import CONNECT, DENY, tcp_labels, with_flags
 from ztunnel.proxy.connect import StreamRefused, open_stream
 from ztunnel.proxy.context import Accepted, peer_of
@@ -30,6 +33,7 @@ from ztunnel.proxy.http_entry import serve_http
 from ztunnel.proxy.http_outbound import OutboundHttp
 from ztunnel.proxy.relay import Side, TcpSide
 from ztunnel.proxy.route import Hbone, Local, Passthrough, Refuse, route
+from ztunnel.proxy.tcp_cluster import ClusterConnection, under_policy
 from ztunnel.rbac import Connection
 from ztunnel.tls import PeerIdentityError
 
@@ -55,6 +59,7 @@ class Outbound(Accepted):
         if not await self.admitted(port, PROXY_PORTS):
             return
         index = ctx.index
+        held: ClusterConnection | None = None
         try:
             addressed = index.by_vip.get(ip)
             if addressed is not None and port in addressed.http_ports:
@@ -63,7 +68,9 @@ class Outbound(Accepted):
                 if handback is None:
                     return
                 self.replay(handback)  # HTTP/2 with prior knowledge: carried at L4, as any TCP connection
-            decision = route(index, ctx.pods, ip, port)
+            if addressed is not None and index.traffic:  # a TrafficPolicy's per-connection parts (tcp_cluster.py)
+                held = under_policy(ctx.clusters, index, addressed, port)
+            decision = route(index, ctx.pods, ip, port) if held is None else held.pick(index, ctx.pods, port, source_ip)
         except Exception:  # a bug (or a config item the index cannot take) costs this connection only
             self._internal_error()
             return
@@ -77,6 +84,10 @@ class Outbound(Accepted):
         mtls = not isinstance(decision, Passthrough)
         destination = peer_of(up.workload, decision.identity if isinstance(decision, Local) else None, cluster)
         labels = tcp_labels("source", source, destination, service, mtls)
+        if held is not None and not held.admit(tunnel):  # over tcp.maxConnections: no queue at L4, reset
+            refused(ctx, tunnel, "overflow", with_flags(labels, OVERFLOW_FLAG))
+            failed(ctx, tunnel, "outbound", "overflow", f"{tunnel.describe}: {held.cluster.service} pool full")
+            return
         try:
             if isinstance(decision, Local):
                 local = decision.pod
@@ -92,6 +103,8 @@ class Outbound(Accepted):
                 except (OSError, TimeoutError):
                     refused(ctx, tunnel, "connect", with_flags(labels, CONNECT), with_flags(dest_labels, CONNECT))
                     raise
+                if held is not None:
+                    held.connected()
                 tunnel.established(upstream, labels, dest_labels)
                 return
             if isinstance(decision, Hbone):
@@ -100,11 +113,15 @@ class Outbound(Accepted):
                 sock = await ctx.sockets.connect(self.pod.netns_fd, up.ip, up.port)
                 _, upstream = await asyncio.get_running_loop().create_connection(lambda: TcpSide(tunnel), sock=sock)
         except StreamRefused as exc:
+            if held is not None and exc.reason != "denied":  # a denial says nothing of the endpoint's health
+                held.connect_failed()
             refused(ctx, tunnel, exc.reason, with_flags(labels, CONNECT))
             failed(ctx, tunnel, "outbound", exc.reason, f"{tunnel.describe}: {exc}")
             return
         except (OSError, TimeoutError, ssl.SSLError, IdentityError) as exc:
             reason = {PeerIdentityError: "peer_identity", IdentityError: "no_certificate"}.get(type(exc), "connect")
+            if held is not None and reason != "no_certificate":  # the source's own certificate is not the endpoint's
+                held.connect_failed()
             if not tunnel.labels:
                 refused(ctx, tunnel, reason, with_flags(labels, CONNECT))
             failed(ctx, tunnel, "outbound", reason, f"{tunnel.describe}: {type(exc).__name__}: {exc}")
@@ -112,6 +129,8 @@ class Outbound(Accepted):
         except Exception:  # a bug must cost this connection only, never the listener or the process
             self._internal_error()
             return
+        if held is not None:
+            held.connected()
         tunnel.established(upstream, labels)
 
     def _internal_error(self) -> None:
