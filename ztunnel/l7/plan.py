@@ -103,6 +103,8 @@ def plan(
         if f.type == "RequestRedirect":
             assert isinstance(settings, RequestRedirect)
             host = (head.get(b"host") or b"").decode("latin-1")
+            if not host:  # an HTTP/1.0 request may have none: the Location names the Service, never `http:///`
+                host = parent.hostname or f"{parent.name}.{parent.namespace}"
             location = redirect_location(settings, chosen.match, "http", host, port, head.target)
             return Reply(settings.status_code, "", "-", "redirected by route", ((b"location", location.encode()),))
         if f.type == "RequestHeaderModifier":
@@ -175,10 +177,13 @@ def _rate_limit(
 ) -> list[tuple[bytes, bytes]] | Reply:
     """The rate limits in force (the parent Service's, the backend's): a 429, or the headers to answer with."""
     headers: list[tuple[bytes, bytes]] = []
+    route_namespace, _, route_name = route.partition("/")
     for cluster in (parent, backend) if backend is not None and backend is not parent else (parent,):
         limiter = cluster.rate
-        # A policy's `route` names an HTTPRoute of its namespace, by name (or `namespace/name`).
-        if limiter is None or not (limiter.applies_to(route) or limiter.applies_to(route.rpartition("/")[2])):
+        # A policy's `route` names an HTTPRoute by `namespace/name`, or by name one of the policy's own namespace
+        # (the Service's): a route of that name in another namespace (a consumer route) is another route.
+        same_namespace = route_namespace == cluster.service.partition("/")[0]
+        if limiter is None or not (limiter.applies_to(route) or (same_namespace and limiter.applies_to(route_name))):
             continue
         decision = limiter.check(route, identity, now)
         headers = [(name.encode(), value.encode()) for name, value in decision.headers()]

@@ -59,9 +59,11 @@ def shadow_head(exchange: Exchange) -> bytes:
 
 
 def _shadow_host(host: bytes) -> bytes:
-    """`echo:80` -> `echo-shadow:80`, `echo` -> `echo-shadow` (an IPv6 literal's colons are not a port)."""
+    """`echo:80` -> `echo-shadow:80`, `echo` -> `echo-shadow`, `[::1]:80` -> `[::1]-shadow:80` (an IPv6
+    literal's colons are not a port)."""
     name, colon, port = host.rpartition(b":")
-    if colon and port.isdigit() and (not name.startswith(b"[") or name.endswith(b"]")) and b":" not in name:
+    bracketed = name.startswith(b"[") and name.endswith(b"]")
+    if colon and port.isdigit() and (bracketed or b":" not in name):
         return name + b"-shadow:" + port
     return host + b"-shadow"
 
