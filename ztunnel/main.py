@@ -219,6 +219,7 @@ class Ztunnel:
     def _updated(self, state: ConfigState) -> None:
         built = self._built.pop(state.version, None)
         self.ctx.index = built if built is not None else MeshIndex.from_config(state)
+        self.ctx.clusters.installed(self.ctx.index)
         self.ctx.config_loaded.set()
         self.ctx.config_source = "control"
         if self.cache is not None:

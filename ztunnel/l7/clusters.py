@@ -148,22 +148,24 @@ class Clusters:
         """Where every cluster counts its events: `Metrics.traffic`."""
 
     def get(self, index: MeshIndex, service: str, port: int) -> Cluster:
-        if index.version != self._version:
-            self._version = index.version
-            self._prune(index)
+        """The cluster of `port` of `service`, configured by `index`'s policy for it. An index older than the
+        one installed last (a connection that kept the index it opened with) never reconfigures a cluster."""
         policy = index.traffic_policy(service, port)
         cluster = self._clusters.get((service, port))
         if cluster is None:
             cluster = self._clusters[(service, port)] = Cluster(service, port, policy, self.counts)
-        elif cluster.policy is not policy and cluster.policy != policy:
+        elif cluster.policy is not policy and cluster.policy != policy and index.version >= self._version:
             cluster.configure(policy)
         return cluster
 
     def all(self) -> list[Cluster]:
         return list(self._clusters.values())
 
-    def _prune(self, index: MeshIndex) -> None:
-        """Forget clusters whose Service left, and outlier state of endpoints that left a Service."""
+    def installed(self, index: MeshIndex) -> None:
+        """A new config version is in force (`ctx.index`): forget clusters whose Service left, and the outlier
+        state of endpoints that left a Service. Versions may restart lower (a new control epoch): the newest is
+        whatever was installed last."""
+        self._version = index.version
         for key, cluster in list(self._clusters.items()):
             service = index.services.get(key[0])
             busy = cluster.limits is not None and (cluster.limits.connections or cluster.limits.pending)

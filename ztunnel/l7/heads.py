@@ -49,3 +49,21 @@ def response_head(response: Head, request: Head, framing: str, keep: bool) -> by
             lines.append(b"connection: keep-alive\r\n")
     lines.append(b"\r\n")
     return b"".join(lines)
+
+
+def origin_form(head: Head) -> None:
+    """Turn an absolute-form request target (`GET http://web.shop/a?b`, as sent to a proxy) into origin form
+    (`/a?b`) with the authority as Host (RFC 9112 3.2.2: the target's authority wins over a Host header), as
+    Envoy forwards it, so that routes match its path and the app gets what it would get without a proxy."""
+    target = head.target
+    if target[:1] == "/" or head.method == "CONNECT":
+        return
+    scheme, sep, rest = target.partition("://")
+    if not sep or scheme.lower() not in ("http", "https"):
+        return
+    cut = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    authority, path = rest[:cut], rest[cut:]
+    head.target = path if path.startswith("/") else "/" + path
+    if authority:
+        kept = [(n, v) for n, v in head.headers if n.lower() != b"host"]
+        head.replace_headers([*kept, (b"host", authority.encode("latin-1"))])

@@ -32,6 +32,7 @@ from meshlet_contracts.routes import (
 )
 from ztunnel.l7.clusters import Cluster, Clusters
 from ztunnel.l7.exchange import Reply, RequestPolicy
+from ztunnel.l7.heads import origin_form
 from ztunnel.l7.messages import Head, Headers
 from ztunnel.l7.routing import (
     BackendError,
@@ -82,6 +83,8 @@ def plan(
     """The plan for `head` sent to `port` of `parent` by `source` (SPIFFE identity, IP)."""
     parent_key = f"{parent.namespace}/{parent.name}"
     routes = index.routes_for(parent_key, port)
+    if head.target[:1] != "/":
+        origin_form(head)
     parent_cluster = clusters.get(index, parent_key, port)
     if not routes:
         result = Plan(parent_cluster, parent)

@@ -137,16 +137,18 @@ def test_a_policy_for_one_port_configures_that_ports_cluster_only() -> None:
     assert clusters.get(index, "shop/web", 80) is not clusters.get(index, "shop/web", 81)
 
 
-def test_a_removed_services_cluster_is_pruned_on_the_next_version() -> None:
+def test_a_removed_services_cluster_is_pruned_when_the_next_version_is_installed() -> None:
     clusters = Clusters()
     both = web(policy("p", target="api", outlier_detection=EJECT_ON_FIRST_5XX), version=1)
     web_cluster = clusters.get(both, "shop/web", 80)
     api_cluster = clusters.get(both, "shop/api", 80)
     assert api_cluster.end("10.0.2.1", 503, 0.0) is True
     only_web = mesh([service("web", IPS)], version=2)
+    clusters.installed(only_web)
     assert clusters.get(only_web, "shop/web", 80) is web_cluster
     assert clusters.all() == [web_cluster]
     back = web(policy("p", target="api", outlier_detection=EJECT_ON_FIRST_5XX), version=3)
+    clusters.installed(back)
     again = clusters.get(back, "shop/api", 80)
     assert again is not api_cluster
     assert picks(again, endpoints_of(back, again)) == {"10.0.2.1"}  # a new cluster: no ejection carried over
@@ -159,10 +161,10 @@ def test_a_cluster_with_connections_open_outlives_its_service_until_they_close(
     index = web(policy("p", target="api", connection_pool=ConnectionPool(max_connections=4)), version=1)
     api = clusters.get(index, "shop/api", 80)
     assert api.limits is not None and api.limits.request_connection(futures.create_future()) is Admission.CONNECT
-    clusters.get(mesh([service("web", IPS)], version=2), "shop/web", 80)
+    clusters.installed(mesh([service("web", IPS)], version=2))
     assert api in clusters.all()  # its open connection still counts against the limit
     assert api.limits.connection_closed() is None
-    clusters.get(mesh([service("web", IPS)], version=3), "shop/web", 80)
+    clusters.installed(mesh([service("web", IPS)], version=3))
     assert api not in clusters.all()
 
 
@@ -171,8 +173,9 @@ def test_an_endpoint_that_left_the_service_comes_back_without_its_old_ejection()
     detect = policy("p", outlier_detection=EJECT_ON_FIRST_5XX)
     cluster = clusters.get(web(detect, version=1), "shop/web", 80)
     eject(cluster, IPS[0], now=0.0)
-    clusters.get(web(detect, version=2, ips=IPS[1:]), "shop/web", 80)
+    clusters.installed(web(detect, version=2, ips=IPS[1:]))
     index = web(detect, version=3)
+    clusters.installed(index)
     assert clusters.get(index, "shop/web", 80) is cluster
     assert IPS[0] in picks(cluster, endpoints_of(index, cluster), now=1.0)  # within the 30 s it would have lasted
 
@@ -315,3 +318,12 @@ def test_a_judged_connect_counts_for_ejection_while_the_connection_stays_in_flig
     assert [cluster.judge(IPS[0], None, 0.0, IPS) for _ in range(2)] == [False, True]
     assert cluster.balancer.least_request.active(IPS[0]) == 1  # still open: only `end` closes the count
     assert clusters.counts[("ejections", "shop", "web", "")] == 1
+
+
+def test_an_older_index_never_reconfigures_a_cluster() -> None:
+    clusters = Clusters()
+    old = web(policy("p", outlier_detection=EJECT_ON_FIRST_5XX), version=1)
+    new = web(version=2)
+    clusters.installed(new)
+    cluster = clusters.get(new, "shop/web", 80)
+    assert clusters.get(old, "shop/web", 80) is cluster and cluster.outlier is None

@@ -29,6 +29,7 @@ from meshlet_contracts.traffic import ConsistentHash, HttpCookie, LoadBalancer, 
 from tests.unit.ztunnel.traffic_mesh import NS, mesh, policy, request, route, service
 from ztunnel.l7.clusters import Clusters
 from ztunnel.l7.exchange import Reply, RequestPolicy
+from ztunnel.l7.heads import origin_form
 from ztunnel.l7.messages import Head, Headers
 from ztunnel.l7.plan import DEFAULT_BACKOFF, DEFAULT_RETRIES, Plan, plan, request_policy
 from ztunnel.state.mesh import MeshIndex
@@ -459,3 +460,20 @@ def test_the_backends_policy_decides_the_hash_not_the_parents() -> None:
         [hashing(http_header_name="x-user"), policy("api-lb", target="api", load_balancer=LoadBalancer("RANDOM"))],
     )
     assert planned(ask(index, request(x_user="alice"))).hash_key is None
+
+
+@pytest.mark.parametrize(
+    ("target", "host", "path", "new_host"),
+    [
+        ("http://web.shop/a?b=1", "ignored", "/a?b=1", "web.shop"),
+        ("http://web.shop:80", "x", "/", "web.shop:80"),
+        ("HTTP://web.shop?q", "x", "/?q", "web.shop"),
+        ("/plain", "web", "/plain", "web"),
+    ],
+)
+def test_an_absolute_form_target_is_routed_by_its_path_and_forwarded_in_origin_form(
+    target: str, host: str, path: str, new_host: str
+) -> None:
+    head = Head("1.1", [(b"Host", host.encode())], method="GET", target=target)
+    origin_form(head)
+    assert (head.target, head.get(b"host")) == (path, new_host.encode())
