@@ -34,6 +34,7 @@ from ztunnel.l7.clusters import Cluster, Clusters
 from ztunnel.l7.exchange import Reply, RequestPolicy
 from ztunnel.l7.heads import origin_form
 from ztunnel.l7.messages import Head, Headers
+from ztunnel.l7.ratelimit import Decision
 from ztunnel.l7.routing import (
     BackendError,
     NoRoute,
@@ -179,7 +180,7 @@ def _rate_limit(
     parent: Cluster, backend: Cluster | None, route: str, identity: str, now: float
 ) -> list[tuple[bytes, bytes]] | Reply:
     """The rate limits in force (the parent Service's, the backend's): a 429, or the headers to answer with."""
-    headers: list[tuple[bytes, bytes]] = []
+    decision = None
     route_namespace, _, route_name = route.partition("/")
     for cluster in (parent, backend) if backend is not None and backend is not parent else (parent,):
         limiter = cluster.rate
@@ -189,11 +190,18 @@ def _rate_limit(
         if limiter is None or not (limiter.applies_to(route) or (same_namespace and limiter.applies_to(route_name))):
             continue
         decision = limiter.check(route, identity, now)
-        headers = [(name.encode(), value.encode()) for name, value in decision.headers()]
         if not decision.allowed:
             cluster.count("rate_limited")
-            return Reply(429, RATE_LIMITED_BODY, "RL", f"rate limit of {cluster.service}", tuple(headers))
-    return headers
+            return Reply(429, RATE_LIMITED_BODY, "RL", f"rate limit of {cluster.service}", _lines(decision))
+    return list(_lines(decision)) if decision is not None else []
+
+
+def _lines(decision: Decision) -> tuple[tuple[bytes, bytes], ...]:
+    return (
+        (b"x-ratelimit-limit", b"%d" % decision.limit),
+        (b"x-ratelimit-remaining", b"%d" % decision.remaining),
+        (b"x-ratelimit-reset", b"%d" % decision.reset),
+    )
 
 
 def _hash_key(cluster: Cluster, head: Head, source_ip: str) -> tuple[str | bytes | None, list[tuple[bytes, bytes]]]:

@@ -78,7 +78,7 @@ def select(routes: Sequence[HTTPRoute], method: str, path: str, headers: Headers
     """The rule `routes` (`MeshIndex.routes_for` the request's Service and port) send this request to. `path` is the
     request target's path and `query` its query string (`split_target`), compared as received: no percent-decoding
     or dot-segment normalization is done here."""
-    params = _first_params(query)
+    params = _first_params(query) if query else {}
     best: tuple[tuple[int, int, int, int, int], tuple[bool, str, str, str, int, int], Match] | None = None
     for route in routes:
         for rule_index, rule in enumerate(route.rules):

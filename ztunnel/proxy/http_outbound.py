@@ -172,6 +172,10 @@ class OutboundHttp:
         queue, or UpstreamFailed 503 UO when the queue is full."""
         limits = cluster.limits
         assert limits is not None
+        limit = limits.pool.max_connections
+        if limit is None or limits.connections < limit:  # room: the common case, no waiter to make
+            limits.connections += 1
+            return
         waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         admission = limits.request_connection(waiter)
         if admission is Admission.OVERFLOW:
