@@ -11,8 +11,10 @@ a request whose body was (partly) sent, not beyond the router's budget (`Router.
 goes to `Router.attempted` (outlier detection, requests in flight). When the tries are spent on a retriable
 failure the last one stands, with flag URX (as Envoy's "upstream retry limit exceeded").
 
-Without a policy a request gets one try, except that a bodiless idempotent request whose reused upstream closed
-before answering is sent once more on a fresh connection (that is no try: nothing was processed).
+Without retries a request gets one try, except that a bodiless idempotent request whose reused upstream closed
+before answering is sent once more on a fresh connection (RFC 9112 9.3.1: the upstream may have closed the idle
+connection as the request went out). With retries that case is a retry like any other: counted, within the
+budget, on another endpoint when there is one (an endpoint resetting requests must not hide behind resends).
 """
 
 from __future__ import annotations
@@ -83,15 +85,16 @@ class Tries:
             except UpstreamLost as lost:
                 self.router.release(upstream, False)
                 router.attempted(exchange, None)
-                retry = (
+                resend = (
                     lost.reply.flags == "UC"
                     and upstream.reused
                     and not lost.answered
                     and not fresh
                     and not head.has_body
                     and head.method in IDEMPOTENT
+                    and not (policy is not None and policy.retries)  # a retry policy decides, and counts, instead
                 )
-                if retry:  # a kept-alive connection the upstream closed as the request went out: not a try
+                if resend:  # a kept-alive connection the upstream closed as the request went out: not a try
                     fresh = True
                     continue
                 if lost.answered:

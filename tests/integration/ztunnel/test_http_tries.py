@@ -127,6 +127,7 @@ async def mesh(*behaviours: Behaviour) -> AsyncIterator[tuple[int, TriesRouter]]
         yield front.sockets[0].getsockname()[1], router
     finally:
         front.close()
+        router.pool.close()
         for server in servers:
             server.close()
         for task in list(tasks):
@@ -237,3 +238,30 @@ async def test_a_request_with_a_body_is_tried_again_when_its_connect_failed() ->
         router.policy = RequestPolicy(retries=1, backoff=0.001)
         status, _, body, _ = await curl(port, "--data", "payload")
         assert (status, body) == (200, "good")
+
+
+async def test_a_reset_on_a_kept_alive_connection_is_a_counted_retry_under_a_retry_policy() -> None:
+    served = 0
+
+    async def every_second_resets(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal served
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                await _read_head(reader)
+                served += 1
+                if served % 2 == 0:
+                    writer.transport.abort()
+                    return
+                writer.write(b"HTTP/1.1 200 X\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+
+    async with mesh(every_second_resets) as (port, router):
+        router.pool = UpstreamPool()  # kept alive: the second request goes on the first one's connection
+        router.policy = RequestPolicy(retries=2, backoff=0.001)
+        code, out = await asyncio.create_subprocess_exec(
+            "curl", "-sS", "-m", "10", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{http_code} ", f"http://127.0.0.1:{port}/a",
+            f"http://127.0.0.1:{port}/b", stdout=asyncio.subprocess.PIPE,
+        ), None  # fmt: skip
+        out, _ = await code.communicate()
+        assert out.split() == [b"200", b"200"]
+        assert router.done_list[-1].retries == 1  # the reset was retried through the policy, and counted
