@@ -19,6 +19,9 @@ Steering, by the conventions of the Gateway API conformance echo server (`meshle
 - request header `X-Echo-Set-Header: Name:value,...` adds those headers to the response;
 - `/retry/...?uuid=U&succeedAfter=K[&responseCode=C]` fails the first K requests with uuid U (answering C, or
   resetting the connection without C), then echoes.
+A whole pod misbehaves when its environment says so (`ECHO_DELAY`, `ECHO_STATUS`, `ECHO_RESET_EVERY`: see
+`meshlet.lab.app_echo.Faults`), for every request but `/healthz` and the body routes (POST /sha256, /echo,
+/upload).
 Every answered request is logged on one line (`peer "METHOD target HTTP/1.1" status size`), and every reset
 as `peer "METHOD target" reset`, so a test can count the requests (mirrored copies too) a pod got.
 HEAD answers every GET path with its headers and no body; `Expect: 100-continue` is answered by http.server
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import socket
 import struct
 import sys
@@ -42,7 +46,7 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from meshlet.lab.app_body import CHUNK, BodyError, read_chunked
-from meshlet.lab.app_echo import SET_HEADER, RetryBook, echo_answer, parse_duration, retry_ask, set_headers
+from meshlet.lab.app_echo import SET_HEADER, Faults, RetryBook, echo_answer, parse_duration, retry_ask, set_headers
 from meshlet.lab.app_websocket import accept_key, echo, valid_key
 
 MAX_BYTES = 1 << 30
@@ -105,11 +109,30 @@ class AppHandler(BaseHTTPRequestHandler):
             return self._echo()
         if ask.response_code is not None:
             return self._reply(ask.response_code, f"failing on purpose for uuid {ask.uuid}\n".encode(), "text/plain")
+        self._reset()
+
+    def _reset(self) -> None:
+        """Answer nothing and reset the connection (logged, so tests can count the resets)."""
         self.log_message('"%s %s" reset', self.command, self.path)
         # SO_LINGER 0 makes close() send RST instead of FIN; the server skips its graceful shutdown for it.
         self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         self.close_connection = True
         self.server.resets.add(self.connection)
+
+    def _faulted(self, path: str) -> bool:
+        """True when the pod's faults (`Faults`) answered or reset this request instead of its route."""
+        faults = self.server.faults
+        if path == "/healthz" or not faults.any:
+            return False
+        if faults.delay:
+            time.sleep(faults.delay)
+        if faults.reset_now():
+            self._reset()
+            return True
+        if faults.status is not None:
+            self._reply(faults.status, f"status {faults.status} (ECHO_STATUS)\n".encode(), "text/plain")
+            return True
+        return False
 
     def _route_any(self, path: str) -> None:
         """The routes every method shares, after the body was drained."""
@@ -129,7 +152,7 @@ class AppHandler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 (name set by http.server)
         url = urlsplit(self.path)
         self._drain()
-        if url.path != "/ws" and not self._delayed(url.query):
+        if self._faulted(url.path) or (url.path != "/ws" and not self._delayed(url.query)):
             return
         if url.path == "/":
             peer = f"{self.client_address[0]}:{self.client_address[1]}"
@@ -202,7 +225,7 @@ class AppHandler(BaseHTTPRequestHandler):
         if path == "/upload" and self.command in ("POST", "PUT"):
             return self._upload()
         self._drain()
-        if self._delayed(urlsplit(self.path).query):
+        if not self._faulted(path) and self._delayed(urlsplit(self.path).query):
             self._route_any(path)
 
     do_PUT = do_DELETE = do_PATCH = do_OPTIONS = _other
@@ -275,9 +298,10 @@ class AppServer(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, addr: tuple[str, int], identity: dict[str, str]) -> None:
+    def __init__(self, addr: tuple[str, int], identity: dict[str, str], faults: Faults | None = None) -> None:
         super().__init__(addr, AppHandler)
         self.identity = identity
+        self.faults = faults or Faults()
         self.retries = RetryBook()
         self.resets: set[socket.socket] = set()
         """Connections `/retry` fails by a reset: closed without the graceful shutdown (which would send FIN)."""
@@ -300,7 +324,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--port", type=int, default=8080)
     args = parser.parse_args(argv)
     identity = {"pod": args.pod, "namespace": args.namespace, "node": args.node, "ip": args.ip}
-    server = AppServer((args.listen, args.port), identity)
+    try:
+        faults = Faults.from_env(os.environ)
+    except ValueError as exc:
+        parser.error(str(exc))
+    server = AppServer((args.listen, args.port), identity, faults)
     print(f"sample app {args.namespace}/{args.pod} listening on {args.listen}:{args.port}", flush=True)
     server.serve_forever()
 

@@ -9,15 +9,22 @@ against its conventions work against a lab pod:
 - request header `X-Echo-Set-Header: Name:value,Name2:value2` adds those response headers;
 - `/retry/...?uuid=U&succeedAfter=K[&responseCode=C]` fails the first K requests carrying uuid U, then
   succeeds; the per-uuid counts are kept for at most MAX_RETRY_KEYS uuids (least recently used go first).
+
+One pod can also be made to misbehave as a whole, which no request parameter can do when requests go through a
+Service and the mesh picks the endpoint (`Faults`, from the container's environment, set in a Deployment):
+`ECHO_DELAY=<duration>` makes every answer slow, `ECHO_STATUS=<code>` answers every request with that code,
+`ECHO_RESET_EVERY=<n>` resets the connection of every n-th request without answering (the readiness probe `/healthz`
+is spared by all three, so the pod still becomes ready).
 """
 
 from __future__ import annotations
 
+import itertools
 import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -137,3 +144,40 @@ class RetryBook:
             while len(self._seen) > self._max:
                 self._seen.popitem(last=False)
             return count <= succeed_after
+
+
+FAULT_VARIABLES = ("ECHO_DELAY", "ECHO_STATUS", "ECHO_RESET_EVERY")
+
+
+@dataclass(frozen=True, slots=True)
+class Faults:
+    """How the whole pod misbehaves, from its environment: every request (but the readiness probe) waits `delay`
+    seconds, then every `reset_every`-th one is reset, and the others are answered `status` when set."""
+
+    delay: float = 0.0
+    status: int | None = None
+    reset_every: int = 0
+    _counter: Iterator[int] = field(default_factory=lambda: itertools.count(1), compare=False, repr=False)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Faults:
+        """The faults the ECHO_* variables ask for; ValueError naming the variable that is wrong."""
+        delay = parse_duration(env["ECHO_DELAY"]) if env.get("ECHO_DELAY") else 0.0
+        status_text, every_text = env.get("ECHO_STATUS", ""), env.get("ECHO_RESET_EVERY", "")
+        status: int | None = None
+        if status_text:
+            if not (status_text.isascii() and status_text.isdigit() and 200 <= int(status_text) <= 599):
+                raise ValueError(f"ECHO_STATUS {status_text[:20]!r} must be a status code in 200..599")
+            status = int(status_text)
+        if every_text and not (every_text.isascii() and every_text.isdigit() and int(every_text) >= 1):
+            raise ValueError(f"ECHO_RESET_EVERY {every_text[:20]!r} must be a number of requests, 1 or more")
+        return cls(delay, status, int(every_text or 0))
+
+    @property
+    def any(self) -> bool:
+        return bool(self.delay or self.status is not None or self.reset_every)
+
+    def reset_now(self) -> bool:
+        """Count one request; True when it is the one of every `reset_every` to reset. next() on a count is atomic
+        under the GIL, so the connections' threads share it without a lock."""
+        return self.reset_every > 0 and next(self._counter) % self.reset_every == 0

@@ -99,6 +99,23 @@ def _deployment(obj: Obj, key: str) -> None:
         raise ValueError(f"{key}: spec.selector.matchLabels {match} does not match the template's labels {labels}")
 
 
+APP_ENV_PREFIX = "ECHO_"
+"""The environment variables of a Deployment's container that reach the lab's sample app (its steering)."""
+
+
+def app_env(deployment: Obj) -> dict[str, str]:
+    """The ECHO_* variables of the template's first container (`env: [{name, value}]`), values as strings; the
+    rest of the environment is the image's business, which the lab does not run."""
+    containers = (deployment["spec"]["template"].get("spec") or {}).get("containers") or [{}]
+    first = containers[0] if isinstance(containers[0], dict) else {}
+    out: dict[str, str] = {}
+    for var in first.get("env") or ():
+        if isinstance(var, dict) and str(var.get("name", "")).startswith(APP_ENV_PREFIX):
+            value = var.get("value", "")
+            out[str(var["name"])] = "" if value is None else str(value)
+    return out
+
+
 def replica_set_object(lab: LabPlan, deployment: Obj, hash_: str) -> Obj:
     """The ReplicaSet `<deployment>-<hash>` the Deployment controller would make for one template."""
     name, ns = deployment["metadata"]["name"], namespace_of(deployment)

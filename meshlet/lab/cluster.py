@@ -13,6 +13,7 @@ import shutil
 import signal
 import socket
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -203,12 +204,15 @@ def pod_network(plan: LabPlan, pod: PodPlan) -> None:
     )
 
 
-def start_app(state: LabState, pod: PodPlan, log_suffix: str = "") -> processes.Started:
+def start_app(
+    state: LabState, pod: PodPlan, log_suffix: str = "", env: Mapping[str, str] | None = None
+) -> processes.Started:
+    """The sample app in the pod; `env` adds to its environment (a Deployment's ECHO_* steering)."""
     argv = processes.python_module(
         "meshlet.lab.app", "--pod", pod.name, "--namespace", pod.namespace, "--node", pod.node, "--ip", pod.ip
     )
     log = state.logs / f"app.{pod.namespace}.{pod.name}{log_suffix}.log"
-    return processes.spawn(argv, pod.netns, pod.cgroup, log)
+    return processes.spawn(argv, pod.netns, pod.cgroup, log, dict(env) if env else None)
 
 
 def http_get(netns: str, ip: str, port: int, path: str, timeout: float = 2.0) -> tuple[int, bytes]:

@@ -1,20 +1,21 @@
 """`meshlet lab apply|delete -f FILE` in the kernel: carry out what `meshlet.lab.apps` planned.
 
 Pods of a Deployment are built like the pods of `lab up` (netns, veth to the node's bridge, cgroup, the
-sample app), and their Pod objects are written only once the app answers its readiness probe, so control
-never sends traffic to a pod that cannot take it. Removal runs the other way: the objects go first (the
-mesh stops routing to them), then the processes, the netns and the cgroups. The lab state is saved after
-every step, so `lab down` removes whatever a failed apply left.
+sample app, given the ECHO_* variables of the Deployment's container), and their Pod objects are written only
+once the app answers its readiness probe, so control never sends traffic to a pod that cannot take it. Removal
+runs the other way: the objects go first (the mesh stops routing to them), then the processes, the netns and
+the cgroups. The lab state is saved after every step, so `lab down` removes whatever a failed apply left.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 
 from meshlet.lab import kernel
 from meshlet.lab.apps import AppPod, AppsState, Change, load_manifests, plan_apply, plan_delete
-from meshlet.lab.apps_objects import Obj, key_of
+from meshlet.lab.apps_objects import Obj, app_env, key_of
 from meshlet.lab.cluster import load, pod_network, start_app, wait_ready
 from meshlet.lab.state import LabState, locked
 from meshlet.lab.store import remove_objects, write_objects
@@ -62,7 +63,9 @@ def _carry_out(state: LabState, change: Change) -> None:
         for pod in change.start:
             pod_network(state.plan, pod.pod)
             kernel.cgroup_create(pod.pod.cgroup)
-            state.processes[_key(pod)] = start_app(state, pod.pod)
+            deployment = change.state.objects.get(f"Deployment/{pod.pod.namespace}/{pod.deployment}")
+            env = app_env(deployment) if deployment is not None else {}
+            state.processes[_key(pod)] = start_app(state, pod.pod, env=env)
             state.save()
         for pod in change.start:
             wait_ready(pod.pod, Path(state.processes[_key(pod)].log))
@@ -81,7 +84,11 @@ def _carry_out(state: LabState, change: Change) -> None:
 def _stop_pod(state: LabState, pod: AppPod) -> None:
     cgroup = kernel.cgroup_path(pod.pod.cgroup)
     kernel.cgroup_stop(cgroup)  # each of these steps is a no-op when already done (a retried delete)
-    kernel.netns_delete(pod.pod.netns)  # takes the veth pair with it
+    # The node's end of the veth first, at once: deleting the netns frees its links later, in the kernel's own
+    # time, and a pod started meanwhile with the same address (a scale down and up) would find its name taken.
+    with contextlib.suppress(kernel.KernelError):
+        kernel.ip_batch([f"link delete {pod.pod.node_link}"], netns=state.plan.node(pod.pod.node).netns)
+    kernel.netns_delete(pod.pod.netns)
     kernel.cgroup_remove(cgroup)
     state.processes.pop(_key(pod), None)
     state.save()
