@@ -1,4 +1,4 @@
-"""The PNG for people: every ratio (C/B, D/B, C/A, E/F) against the 1.0 line, one panel per direction.
+"""The PNG for people: every ratio (C/B, D/B, C/A, E/F, G/E) against the 1.0 line, one panel per direction.
 
 Top panel: metrics where higher is better (throughput; the targets say C/B >= 1.0). Bottom panel:
 metrics where lower is better (latency, CPU, memory), so there a bar left of 1.0 is meshlet ahead.
@@ -20,7 +20,7 @@ from matplotlib.ticker import FuncFormatter  # noqa: E402
 
 from tests.bench.report import METRICS, RATIOS, Metric, label_of  # noqa: E402
 
-_COLORS = {"C/B": "#1f77b4", "D/B": "#9467bd", "C/A": "#bbbbbb", "E/F": "#2ca02c"}
+_COLORS = {"C/B": "#1f77b4", "D/B": "#9467bd", "C/A": "#bbbbbb", "E/F": "#2ca02c", "G/E": "#ff7f0e"}
 
 
 def _panel(
@@ -75,7 +75,7 @@ def write_chart(
     fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=9)
     fig.suptitle(
         "meshlet benchmark: C = meshlet (iptables), D = meshlet (eBPF), B = HAProxy mTLS pair, A = direct;\n"
-        "L7: E = meshlet L7 (eBPF), F = HAProxy mode http mTLS pair\n" + subtitle,
+        "L7: E = meshlet L7 (eBPF), F = HAProxy mode http mTLS pair, G = E + HTTPRoute + TrafficPolicy\n" + subtitle,
         fontsize=11,
     )
     fig.tight_layout(rect=(0, 0.04, 1, 0.93))

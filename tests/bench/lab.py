@@ -113,6 +113,10 @@ class Lab:
             self._cli("exec", target, "--", *argv), stdin=stdin, stdout=stdout, stderr=stderr, text=True
         )
 
+    def apply(self, path: Path) -> subprocess.CompletedProcess[str]:
+        """`lab apply -f PATH`: Services, HTTPRoutes, TrafficPolicies, ... into the lab, as a user would."""
+        return subprocess.run(self._cli("apply", "-f", str(path)), capture_output=True, text=True, timeout=120)
+
     def node_proxies(self) -> dict[str, int]:
         """{node name: ztunnel PID} from the lab's state file."""
         state = json.loads(Path(f"/var/run/meshlet/labs/{self.lab_id}/lab.json").read_text())
@@ -125,14 +129,12 @@ class Lab:
             raise BenchError(f"lab {self.lab_id!r} runs no ztunnel (lab.json lists none)")
         return dict(sorted(pids.items()))
 
-    def requests_by_reporter(self, node: str) -> dict[str, float]:
-        """{reporter: requests} of `istio_requests_total` on a node's ztunnel, summed over the other labels.
-
-        Only the L7 path counts requests, so an L4 scenario leaves these unchanged."""
+    def metrics(self, node: str) -> str:
+        """A node's ztunnel `/metrics` (Prometheus text)."""
         proc = self.exec(node, ["curl", "-sS", "-f", "--max-time", "5", ZTUNNEL_METRICS], timeout=30)
         if proc.returncode != 0:
             raise BenchError(f"{ZTUNNEL_METRICS} on {node}: {proc.stderr.strip()[-200:]}")
-        return requests_by_reporter(proc.stdout)
+        return proc.stdout
 
 
 def requests_by_reporter(text: str) -> dict[str, float]:
@@ -142,6 +144,16 @@ def requests_by_reporter(text: str) -> dict[str, float]:
         if name == "istio_requests_total":
             reporter = labels.get("reporter", "")
             out[reporter] = out.get(reporter, 0.0) + value
+    return out
+
+
+def requests_by_destination(text: str) -> dict[str, float]:
+    """{destination_service: requests} the source side counted: which Service's endpoints a route sent them to."""
+    out: dict[str, float] = {}
+    for name, labels, value in samples(text):
+        if name == "istio_requests_total" and labels.get("reporter") == "source":
+            service = labels.get("destination_service", "")
+            out[service] = out.get(service, 0.0) + value
     return out
 
 

@@ -1,4 +1,4 @@
-"""From scenario results to the judgement: metric rows, ratios C/B, D/B, C/A, E/F, targets, the table, JSON.
+"""From scenario results to the judgement: metric rows, ratios C/B, D/B, C/A, E/F, G/E, targets, the table, JSON.
 
 Nothing absolute passes or fails; a ratio is a scenario's value over another's in the same run. Each
 metric says which way is better, so a ratio can be read (and coloured) without knowing the metric.
@@ -14,10 +14,19 @@ from typing import Any
 
 from rich.table import Table
 
-SCENARIOS = ("A", "B", "C", "D", "E", "F")
-HEADERS = {"A": "direct", "B": "HAProxy", "C": "meshlet", "D": "eBPF", "E": "L7 eBPF", "F": "HAProxy L7"}
+SCENARIOS = ("A", "B", "C", "D", "E", "F", "G")
+HEADERS = {
+    "A": "direct",
+    "B": "HAProxy",
+    "C": "meshlet",
+    "D": "eBPF",
+    "E": "L7 eBPF",
+    "F": "HAProxy L7",
+    "G": "L7 routed",
+}
 """Short column names: A direct, B the HAProxy mTLS pair (mode tcp), C meshlet (iptables), D meshlet (eBPF),
-E meshlet L7 (eBPF backend, an HTTP service port), F the HAProxy mTLS pair in `mode http`."""
+E meshlet L7 (eBPF backend, an HTTP service port), F the HAProxy mTLS pair in `mode http`, G E with an HTTPRoute
+and TrafficPolicies in force (routing.py)."""
 TITLES = {
     "A": "direct",
     "B": "HAProxy mTLS pair",
@@ -25,10 +34,13 @@ TITLES = {
     "D": "meshlet eBPF",
     "E": "meshlet L7 (eBPF)",
     "F": "HAProxy mode http mTLS pair",
+    "G": "meshlet L7 (eBPF) + HTTPRoute + TrafficPolicy",
 }
 """The scenarios' full names, as the progress lines and the JSON spell them."""
-RATIOS = (("C/B", "C", "B"), ("D/B", "D", "B"), ("C/A", "C", "A"), ("E/F", "E", "F"))
-"""(name, numerator, denominator)."""
+RATIOS = (("C/B", "C", "B"), ("D/B", "D", "B"), ("C/A", "C", "A"), ("E/F", "E", "F"), ("G/E", "G", "E"))
+"""(name, numerator, denominator). G/E is what routing costs: the same path with and without the route."""
+ROUTING_COST = 0.10
+"""Issue #15: with an HTTPRoute and a TrafficPolicy in force, a request may cost at most 10% more (G against E)."""
 
 Result = Mapping[str, Any]
 """One scenario's result as scenario.measure returns it."""
@@ -136,7 +148,7 @@ def values(results: Mapping[str, Result | None]) -> dict[str, dict[str, float | 
 
 
 def ratios(vals: Mapping[str, Mapping[str, float | None]]) -> dict[str, dict[str, float | None]]:
-    """{metric: {'C/B': ..., 'D/B': ..., 'C/A': ..., 'E/F': ...}}."""
+    """{metric: {'C/B': ..., 'D/B': ..., 'C/A': ..., 'E/F': ..., 'G/E': ...}}."""
     return {key: {name: ratio(row.get(a), row.get(b)) for name, a, b in RATIOS} for key, row in vals.items()}
 
 
@@ -147,10 +159,11 @@ def _target(scenario: str, what: str, value: float | None, unit: str, holds: boo
 def targets(
     vals: Mapping[str, Mapping[str, float | None]], rats: Mapping[str, Mapping[str, float | None]], hold_max: int
 ) -> list[dict[str, Any]]:
-    """The issues' targets for meshlet (C, D, E when measured); `holds` is None when not measured.
+    """The issues' targets for meshlet (C, D, E, G when measured); `holds` is None when not measured.
 
     L4 (C, D) against the HAProxy tcp pair (issue #7); L7 (E) against the HAProxy http pair (issue #14:
-    "E at or above F" on req/s, and CPU per request no higher)."""
+    "E at or above F" on req/s, and CPU per request no higher); routing (G) against E (issue #15: "the
+    per-request cost of routing stays under 10%": CPU per request at most 1.10x, req/s at least 1/1.10x)."""
     out = []
     for s in ("C", "D"):
         for key in ("c1_rps", "c16_rps", "bulk_gbit_per_s"):
@@ -169,6 +182,20 @@ def targets(
     for key in ("cpu_us_per_request_c1", "cpu_us_per_request_c16"):
         r = rats[key]["E/F"]
         out.append(_target("E", f"{_BY_KEY[key].label}: E/F <= 1.0", r, "x", None if r is None else r <= 1.0))
+    return out + routing_targets(rats)
+
+
+def routing_targets(rats: Mapping[str, Mapping[str, float | None]]) -> list[dict[str, Any]]:
+    """G/E on req/s and proxy CPU per request at c=1 and c=16: routing's cost per request under ROUTING_COST."""
+    out = []
+    most, least = 1 + ROUTING_COST, 1 / (1 + ROUTING_COST)
+    for key in ("c1_rps", "c16_rps"):
+        r = rats[key]["G/E"]
+        what = f"{_BY_KEY[key].label}: G/E >= {least:.2f}"
+        out.append(_target("G", what, r, "x", None if r is None else r >= least))
+    for key in ("cpu_us_per_request_c1", "cpu_us_per_request_c16"):
+        r = rats[key]["G/E"]
+        out.append(_target("G", f"{_BY_KEY[key].label}: G/E <= {most:.2f}", r, "x", None if r is None else r <= most))
     return out
 
 
@@ -176,12 +203,14 @@ def label_of(metric: Metric, counts: Mapping[str, int]) -> str:
     return metric.label.format(hold=f"{counts['hold']:,}", hold_max=f"{counts['hold_max']:,}")
 
 
-def _ratio_cell(metric: Metric, r: float | None) -> str:
+def _ratio_cell(metric: Metric, r: float | None, name: str = "") -> str:
     if r is None:
         return "[dim]-[/dim]"
     if not metric.chart:
         return f"{r:.2f}x"
-    good = r >= 1.0 if metric.better == "higher" else r <= 1.0
+    # G/E is not meshlet against another proxy but routing's cost: green while within the allowed 10%
+    slack = 1 + ROUTING_COST if name == "G/E" else 1.0
+    good = r >= 1.0 / slack if metric.better == "higher" else r <= slack
     return f"[{'green' if good else 'red'}]{r:.2f}x[/]"
 
 
@@ -190,7 +219,7 @@ def table(
     rats: Mapping[str, Mapping[str, float | None]],
     counts: Mapping[str, int],
 ) -> Table:
-    """Rows: metrics; columns: A-F, then the ratios (green: meshlet better, red: worse)."""
+    """Rows: metrics; columns: A-G, then the ratios (green: meshlet better, red: worse)."""
     t = Table(title="meshlet benchmark (one run, this machine)", title_justify="left")
     t.add_column("metric (better)", no_wrap=True)
     for s in SCENARIOS:
@@ -200,7 +229,7 @@ def table(
     for m in METRICS:
         cells = [m.fmt.format(v) if (v := vals[m.key][s]) is not None else "[dim]n/a[/dim]" for s in SCENARIOS]
         arrow = "↑" if m.better == "higher" else "↓"
-        t.add_row(f"{label_of(m, counts)} {arrow}", *cells, *(_ratio_cell(m, rats[m.key][n]) for n, _, _ in RATIOS))
+        t.add_row(f"{label_of(m, counts)} {arrow}", *cells, *(_ratio_cell(m, rats[m.key][n], n) for n, _, _ in RATIOS))
     return t
 
 

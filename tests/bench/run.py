@@ -7,8 +7,9 @@ Brings up a 2-node lab, starts nginx in the server pods and measures the same wo
   D  meshlet, eBPF backend          (a second lab with --redirect ebpf; unavailable while refused)
   E  meshlet L7, eBPF backend       (as D in a lab of its own, through a Service port named `http`: L7)
   F  an HAProxy `mode http` mTLS pair (as B, both sides parsing HTTP, server connections reused)
+  G  meshlet L7 + routing           (as E, with an HTTPRoute and TrafficPolicies in force: routing.py)
 and the HTTP parsers' cost (httptools vs h11, http_parsers.py), then prints the table with the ratios
-C/B, D/B, C/A, E/F and writes it as JSON and a PNG chart.
+C/B, D/B, C/A, E/F, G/E and writes it as JSON and a PNG chart.
 Everything it started is stopped by PID and the lab is taken down, also on failure or Ctrl-C.
 """
 
@@ -30,7 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tests.bench import haproxy, http_parsers, nginx, report, services
+from tests.bench import haproxy, http_parsers, nginx, report, routing, services
 from tests.bench.chart import write_chart
 from tests.bench.lab import BenchError, Lab, LabError, Pod, stop
 from tests.bench.scenario import Scenario, Settings, measure
@@ -42,7 +43,7 @@ RESULTS = Path(__file__).with_name("results")
 def _console(stderr: bool = False) -> Console:
     c = Console(stderr=stderr)
     # a log or a pipe: the table's full width rather than rich's default of 80 columns
-    return c if c.is_terminal else Console(stderr=stderr, width=140)
+    return c if c.is_terminal else Console(stderr=stderr, width=170)
 
 
 console = _console()
@@ -59,7 +60,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         "--scenarios",
         type=_scenarios,
         default="".join(report.SCENARIOS),
-        help="which of A-F to run, e.g. EF or E,F (default ABCDEF)",
+        help="which of A-G to run, e.g. EF or E,G (default ABCDEFG)",
     )
     p.add_argument(
         "--parsers",
@@ -219,13 +220,14 @@ class Run:
             raise BenchError(f"cannot read the node proxies' PIDs: {exc}") from exc
 
     def ebpf_lab(self) -> None:
-        """D and E: each in its own lab with `--redirect ebpf` (fresh ztunnels, as C's: E measured right after
+        """D, E and G: each in its own lab with `--redirect ebpf` (fresh ztunnels, as C's: E measured right after
         D's 10,000 held connections ran slower, on proxies grown to twice their idle RSS); recorded as
         unavailable, with the CLI's reason, when refused.
 
         D calls the server pod's IP on nginx's :8081 (L4). E calls the `bench-http` Service (port `http`,
-        to nginx's :8082 in the same pod): both ztunnels handle that at L7."""
-        todo = [s for s in "DE" if s in self.wanted]
+        to nginx's :8082 in the same pod): both ztunnels handle that at L7. G is E with an HTTPRoute on that
+        Service and TrafficPolicies in force first (routing.py): G/E is what routing costs per request."""
+        todo = [s for s in "DEG" if s in self.wanted]
         for i, key in enumerate(todo):
             if not self._ebpf_scenario(key):
                 for later in todo[i + 1 :]:  # the same refusal would come again: no second attempt
@@ -233,7 +235,7 @@ class Run:
                 return
 
     def _ebpf_scenario(self, key: str) -> bool:
-        """Bring up the eBPF lab, measure D or E in it, take it down; False when the lab was refused."""
+        """Bring up the eBPF lab, measure D, E or G in it, take it down; False when the lab was refused."""
         _say(f"lab {self.lab.lab_id}: up --redirect ebpf (for {key})")
         try:
             self.lab.up("ebpf")
@@ -243,7 +245,7 @@ class Run:
             return False
         try:
             pods = _pods(self.lab)
-            ports = (nginx.PORT, nginx.L7_PORT) if key == "E" else (nginx.PORT,)
+            ports = (nginx.PORT, nginx.L7_PORT) if key in "EG" else (nginx.PORT,)
             self.started.append(nginx.start(self.lab, "web-2a", self.workdir, ports))
             proxies = self._ztunnels()
         except BenchError as exc:
@@ -253,12 +255,27 @@ class Run:
         if key == "D":
             self._measure(Scenario("D", report.TITLES["D"], "web-1a", pods["web-2a"].ip, nginx.PORT, proxies))
         elif isinstance(svc, str):
-            self.unavailable["E"] = svc
+            self.unavailable[key] = svc
+        elif key == "G" and (why := self._routes(pods)):
+            self.unavailable["G"] = why
         else:
-            self._measure(Scenario("E", report.TITLES["E"], "web-1a", svc.http_vip, svc.http_port, proxies))
+            self._measure(Scenario(key, report.TITLES[key], "web-1a", svc.http_vip, svc.http_port, proxies))
         self._stop_all()
         self.lab.down()
         return True
+
+    def _routes(self, pods: dict[str, Pod]) -> str:
+        """G's HTTPRoute, backend Services and TrafficPolicies applied and in force on the client's node ztunnel;
+        "" when they are, else why not."""
+        namespace, node = pods["web-2a"].namespace, pods["web-1a"].node
+        _say(f"G: lab apply the HTTPRoute {routing.ROUTE}, its backends and TrafficPolicies; waiting for {node}")
+        try:
+            routing.apply(self.lab, namespace, self.workdir)
+            routing.wait_in_force(self.lab, node, namespace)
+        except BenchError as exc:
+            _say(f"[yellow]G: routing not in force: {exc}[/yellow]")
+            return f"routing not in force: {exc}"
+        return ""
 
     def cleanup(self) -> None:
         self._stop_all()

@@ -4,7 +4,8 @@ A scenario is a client pod, the address it calls and the node proxies on the way
 Every workload runs in the client pod's netns through `meshlet lab exec`; the proxies' CPU time is read
 before and after each wrk run, their RSS when idle and while holding many open idle connections. For
 meshlet, the requests each ztunnel counted (`istio_requests_total` by reporter: only L7 counts) during
-the wrk runs show which path served them: E's on both reporters, none for C and D.
+the wrk runs show which path served them: E's and G's on both reporters, none for C and D; and for E and G
+the source side's count by destination_service shows where the route sent them (G: the two backends).
 Results are plain JSON-ready dicts (report.py reads them by key).
 """
 
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from tests.bench import nginx
-from tests.bench.lab import BenchError, Lab, cpu_us, rss_kb
+from tests.bench.lab import BenchError, Lab, cpu_us, requests_by_destination, requests_by_reporter, rss_kb
 from tests.bench.workloads import WorkloadError, curl_bulk_argv, median, parse_curl_bulk, parse_wrk, wrk_argv
 
 HOLD_SCRIPT = Path(__file__).with_name("hold.py")
@@ -33,7 +34,7 @@ class Scenario:
     """What to measure: who calls where, through which node proxies."""
 
     key: str
-    """A to F (report.SCENARIOS)."""
+    """A to G (report.SCENARIOS)."""
     title: str
     client: str
     """The pod the clients run in."""
@@ -155,14 +156,27 @@ def run_hold(lab: Lab, sc: Scenario, count: int, settle: float = 1.0) -> dict[st
     }
 
 
-def _l7_requests(lab: Lab, sc: Scenario) -> dict[str, dict[str, float]] | None:
-    """{node: {reporter: requests}} of the ztunnels on the path; None without ztunnels or when a scrape fails."""
-    if not sc.proxies or sc.key not in "CDE":  # only meshlet's node proxies serve istio_requests_total
-        return None
+MESHLET, ROUTED = "CDEG", "EG"
+"""Scenarios whose node proxies are ztunnels (they serve istio_requests_total); those through a Service at L7."""
+
+
+Counts = dict[str, dict[str, float]]
+"""{node: {label value: requests}}."""
+
+
+def _l7_requests(lab: Lab, sc: Scenario) -> tuple[Counts | None, Counts | None]:
+    """({node: {reporter: requests}}, {node: {destination_service: requests at the source}}) of the ztunnels on
+    the path; None (each) without ztunnels or when a scrape fails, the second also outside ROUTED."""
+    if not sc.proxies or sc.key not in MESHLET:
+        return None, None
     try:
-        return {node: lab.requests_by_reporter(node) for node in sc.proxies}
+        texts = {node: lab.metrics(node) for node in sc.proxies}
     except BenchError:
-        return None
+        return None, None
+    by_reporter = {node: requests_by_reporter(text) for node, text in texts.items()}
+    if sc.key not in ROUTED:
+        return by_reporter, None
+    return by_reporter, {node: requests_by_destination(text) for node, text in texts.items()}
 
 
 def l7_delta(before: dict[str, dict[str, float]] | None, after: dict[str, dict[str, float]] | None) -> Any:
@@ -181,7 +195,7 @@ def measure(lab: Lab, sc: Scenario, settings: Settings, say: Say) -> dict[str, A
     result: dict[str, Any] = {"title": sc.title, "client": sc.client, "url": sc.url(""), "proxies": dict(sc.proxies)}
     ready(lab, sc)
     result["rss_idle_kb"] = _rss(sc)
-    counted = _l7_requests(lab, sc)
+    counted, routed = _l7_requests(lab, sc)
     say(f"{sc.key}: warm-up")
     warm = run_wrk(lab, sc, 16, 1.0)
     say(f"{sc.key}: wrk c=1, {settings.duration:g}s")
@@ -189,10 +203,13 @@ def measure(lab: Lab, sc: Scenario, settings: Settings, say: Say) -> dict[str, A
     say(f"{sc.key}: wrk c=16, {settings.duration:g}s")
     result["c16"] = run_wrk(lab, sc, 16, settings.duration)
     if counted is not None:
+        counted_after, routed_after = _l7_requests(lab, sc)
         result["l7_requests"] = {
             "wrk_requests": warm["requests"] + result["c1"]["requests"] + result["c16"]["requests"],
-            "by_node_and_reporter": l7_delta(counted, _l7_requests(lab, sc)),
+            "by_node_and_reporter": l7_delta(counted, counted_after),
         }
+        if sc.key in ROUTED:
+            result["l7_requests"]["by_node_and_destination_service"] = l7_delta(routed, routed_after)
         say(f"{sc.key}: requests seen at L7 (istio_requests_total) during wrk: {result['l7_requests']}")
     say(f"{sc.key}: new connections (Connection: close), c=16, {settings.duration:g}s")
     result["new_connections"] = run_wrk(lab, sc, 16, settings.duration, close=True)

@@ -97,8 +97,8 @@ def test_only_the_e_service_port_is_http_and_it_does_not_target_the_l4_port() ->
 def test_scenarios_option_takes_letters_with_or_without_commas() -> None:
     assert _scenarios("E,F") == "EF"
     assert _scenarios("abcdef") == "ABCDEF"
-    with pytest.raises(argparse.ArgumentTypeError, match="G"):
-        _scenarios("EG")
+    with pytest.raises(argparse.ArgumentTypeError, match="H"):
+        _scenarios("EH")
 
 
 def test_nginx_listens_on_the_l7_port_only_when_asked() -> None:
