@@ -24,6 +24,7 @@ import wsproto
 import wsproto.events
 
 from tests.conftest import wait_for
+from tests.integration.ztunnel.session_front import session_front
 from ztunnel.l7.channel import Channel
 from ztunnel.l7.exchange import Exchange, Limits, Reply, Untried, Upstream, UpstreamFailed
 from ztunnel.l7.session import Session
@@ -117,31 +118,11 @@ class Proxy:
 @contextlib.asynccontextmanager
 async def proxy(app_port: int, limits: Limits | None = None) -> AsyncIterator[Proxy]:
     router = AppRouter(app_port)
-    tasks: set[asyncio.Task[None]] = set()
-
-    class Downstream(TcpSide):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
-            channel = self.owner
-            assert isinstance(channel, Channel)
-            channel.attach(self)
-            task = asyncio.get_running_loop().create_task(self._serve(channel))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        async def _serve(self, channel: Channel) -> None:
-            await Session(channel, router, limits or Limits()).run()
-
-    server = await asyncio.get_running_loop().create_server(lambda: Downstream(Channel()), "127.0.0.1", 0)
-    port = server.sockets[0].getsockname()[1]
     try:
-        yield Proxy(port, router, tasks)
+        async with session_front(router, limits) as (port, tasks):
+            yield Proxy(port, router, tasks)
     finally:
-        server.close()
         router.pool.close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def curl(*args: str) -> tuple[int, bytes, bytes]:

@@ -18,10 +18,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from ztunnel.l7.channel import Channel
-from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Limits, Reply, RequestPolicy, Upstream, UpstreamFailed
+from tests.integration.ztunnel.session_front import session_front
+from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Reply, RequestPolicy, Upstream, UpstreamFailed
 from ztunnel.l7.messages import Headers
-from ztunnel.l7.session import Session
 from ztunnel.l7.upstreams import UpstreamPool, new_upstream
 from ztunnel.proxy.relay import TcpSide
 
@@ -107,32 +106,13 @@ async def mesh(*behaviours: Behaviour) -> AsyncIterator[tuple[int, TriesRouter]]
     """Upstream servers with these behaviours, and a proxy (the session) in front of them."""
     servers = [await asyncio.start_server(b, "127.0.0.1", 0) for b in behaviours]
     router = TriesRouter([s.sockets[0].getsockname()[1] for s in servers])
-    tasks: set[asyncio.Task[None]] = set()
-
-    class Downstream(TcpSide):
-        def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            super().connection_made(transport)
-            channel = self.owner
-            assert isinstance(channel, Channel)
-            channel.attach(self)
-            task = asyncio.get_running_loop().create_task(self._serve(channel))
-            tasks.add(task)
-            task.add_done_callback(tasks.discard)
-
-        async def _serve(self, channel: Channel) -> None:
-            await Session(channel, router, Limits()).run()
-
-    front = await asyncio.get_running_loop().create_server(lambda: Downstream(Channel()), "127.0.0.1", 0)
     try:
-        yield front.sockets[0].getsockname()[1], router
+        async with session_front(router) as (port, _):
+            yield port, router
     finally:
-        front.close()
         router.pool.close()
         for server in servers:
             server.close()
-        for task in list(tasks):
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
 
 
 async def curl(port: int, *args: str, path: str = "/") -> tuple[int, dict[str, str], str, float]:
