@@ -23,7 +23,8 @@ PATH_TYPES: tuple[PathType, ...] = get_args(PathType)
 VALUE_TYPES: tuple[ValueType, ...] = get_args(ValueType)
 PATH_MODIFIER_TYPES: tuple[PathModifierType, ...] = get_args(PathModifierType)
 FILTER_TYPES: tuple[FilterType, ...] = get_args(FilterType)
-REDIRECT_CODES = (301, 302)
+REDIRECT_CODES = (301, 302, 303, 307, 308)
+"""Gateway API v1.0 has 301 and 302; later versions add 303, 307 and 308 (the "additional redirect" feature)."""
 """The status codes Gateway API v1 allows for RequestRedirect; 302 when unset."""
 
 
@@ -186,7 +187,7 @@ class RequestRedirect:
             raise RouteError("scheme", f"expected http, https or null, got {scheme!r}")
         code = raw.get("statusCode", 302)
         if code not in REDIRECT_CODES or isinstance(code, bool):
-            raise RouteError("statusCode", f"expected 301 or 302, got {code!r}")
+            raise RouteError("statusCode", f"expected one of {', '.join(map(str, REDIRECT_CODES))}, got {code!r}")
         with within("path"):
             path = None if raw.get("path") is None else PathModifier.from_wire(raw["path"])
         number = None if raw.get("port") is None else port(raw["port"], "port")

@@ -315,7 +315,7 @@ def _redirect(raw: Mapping[str, Any]) -> RequestRedirect:
         fail("scheme", f"expected http or https, got {scheme!r}")
     code = raw.get("statusCode", 302)
     if code not in routes.REDIRECT_CODES or isinstance(code, bool):
-        fail("statusCode", f"expected 301 or 302, got {code!r}")
+        fail("statusCode", f"expected one of {', '.join(map(str, routes.REDIRECT_CODES))}, got {code!r}")
     port = None if raw.get("port") is None else port_number(raw["port"], "port")
     return RequestRedirect(scheme, _hostname(raw), _path_modifier(raw), port, code)
 

@@ -18,6 +18,7 @@ request without exactly one Host (the authority a policy decides on must be the 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from http import HTTPStatus
 
 import httptools
 
@@ -300,18 +301,8 @@ def last_chunk(trailers: Headers) -> bytes:
     return b"0\r\n" + b"".join(kept) + b"\r\n"
 
 
-REASONS = {
-    400: "Bad Request",
-    403: "Forbidden",
-    404: "Not Found",
-    408: "Request Timeout",
-    431: "Request Header Fields Too Large",
-    500: "Internal Server Error",
-    501: "Not Implemented",
-    502: "Bad Gateway",
-    503: "Service Unavailable",
-    504: "Gateway Timeout",
-}
+REASONS = {status.value: status.phrase for status in HTTPStatus}
+"""Reason phrases for the answers the proxy gives itself (403, 404, 429, redirects, 5xx...)."""
 
 
 def local_response(status: int, body: str, close: bool, head_only: bool = False, extra: Headers | None = None) -> bytes:

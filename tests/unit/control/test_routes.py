@@ -104,7 +104,7 @@ def edited(path: list[Any], value: Any) -> dict[str, Any]:
         (["rules", 0, "filters", 0, "requestHeaderModifier", "set", 0, "value"], "a\r\nb", "set[0].value"),
         (["rules", 0, "matches", 0, "path", "type"], "Exact", "ReplacePrefixMatch needs the rule to have exactly one"),
         (["rules", 0, "filters", 0], {"type": "RequestRedirect", "requestRedirect": {}}, "cannot be used together"),
-        (["rules", 0, "filters", 0], {"type": "RequestRedirect", "requestRedirect": {"statusCode": 307}}, "statusCode"),
+        (["rules", 0, "filters", 0], {"type": "RequestRedirect", "requestRedirect": {"statusCode": 304}}, "statusCode"),
         (["rules", 0, "sessionPersistence"], {}, "spec.rules[0].sessionPersistence: unknown field"),
     ],
 )
@@ -159,3 +159,34 @@ def test_store_sends_routes_with_status_and_keeps_the_last_good_version() -> Non
     assert store.state["http_routes"]["shop/reviews"] == item
     [err] = store.all_errors()
     assert (err.origin, err.object) == ("r.yaml", "HTTPRoute shop/reviews") and "method" in err.reason
+
+
+@pytest.mark.parametrize("code", [301, 302, 303, 307, 308])
+def test_every_redirect_code_of_the_gateway_api_is_taken(code: int) -> None:
+    # The conformance suite's mesh redirects use 303, 307 and 308 too (its "additional redirect" feature).
+    doc = {
+        "apiVersion": "gateway.networking.k8s.io/v1",
+        "kind": "HTTPRoute",
+        "metadata": {"name": "moved", "namespace": "shop"},
+        "spec": {
+            "parentRefs": [{"group": "", "kind": "Service", "name": "echo", "port": 80}],
+            "rules": [
+                {
+                    "name": "old-prefix",
+                    "matches": [{"path": {"type": "PathPrefix", "value": "/old"}}],
+                    "filters": [
+                        {
+                            "type": "RequestRedirect",
+                            "requestRedirect": {
+                                "statusCode": code,
+                                "hostname": "example.org",
+                                "path": {"type": "ReplacePrefixMatch", "replacePrefixMatch": "/new"},
+                            },
+                        }
+                    ],
+                }
+            ],
+        },
+    }
+    redirect = HTTPRoute.from_k8s(doc).rules[0].filters[0].settings
+    assert getattr(redirect, "status_code", None) == code

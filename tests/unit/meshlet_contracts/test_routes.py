@@ -107,7 +107,7 @@ def mutated(path: list[Any], value: Any) -> dict[str, Any]:
         (["rules", 0, "filters", 3, "requestMirror", "backendRef", "name"], "", "requestMirror.backendRef.name"),
         (["rules", 0, "timeouts", "request"], "10s", "rules[0].timeouts.request: expected seconds"),
         (["rules", 0, "retry", "codes", 0], 200, "rules[0].retry.codes[0]"),
-        (["rules", 1, "filters", 0, "requestRedirect", "statusCode"], 307, "requestRedirect.statusCode"),
+        (["rules", 1, "filters", 0, "requestRedirect", "statusCode"], 304, "requestRedirect.statusCode"),
         (["status", 0, "conditions", 0, "status"], "Unknown", "status[0].conditions[0].status"),
         (["parentRefs", 0, "sectionName"], "http", "parentRefs[0].sectionName: unknown field"),
         (["rules", 0, "matches", 0, "hostnames"], [], "rules[0].matches[0].hostnames: unknown field"),
