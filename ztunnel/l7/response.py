@@ -24,12 +24,14 @@ FLUSH_BYTES = 64 * 1024
 
 class UpstreamLost(Exception):
     """The upstream failed before its response ended; `answered` once any response byte went downstream.
-    `reply` is what the client gets when nothing did: 503 UC (closed, reset), 502 UPE, 504 UT."""
+    `reply` is what the client gets when nothing did: 503 UC (closed, reset), 502 UPE, 504 UT. `reset`: the
+    upstream reset the connection (rather than closing it), which it does after taking the request in."""
 
-    def __init__(self, answered: bool, detail: str, reply: Reply | None = None) -> None:
+    def __init__(self, answered: bool, detail: str, reply: Reply | None = None, reset: bool = False) -> None:
         super().__init__(detail)
         self.answered = answered
         self.reply = reply or Reply(503, TERMINATION, "UC", detail)
+        self.reset = reset
 
 
 class RetryStatus(Exception):
@@ -74,14 +76,14 @@ class ResponseRelay:
                     try:
                         data = await upstream.channel.read()
                     except ChannelClosed as exc:
-                        raise UpstreamLost(answered, f"upstream reset: {exc}") from None
+                        raise UpstreamLost(answered, f"upstream reset: {exc}", reset=True) from None
                     break
                 try:
                     async with asyncio.timeout_at(deadline):
                         data = await upstream.channel.read()
                     break
                 except ChannelClosed as exc:
-                    raise UpstreamLost(answered, f"upstream reset: {exc}") from None
+                    raise UpstreamLost(answered, f"upstream reset: {exc}", reset=True) from None
                 except TimeoutError:
                     deadline = self._active + limit  # a request body still moving keeps the stream alive
                     if deadline <= loop.time():

@@ -12,8 +12,9 @@ goes to `Router.attempted` (outlier detection, requests in flight). When the tri
 failure the last one stands, with flag URX (as Envoy's "upstream retry limit exceeded").
 
 Without retries a request gets one try, except that a bodiless idempotent request whose reused upstream closed
-before answering is sent once more on a fresh connection (RFC 9112 9.3.1: the upstream may have closed the idle
-connection as the request went out). With retries that case is a retry like any other: counted, within the
+(not reset) before answering is sent once more on a fresh connection (RFC 9112 9.3.1: the upstream may have
+closed the idle connection as the request went out; one that resets took the request in, and its failure is
+the client's to see, or its retry policy's). With retries that case is a retry like any other: counted, within the
 budget, on another endpoint when there is one (an endpoint resetting requests must not hide behind resends).
 """
 
@@ -87,6 +88,7 @@ class Tries:
                 router.attempted(exchange, None)
                 resend = (
                     lost.reply.flags == "UC"
+                    and not lost.reset  # a reset came from an upstream that took the request in: not resent
                     and upstream.reused
                     and not lost.answered
                     and not fresh

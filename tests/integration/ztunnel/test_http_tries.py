@@ -15,6 +15,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import pytest
 
@@ -104,7 +105,22 @@ class TriesRouter:
 @contextlib.asynccontextmanager
 async def mesh(*behaviours: Behaviour) -> AsyncIterator[tuple[int, TriesRouter]]:
     """Upstream servers with these behaviours, and a proxy (the session) in front of them."""
-    servers = [await asyncio.start_server(b, "127.0.0.1", 0) for b in behaviours]
+    handlers: set[asyncio.Task[Any]] = set()
+
+    def tracked(behaviour: Behaviour) -> Behaviour:
+        async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            task = asyncio.current_task()
+            assert task is not None
+            handlers.add(task)
+            try:
+                await behaviour(reader, writer)
+            finally:
+                writer.close()
+                handlers.discard(task)
+
+        return handle
+
+    servers = [await asyncio.start_server(tracked(b), "127.0.0.1", 0) for b in behaviours]
     router = TriesRouter([s.sockets[0].getsockname()[1] for s in servers])
     try:
         async with session_front(router) as (port, _):
@@ -113,6 +129,11 @@ async def mesh(*behaviours: Behaviour) -> AsyncIterator[tuple[int, TriesRouter]]
         router.pool.close()
         for server in servers:
             server.close()
+        for task in list(handlers):  # every upstream connection ends with the test, not when the loop is gone
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+        for server in servers:
+            await server.wait_closed()
 
 
 async def curl(port: int, *args: str, path: str = "/") -> tuple[int, dict[str, str], str, float]:
