@@ -188,7 +188,7 @@ class Session(Tries, ResponseRelay):
         if reply is not None:
             return await self._answer(exchange, reply)
         policy = exchange.policy
-        if policy is None or policy.timeout is None:
+        if policy is None or policy.timeout is None or head.upgrade:  # an upgraded stream lives on its own terms
             return await self._tries(exchange)
         deadline = asyncio.timeout(policy.timeout)
         try:

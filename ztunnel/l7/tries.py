@@ -47,7 +47,8 @@ class Tries:
         """Connect, forward, answer; try again while the router's policy allows (`Exchange.policy`)."""
         head, router = exchange.head, self.router
         policy = exchange.policy
-        try_timeout = policy.try_timeout if policy is not None else None
+        # Timeouts bound requests, not what an upgrade (WebSocket, CONNECT) becomes: a long-lived byte stream.
+        try_timeout = policy.try_timeout if policy is not None and not head.upgrade else None
         fresh = False
         while True:
             try:

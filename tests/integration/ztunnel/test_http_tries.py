@@ -266,3 +266,23 @@ async def test_a_reset_on_a_kept_alive_connection_is_a_counted_retry_under_a_ret
         out, _ = await code.communicate()
         assert out.split() == [b"200", b"200"]
         assert router.done_list[-1].retries == 1  # the reset was retried through the policy, and counted
+
+
+async def test_timeouts_do_not_cut_an_upgraded_connection() -> None:
+    async def upgrading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        while data := await reader.read(1024):
+            writer.write(data)
+            await writer.drain()
+
+    async with mesh(upgrading) as (port, router):
+        router.policy = RequestPolicy(timeout=0.2, try_timeout=0.2)
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+        await asyncio.sleep(0.5)  # longer than both timeouts: the stream must still carry bytes
+        writer.write(b"still here")
+        async with asyncio.timeout(5):
+            assert await reader.readexactly(10) == b"still here"
+        writer.close()
