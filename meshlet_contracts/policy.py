@@ -89,7 +89,7 @@ class Source:
 
     @classmethod
     def from_wire(cls, item: object) -> Source:
-        raw = _known(item, SOURCE_FIELDS)
+        raw = known_fields(item, SOURCE_FIELDS)
         values: dict[str, Any] = {}
         for key, attr in SOURCE_FIELDS.items():
             values[attr] = _networks(raw, key) if attr.endswith("ip_blocks") else strings(raw, key)
@@ -118,7 +118,7 @@ class Operation:
 
     @classmethod
     def from_wire(cls, item: object) -> Operation:
-        raw = _known(item, OPERATION_FIELDS)
+        raw = known_fields(item, OPERATION_FIELDS)
         values: dict[str, Any] = {}
         for key, attr in OPERATION_FIELDS.items():
             values[attr] = _ports(raw, key) if attr.endswith("ports") else strings(raw, key)
@@ -153,7 +153,7 @@ class Condition:
 
     @classmethod
     def from_wire(cls, item: object) -> Condition:
-        raw = _known(item, ("key", "values", "notValues"))
+        raw = known_fields(item, ("key", "values", "notValues"))
         key = raw.get("key")
         if not isinstance(key, str) or not key:
             raise PolicyError("key", f"expected a non-empty string, got {key!r}")
@@ -189,7 +189,7 @@ class Rule:
 
     @classmethod
     def from_wire(cls, item: object) -> Rule:
-        raw = _known(item, ("from", "to", "when"))
+        raw = known_fields(item, ("from", "to", "when"))
         return cls(
             each(raw, "from", Source.from_wire),
             each(raw, "to", Operation.from_wire),
@@ -230,9 +230,9 @@ class AuthorizationPolicy:
 
     @classmethod
     def from_wire(cls, item: object) -> AuthorizationPolicy:
-        name, namespace, raw = _identify(item, "AuthorizationPolicy")
+        name, namespace, raw = identify_item(item, "AuthorizationPolicy")
         with _named(f"AuthorizationPolicy {namespace}/{name}"):
-            _known(raw, ("name", "namespace", "selector", "action", "rules", "needsL7"))
+            known_fields(raw, ("name", "namespace", "selector", "action", "rules", "needsL7"))
             action = raw.get("action")
             if action not in ACTIONS:
                 raise PolicyError("action", f"expected one of {', '.join(ACTIONS)}, got {action!r}")
@@ -268,9 +268,9 @@ class PeerAuthentication:
 
     @classmethod
     def from_wire(cls, item: object) -> PeerAuthentication:
-        name, namespace, raw = _identify(item, "PeerAuthentication")
+        name, namespace, raw = identify_item(item, "PeerAuthentication")
         with _named(f"PeerAuthentication {namespace}/{name}"):
-            _known(raw, ("name", "namespace", "selector", "mode", "portModes"))
+            known_fields(raw, ("name", "namespace", "selector", "mode", "portModes"))
             selector = _selector(raw)
             mode = _mode(raw.get("mode", "UNSET"), "mode")
             port_modes: dict[int, MtlsMode] = {}
@@ -301,7 +301,7 @@ def _named(policy: str) -> Iterator[None]:
         raise PolicyError(exc.field, exc.reason, policy) from None
 
 
-def _identify(item: object, kind: str) -> tuple[str, str, Mapping[str, Any]]:
+def identify_item(item: object, kind: str) -> tuple[str, str, Mapping[str, Any]]:
     """The name and namespace of an item, checked first so that every later error can name the policy."""
     if not isinstance(item, Mapping):
         raise PolicyError("", f"expected a mapping, got {type(item).__name__}", kind)
@@ -314,7 +314,7 @@ def _identify(item: object, kind: str) -> tuple[str, str, Mapping[str, Any]]:
     return str(found[0]), str(found[1]), raw
 
 
-def _known(item: object, known: Iterable[str]) -> Mapping[str, Any]:
+def known_fields(item: object, known: Iterable[str]) -> Mapping[str, Any]:
     """`item` as a mapping with no key outside `known`."""
     raw = mapping(item, "")
     unknown = sorted(set(map(str, raw)) - set(known))

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, get_args
 
 from meshlet_contracts.config_items import each, items, mapping, port, within
-from meshlet_contracts.policy import PolicyError, _known
+from meshlet_contracts.policy import PolicyError, known_fields
 
 PathType = Literal["Exact", "PathPrefix", "RegularExpression"]
 ValueType = Literal["Exact", "RegularExpression"]
@@ -42,7 +42,7 @@ class PathMatch:
 
     @classmethod
     def from_wire(cls, item: object) -> PathMatch:
-        raw = _known(item, ("type", "value"))
+        raw = known_fields(item, ("type", "value"))
         return cls(_choice(raw, "type", PATH_TYPES), _text(raw, "value"))
 
 
@@ -59,7 +59,7 @@ class ValueMatch:
 
     @classmethod
     def from_wire(cls, item: object) -> ValueMatch:
-        raw = _known(item, ("type", "name", "value"))
+        raw = known_fields(item, ("type", "name", "value"))
         return cls(_text(raw, "name"), _text(raw, "value", empty=True), _choice(raw, "type", VALUE_TYPES))
 
 
@@ -82,7 +82,7 @@ class RouteMatch:
 
     @classmethod
     def from_wire(cls, item: object) -> RouteMatch:
-        raw = _known(item, ("path", "headers", "queryParams", "method"))
+        raw = known_fields(item, ("path", "headers", "queryParams", "method"))
         with within("path"):
             path = PathMatch.from_wire(raw.get("path"))
         method = raw.get("method")
@@ -111,7 +111,7 @@ class BackendRef:
 
     @classmethod
     def from_wire(cls, item: object) -> BackendRef:
-        raw = _known(item, ("name", "namespace", "port", "weight"))
+        raw = known_fields(item, ("name", "namespace", "port", "weight"))
         weight = raw.get("weight", 1)
         if not isinstance(weight, int) or isinstance(weight, bool) or not 0 <= weight <= 1_000_000:
             raise RouteError("weight", f"expected an integer in 0..1000000, got {weight!r}")
@@ -136,7 +136,7 @@ class HeaderModifier:
 
     @classmethod
     def from_wire(cls, item: object) -> HeaderModifier:
-        raw = _known(item, ("set", "add", "remove"))
+        raw = known_fields(item, ("set", "add", "remove"))
         removed = []
         for i, name in enumerate(items(raw, "remove")):
             if not isinstance(name, str) or not name:
@@ -156,7 +156,7 @@ class PathModifier:
 
     @classmethod
     def from_wire(cls, item: object) -> PathModifier:
-        raw = _known(item, ("type", "value"))
+        raw = known_fields(item, ("type", "value"))
         return cls(_choice(raw, "type", PATH_MODIFIER_TYPES), _text(raw, "value", empty=True))
 
 
@@ -181,7 +181,7 @@ class RequestRedirect:
 
     @classmethod
     def from_wire(cls, item: object) -> RequestRedirect:
-        raw = _known(item, ("scheme", "hostname", "path", "port", "statusCode"))
+        raw = known_fields(item, ("scheme", "hostname", "path", "port", "statusCode"))
         scheme = _opt_text(raw, "scheme")
         if scheme not in (None, "http", "https"):
             raise RouteError("scheme", f"expected http, https or null, got {scheme!r}")
@@ -204,7 +204,7 @@ class URLRewrite:
 
     @classmethod
     def from_wire(cls, item: object) -> URLRewrite:
-        raw = _known(item, ("hostname", "path"))
+        raw = known_fields(item, ("hostname", "path"))
         with within("path"):
             path = None if raw.get("path") is None else PathModifier.from_wire(raw["path"])
         return cls(_opt_text(raw, "hostname"), path)
@@ -238,7 +238,7 @@ class RouteFilter:
         raw = mapping(item, "")
         kind = _choice(raw, "type", FILTER_TYPES)
         key = _FILTER_KEYS[kind]
-        _known(raw, ("type", key))
+        known_fields(raw, ("type", key))
         with within(key):
             body = mapping(raw.get(key), "")
             settings: Filter
@@ -249,14 +249,14 @@ class RouteFilter:
             elif kind == "URLRewrite":
                 settings = URLRewrite.from_wire(body)
             else:
-                _known(body, ("backendRef",))
+                known_fields(body, ("backendRef",))
                 with within("backendRef"):
                     settings = BackendRef.from_wire(body.get("backendRef"))
         return cls(kind, settings)
 
 
 def _header(item: object) -> tuple[str, str]:
-    raw = _known(item, ("name", "value"))
+    raw = known_fields(item, ("name", "value"))
     return _text(raw, "name"), _text(raw, "value", empty=True)
 
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, cast
 
 from meshlet_contracts.config_items import HTTPRouteItem, ItemError, each, items, port, within
-from meshlet_contracts.policy import PolicyError, _identify, _known
+from meshlet_contracts.policy import PolicyError, identify_item, known_fields
 from meshlet_contracts.route_parts import (
     FILTER_TYPES,
     PATH_MODIFIER_TYPES,
@@ -92,7 +92,7 @@ class Retry:
 
     @classmethod
     def from_wire(cls, item: object) -> Retry:
-        raw = _known(item, ("attempts", "codes", "backoff"))
+        raw = known_fields(item, ("attempts", "codes", "backoff"))
         attempts = raw.get("attempts")
         if attempts is not None and (not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0):
             raise RouteError("attempts", f"expected a non-negative integer or null, got {attempts!r}")
@@ -132,9 +132,9 @@ class RouteRule:
 
     @classmethod
     def from_wire(cls, item: object) -> RouteRule:
-        raw = _known(item, ("name", "matches", "filters", "backendRefs", "timeouts", "retry"))
+        raw = known_fields(item, ("name", "matches", "filters", "backendRefs", "timeouts", "retry"))
         with within("timeouts"):
-            timeouts = _known(raw.get("timeouts") or {}, ("request", "backendRequest"))
+            timeouts = known_fields(raw.get("timeouts") or {}, ("request", "backendRequest"))
             timeout, backend_timeout = _seconds(timeouts, "request"), _seconds(timeouts, "backendRequest")
         with within("retry"):
             retry = None if raw.get("retry") is None else Retry.from_wire(raw["retry"])
@@ -167,7 +167,7 @@ class ParentRef:
 
     @classmethod
     def from_wire(cls, item: object) -> ParentRef:
-        raw = _known(item, ("name", "namespace", "port"))
+        raw = known_fields(item, ("name", "namespace", "port"))
         number = None if raw.get("port") is None else port(raw["port"], "port")
         return cls(_text(raw, "name"), _text(raw, "namespace"), number)
 
@@ -186,7 +186,7 @@ class Condition:
 
     @classmethod
     def from_wire(cls, item: object) -> Condition:
-        raw = _known(item, ("type", "status", "reason", "message"))
+        raw = known_fields(item, ("type", "status", "reason", "message"))
         status = _choice(raw, "status", ("True", "False"))
         return cls(_text(raw, "type"), cast(Literal["True", "False"], status), _text(raw, "reason"),
                    _opt_text(raw, "message") or "")  # fmt: skip
@@ -205,7 +205,7 @@ class ParentStatus:
 
     @classmethod
     def from_wire(cls, item: object) -> ParentStatus:
-        raw = _known(item, ("parentRef", "conditions"))
+        raw = known_fields(item, ("parentRef", "conditions"))
         with within("parentRef"):
             parent = ParentRef.from_wire(raw.get("parentRef"))
         return cls(parent, each(raw, "conditions", Condition.from_wire))
@@ -245,11 +245,11 @@ class HTTPRoute:
     @classmethod
     def from_wire(cls, item: object) -> HTTPRoute:
         try:
-            name, namespace, raw = _identify(item, "HTTPRoute")
+            name, namespace, raw = identify_item(item, "HTTPRoute")
         except PolicyError as exc:
             raise RouteError(exc.field, exc.reason, exc.policy) from None
         try:
-            _known(raw, ("name", "namespace", "creationTimestamp", "parentRefs", "rules", "status"))
+            known_fields(raw, ("name", "namespace", "creationTimestamp", "parentRefs", "rules", "status"))
             return cls(
                 name,
                 namespace,

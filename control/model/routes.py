@@ -28,7 +28,7 @@ from control.model.fields import (
     typed_key,
 )
 from control.model.kube import Service
-from control.model.security import _check_fields, _each, _mapping, _within
+from control.model.nested import check_fields, each, mapping, within
 from meshlet_contracts import routes
 from meshlet_contracts.routes import (
     PATH_TYPES,
@@ -75,10 +75,10 @@ class HTTPRoute(routes.HTTPRoute):
         key = typed_key(obj, "HTTPRoute", API_VERSIONS)
         created = _timestamp(opt_str(obj, "metadata.creationTimestamp"))
         spec = opt_map(obj, "spec")
-        with _within("spec"):
-            _check_fields(spec, ("parentRefs", "hostnames", "rules"))
+        with within("spec"):
+            check_fields(spec, ("parentRefs", "hostnames", "rules"))
             # Hostnames do not select mesh traffic: GAMMA routes by the Service the client connects to.
-            parents = _each(spec, "parentRefs", lambda raw: _parent(raw, key.namespace))
+            parents = each(spec, "parentRefs", lambda raw: _parent(raw, key.namespace))
             for i, parent in enumerate(parents):
                 if parent in parents[:i]:
                     fail(f"parentRefs[{i}]", f"Service {parent.service} port {parent.port or 'all'} is listed twice")
@@ -86,7 +86,7 @@ class HTTPRoute(routes.HTTPRoute):
                 fail(
                     "parentRefs", "required: name the Service this route applies to ({group: '', kind: Service, name})"
                 )
-            rules = _each(spec, "rules", lambda raw: _rule(raw, key.namespace)) or (RouteRule(),)
+            rules = each(spec, "rules", lambda raw: _rule(raw, key.namespace)) or (RouteRule(),)
         return cls(key.name, key.namespace, parents, rules, created)
 
     @property
@@ -152,7 +152,7 @@ def _timestamp(text: str) -> str:
 
 def _service_ref(raw: Mapping[str, Any], namespace: str, what: str, known: tuple[str, ...]) -> tuple[str, str]:
     """(name, namespace) of a reference that must be a core Service, checked with its group and kind."""
-    _check_fields(raw, known)
+    check_fields(raw, known)
     group, kind = raw.get("group", ""), raw.get("kind", "Service")
     if what == "parent":  # Gateway API's defaults for a parentRef name a Gateway
         group, kind = raw.get("group", "gateway.networking.k8s.io"), raw.get("kind", "Gateway")
@@ -191,12 +191,12 @@ def _backend(raw: Mapping[str, Any], namespace: str) -> BackendRef:
 
 
 def _rule(raw: Mapping[str, Any], namespace: str) -> RouteRule:
-    _check_fields(raw, ("name", "matches", "filters", "backendRefs", "timeouts", "retry"))
+    check_fields(raw, ("name", "matches", "filters", "backendRefs", "timeouts", "retry"))
     name = opt_str(raw, "name")
     if name and not DNS_SUBDOMAIN.fullmatch(name):
         fail("name", f"{name!r} is not a valid section name")
-    matches = _each(raw, "matches", _match) or (RouteMatch(),)
-    filters = _each(raw, "filters", lambda f: _filter(f, namespace))
+    matches = each(raw, "matches", _match) or (RouteMatch(),)
+    filters = each(raw, "filters", lambda f: _filter(f, namespace))
     kinds = [f.type for f in filters]
     for kind in set(kinds) - {"RequestMirror"}:
         if kinds.count(kind) > 1:
@@ -208,23 +208,23 @@ def _rule(raw: Mapping[str, Any], namespace: str) -> RouteRule:
         if path is not None and path.type == "ReplacePrefixMatch":
             if len(matches) != 1 or matches[0].path.type != "PathPrefix":
                 fail("filters", "ReplacePrefixMatch needs the rule to have exactly one match, of type PathPrefix")
-    backends = _each(raw, "backendRefs", lambda b: _backend(b, namespace))
-    with _within("timeouts"):
+    backends = each(raw, "backendRefs", lambda b: _backend(b, namespace))
+    with within("timeouts"):
         timeouts = opt_map(raw, "timeouts")
-        _check_fields(timeouts, ("request", "backendRequest"))
+        check_fields(timeouts, ("request", "backendRequest"))
         request, backend = _duration(timeouts, "request"), _duration(timeouts, "backendRequest")
     if request is not None and backend is not None and backend > request:
         fail("timeouts.backendRequest", "must not be longer than timeouts.request")
-    with _within("retry"):
+    with within("retry"):
         retry = _retry(opt_map(raw, "retry")) if raw.get("retry") is not None else None
     return RouteRule(matches, filters, backends, request, backend, retry, name)
 
 
 def _match(raw: Mapping[str, Any]) -> RouteMatch:
-    _check_fields(raw, ("path", "headers", "queryParams", "method"))
-    with _within("path"):
-        path_raw = _mapping(raw.get("path", {}), "")
-        _check_fields(path_raw, ("type", "value"))
+    check_fields(raw, ("path", "headers", "queryParams", "method"))
+    with within("path"):
+        path_raw = mapping(raw.get("path", {}), "")
+        check_fields(path_raw, ("type", "value"))
         kind = opt_str(path_raw, "type", "PathPrefix")
         if kind not in PATH_TYPES:
             fail("type", f"unknown path type {kind!r}; expected one of {', '.join(PATH_TYPES)}")
@@ -236,13 +236,13 @@ def _match(raw: Mapping[str, Any]) -> RouteMatch:
     method = raw.get("method")
     if method is not None and method not in METHODS:
         fail("method", f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
-    headers = _each(raw, "headers", lambda h: _value_match(h, header=True))
-    queries = _each(raw, "queryParams", lambda q: _value_match(q, header=False))
+    headers = each(raw, "headers", lambda h: _value_match(h, header=True))
+    queries = each(raw, "queryParams", lambda q: _value_match(q, header=False))
     return RouteMatch(PathMatch(kind, value), headers, queries, method)
 
 
 def _value_match(raw: Mapping[str, Any], header: bool) -> ValueMatch:
-    _check_fields(raw, ("type", "name", "value"))
+    check_fields(raw, ("type", "name", "value"))
     kind = opt_str(raw, "type", "Exact")
     if kind not in VALUE_TYPES:
         fail("type", f"unknown match type {kind!r}; expected one of {', '.join(VALUE_TYPES)}")
@@ -262,35 +262,35 @@ def _filter(raw: Mapping[str, Any], namespace: str) -> RouteFilter:
     if kind not in _FILTER_FIELDS:
         fail("type", f"unknown filter type {kind!r}; expected one of {', '.join(_FILTER_FIELDS)}")
     key = _FILTER_FIELDS[kind]
-    _check_fields(raw, ("type", key))
+    check_fields(raw, ("type", key))
     if raw.get(key) is None:
         fail(key, f"required for a {kind} filter")
-    body = _mapping(raw[key], key)
+    body = mapping(raw[key], key)
     settings: routes.Filter
-    with _within(key):
+    with within(key):
         if kind in ("RequestHeaderModifier", "ResponseHeaderModifier"):
             settings = _header_modifier(body)
         elif kind == "RequestRedirect":
             settings = _redirect(body)
         elif kind == "URLRewrite":
-            _check_fields(body, ("hostname", "path"))
+            check_fields(body, ("hostname", "path"))
             settings = URLRewrite(_hostname(body), _path_modifier(body))
         else:
-            _check_fields(body, ("backendRef",))
-            with _within("backendRef"):
-                settings = _backend(_mapping(body.get("backendRef"), ""), namespace)
+            check_fields(body, ("backendRef",))
+            with within("backendRef"):
+                settings = _backend(mapping(body.get("backendRef"), ""), namespace)
     return RouteFilter(kind, settings)  # type: ignore[arg-type]
 
 
 def _header_modifier(raw: Mapping[str, Any]) -> HeaderModifier:
-    _check_fields(raw, ("set", "add", "remove"))
+    check_fields(raw, ("set", "add", "remove"))
     lists: dict[str, list[tuple[str, str]]] = {}
     for op in ("set", "add"):
         seen: set[str] = set()
         lists[op] = []
-        for i, entry in enumerate(_each(raw, op, lambda e: e)):
-            with _within(f"{op}[{i}]"):
-                _check_fields(entry, ("name", "value"))
+        for i, entry in enumerate(each(raw, op, lambda e: e)):
+            with within(f"{op}[{i}]"):
+                check_fields(entry, ("name", "value"))
                 name, value = opt_str(entry, "name"), opt_str(entry, "value")
                 if not _HEADER_NAME.fullmatch(name):
                     fail("name", "required" if not name else f"{name!r} is not a valid header name")
@@ -309,7 +309,7 @@ def _header_modifier(raw: Mapping[str, Any]) -> HeaderModifier:
 
 
 def _redirect(raw: Mapping[str, Any]) -> RequestRedirect:
-    _check_fields(raw, ("scheme", "hostname", "path", "port", "statusCode"))
+    check_fields(raw, ("scheme", "hostname", "path", "port", "statusCode"))
     scheme = raw.get("scheme")
     if scheme not in (None, "http", "https"):
         fail("scheme", f"expected http or https, got {scheme!r}")
@@ -323,13 +323,13 @@ def _redirect(raw: Mapping[str, Any]) -> RequestRedirect:
 def _path_modifier(raw: Mapping[str, Any]) -> PathModifier | None:
     if raw.get("path") is None:
         return None
-    with _within("path"):
-        body = _mapping(raw["path"], "")
+    with within("path"):
+        body = mapping(raw["path"], "")
         kind = opt_str(body, "type")
         if kind not in routes.PATH_MODIFIER_TYPES:
             fail("type", f"expected one of {', '.join(routes.PATH_MODIFIER_TYPES)}, got {kind!r}")
         value_key = "replaceFullPath" if kind == "ReplaceFullPath" else "replacePrefixMatch"
-        _check_fields(body, ("type", value_key))
+        check_fields(body, ("type", value_key))
         value = opt_str(body, value_key, "/")
         if value and not value.startswith("/"):
             fail(value_key, f"{value!r}: a path starts with '/'")
@@ -344,7 +344,7 @@ def _hostname(raw: Mapping[str, Any]) -> str | None:
 
 
 def _retry(raw: Mapping[str, Any]) -> Retry:
-    _check_fields(raw, ("attempts", "codes", "backoff"))
+    check_fields(raw, ("attempts", "codes", "backoff"))
     attempts = raw.get("attempts")
     if attempts is not None and (not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0):
         fail("attempts", f"expected a non-negative integer, got {attempts!r}")

@@ -9,17 +9,14 @@ be dropped and silently widen a policy. Every error names the offending field by
 
 from __future__ import annotations
 
-import difflib
 import ipaddress
 import re
-from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from control.model.fields import (
     ObjectKey,
-    ValidationError,
     fail,
     labels,
     opt_list,
@@ -30,6 +27,7 @@ from control.model.fields import (
     str_list,
     typed_key,
 )
+from control.model.nested import check_fields, each, mapping, within
 from meshlet_contracts import policy
 from meshlet_contracts.http_paths import is_template, valid_template
 from meshlet_contracts.policy import (
@@ -100,14 +98,14 @@ class AuthorizationPolicy(policy.AuthorizationPolicy):
     def from_k8s(cls, obj: Mapping[str, Any]) -> AuthorizationPolicy:
         key = _policy_key(obj, "AuthorizationPolicy")
         spec = opt_map(obj, "spec")
-        with _within("spec"):
-            _check_fields(spec, ("selector", "targetRef", "targetRefs", "action", "provider", "rules"))
+        with within("spec"):
+            check_fields(spec, ("selector", "targetRef", "targetRefs", "action", "provider", "rules"))
             for name in ("targetRef", "targetRefs"):
                 if spec.get(name) is not None:
                     fail(name, "not supported; use selector")
             selector = _selector(spec)
             action = _action(spec)
-            rules = _each(spec, "rules", _rule)
+            rules = each(spec, "rules", _rule)
             if action == "DENY" and not rules:
                 # Istio rejects this too: the author almost certainly meant "deny everything", which it is not.
                 fail("rules", "a DENY policy without rules never matches; add an empty rule {} to deny every request")
@@ -126,8 +124,8 @@ class PeerAuthentication(policy.PeerAuthentication):
     def from_k8s(cls, obj: Mapping[str, Any]) -> PeerAuthentication:
         key = _policy_key(obj, "PeerAuthentication")
         spec = opt_map(obj, "spec")
-        with _within("spec"):
-            _check_fields(spec, ("selector", "mtls", "portLevelMtls"))
+        with within("spec"):
+            check_fields(spec, ("selector", "mtls", "portLevelMtls"))
             selector = _selector(spec)
             mode = _mode(spec.get("mtls"), "mtls")
             port_modes: dict[int, MtlsMode] = {}
@@ -152,53 +150,15 @@ class PeerAuthentication(policy.PeerAuthentication):
         return ObjectKey("PeerAuthentication", self.namespace, self.name)
 
 
-@contextmanager
-def _within(prefix: str) -> Iterator[None]:
-    """Prefix the field of a ValidationError raised inside: nested parsers name fields relative to their
-    own object, so the `fields` helpers work on them, and the caller adds where that object sits."""
-    try:
-        yield
-    except ValidationError as exc:
-        raise ValidationError(exc.reason, f"{prefix}.{exc.field}" if exc.field else prefix) from None
-
-
 def _policy_key(obj: Mapping[str, Any], kind: str) -> ObjectKey:
     """The key of a raw security object, after checking its apiVersion and kind."""
     return typed_key(obj, kind, API_VERSIONS)
 
 
-def _check_fields(raw: Mapping[str, Any], known: Collection[str]) -> None:
-    """Reject fields not in `known`, as Kubernetes' strict decoding does, suggesting the closest known one."""
-    for name in raw:
-        if name not in known:
-            # Compare case-insensitively: `mTLS` for `mtls` and `labels` for `matchLabels` are the usual slips.
-            lowered = {k.lower(): k for k in known}
-            close = difflib.get_close_matches(str(name).lower(), lowered, n=1)
-            hint = f"did you mean {lowered[close[0]]!r}?" if close else f"known fields: {', '.join(sorted(known))}"
-            fail(str(name), f"unknown field {name!r}; {hint}")
-
-
-def _mapping(value: object, field: str) -> Mapping[str, Any]:
-    if not isinstance(value, Mapping):
-        fail(field, f"expected a mapping, got {'null' if value is None else type(value).__name__}")
-    return value
-
-
-def _each(raw: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, Any]], T]) -> tuple[T, ...]:
-    """Parse every entry of the list of objects `raw[name]` (absent: none)."""
-    out: list[T] = []
-    for i, item in enumerate(opt_list(raw, name)):
-        path = f"{name}[{i}]"
-        entry = _mapping(item, path)
-        with _within(path):
-            out.append(parse(entry))
-    return tuple(out)
-
-
 def _selector(spec: Mapping[str, Any]) -> Selector | None:
     """`spec.selector.matchLabels` as sorted pairs, or None when the object selects every workload."""
-    with _within("selector"):
-        _check_fields(opt_map(spec, "selector"), ("matchLabels",))
+    with within("selector"):
+        check_fields(opt_map(spec, "selector"), ("matchLabels",))
     # Empty matchLabels select every workload, exactly like no selector (as in Istio).
     return tuple(sorted(labels(spec, "selector.matchLabels").items())) or None
 
@@ -216,9 +176,9 @@ def _action(spec: Mapping[str, Any]) -> Action:
 
 def _mode(value: object, path: str) -> MtlsMode:
     """The `mode` of an `mtls` object or of one port's entry; absent means UNSET."""
-    raw = _mapping({} if value is None else value, path)
-    with _within(path):
-        _check_fields(raw, ("mode",))
+    raw = mapping({} if value is None else value, path)
+    with within(path):
+        check_fields(raw, ("mode",))
         name = opt_str(raw, "mode", "UNSET")
         if name not in MODES:
             fail("mode", f"unknown mode {name!r}; expected one of {', '.join(MODES)}")
@@ -226,19 +186,19 @@ def _mode(value: object, path: str) -> MtlsMode:
 
 
 def _rule(raw: Mapping[str, Any]) -> Rule:
-    _check_fields(raw, ("from", "to", "when"))
+    check_fields(raw, ("from", "to", "when"))
     for name, what in (("from", "source"), ("to", "operation")):
         # Istio rejects these as ambiguous: `from: []` might mean "no source" as well as "any source".
         if raw.get(name) == []:
             fail(name, f"must not be empty; remove `{name}` to match any {what}")
-    sources = _each(raw, "from", lambda entry: _wrapped(entry, "source", _source))
-    operations = _each(raw, "to", lambda entry: _wrapped(entry, "operation", _operation))
-    return Rule(sources, operations, _each(raw, "when", _condition))
+    sources = each(raw, "from", lambda entry: _wrapped(entry, "source", _source))
+    operations = each(raw, "to", lambda entry: _wrapped(entry, "operation", _operation))
+    return Rule(sources, operations, each(raw, "when", _condition))
 
 
 def _wrapped(entry: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, Any]], T]) -> T:
     """The one object under `name` in a `from` or `to` entry ({source: ...} or {operation: ...})."""
-    _check_fields(entry, (name,))
+    check_fields(entry, (name,))
     inner = opt_map(entry, name)
     if not inner:
         # An empty source would match anything; Istio rejects it rather than guess what was meant.
@@ -247,12 +207,12 @@ def _wrapped(entry: Mapping[str, Any], name: str, parse: Callable[[Mapping[str, 
             name,
             f"{'required' if name not in entry else 'must not be empty'}: give at least one field, as in {example}",
         )
-    with _within(name):
+    with within(name):
         return parse(inner)
 
 
 def _source(raw: Mapping[str, Any]) -> Source:
-    _check_fields(raw, SOURCE_FIELDS)
+    check_fields(raw, SOURCE_FIELDS)
     values: dict[str, tuple[Any, ...]] = {}
     for name, attr in SOURCE_FIELDS.items():
         items = _strings(raw, name)
@@ -270,7 +230,7 @@ def _source(raw: Mapping[str, Any]) -> Source:
 
 
 def _operation(raw: Mapping[str, Any]) -> Operation:
-    _check_fields(raw, OPERATION_FIELDS)
+    check_fields(raw, OPERATION_FIELDS)
     strings: dict[str, tuple[str, ...]] = {}
     for name in ("hosts", "notHosts", "methods", "notMethods", "paths", "notPaths"):
         strings[name] = _strings(raw, name)
@@ -297,7 +257,7 @@ def _operation(raw: Mapping[str, Any]) -> Operation:
 
 
 def _condition(raw: Mapping[str, Any]) -> Condition:
-    _check_fields(raw, ("key", "values", "notValues"))
+    check_fields(raw, ("key", "values", "notValues"))
     key = req_str(raw, "key")
     _check_condition_key(key)
     values = {name: _strings(raw, name) for name in ("values", "notValues")}
