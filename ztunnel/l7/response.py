@@ -202,12 +202,17 @@ class ResponseRelay:
         if connect:
             upstream.parser = ResponseParser()  # never fed again: the remaining bytes are raw
 
+        loop = asyncio.get_running_loop()
+        moved = loop.time()
+
         async def pump(src: Channel, dst: Channel, toward_client: bool) -> None:
+            nonlocal moved
             while True:
                 data = await src.read()
                 if not data:
                     dst.send_eof()
                     return
+                moved = loop.time()
                 if toward_client:
                     exchange.response_bytes += len(data)
                 else:
@@ -215,16 +220,28 @@ class ResponseRelay:
                 dst.send(data)
                 await dst.drain()
 
+        async def watch(limit: float) -> None:
+            """The stream idle timeout of an upgraded connection: nothing either way for `limit`, it ends (one
+            timer per connection, not one per read)."""
+            while loop.time() - moved < limit:
+                await asyncio.sleep(moved + limit - loop.time())
+            exchange.flags, exchange.detail = "UT", "upgraded connection idle"
+            raise TimeoutError("upgraded connection idle")
+
         tasks = [asyncio.ensure_future(pump(down, up, False)), asyncio.ensure_future(pump(up, down, True))]
+        watchdog = asyncio.ensure_future(watch(self.limits.stream_idle_timeout))
         failed = False
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
-            failed = any(task.exception() is not None for task in done)
-            if failed:  # a reset one way resets the other: ending both channels ends the other pump
+            pending = {*tasks, watchdog}
+            while not failed and not all(task.done() for task in tasks):
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                failed = any(task.exception() is not None for task in done)
+            if failed:  # a reset one way (or the idle timeout) resets the other: both pumps end
                 down.abort()
                 up.abort()
             await asyncio.wait(tasks)
         finally:
+            watchdog.cancel()
             for task in tasks:
                 task.cancel()
         if not failed:

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 
 from tests.integration.ztunnel.session_front import session_front
-from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Reply, RequestPolicy, Upstream, UpstreamFailed
+from ztunnel.l7.exchange import CONNECT_FAILURE, Exchange, Limits, Reply, RequestPolicy, Upstream, UpstreamFailed
 from ztunnel.l7.messages import Headers
 from ztunnel.l7.upstreams import UpstreamPool, new_upstream
 from ztunnel.proxy.relay import TcpSide
@@ -64,6 +64,7 @@ class TriesRouter:
     reply: Reply | None = None
     edit: Callable[[Headers], Headers] | None = None
     budget: int = 100
+    limits: Limits = field(default_factory=Limits)
     pool: UpstreamPool = field(default_factory=lambda: UpstreamPool(idle_timeout=0))
     outcomes: list[tuple[int, int | None]] = field(default_factory=list)
     done_list: list[Exchange] = field(default_factory=list)
@@ -123,7 +124,7 @@ async def mesh(*behaviours: Behaviour) -> AsyncIterator[tuple[int, TriesRouter]]
     servers = [await asyncio.start_server(tracked(b), "127.0.0.1", 0) for b in behaviours]
     router = TriesRouter([s.sockets[0].getsockname()[1] for s in servers])
     try:
-        async with session_front(router) as (port, _):
+        async with session_front(router, router.limits) as (port, _):
             yield port, router
     finally:
         router.pool.close()
@@ -286,3 +287,25 @@ async def test_timeouts_do_not_cut_an_upgraded_connection() -> None:
         async with asyncio.timeout(5):
             assert await reader.readexactly(10) == b"still here"
         writer.close()
+
+
+async def test_an_idle_upgraded_connection_ends_after_the_stream_idle_timeout() -> None:
+    async def upgrading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await _read_head(reader)
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+        while data := await reader.read(1024):
+            writer.write(data)
+            await writer.drain()
+
+    async with mesh(upgrading) as (port, router):
+        router.limits.stream_idle_timeout = 0.3
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(b"GET /ws HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: echo\r\n\r\n")
+        assert b" 101 " in await reader.readuntil(b"\r\n\r\n")
+        writer.write(b"ping")
+        assert await reader.readexactly(4) == b"ping"
+        async with asyncio.timeout(5):  # then nothing either way: the proxy ends it
+            with contextlib.suppress(ConnectionError):
+                assert await reader.read() == b""
+        writer.close()
+        assert router.done_list[-1].flags == "UT"
