@@ -136,6 +136,8 @@ class ServedNode:
         self.serving = PodServing(self.ctx)
         self.port = 0
         self.outbound_port = 0
+        self.plaintext_port = 0
+        """Its 15006: plaintext into the pod, the original destination from `LoopbackSockets.inbound_destination`."""
         self._netns = -1
         assert cert.spiffe_id == f"spiffe://cluster.local/ns/{pod.namespace}/sa/{pod.service_account}"
 
@@ -156,6 +158,7 @@ class ServedNode:
         listeners = PodListeners(self._netns, {n: _listener() for n in ("outbound", "inbound_plaintext", "hbone")})
         self.port = listeners.sockets["hbone"].getsockname()[1]
         self.outbound_port = listeners.sockets["outbound"].getsockname()[1]
+        self.plaintext_port = listeners.sockets["inbound_plaintext"].getsockname()[1]
         for ip in self.info.ips:
             self.sockets.addresses[(ip, HBONE)] = (LOOPBACK, self.port)
         self.serving.pod_added(self.uid, self.info, listeners)
