@@ -120,6 +120,8 @@ class Exchange:
     """The router's timeouts and retries for this request (None: one try, no timeout of its own)."""
     retries: int = 0
     """Tries made after the first."""
+    body: bytes | None = None
+    """The request body, when it was read whole before the first try (so that retries can send it again)."""
     answered: bool = False
     """A response head went to the client: the request can no longer be tried again or answered otherwise."""
     response_edit: Callable[[Headers], Headers] | None = None

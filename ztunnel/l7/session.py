@@ -188,6 +188,8 @@ class Session(Tries, ResponseRelay):
         if reply is not None:
             return await self._answer(exchange, reply)
         policy = exchange.policy
+        if policy is not None and policy.retries and _replayable(head) and not await self._buffer_body(exchange):
+            return False
         if policy is None or policy.timeout is None or head.upgrade:  # an upgraded stream lives on its own terms
             return await self._tries(exchange)
         deadline = asyncio.timeout(policy.timeout)
@@ -199,10 +201,35 @@ class Session(Tries, ResponseRelay):
                 raise
             return await self._timed_out(exchange, f"request timeout ({policy.timeout:g}s)")
 
+    async def _buffer_body(self, exchange: Exchange) -> bool:
+        """Read a small request body whole before the first try, so that a retry can send it again (as Envoy
+        buffers bodies for retries). False when the client's connection ended meanwhile (recorded)."""
+        parts: list[bytes] = []
+        while True:
+            try:
+                event = await self._event(self.limits.stream_idle_timeout)
+            except BadMessage as exc:
+                self._refuse(exc.status, f"{exc}", "DPE")
+                return False
+            except (TimeoutError, ChannelClosed):
+                event = None
+            if event is None:
+                exchange.flags, exchange.detail = "DC", "client closed before the request body ended"
+                self.down.abort()
+                self._done(exchange)
+                return False
+            kind, value = event
+            if kind == "body":
+                assert isinstance(value, bytes)
+                parts.append(value)
+            elif kind == "end":
+                exchange.body = b"".join(parts)
+                return True
+
     async def _answer(self, exchange: Exchange, reply: Reply) -> bool:
         """Send the proxy's own reply; the connection stays open only if no request body is left unread."""
         head = exchange.head
-        complete = not head.has_body or self._request_complete()
+        complete = not head.has_body or exchange.body is not None or self._request_complete()
         keep = head.keep_alive and not head.upgrade and complete
         exchange.status, exchange.flags, exchange.detail = reply.status, reply.flags, reply.detail
         extra = list(reply.headers)
@@ -251,7 +278,10 @@ class Session(Tries, ResponseRelay):
         down.lost_hook = up.abort  # the client left: the upstream stops at once, not when it next writes
         up.send(request_head(exchange))
         pump: asyncio.Task[None] | None = None
-        if head.has_body:
+        if exchange.body is not None:  # read whole before the first try (retries): sent again with each
+            up.send(exchange.body)
+            exchange.request_bytes = len(exchange.body)
+        elif head.has_body:
             pump = asyncio.get_running_loop().create_task(self._pump_request(exchange, up))
         else:
             self._skip_end()
@@ -351,6 +381,22 @@ class Session(Tries, ResponseRelay):
             self.router.done(exchange)
         except Exception:  # metrics or logging must never cost the connection
             log.exception("recording a request failed")
+
+
+RETRY_BUFFER = 64 * 1024
+"""Request bodies up to this size (declared by Content-Length) are read whole when the request may be retried."""
+
+
+def _replayable(head: Head) -> bool:
+    """A body that can be held for retries: small, of a declared length, and not awaiting a 100 Continue."""
+    length = head.content_length
+    return (
+        bool(length)
+        and length is not None
+        and length <= RETRY_BUFFER
+        and not head.upgrade
+        and (head.get(b"expect") is None)
+    )
 
 
 class _Handback(Exception):

@@ -1,21 +1,22 @@
 """The tries of one request through the HTTP session: connect, forward, and try again while its policy allows.
 
-`Tries` is the part of `session.Session` that turns a router's `RequestPolicy` (an HTTPRoute rule's `timeouts`
-and `retry`) into tries: each try is a `Router.connect` (the router picks the endpoint, another one than before
-when it can), then the session's `_forward`. A try that fails before anything was answered is tried again up to
-`retries` times, after a backoff that doubles per try (Gateway API's `backoff` is the least wait) with jitter:
-a connect failure (even for a request with a body: none of it was read yet), a reset, a malformed answer, the
-per-try timeout (504 UT), or a status of `retry_codes` (read, never passed on). Not once a response began, not
-a request whose body was (partly) sent, not beyond the router's budget (`Router.retry`: the cluster's
+`Tries` is the part of `session.Session` that turns a router's `RequestPolicy` (an HTTPRoute rule's `timeouts` and
+`retry`) into tries: each try is a `Router.connect` (the router picks the endpoint, another one than before when it
+can), then the session's `_forward`. A try that fails before anything was answered is tried again up to `retries`
+times, after a backoff that doubles per try (Gateway API's `backoff` is the least wait) with jitter: a connect
+failure (even for a request with a body: none of it was read yet), a reset, a malformed answer, the per-try timeout
+(504 UT), or a status of `retry_codes` (read, never passed on). Not once a response began, not a request whose
+streamed body was (partly) sent (a small body of a declared length is read whole before the first try when retries
+may follow, as Envoy buffers it, and sent again), not beyond the router's budget (`Router.retry`: the cluster's
 `maxRetries`). The request's own timeout (`Session._exchange`) covers every try and backoff. Each try's outcome
-goes to `Router.attempted` (outlier detection, requests in flight). When the tries are spent on a retriable
-failure the last one stands, with flag URX (as Envoy's "upstream retry limit exceeded").
+goes to `Router.attempted` (outlier detection, requests in flight). When the tries are spent on a retriable failure
+the last one stands, with flag URX (as Envoy's "upstream retry limit exceeded").
 
-Without retries a request gets one try, except that a bodiless idempotent request whose reused upstream closed
-(not reset) before answering is sent once more on a fresh connection (RFC 9112 9.3.1: the upstream may have
-closed the idle connection as the request went out; one that resets took the request in, and its failure is
-the client's to see, or its retry policy's). With retries that case is a retry like any other: counted, within the
-budget, on another endpoint when there is one (an endpoint resetting requests must not hide behind resends).
+Without retries a request gets one try, except that a bodiless idempotent request whose reused upstream closed (not
+reset) before answering is sent once more on a fresh connection (RFC 9112 9.3.1: the upstream may have closed the
+idle connection as the request went out; one that resets took the request in, and its failure is the client's to
+see, or its retry policy's). With retries that case is a retry like any other: counted, within the budget, on
+another endpoint when there is one (an endpoint resetting requests must not hide behind resends).
 """
 
 from __future__ import annotations
@@ -128,7 +129,7 @@ class Tries:
         policy = exchange.policy
         if policy is None or exchange.answered or exchange.retries >= policy.retries:
             return False
-        if streamed and exchange.head.has_body:
+        if streamed and exchange.head.has_body and exchange.body is None:
             return False
         return self.router.retry(exchange)
 

@@ -212,12 +212,37 @@ async def test_a_per_try_timeout_moves_on_to_another_endpoint() -> None:
         assert elapsed < 1.5
 
 
-async def test_a_request_with_a_body_is_not_sent_twice() -> None:
+async def test_a_streamed_body_is_not_sent_twice() -> None:
     async with mesh(resetting, answering("good")) as (port, router):
         router.policy = RequestPolicy(retries=2, backoff=0.001)
-        status, _, _, _ = await curl(port, "--data", "payload")
-        assert status == 503
-        assert len(router.outcomes) == 1
+        # Chunked (no declared length), and over the buffer: both stream, and a stream is sent once.
+        for args in (("-H", "Transfer-Encoding: chunked"), ("-H", "Expect:")):
+            size = 10 if args[1].startswith("Transfer") else 100 * 1024
+            router.outcomes.clear()
+            status, _, _, _ = await curl(port, *args, "--data-binary", "x" * size)
+            assert status == 503
+            assert len(router.outcomes) == 1
+
+
+async def body_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Answers each request with the body it got (Content-Length requests)."""
+    with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+        while True:
+            head = await _read_head(reader)
+            length = next(int(v) for k, _, v in (line.partition(b":") for line in head.split(b"\r\n"))
+                          if k.lower() == b"content-length")  # fmt: skip
+            body = await reader.readexactly(length)
+            writer.write(b"HTTP/1.1 200 X\r\ncontent-length: %d\r\n\r\n%b" % (len(body), body))
+            await writer.drain()
+
+
+async def test_a_small_body_is_read_whole_and_sent_again_with_a_retry() -> None:
+    async with mesh(resetting, body_echo) as (port, router):
+        router.policy = RequestPolicy(retries=2, backoff=0.001)
+        status, _, body, _ = await curl(port, "--data-binary", "payload of the POST")
+        assert (status, body) == (200, "payload of the POST")
+        assert [s for _, s in router.outcomes] == [None, 200]
+        assert router.done_list[-1].request_bytes == len("payload of the POST")
 
 
 async def test_route_response_edits_and_own_answer_headers_reach_the_client() -> None:
