@@ -54,7 +54,7 @@ from ztunnel.l7.messages import (
     local_response,
 )
 from ztunnel.l7.response import ClientGone, ResponseRelay, UpstreamLost
-from ztunnel.l7.tries import Tries
+from ztunnel.l7.tries import Tries, replayable
 
 log = logging.getLogger(__name__)
 
@@ -188,7 +188,7 @@ class Session(Tries, ResponseRelay):
         if reply is not None:
             return await self._answer(exchange, reply)
         policy = exchange.policy
-        if policy is not None and policy.retries and _replayable(head) and not await self._buffer_body(exchange):
+        if policy is not None and policy.retries and replayable(head) and not await self._buffer_body(exchange):
             return False
         if policy is None or policy.timeout is None or head.upgrade:  # an upgraded stream lives on its own terms
             return await self._tries(exchange)
@@ -200,31 +200,6 @@ class Session(Tries, ResponseRelay):
             if not deadline.expired():
                 raise
             return await self._timed_out(exchange, f"request timeout ({policy.timeout:g}s)")
-
-    async def _buffer_body(self, exchange: Exchange) -> bool:
-        """Read a small request body whole before the first try, so that a retry can send it again (as Envoy
-        buffers bodies for retries). False when the client's connection ended meanwhile (recorded)."""
-        parts: list[bytes] = []
-        while True:
-            try:
-                event = await self._event(self.limits.stream_idle_timeout)
-            except BadMessage as exc:
-                self._refuse(exc.status, f"{exc}", "DPE")
-                return False
-            except (TimeoutError, ChannelClosed):
-                event = None
-            if event is None:
-                exchange.flags, exchange.detail = "DC", "client closed before the request body ended"
-                self.down.abort()
-                self._done(exchange)
-                return False
-            kind, value = event
-            if kind == "body":
-                assert isinstance(value, bytes)
-                parts.append(value)
-            elif kind == "end":
-                exchange.body = b"".join(parts)
-                return True
 
     async def _answer(self, exchange: Exchange, reply: Reply) -> bool:
         """Send the proxy's own reply; the connection stays open only if no request body is left unread."""
@@ -381,22 +356,6 @@ class Session(Tries, ResponseRelay):
             self.router.done(exchange)
         except Exception:  # metrics or logging must never cost the connection
             log.exception("recording a request failed")
-
-
-RETRY_BUFFER = 64 * 1024
-"""Request bodies up to this size (declared by Content-Length) are read whole when the request may be retried."""
-
-
-def _replayable(head: Head) -> bool:
-    """A body that can be held for retries: small, of a declared length, and not awaiting a 100 Continue."""
-    length = head.content_length
-    return (
-        bool(length)
-        and length is not None
-        and length <= RETRY_BUFFER
-        and not head.upgrade
-        and (head.get(b"expect") is None)
-    )
 
 
 class _Handback(Exception):

@@ -24,8 +24,9 @@ from __future__ import annotations
 import asyncio
 import random
 
-from ztunnel.l7.channel import Channel
-from ztunnel.l7.exchange import IDEMPOTENT, TIMEOUT, Exchange, Reply, Router, Upstream, UpstreamFailed
+from ztunnel.l7.channel import Channel, ChannelClosed
+from ztunnel.l7.exchange import IDEMPOTENT, TIMEOUT, Exchange, Limits, Reply, Router, Upstream, UpstreamFailed
+from ztunnel.l7.messages import BadMessage, Event, Head
 from ztunnel.l7.response import ClientGone, RetryStatus, UpstreamLost
 
 
@@ -34,6 +35,7 @@ class Tries:
 
     down: Channel
     router: Router
+    limits: Limits
 
     async def _forward(self, exchange: Exchange, upstream: Upstream) -> bool:
         raise NotImplementedError
@@ -43,6 +45,37 @@ class Tries:
 
     def _done(self, exchange: Exchange) -> None:
         raise NotImplementedError
+
+    async def _event(self, timeout: float) -> Event | None:
+        raise NotImplementedError
+
+    def _refuse(self, status: int, reason: str, flags: str) -> None:
+        raise NotImplementedError
+
+    async def _buffer_body(self, exchange: Exchange) -> bool:
+        """Read a small request body whole before the first try, so that a retry can send it again (as Envoy
+        buffers bodies for retries). False when the client's connection ended meanwhile (recorded)."""
+        parts: list[bytes] = []
+        while True:
+            try:
+                event = await self._event(self.limits.stream_idle_timeout)
+            except BadMessage as exc:
+                self._refuse(exc.status, f"{exc}", "DPE")
+                return False
+            except (TimeoutError, ChannelClosed):
+                event = None
+            if event is None:
+                exchange.flags, exchange.detail = "DC", "client closed before the request body ended"
+                self.down.abort()
+                self._done(exchange)
+                return False
+            kind, value = event
+            if kind == "body":
+                assert isinstance(value, bytes)
+                parts.append(value)
+            elif kind == "end":
+                exchange.body = b"".join(parts)
+                return True
 
     async def _tries(self, exchange: Exchange) -> bool:
         """Connect, forward, answer; try again while the router's policy allows (`Exchange.policy`)."""
@@ -172,3 +205,19 @@ class Tries:
             self._done(exchange)
             return False
         return await self._answer(exchange, Reply(504, TIMEOUT, "UT", detail))
+
+
+RETRY_BUFFER = 64 * 1024
+"""Request bodies up to this size (declared by Content-Length) are read whole when the request may be retried."""
+
+
+def replayable(head: Head) -> bool:
+    """A body that can be held for retries: small, of a declared length, and not awaiting a 100 Continue."""
+    length = head.content_length
+    return (
+        bool(length)
+        and length is not None
+        and length <= RETRY_BUFFER
+        and not head.upgrade
+        and (head.get(b"expect") is None)
+    )
