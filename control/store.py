@@ -41,6 +41,24 @@ Converted = (
     | TrafficPolicy
     | HTTPRoute
 )
+_NOT_APPLIED = {
+    ("networking.istio.io", "VirtualService"): "not applied: meshlet routes with Gateway API HTTPRoutes "
+    "(gateway.networking.k8s.io/v1, parentRefs [{group: '', kind: Service, name}]); see README 'Traffic management'",
+    ("networking.istio.io", "DestinationRule"): "not applied: meshlet takes its trafficPolicy as a TrafficPolicy "
+    "(networking.meshlet.io/v1, same loadBalancer/connectionPool/outlierDetection fields, targetRef to the Service)",
+    ("networking.istio.io", "Sidecar"): "not applied: meshlet has no sidecars",
+    ("networking.istio.io", "EnvoyFilter"): "not applied: meshlet's node proxy is not Envoy",
+    ("gateway.networking.k8s.io", "GRPCRoute"): "not applied yet: gRPC (HTTP/2) is carried at L4; use an HTTPRoute "
+    "for HTTP/1 services",
+}
+"""Kinds a mesh user may expect to take effect that meshlet does not read: reported with what to use instead,
+rather than ignored as unrelated kinds (ConfigMaps, Deployments) are."""
+
+
+def _group(raw: Mapping[str, Any]) -> str:
+    return str(raw.get("apiVersion", "")).partition("/")[0]
+
+
 CONVERTERS: Mapping[str, Callable[[Mapping[str, Any]], Converted]] = {
     "Namespace": Namespace.from_k8s,
     "Node": Node.from_k8s,
@@ -132,6 +150,9 @@ class ConfigStore:
         for raw in batch.upserts:
             converter = CONVERTERS.get(str(raw.get("kind")))
             if converter is None:
+                hint = _NOT_APPLIED.get((_group(raw), str(raw.get("kind"))))
+                if hint is not None:  # a traffic object an Istio user expects to act: say what does instead
+                    errors.append(StoreError(batch.origin, _describe(raw), hint))
                 continue  # kinds the mesh does not use (ConfigMaps, Deployments, ...) are not errors
             try:
                 obj = converter(raw)

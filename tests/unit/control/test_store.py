@@ -171,3 +171,26 @@ def test_a_converter_failing_on_odd_input_is_that_objects_error(
     [err] = store.all_errors()
     assert (err.origin, err.object) == ("a.yaml", "Pod mesh/p1")
     assert err.reason == "unreadable: RecursionError: maximum recursion depth exceeded"
+
+
+def test_istio_traffic_kinds_are_reported_as_not_applied_with_what_to_use(store: ConfigStore) -> None:
+    objects = (
+        {
+            "apiVersion": "networking.istio.io/v1",
+            "kind": "VirtualService",
+            "metadata": {"name": "vs", "namespace": "mesh"},
+        },
+        {
+            "apiVersion": "networking.istio.io/v1beta1",
+            "kind": "DestinationRule",
+            "metadata": {"name": "dr", "namespace": "mesh"},
+        },
+        {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "cm", "namespace": "mesh"}},
+    )
+    store.apply([SourceBatch("istio.yaml", objects)])
+    found = {e.object: e.reason for e in store.all_errors()}
+    assert set(found) == {"VirtualService mesh/vs", "DestinationRule mesh/dr"}  # a ConfigMap is simply not ours
+    assert "HTTPRoute" in found["VirtualService mesh/vs"] and "TrafficPolicy" in found["DestinationRule mesh/dr"]
+    assert "p1" in workloads(store)  # nothing else is affected
+    store.apply([SourceBatch("istio.yaml", ())])
+    assert not store.all_errors()
