@@ -12,11 +12,39 @@ from __future__ import annotations
 from ztunnel.l7.channel import Channel
 from ztunnel.l7.exchange import Router
 from ztunnel.l7.session import Session
+from ztunnel.metrics import CONNECT, DENY, Labels, with_flags
 from ztunnel.proxy.context import ProxyContext, ServedPod
 from ztunnel.proxy.delivery import allowed, deliver, failed
 from ztunnel.proxy.hbone import StreamSide
 from ztunnel.proxy.relay import Side, TcpSide, Tunnel
 from ztunnel.rbac import Connection
+
+
+class OpenOnce:
+    """Counts an inbound connection handled at L7 in istio_tcp_connections_opened_total once its fate is known: at
+    its first request, when it is handed back to L4 (flagged DENY when the L4 decision refuses it, CONNECT when the
+    app cannot be reached), or when it ends with neither. Counted at accept, a connection denied after a hand-back
+    would show as a normal one, and a counter cannot be taken back."""
+
+    __slots__ = ("ctx", "tunnel", "labels", "done")
+
+    def __init__(self, ctx: ProxyContext, tunnel: Tunnel, labels: Labels) -> None:
+        self.ctx = ctx
+        self.tunnel = tunnel
+        self.labels = labels
+        self.done = False
+
+    def __call__(self, flags: str | None = None) -> None:
+        if self.done:
+            return
+        self.done = True
+        labels = self.labels if flags is None else with_flags(self.labels, flags)
+        metrics, tunnel = self.ctx.metrics, self.tunnel
+        metrics.opened[labels] += 1
+        if tunnel.finished:  # it ended before it was counted: its close was not counted either
+            metrics.closed[labels] += 1
+        else:
+            tunnel.labels = (labels,)
 
 
 class _Ends:
@@ -66,18 +94,22 @@ async def relay_handed_back(
     conn: Connection,
     data: list[bytes],
     direction: str,
+    opened: OpenOnce,
 ) -> None:
-    """An inbound connection the HTTP proxy handed back (not HTTP/1; counted as opened already): relayed at L4,
-    what was read replayed first, if the L4 decision (where HTTP rules fail closed) allows it; reset otherwise."""
+    """An inbound connection the HTTP proxy handed back (not HTTP/1): relayed at L4, what was read replayed first, if
+    the L4 decision (where HTTP rules fail closed) allows it; reset otherwise. Counted as opened here (`opened`)."""
     if not allowed(ctx, ctx.index, pod, conn, direction):
         ctx.metrics.errors[(direction, "denied")] += 1
+        opened(DENY)
         tunnel.failure = "denied"
         tunnel.fail()
         return
     try:
         upstream = await deliver(ctx, pod, conn.source_ip, conn.dest_ip, conn.dest_port, tunnel)
     except (OSError, TimeoutError) as exc:
+        opened(CONNECT)
         failed(ctx, tunnel, direction, "app_unreachable", f"{pod.namespace}/{pod.name}:{conn.dest_port}: {exc}")
         return
+    opened()
     side.replay(data)
     tunnel.established(upstream)

@@ -12,7 +12,7 @@ applies from the next request: each reads the index current when it arrives.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from meshlet_contracts.policy import AuthorizationPolicy
 from ztunnel.l7.authz import authorize_connection, authorize_request, has_http_rules
@@ -33,8 +33,17 @@ class InboundHttp(Untried):
     """The router of one inbound connection into `pod`'s port (`ztunnel.l7.session.Router`)."""
 
     def __init__(
-        self, ctx: ProxyContext, pod: ServedPod, conn: Connection, source: Peer, mutual_tls: bool, direction: str
+        self,
+        ctx: ProxyContext,
+        pod: ServedPod,
+        conn: Connection,
+        source: Peer,
+        mutual_tls: bool,
+        direction: str,
+        on_first: Callable[[], None] | None = None,
     ) -> None:
+        self.on_first = on_first
+        """Called at the first request (the connection is HTTP: counted as opened then)."""
         self.ctx = ctx
         self.pod = pod
         self.conn = conn
@@ -62,6 +71,9 @@ class InboundHttp(Untried):
         return self._selected
 
     def admit(self, exchange: Exchange) -> Reply | None:
+        if self.on_first is not None:
+            self.on_first()
+            self.on_first = None
         ctx, pod = self.ctx, self.pod
         call = begin(exchange, self.source)
         call.mutual_tls = self.mutual_tls

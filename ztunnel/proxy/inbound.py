@@ -23,7 +23,7 @@ from ztunnel.metrics import CONNECT, DENY, tcp_labels, with_flags
 from ztunnel.proxy.context import Accepted, ProxyContext, ServedPod, peer_of, source_peer
 from ztunnel.proxy.delivery import allowed, deliver, failed, refused
 from ztunnel.proxy.hbone import HboneConnection, StreamSide
-from ztunnel.proxy.http_entry import relay_handed_back, serve_http
+from ztunnel.proxy.http_entry import OpenOnce, relay_handed_back, serve_http
 from ztunnel.proxy.http_inbound import InboundHttp, connection_allowed, l7_reason
 from ztunnel.proxy.relay import Tunnel
 from ztunnel.rbac import Connection, mtls_mode
@@ -151,12 +151,12 @@ class InboundHbone(HboneConnection):
                 self.respond(side.stream_id, 401)
                 return
             self.respond(side.stream_id, 200)
-            tunnel.labels = (labels,)
-            ctx.metrics.opened[labels] += 1  # the stream is a connection as at L4; its requests are counted too
-            router = InboundHttp(ctx, pod, request, source, True, "inbound")
+            opened = OpenOnce(ctx, tunnel, labels)  # the stream is a connection as at L4; its requests count too
+            router = InboundHttp(ctx, pod, request, source, True, "inbound", on_first=opened)
             handback = await serve_http(ctx, side, tunnel, router, sniff=not l7[1])
             if handback is not None:
-                await relay_handed_back(ctx, pod, side, tunnel, request, handback, "inbound")
+                await relay_handed_back(ctx, pod, side, tunnel, request, handback, "inbound", opened)
+            opened()
             return
         if not allowed(ctx, index, pod, request, "inbound"):
             ctx.metrics.errors[("inbound", "denied")] += 1
@@ -226,12 +226,12 @@ class InboundPlaintext(Accepted):
                 refused(ctx, tunnel, "denied", with_flags(labels, DENY))
                 tunnel.fail()
                 return
-            tunnel.labels = (labels,)
-            ctx.metrics.opened[labels] += 1
-            router = InboundHttp(ctx, pod, conn, source, False, "inbound_plaintext")
+            opened = OpenOnce(ctx, tunnel, labels)
+            router = InboundHttp(ctx, pod, conn, source, False, "inbound_plaintext", on_first=opened)
             handback = await serve_http(ctx, self, tunnel, router, sniff=not l7[1])
             if handback is not None:  # not HTTP/1: the L4 decision (HTTP rules fail closed), then the relay
-                await relay_handed_back(ctx, pod, self, tunnel, conn, handback, "inbound_plaintext")
+                await relay_handed_back(ctx, pod, self, tunnel, conn, handback, "inbound_plaintext", opened)
+            opened()
             return
         if not allowed(ctx, index, pod, conn, "inbound_plaintext"):
             ctx.metrics.errors[("inbound_plaintext", "denied")] += 1

@@ -21,7 +21,7 @@ from tests.integration.ztunnel.loopback import App, LoopbackSockets, wait_until
 from tests.integration.ztunnel.served import POD, ServedNode, mesh
 from tests.integration.ztunnel.test_hbone_io import echo, exchange
 from tests.integration.ztunnel.test_http_mesh import get, http_app, policy
-from ztunnel.metrics import REQUEST_LABELS
+from ztunnel.metrics import REQUEST_LABELS, TCP_LABELS
 
 pytestmark = pytest.mark.asyncio
 L4_CLIENT = "127.0.0.4"
@@ -65,6 +65,15 @@ def request_codes(node: ServedNode) -> dict[tuple[str, str], int]:
     return {(x["response_code"], x["response_flags"]): node.metrics.requests[tuple(x.values())] for x in named}
 
 
+def flagged(node: ServedNode) -> dict[str, int]:
+    """istio_tcp_connections_opened_total by response_flags."""
+    out: dict[str, int] = {}
+    for labels, value in node.metrics.opened.items():
+        flags = dict(zip(TCP_LABELS, labels, strict=True))["response_flags"]
+        out[flags] = out.get(flags, 0) + value
+    return out
+
+
 async def all_closed(node: ServedNode, count: int) -> None:
     await wait_until(lambda: connections(node) == (count, count), f"{count} connections counted opened and closed")
 
@@ -86,6 +95,7 @@ async def test_not_http_goes_through_at_l4_when_an_l4_rule_allows_it(destination
             assert await asyncio.wait_for(exchange(reader, writer, payload), 10) == payload
     assert app.accepted == len(NOT_HTTP)
     await all_closed(destination, len(NOT_HTTP))  # once each: handed back to L4 is the same connection
+    assert flagged(destination) == {"-": len(NOT_HTTP)}
     assert destination.metrics.requests == {}
 
 
@@ -127,6 +137,8 @@ async def test_not_http_is_reset_when_the_l4_decision_denies(
                 await asyncio.wait_for(reader.read(), 10)
     assert app.accepted == 0
     await all_closed(destination, len(NOT_HTTP))
+    # Counted once its fate was known: as a denied connection, as the L4 path counts one.
+    assert flagged(destination) == {"DENY": len(NOT_HTTP)}
     assert destination.errors("denied", "inbound_plaintext") == len(NOT_HTTP)
     assert destination.metrics.requests == {}
     # HTTP on the same port, from the same client: each request is decided on its own.
