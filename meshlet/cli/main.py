@@ -12,6 +12,7 @@ import sys
 import click
 from rich.console import Console
 
+from meshlet.cli.install import install
 from meshlet.cli.lab import lab
 from meshlet.cli.node import COMMANDS
 from meshlet.lab.cluster import LabError
@@ -34,6 +35,7 @@ def cli() -> None:
 
 
 cli.add_command(lab)
+cli.add_command(install)
 for command in COMMANDS:
     cli.add_command(command)
 

@@ -18,7 +18,9 @@ import pytest
 ROOT = Path(__file__).resolve().parents[2]
 ALLOWED = {
     # The top: may read a node's agent and ztunnel (status, config_dump), the store, BPF maps.
-    "meshlet": {"meshlet", "agent", "bpf", "control", "ztunnel", "meshlet_contracts"},
+    "meshlet": {"meshlet", "agent", "bpf", "control", "daemonset", "ztunnel", "meshlet_contracts"},
+    # The cluster install's manifests: rendered from the contracts (ports, field lists), no component's code.
+    "daemonset": {"daemonset", "meshlet_contracts"},
     # The agent reads the store through control's source and model (the same pipeline control runs) and
     # loads the BPF programs; ZDS, netns, map layouts and ports come from the contracts, never from ztunnel.
     "agent": {
@@ -78,6 +80,7 @@ def test_package_imports_only_what_its_layer_allows(package: str) -> None:
         ("control", "meshlet.cli.main"),
         ("agent", "meshlet.lab.cluster"),
         ("meshlet_contracts", "control.model"),
+        ("daemonset", "control.model.security"),
     ],
 )
 def test_the_rules_refuse_an_import_that_runs_sideways_or_up(package: str, name: str) -> None:
