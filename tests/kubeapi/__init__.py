@@ -1,0 +1,11 @@
+"""An in-process Kubernetes API server for tests (issue #16): the real REST and watch protocol on loopback.
+
+Start one with `KubeApiServer()` as a context manager; see server.py for the faults it can inject, store.py
+for resourceVersions and history, handlers.py for the verbs, tokens.py for TokenReview.
+"""
+
+from tests.kubeapi.resources import ResourceType
+from tests.kubeapi.server import KubeApiServer
+from tests.kubeapi.tokens import Token
+
+__all__ = ["KubeApiServer", "ResourceType", "Token"]
