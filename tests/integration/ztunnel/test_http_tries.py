@@ -294,14 +294,16 @@ async def test_a_reset_on_a_kept_alive_connection_is_a_counted_retry_under_a_ret
         assert router.done_list[-1].retries == 1  # the reset was retried through the policy, and counted
 
 
-async def test_timeouts_do_not_cut_an_upgraded_connection() -> None:
-    async def upgrading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
-        while data := await reader.read(1024):
-            writer.write(data)
-            await writer.drain()
+async def upgrading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Switches to an echo of raw bytes after the upgrade request."""
+    await _read_head(reader)
+    writer.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
+    while data := await reader.read(1024):
+        writer.write(data)
+        await writer.drain()
 
+
+async def test_timeouts_do_not_cut_an_upgraded_connection() -> None:
     async with mesh(upgrading) as (port, router):
         router.policy = RequestPolicy(timeout=0.2, try_timeout=0.2)
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
@@ -315,13 +317,6 @@ async def test_timeouts_do_not_cut_an_upgraded_connection() -> None:
 
 
 async def test_an_idle_upgraded_connection_ends_after_the_stream_idle_timeout() -> None:
-    async def upgrading(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await _read_head(reader)
-        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nconnection: upgrade\r\nupgrade: echo\r\n\r\n")
-        while data := await reader.read(1024):
-            writer.write(data)
-            await writer.drain()
-
     async with mesh(upgrading) as (port, router):
         router.limits.stream_idle_timeout = 0.3
         reader, writer = await asyncio.open_connection("127.0.0.1", port)
