@@ -293,6 +293,7 @@ class Ztunnel:
             tunnel.fail()
             if tunnel.upstream is not None and not tunnel.upstream.closed:
                 tunnel.upstream.abort()
+        ctx.http_upstreams.close()  # kept-alive upstream connections no request holds
         if ctx.pool is not None:
             ctx.pool.close()
         for task in list(ctx.tasks):

@@ -31,10 +31,10 @@ import time
 from ztunnel.identity.manager import IdentityError
 from ztunnel.l7.authz import authorize_request
 from ztunnel.l7.channel import Channel
-from ztunnel.l7.clusters import Cluster
+from ztunnel.l7.clusters import Cluster, Waiter
 from ztunnel.l7.exchange import CONNECT_FAILURE, OVERFLOW, Exchange, Reply, Upstream, UpstreamFailed
 from ztunnel.l7.plan import Plan, plan
-from ztunnel.l7.pool_limits import Admission
+from ztunnel.l7.pool_limits import Admission, ClusterLimits
 from ztunnel.metrics import Labels, Metrics, Peer, tcp_labels
 from ztunnel.proxy.connect import StreamRefused, open_stream
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
@@ -114,21 +114,22 @@ class OutboundHttp:
             if reply is not None:
                 raise UpstreamFailed(reply)
         call.tried.append(up.ip)
-        if cluster.limits is not None:
-            await self._slot(cluster)
+        # The limits that grant the slot take it back, even if a new policy version replaced them meanwhile.
+        limits = cluster.limits
+        if limits is not None:
+            await self._slot(cluster, limits)
         cluster.begin(up.ip)
         try:
             upstream = await self.open(decision, call, fresh)
         except UpstreamFailed as failed:
-            self._free(cluster)
+            _free(limits)
             self._ended(cluster, chosen.service, up.ip, None)
             raise UpstreamFailed(failed.reply, failed.reply.flags == "UF") from None
         except BaseException:  # cancelled (the request's timeout, the client gone): not the endpoint's failure
-            self._free(cluster)
+            _free(limits)
             self._ended(cluster, chosen.service, up.ip, 0)
             raise
-        if cluster.limits is not None:
-            upstream.owner = cluster
+        upstream.owner = limits
         return upstream
 
     def pick(
@@ -167,11 +168,9 @@ class OutboundHttp:
         call.note(verdict)
         return None if verdict.allowed else DENIED
 
-    async def _slot(self, cluster: Cluster) -> None:
+    async def _slot(self, cluster: Cluster, limits: ClusterLimits[Waiter]) -> None:
         """A connection slot of a cluster with `connectionPool` limits: at once, after a wait in its pending
         queue, or UpstreamFailed 503 UO when the queue is full."""
-        limits = cluster.limits
-        assert limits is not None
         limit = limits.pool.max_connections
         if limit is None or limits.connections < limit:  # room: the common case, no waiter to make
             limits.connections += 1
@@ -186,18 +185,8 @@ class OutboundHttp:
                 await waiter
             except asyncio.CancelledError:
                 if not limits.cancel(waiter):  # the slot was handed over as it was given up: pass it on
-                    self._free(cluster)
+                    _free(limits)
                 raise
-
-    def _free(self, cluster: Cluster) -> None:
-        """A slot of `cluster` ends: to the first waiter still waiting, or freed."""
-        limits = cluster.limits
-        if limits is None:
-            return
-        waiter = limits.connection_closed()
-        # A waiter already cancelled finds in its handler that it was handed the slot, and passes it on.
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
 
     async def open(self, decision: Local | Hbone | Passthrough, call: Call, fresh: bool) -> Upstream:
         """A connection to the decided endpoint: a kept-alive one unless `fresh`, else a new one."""
@@ -271,14 +260,13 @@ class OutboundHttp:
     def release(self, upstream: Upstream, reusable: bool) -> None:
         if isinstance(upstream.channel, _CountedChannel):
             upstream.channel.count()
-        owner = upstream.owner
-        if isinstance(owner, Cluster):
+        limits = upstream.owner
+        if isinstance(limits, ClusterLimits):
             upstream.owner = None
             upstream.requests += 1
-            limits = owner.limits
-            if limits is not None and not limits.reusable(upstream.requests):
+            if not limits.reusable(upstream.requests):
                 reusable = False  # maxRequestsPerConnection: this connection has carried its share
-            self._free(owner)
+            _free(limits)
         self.ctx.http_upstreams.put(upstream, reusable)
 
     def done(self, exchange: Exchange) -> None:
@@ -286,6 +274,16 @@ class OutboundHttp:
         both = call is not None and isinstance(call.route, Local)
         record(self.ctx.metrics, exchange, call, ("source", "destination") if both else ("source",), self.source_ip,
                self.source)  # fmt: skip
+
+
+def _free(limits: ClusterLimits[Waiter] | None) -> None:
+    """A connection slot ends: to the first waiter still waiting, or freed (nothing without limits)."""
+    if limits is None:
+        return
+    waiter = limits.connection_closed()
+    # A waiter already cancelled finds in its handler that it was handed the slot, and passes it on.
+    if waiter is not None and not waiter.done():
+        waiter.set_result(None)
 
 
 class _CountedChannel(Channel):

@@ -218,6 +218,7 @@ class ServedNode:
             if tunnel.upstream is not None:
                 tunnel.upstream.abort()
         await wait_until(lambda: not self.ctx.tunnels, "the node's tunnels to end")
+        self.ctx.http_upstreams.close()
         if self.ctx.pool is not None:
             self.ctx.pool.close()
             await wait_until(lambda: all(c.lost for c in self.pooled()), "the node's HBONE connections to close")
