@@ -30,6 +30,7 @@ from control.model.fields import (
 from control.model.kube import Service
 from control.model.nested import check_fields, each, mapping, within
 from meshlet_contracts import routes
+from meshlet_contracts.regex import RegexError, compile_re2
 from meshlet_contracts.routes import (
     PATH_TYPES,
     VALUE_TYPES,
@@ -369,6 +370,6 @@ def _duration(raw: Mapping[str, Any], key: str) -> float | None:
 
 def _regex(value: str, field: str) -> None:
     try:
-        re.compile(value)
-    except re.error as exc:
-        fail(field, f"{value!r} is not a valid regular expression: {exc}")
+        compile_re2(value)
+    except RegexError as exc:
+        fail(field, f"{value!r} is not a regular expression RE2 takes (as Envoy matches them): {exc}")

@@ -16,13 +16,12 @@ first rule and the first match within it.
 
 from __future__ import annotations
 
-import functools
 import random
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import parse_qsl
 
+from meshlet_contracts.regex import compile_re2
 from meshlet_contracts.routes import (
     BackendRef,
     HeaderModifier,
@@ -115,7 +114,7 @@ def path_matches(match: PathMatch, path: str) -> bool:
     if match.type == "Exact":
         return path == match.value
     if match.type == "RegularExpression":
-        return _regex(match.value).fullmatch(path) is not None
+        return compile_re2(match.value).fullmatch(path) is not None
     prefix = match.value.rstrip("/")
     return path.startswith(prefix) and (len(path) == len(prefix) or path[len(prefix)] == "/")
 
@@ -250,10 +249,4 @@ def _first_params(query: str) -> dict[str, str]:
 def _value_matches(kind: str, expected: str, actual: str) -> bool:
     if kind == "Exact":
         return actual == expected
-    return _regex(expected).fullmatch(actual) is not None
-
-
-@functools.lru_cache(maxsize=1024)
-def _regex(pattern: str) -> re.Pattern[str]:
-    # Validated by control; compiled once per pattern, not per request.
-    return re.compile(pattern)
+    return compile_re2(expected).fullmatch(actual) is not None

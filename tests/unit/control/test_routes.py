@@ -93,6 +93,9 @@ def edited(path: list[Any], value: Any) -> dict[str, Any]:
         (["rules", 0, "matches", 0, "path", "type"], "Prefix", "spec.rules[0].matches[0].path.type: unknown path type"),
         (["rules", 0, "matches", 0, "path", "value"], "api", "spec.rules[0].matches[0].path.value"),
         (["rules", 0, "matches", 0, "path"], {"type": "RegularExpression", "value": "(("}, "path.value"),
+        # RE2, as Envoy: no backreferences or lookaround (they need backtracking), named as RE2 says.
+        (["rules", 0, "matches", 0, "path"], {"type": "RegularExpression", "value": "/(a)\\1"}, "RE2 takes"),
+        (["rules", 0, "matches", 0, "path"], {"type": "RegularExpression", "value": "/(?=a)"}, "perl operator"),
         (["rules", 0, "matches", 0, "method"], "FETCH", "spec.rules[0].matches[0].method: unknown method"),
         (["rules", 0, "matches", 0, "headers", 0, "name"], "bad name", "headers[0].name"),
         (["rules", 0, "backendRefs", 0, "port"], None, "spec.rules[0].backendRefs[0].port: required"),

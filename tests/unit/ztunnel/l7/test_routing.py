@@ -228,3 +228,11 @@ def test_url_rewrite_keeps_query_and_replaces_host() -> None:
 )
 def test_redirect_location(redirect: RequestRedirect, expected: str) -> None:
     assert redirect_location(redirect, prefix("/api"), "http", "web.shop:8080", 8080, "/api/x?q=1") == expected
+
+
+def test_a_backtracking_pattern_matches_in_linear_time() -> None:
+    # `(a+)+$` makes a backtracking engine try 2^n ways on a long path of a's ending otherwise: with RE2 the
+    # answer comes at once (pytest's timeout would end a backtracking run long before it finished).
+    match = PathMatch("RegularExpression", "/(a+)+$")
+    assert not path_matches(match, "/" + "a" * 50_000 + "b")
+    assert path_matches(match, "/aaa")
