@@ -64,6 +64,7 @@ _FILTER_FIELDS = {
     "URLRewrite": "urlRewrite",
     "RequestMirror": "requestMirror",
 }
+MAX_RETRY_ATTEMPTS = 10
 _UNSUPPORTED_FILTERS = ("ExtensionRef", "CORS", "ExternalAuth")
 
 
@@ -349,6 +350,9 @@ def _retry(raw: Mapping[str, Any]) -> Retry:
     attempts = raw.get("attempts")
     if attempts is not None and (not isinstance(attempts, int) or isinstance(attempts, bool) or attempts < 0):
         fail("attempts", f"expected a non-negative integer, got {attempts!r}")
+    if attempts is not None and attempts > MAX_RETRY_ATTEMPTS:
+        # Each retry holds the client, a connection slot and an endpoint: a route must not multiply load without end.
+        fail("attempts", f"at most {MAX_RETRY_ATTEMPTS} retries, got {attempts}")
     codes = []
     for i, code in enumerate(raw.get("codes") or []):
         if not isinstance(code, int) or isinstance(code, bool) or not 400 <= code <= 599:

@@ -103,6 +103,7 @@ def edited(path: list[Any], value: Any) -> dict[str, Any]:
         (["rules", 0, "timeouts", "request"], "90", "spec.rules[0].timeouts.request: '90' is not a duration"),
         (["rules", 0, "timeouts", "backendRequest"], "2m", "timeouts.backendRequest: must not be longer"),
         (["rules", 0, "retry", "codes"], [200], "spec.rules[0].retry.codes[0]"),
+        (["rules", 0, "retry", "attempts"], 11, "spec.rules[0].retry.attempts: at most 10 retries"),
         (["rules", 0, "filters", 0, "type"], "ExtensionRef", "spec.rules[0].filters[0].type: filter ExtensionRef"),
         (["rules", 0, "filters", 0, "requestHeaderModifier", "set", 0, "value"], "a\r\nb", "set[0].value"),
         (["rules", 0, "matches", 0, "path", "type"], "Exact", "ReplacePrefixMatch needs the rule to have exactly one"),
