@@ -103,12 +103,16 @@ class Agent:
         }  # fmt: skip
 
     async def run(self) -> None:
-        await self.zds.start(self.supervisor)
-        self.zds.on_connect = self._wake.set
-        self.store.subscribe(self._wake.set)
         status = await serve_status(self.args.status_socket, self.snapshot)
         try:
             self.store.apply(await asyncio.to_thread(self.source.scan))
+            # One pass before ztunnel is served: a ztunnel that connects (a restarted agent's ztunnel reconnects at
+            # once) gets the node's pods in its snapshot, never an empty one that would make it drop every pod's
+            # listeners and open new ones a moment later.
+            await self._pass()
+            await self.zds.start(self.supervisor)
+            self.zds.on_connect = self._wake.set
+            self.store.subscribe(self._wake.set)
             self.supervisor.start("store", lambda: self.source.run(self.store.apply))
             self.supervisor.start("reconcile", self._loop)
             stop = asyncio.Event()
@@ -128,14 +132,17 @@ class Agent:
             # Cleared before the pass, not after: a change that arrives while the pass runs (it may have
             # read the store before the change) must start another pass, not wait for the next resync.
             self._wake.clear()
-            try:
-                await self.reconciler.sync(node_pods(self.store.objects.values(), self.args.node, self.mesh))
-            except Exception:
-                log.exception("reconcile pass failed; retrying")
+            await self._pass()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.args.resync)
             except TimeoutError:
                 pass
+
+    async def _pass(self) -> None:
+        try:
+            await self.reconciler.sync(node_pods(self.store.objects.values(), self.args.node, self.mesh))
+        except Exception:
+            log.exception("reconcile pass failed; retrying")
 
 
 def main(argv: list[str] | None = None) -> None:

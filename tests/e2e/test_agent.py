@@ -106,6 +106,8 @@ class AgentProcess:
         )  # fmt: skip
         log.close()
         wait_for(lambda: self.status()["store"]["synced"], 15, "the agent's status API")
+        # ZDS is served once the agent's first pass is done (a ztunnel then gets the whole node at once).
+        wait_for(self.zds.exists, 15, "the agent's ZDS socket")
 
     def status(self) -> dict[str, Any]:
         out = subprocess.run(
