@@ -81,6 +81,8 @@ class Agent:
         self.zds = ZdsServer(args.zds_socket, lambda: self.reconciler.replay())
         self.reconciler = Reconciler(self.backend, self.zds, self._annotate)
         self._wake = asyncio.Event()
+        self._first_pass = asyncio.Event()
+        """Set once a reconcile pass has run: ZDS is served from then on (`_serve_zds`)."""
         self.supervisor = Supervisor()
 
     def _annotate(self, target: PodTarget, value: str | None) -> bool:
@@ -104,28 +106,41 @@ class Agent:
 
     async def run(self) -> None:
         status = await serve_status(self.args.status_socket, self.snapshot)
+        tasks: list[asyncio.Task[Any]] = []
         try:
             self.store.apply(await asyncio.to_thread(self.source.scan))
-            # One pass before ztunnel is served: a ztunnel that connects (a restarted agent's ztunnel reconnects at
-            # once) gets the node's pods in its snapshot, never an empty one that would make it drop every pod's
-            # listeners and open new ones a moment later.
-            await self._pass()
-            await self.zds.start(self.supervisor)
-            self.zds.on_connect = self._wake.set
             self.store.subscribe(self._wake.set)
             self.supervisor.start("store", lambda: self.source.run(self.store.apply))
             self.supervisor.start("reconcile", self._loop)
+            serving = asyncio.create_task(self._serve_zds(), name="zds-start")
+            tasks.append(serving)
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, stop.set)
             log.info("agent for node %s running (%s backend)", self.args.node, self.backend.name)
-            await stop.wait()
+            stopped = asyncio.create_task(stop.wait())
+            tasks.append(stopped)
+            await asyncio.wait({stopped, serving}, return_when=asyncio.FIRST_COMPLETED)
+            if serving.done() and not stopped.done():
+                serving.result()  # ZDS could not be served: the agent fails as it would have at start
+                await stopped
         finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
             # Rules stay: captured pods stay captured (fail closed) until an agent releases them.
             await self.supervisor.stop()
             await self.zds.close()
             await status.cleanup()
+
+    async def _serve_zds(self) -> None:
+        """Serve ZDS once the first reconcile pass is done: a ztunnel that connects (a restarted agent's ztunnel
+        reconnects at once) then gets the node's pods in its snapshot, never an empty one that would make it drop
+        every pod's listeners and open new ones a moment later."""
+        await self._first_pass.wait()
+        await self.zds.start(self.supervisor)
+        self.zds.on_connect = self._wake.set
 
     async def _loop(self) -> None:
         while True:
@@ -133,6 +148,7 @@ class Agent:
             # read the store before the change) must start another pass, not wait for the next resync.
             self._wake.clear()
             await self._pass()
+            self._first_pass.set()
             try:
                 await asyncio.wait_for(self._wake.wait(), self.args.resync)
             except TimeoutError:
