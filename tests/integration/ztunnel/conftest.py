@@ -45,6 +45,16 @@ async def destination(ca: CertificateAuthority, sockets: LoopbackSockets) -> Asy
 
 
 @pytest_asyncio.fixture
+async def node(ca: CertificateAuthority, sockets: LoopbackSockets) -> AsyncIterator[ServedNode]:
+    """The client pod's node, alone (its endpoints are apps on loopback, reached through the socket map)."""
+    served = ServedNode(workload_certificate(ca, CLIENT_ID), pod=CLIENT_POD, sockets=sockets)
+    try:
+        yield await served.start()
+    finally:
+        await served.close()
+
+
+@pytest_asyncio.fixture
 async def source(
     ca: CertificateAuthority, sockets: LoopbackSockets, destination: ServedNode
 ) -> AsyncIterator[ServedNode]:

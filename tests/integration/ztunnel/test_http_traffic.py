@@ -10,18 +10,15 @@ mesh, an app on loopback that answers each request after a delay the test holds 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from control.ca import CertificateAuthority
 from control.model.kube import Namespace, Service, ServicePort
 from control.model.mesh import MeshSettings, service_item, workload_item
 from control.model.traffic import TrafficPolicy
 from tests.integration.ztunnel.conftest import StartApp
-from tests.integration.ztunnel.loopback import CLIENT_ID, LOOPBACK, LoopbackSockets, wait_until, workload_certificate
+from tests.integration.ztunnel.loopback import LOOPBACK, wait_until
 from tests.integration.ztunnel.served import AMBIENT, CLIENT_POD, ServedNode
 from tests.integration.ztunnel.test_tcp_traffic import _pod
 from ztunnel.config.state import ConfigState, apply
@@ -47,15 +44,6 @@ def index(version: int, **pool: Any) -> MeshIndex:
     }
     message = {"type": "snapshot", "epoch": "e", "version": version, "resources": resources}
     return MeshIndex.from_config(apply(ConfigState(), message))
-
-
-@pytest_asyncio.fixture
-async def node(ca: CertificateAuthority, sockets: LoopbackSockets) -> AsyncIterator[ServedNode]:
-    served = ServedNode(workload_certificate(ca, CLIENT_ID), pod=CLIENT_POD, sockets=sockets)
-    try:
-        yield await served.start()
-    finally:
-        await served.close()
 
 
 class HeldApp:

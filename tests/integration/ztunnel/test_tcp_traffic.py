@@ -13,18 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-import pytest_asyncio
 
-from control.ca import CertificateAuthority
 from control.model.kube import Namespace, Pod, Service, ServicePort
 from control.model.mesh import MeshSettings, service_item, workload_item
 from control.model.traffic import TrafficPolicy
 from tests.integration.ztunnel.conftest import StartApp
-from tests.integration.ztunnel.loopback import CLIENT_ID, LOOPBACK, LoopbackSockets, wait_until, workload_certificate
+from tests.integration.ztunnel.loopback import LOOPBACK, wait_until
 from tests.integration.ztunnel.served import AMBIENT, CLIENT_POD, ServedNode
 from ztunnel.config.state import ConfigState, apply
 from ztunnel.metrics import TCP_LABELS
@@ -79,16 +76,6 @@ async def greeter(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) ->
     writer.write(b"hello\n")
     await writer.drain()
     await reader.read()
-
-
-@pytest_asyncio.fixture
-async def node(ca: CertificateAuthority, sockets: LoopbackSockets) -> AsyncIterator[ServedNode]:
-    """The client pod's node, alone: the endpoints are apps on loopback."""
-    served = ServedNode(workload_certificate(ca, CLIENT_ID), pod=CLIENT_POD, sockets=sockets)
-    try:
-        yield await served.start()
-    finally:
-        await served.close()
 
 
 async def endpoints(node: ServedNode, apps: StartApp, count: int) -> dict[int, str]:
