@@ -9,10 +9,12 @@ tests the faults a real cluster has: `restart(keep_state=...)` (same port; every
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -47,12 +49,20 @@ def _parse(store: Store, segments: list[str], group: str, version: str) -> Targe
 class KubeApiServer:
     """The server and its thread. Use as `with KubeApiServer() as api: api.core_v1().list_namespace()`."""
 
-    def __init__(self, history: int = 1000, bookmark_interval: float = 60.0, bearer_token: str | None = None) -> None:
+    def __init__(
+        self,
+        history: int = 1000,
+        bookmark_interval: float = 60.0,
+        bearer_token: str | None = None,
+        host: str = "127.0.0.1",
+        port: int = 0,
+    ) -> None:
+        self.host = host  # a lab binds its host address, so node network namespaces reach it
         self.bearer_token = bearer_token  # when set, requests without `Authorization: Bearer <it>` get 401
         self.store = Store(history=history)
         self.tokens = Tokens(self.store)
         self.bookmark_interval = bookmark_interval
-        self.port = 0
+        self.port = port
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="kubeapi", daemon=True)
         self._runner: web.AppRunner | None = None
@@ -61,7 +71,7 @@ class KubeApiServer:
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     # ---- lifecycle ----
     def start(self) -> KubeApiServer:
@@ -120,6 +130,22 @@ class KubeApiServer:
             config.api_key_prefix = {"authorization": "Bearer"}
         return kubernetes.client.ApiClient(config)
 
+    def write_kubeconfig(self, path: Path, token: str | None = None) -> Path:
+        """A kubeconfig for this server (as a user's `~/.kube/config`), for processes and the CLI."""
+        user: dict[str, Any] = {"token": token or self.bearer_token or "meshlet-test"}
+        doc = {
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{"name": "kubeapi", "cluster": {"server": self.url}}],
+            "users": [{"name": "admin", "user": user}],
+            "contexts": [{"name": "kubeapi", "context": {"cluster": "kubeapi", "user": "admin"}}],
+            "current-context": "kubeapi",
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(doc))
+        path.chmod(0o600)
+        return path
+
     def core_v1(self) -> Any:
         import kubernetes
 
@@ -146,7 +172,7 @@ class KubeApiServer:
         await self._runner.setup()
         sock = socket.socket()
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind(("127.0.0.1", self.port))
+        sock.bind((self.host, self.port))
         self.port = sock.getsockname()[1]
         await web.SockSite(self._runner, sock).start()
 
