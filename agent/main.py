@@ -1,6 +1,7 @@
 """`python -m agent`: the node agent, one per node.
 
-It watches the store (Namespaces and Pods, through control's file source and model), keeps this node's
+It watches the store (Namespaces and Pods, through control's file or kubernetes source and model; on Kubernetes
+only this node's pods, by a `spec.nodeName` fieldSelector), keeps this node's
 enrolled pods captured with the chosen backend, serves ZDS to the node's ztunnel, and reports on its
 status socket. Store changes reach the kernel within the source's poll interval plus one reconcile; a
 periodic pass every `resync` seconds repairs drift and finds pods whose netns appeared late.
@@ -22,6 +23,7 @@ from typing import Any
 import uvloop
 
 from agent.annotating import set_annotation
+from agent.annotating_kube import PodAnnotator
 from agent.enrolling import PodTarget, node_pods
 from agent.reconciling import Reconciler
 from agent.redirect.choosing import choose
@@ -29,9 +31,12 @@ from agent.redirect.ebpf import EbpfBackend
 from agent.redirect.routing import RedirectError
 from agent.status import serve_status
 from agent.zds import ZdsServer
+from control.kube_client import KubeConfigError, load_client
 from control.model.fields import ObjectKey
 from control.model.mesh import MeshSettings
 from control.sources.files import FileSource
+from control.sources.kube_api import AGENT_RESOURCES
+from control.sources.kubernetes import KubeSource
 from control.store import ConfigStore
 from meshlet_contracts.bpf_maps import PIN_ROOT
 from meshlet_contracts.supervision import Supervisor
@@ -42,7 +47,12 @@ log = logging.getLogger("agent")
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m agent", description="meshlet node agent")
     p.add_argument("--node", required=True, help="this node's name (pods with spec.nodeName == NODE)")
-    p.add_argument("--store", type=Path, required=True, help="directory of Kubernetes-shaped YAML")
+    p.add_argument(
+        "--source", choices=["file", "kubernetes"], default="file",
+        help="where Namespaces and Pods come from: a --store directory or the API server (default %(default)s)",
+    )  # fmt: skip
+    p.add_argument("--store", type=Path, help="directory of Kubernetes-shaped YAML (required with --source file)")
+    p.add_argument("--kubeconfig", type=Path, help="with --source kubernetes (default: in-cluster, or kubectl's)")
     p.add_argument("--zds-socket", type=Path, default=Path("/var/run/meshlet/ztunnel.sock"))
     p.add_argument("--status-socket", type=Path, default=Path("/var/run/meshlet/agent.sock"))
     p.add_argument(
@@ -74,7 +84,18 @@ class Agent:
         self.started = time.time()
         self.mesh = MeshSettings(dataplane_label=args.dataplane_label)
         self.store = ConfigStore(self.mesh)
-        self.source = FileSource(args.store)
+        self.source: FileSource | KubeSource
+        self.annotator: PodAnnotator | None = None
+        if args.source == "kubernetes":
+            load_client(args.kubeconfig)  # a kubeconfig that does not work fails the start, with its reason
+
+            def factory() -> Any:  # a client per watching thread (and one for annotations)
+                return load_client(args.kubeconfig)
+
+            self.source = KubeSource(factory, AGENT_RESOURCES, pod_field_selector=f"spec.nodeName={args.node}")
+            self.annotator = PodAnnotator(factory)
+        else:
+            self.source = FileSource(args.store)
         self.backend, self.backend_reason = choose(
             args.redirect, args.probe_ip, args.bpf_dir, args.pods_cgroup, args.local_hop_acceleration
         )
@@ -86,6 +107,8 @@ class Agent:
         self.supervisor = Supervisor()
 
     def _annotate(self, target: PodTarget, value: str | None) -> bool:
+        if self.annotator is not None:
+            return self.annotator(target.namespace, target.name, value)
         origin = self.store.origin(ObjectKey("Pod", target.namespace, target.name))
         return origin is not None and set_annotation(Path(origin), target.namespace, target.name, value)
 
@@ -98,7 +121,8 @@ class Agent:
             "bpf": self.backend.status() if isinstance(self.backend, EbpfBackend) else {"programs": []},
             "startedAt": self.started,
             "ztunnel": {"connected": self.zds.connected, "connects": self.zds.connects, "served": len(self.zds.served)},
-            "store": {"source": "file", "path": str(self.args.store), "synced": self.store.synced,
+            "store": {"source": self.source.name, "path": str(self.args.store) if self.args.store else None,
+                      "synced": self.store.synced,
                       "version": self.store.version, "errors": [str(e) for e in self.store.all_errors()]},
             "pods": pods,
             "tasks": self.supervisor.status(),
@@ -108,9 +132,7 @@ class Agent:
         status = await serve_status(self.args.status_socket, self.snapshot)
         tasks: list[asyncio.Task[Any]] = []
         try:
-            self.store.apply(await asyncio.to_thread(self.source.scan))
-            self.store.subscribe(self._wake.set)
-            self.supervisor.start("store", lambda: self.source.run(self.store.apply))
+            await self._load_store()
             self.supervisor.start("reconcile", self._loop)
             serving = asyncio.create_task(self._serve_zds(), name="zds-start")
             tasks.append(serving)
@@ -133,6 +155,19 @@ class Agent:
             await self.supervisor.stop()
             await self.zds.close()
             await status.cleanup()
+
+    async def _load_store(self) -> None:
+        """Start the source; return once its complete initial state is in the store (a first pass on a partial
+        view would release pods it has not heard of yet)."""
+        source = self.source
+        if isinstance(source, FileSource):
+            self.store.apply(await asyncio.to_thread(source.scan))
+        self.store.subscribe(self._wake.set)
+        self.supervisor.start("store", lambda: source.run(self.store.apply))
+        if isinstance(source, KubeSource):
+            log.info("listing this node's pods from the Kubernetes API server")
+            while not self.store.synced:
+                await asyncio.sleep(0.05)
 
     async def _serve_zds(self) -> None:
         """Serve ZDS once the first reconcile pass is done: a ztunnel that connects (a restarted agent's ztunnel
@@ -162,11 +197,14 @@ class Agent:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.source == "file" and args.store is None:
+        p.error("--store DIR is required with --source file")
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         agent = Agent(args)
-    except RedirectError as exc:
+    except (RedirectError, KubeConfigError) as exc:
         log.error("%s", exc)
         raise SystemExit(2) from None
     uvloop.run(agent.run())

@@ -12,7 +12,7 @@ import click
 from rich.console import Console
 from rich.table import Column, Table
 
-from meshlet.lab import cluster, deploy, kernel, processes
+from meshlet.lab import cluster, deploy, kernel, kube_mesh, processes
 from meshlet.lab.apps import AppsError
 from meshlet.lab.apps_objects import Obj
 from meshlet.lab.demo import Call, traffic, ztunnel_summary
@@ -96,6 +96,14 @@ def lab(ctx: click.Context, lab_id: str) -> None:
     "--ztunnel-arg=--http-upstream-idle-timeout --ztunnel-arg=0).",
 )
 @click.option(
+    "--source",
+    type=click.Choice(["file", "kubernetes"]),
+    default="file",
+    show_default=True,
+    help="Where control and the agents read the lab's objects: a store directory, or a Kubernetes API server "
+    "(the repository's test API server; pods get ServiceAccount tokens, ztunnels authenticate with them).",
+)
+@click.option(
     "--apps",
     "apps_file",
     metavar="FILE",
@@ -111,6 +119,7 @@ def up(
     service_port_name: str,
     service_app_protocol: str,
     ztunnel_args: tuple[str, ...],
+    source: str,
     apps_file: str | None,
 ) -> None:
     """Create the lab (removing any earlier one under the same id first)."""
@@ -127,10 +136,12 @@ def up(
             service_port_name,
             service_app_protocol,
             ztunnel_args,
+            source,
         )
+    where = f"API server {kube_mesh.api_url(state)}" if source == "kubernetes" else f"store {state.store}"
     console.print(
         f"lab [bold]{state.plan.lab_id}[/bold] up in {time.monotonic() - started:.1f}s: "
-        f"{len(state.plan.nodes)} nodes, {len(state.plan.pods)} pods; store {state.store}"
+        f"{len(state.plan.nodes)} nodes, {len(state.plan.pods)} pods; {where}"
     )
     if manifests:
         _run_apps(state.plan.lab_id, manifests)
@@ -247,19 +258,26 @@ def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
 
 @lab.command()
 @click.option("--fresh", is_flag=True, help="Recreate the lab even if it is already up.")
+@click.option(
+    "--source",
+    type=click.Choice(["file", "kubernetes"]),
+    default="file",
+    show_default=True,
+    help="For a new lab: a store directory, or a Kubernetes API server (see `lab up --source`).",
+)
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
-def demo(ctx: click.Context, fresh: bool, output: str) -> None:
+def demo(ctx: click.Context, fresh: bool, source: str, output: str) -> None:
     """Bring the lab up (2 nodes x 2 pods) if needed, send traffic between all pods, report it."""
     _need_root()
     lab_id = _lab_id(ctx)
     try:
         state = cluster.load(lab_id)
-        if fresh or not state.ready:
+        if fresh or not state.ready or state.plan.source != source:
             raise cluster.LabError("recreate")
     except cluster.LabError:
         with progress.status(f"bringing up lab {lab_id!r}"):
-            state = cluster.up(lab_id, 2, 2, "auto")
+            state = cluster.up(lab_id, 2, 2, "auto", source=source)
     status = cluster.status(lab_id)
     enrolled = {(p["namespace"], p["name"]) for p in status["pods"] if p["enrolled"]}
     if output == "json":

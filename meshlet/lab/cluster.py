@@ -20,9 +20,10 @@ from typing import Any
 
 from control.model.kube import Namespace, Pod
 from control.model.mesh import MeshSettings, enrolled
+from control.sources.base import SourceBatch
 from control.sources.files import FileSource
 from control.store import ConfigStore
-from meshlet.lab import kernel, mesh, processes
+from meshlet.lab import kernel, kube_mesh, mesh, processes
 from meshlet.lab.apps import AppsState
 from meshlet.lab.objects import DATAPLANE_LABEL, lab_objects
 from meshlet.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
@@ -58,6 +59,7 @@ def up(
     service_port_name: str = "http",
     service_app_protocol: str = "",
     ztunnel_args: tuple[str, ...] = (),
+    source: str = "file",
 ) -> LabState:
     with locked():
         if LabState.load(lab_id) is not None or _leftovers(lab_id):
@@ -71,6 +73,7 @@ def up(
             service_port_name,
             service_app_protocol,
             ztunnel_args,
+            source,
         )
         _check_addresses_free(plan)
         directory = lab_dir(lab_id)
@@ -79,8 +82,13 @@ def up(
         state.save()
         try:
             _build(plan)
-            write_objects(state.store, lab_objects(plan))
-            mesh.provision_nodes(state)
+            if plan.source == "kubernetes":
+                state.processes["kubeapi"] = kube_mesh.start_api(state)
+                state.save()
+                kube_mesh.seed(state)
+            else:
+                write_objects(state.store, lab_objects(plan))
+                mesh.provision_nodes(state)
             state.processes["control"] = mesh.start_control(state)
             state.save()
             for pod in plan.pods:
@@ -89,6 +97,9 @@ def up(
             for pod in plan.pods:
                 wait_ready(pod, Path(state.processes[f"app/{pod.namespace}/{pod.name}"].log))
             mesh.wait_control_ready(plan, state.processes["control"])
+            for node in plan.nodes if plan.source == "kubernetes" else ():
+                credentials = mesh.node_credential_dir(state, node.name)
+                kube_mesh.node_identity(state, node, credentials / "token", credentials / "root-cert.pem")
             for node in plan.nodes if node_daemons else ():
                 state.processes.update(mesh.start_node(state, node))
                 state.save()
@@ -288,9 +299,11 @@ def _down(lab_id: str) -> Removed:
 def _enrolled_pods(state: LabState) -> set[tuple[str, str]]:
     """(namespace, name) of the pods the store's labels enroll now (labels may have changed since `up`),
     by control's own rule; the agent, when running, decides and reports actual capture."""
-    source = FileSource(state.store)
     store = ConfigStore(MeshSettings(dataplane_label=DATAPLANE_LABEL))
-    store.apply(source.scan())  # invalid objects are skipped here; control reports them
+    if state.plan.source == "kubernetes":
+        store.apply([SourceBatch("kubernetes", tuple(kube_mesh.enrollment_objects(state)))])
+    else:
+        store.apply(FileSource(state.store).scan())  # invalid objects are skipped here; control reports them
     namespaces = {o.name: o for o in store.objects.values() if isinstance(o, Namespace)}
     return {
         (o.namespace, o.name)
@@ -321,7 +334,9 @@ def status(lab_id: str) -> dict[str, Any]:
         "ready": state.ready,
         "redirect": plan.redirect,
         "directory": state.directory,
-        "store": str(state.store),
+        "source": plan.source,
+        "store": str(state.store) if plan.source == "file" else None,
+        "apiServer": kube_mesh.api_url(state) if plan.source == "kubernetes" else None,
         "underlay": plan.underlay,
         "control": {
             "url": plan.control_url,

@@ -13,7 +13,7 @@ import contextlib
 import sys
 from pathlib import Path
 
-from meshlet.lab import kernel
+from meshlet.lab import kernel, kube_mesh
 from meshlet.lab.apps import AppPod, AppsState, Change, load_manifests, plan_apply, plan_delete
 from meshlet.lab.apps_objects import Obj, app_env, key_of
 from meshlet.lab.cluster import load, pod_network, start_app, wait_ready
@@ -47,7 +47,10 @@ def delete(lab_id: str, manifests: list[Obj]) -> Change:
 
 def _carry_out(state: LabState, change: Change) -> None:
     before = AppsState.from_json(state.apps)
-    remove_objects(state.store, change.remove)
+    if state.plan.source == "kubernetes":
+        kube_mesh.delete_objects(state, change.remove)
+    else:
+        remove_objects(state.store, change.remove)
     for pod in change.stop:
         _stop_pod(state, pod)
     # Until the new objects are written the state holds the old ones and the new pods: a crash half way
@@ -76,7 +79,10 @@ def _carry_out(state: LabState, change: Change) -> None:
         state.apps = partial.to_json()
         state.save()
         raise
-    write_objects(state.store, change.write)
+    if state.plan.source == "kubernetes":
+        kube_mesh.apply_objects(state, change.write)
+    else:
+        write_objects(state.store, change.write)
     state.apps = change.state.to_json()
     state.save()
 

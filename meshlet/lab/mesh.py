@@ -60,11 +60,18 @@ def provision_nodes(state: LabState) -> None:
             raise MeshStartError(f"provisioning node {node.name} failed: {proc.stderr.strip()}")
 
 
+def source_args(state: LabState) -> list[str]:
+    """How control and the agents read the lab's objects: its store directory, or its API server."""
+    if state.plan.source == "kubernetes":
+        return ["--source", "kubernetes", "--kubeconfig", str(Path(state.directory) / "kubeconfig")]
+    return ["--store", str(state.store)]
+
+
 def start_control(state: LabState) -> processes.Started:
     plan = state.plan
     kernel.cgroup_create(plan.control_cgroup)
     argv = processes.python_module(
-        "control", "serve", "--store", str(state.store), "--state", str(control_state(state)),
+        "control", "serve", *source_args(state), "--state", str(control_state(state)),
         "--listen", f"{plan.host_ip}:{CONTROL_PORT}", "--metrics", f"{plan.host_ip}:{CONTROL_METRICS_PORT}",
         "--trust-domain", TRUST_DOMAIN,
     )  # fmt: skip
@@ -96,6 +103,15 @@ def node_bpf_dir(state: LabState, node: NodePlan) -> Path:
     return PIN_ROOT / f"{prefix_for(state.plan.lab_id)}{node.name}"
 
 
+def node_identity_args(state: LabState, node: str) -> list[str]:
+    """How a node's ztunnel proves itself to control: a ServiceAccount token on Kubernetes (the pod's projected
+    token, with the root from control's ConfigMap), else the node credential `provision_nodes` wrote."""
+    credentials = node_credential_dir(state, node)
+    if state.plan.source == "kubernetes":
+        return ["--token", str(credentials / "token"), "--root-cert", str(credentials / "root-cert.pem")]
+    return ["--credentials", str(credentials)]
+
+
 def start_node(state: LabState, node: NodePlan) -> dict[str, processes.Started]:
     """The node's DaemonSet pod: its agent and its ztunnel, both in the node's netns and cgroup."""
     run = node_run_dir(state, node.name)
@@ -105,13 +121,13 @@ def start_node(state: LabState, node: NodePlan) -> dict[str, processes.Started]:
     run.mkdir(parents=True, exist_ok=True)
     kernel.cgroup_create(node.cgroup)
     agent = processes.python_module(
-        "agent", "--node", node.name, "--store", str(state.store), "--zds-socket", str(run / "ztunnel.sock"),
+        "agent", "--node", node.name, *source_args(state), "--zds-socket", str(run / "ztunnel.sock"),
         "--status-socket", str(run / "agent.sock"), "--redirect", state.plan.redirect, "--probe-ip", node.gateway,
         "--bpf-dir", str(bpf_dir), "--pods-cgroup", str(pods_cgroup),
     )  # fmt: skip
     ztunnel = processes.python_module(
         "ztunnel", "--node", node.name, "--control", state.plan.control_url,
-        "--credentials", str(node_credential_dir(state, node.name)), "--zds-socket", str(run / "ztunnel.sock"),
+        *node_identity_args(state, node.name), "--zds-socket", str(run / "ztunnel.sock"),
         "--trust-domain", TRUST_DOMAIN, "--drain-timeout", "10", "--bpf-dir", str(bpf_dir),
         "--config-cache", str(run.parent / "state" / "config.json"), *state.plan.ztunnel_args,
     )  # fmt: skip

@@ -32,6 +32,7 @@ CONTROL_METRICS_PORT = 15014
 TRUST_DOMAIN = "cluster.local"
 SERVICE_PORT = 80
 REDIRECT_MODES = ("iptables", "ebpf", "auto")
+SOURCES = ("file", "kubernetes")
 
 
 class PlanError(ValueError):
@@ -101,6 +102,8 @@ class LabPlan:
     services: tuple[ServicePlan, ...]
     ztunnel_args: tuple[str, ...] = ()
     """Appended to every node's ztunnel argv (`lab up --ztunnel-arg`): later flags win, so these override."""
+    source: str = "file"
+    """Where control and the agents read the lab's objects: its store directory, or a Kubernetes API server."""
 
     @property
     def prefix(self) -> str:
@@ -150,6 +153,7 @@ def plan_lab(
     service_port_name: str = "http",
     service_app_protocol: str = "",
     ztunnel_args: tuple[str, ...] = (),
+    source: str = "file",
 ) -> LabPlan:
     """Plan a lab of `nodes` nodes with `pods_per_node` pods each, alternating mesh and plain namespaces; each
     namespace's `web` service has one port, named `service_port_name`, with `service_app_protocol` if set;
@@ -173,6 +177,8 @@ def plan_lab(
             f"--service-app-protocol {service_app_protocol!r}: expected a protocol name such as http, tcp, "
             "kubernetes.io/h2c"
         )
+    if source not in SOURCES:
+        raise PlanError(f"--source {source!r}: choose one of {', '.join(SOURCES)}")
     if any(not arg for arg in ztunnel_args):
         raise PlanError("--ztunnel-arg: an empty argument (pass each flag and value as its own --ztunnel-arg)")
     prefix = prefix_for(lab_id)
@@ -225,4 +231,5 @@ def plan_lab(
         pods=tuple(pod_plans),
         services=services,
         ztunnel_args=tuple(ztunnel_args),
+        source=source,
     )

@@ -23,11 +23,13 @@ ALLOWED = {
     "daemonset": {"daemonset", "meshlet_contracts"},
     # The agent reads the store through control's source and model (the same pipeline control runs) and
     # loads the BPF programs; ZDS, netns, map layouts and ports come from the contracts, never from ztunnel.
+    # On Kubernetes it reaches the API server the way control does (`control.kube_client`).
     "agent": {
         "agent",
         "bpf",
         "meshlet_contracts",
         "control.atomic",
+        "control.kube_client",
         "control.model",
         "control.sources",
         "control.store",

@@ -1,0 +1,63 @@
+"""`python -m control serve --source kubernetes`: the real process, reading the mesh from the API server."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from control.sources.kube_api import NAMESPACES, PODS, SECURITY, SERVICES
+from tests.conftest import wait_for
+from tests.integration.control.conftest import free_port
+from tests.integration.control.kube_helpers import AMBIENT, call, create, kube, namespace, pod, service
+from tests.kubeapi import KubeApiServer
+
+__all__ = ["kube"]
+
+
+def _status(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/debug/status", timeout=2) as r:
+            result: dict[str, Any] = json.loads(r.read())
+            return result
+    except (urllib.error.URLError, OSError):
+        return {}
+
+
+def test_control_serves_what_the_api_server_holds(kube: KubeApiServer, tmp_path: Path) -> None:
+    create(kube, NAMESPACES, namespace("meshlet-system"))
+    create(kube, NAMESPACES, namespace("mesh", AMBIENT))
+    create(kube, PODS, pod("a", "10.0.0.1"))
+    create(kube, SERVICES, service("web", "10.96.0.1"))
+    bad = {"apiVersion": "security.meshlet.io/v1", "kind": "AuthorizationPolicy",
+           "metadata": {"name": "bad", "namespace": "mesh"}, "spec": {"action": "BOGUS"}}  # fmt: skip
+    create(kube, SECURITY[0], bad)
+    metrics = free_port()
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    log = open(tmp_path / "control.log", "wb")  # noqa: SIM115 (handed to the process)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "control", "serve", "--source", "kubernetes", "--kubeconfig", str(kubeconfig),
+         "--state", str(tmp_path / "state"), "--listen", f"127.0.0.1:{free_port()}",
+         "--metrics", f"127.0.0.1:{metrics}", "--trust-domain", "td.test"],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    log.close()
+    try:
+        status = wait_for(lambda: _status(metrics).get("synced") and _status(metrics), 20, "control synced")
+        # Four default namespaces, meshlet-system, mesh, the pod and the Service.
+        assert (status["source"], status["objects"]) == ("kubernetes", 8)
+        [error] = status["errors"]
+        assert error["origin"] == "kubernetes: AuthorizationPolicy.security.meshlet.io mesh/bad"
+        assert error["object"] == "AuthorizationPolicy mesh/bad" and "BOGUS" in error["reason"]
+        events = wait_for(lambda: call(kube, "GET", "/api/v1/namespaces/mesh/events")["items"], 10, "the Event")
+        assert [(e["involvedObject"]["name"], e["reason"]) for e in events] == [("bad", "InvalidConfig")]
+        call(kube, "POST", "/api/v1/namespaces/mesh/services", service("db", "10.96.0.2"))
+        wait_for(lambda: _status(metrics)["objects"] == 9, 10, "the new Service in control")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert "Traceback" not in (tmp_path / "control.log").read_text()
