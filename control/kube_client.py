@@ -33,13 +33,13 @@ def load_client(kubeconfig: Path | None = None) -> Any:
     configuration = client.Configuration()
     if kubeconfig is not None:
         try:
-            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+            config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)  # type: ignore[no-untyped-call]
         except (ConfigException, OSError, ValueError, TypeError) as exc:
             raise KubeConfigError(f"kubeconfig {kubeconfig}: {exc}") from None
         return client.ApiClient(configuration)
     if os.environ.get("KUBERNETES_SERVICE_HOST") and IN_CLUSTER_TOKEN.is_file():
         try:
-            config.load_incluster_config(client_configuration=configuration)
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
         except ConfigException as exc:
             raise KubeConfigError(f"in-cluster configuration: {exc}") from None
         return client.ApiClient(configuration)

@@ -1,6 +1,7 @@
 """`python -m control`: run the control service, or provision a node credential.
 
 python -m control serve --store DIR --state DIR [--listen HOST:PORT] [--metrics HOST:PORT] ...
+python -m control serve --source kubernetes [--kubeconfig PATH] --state DIR ...
 python -m control provision-node NAME --state DIR --out DIR [--trust-domain TD]
 """
 
@@ -9,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import os
 import re
 import signal
 import sys
@@ -18,6 +20,7 @@ from pathlib import Path
 import uvloop
 
 from control.ca import CAError
+from control.kube_client import KubeConfigError
 from control.model.mesh import MeshSettings
 from control.nodes import NodeRegistry
 from control.server import Control, load_ca
@@ -45,7 +48,21 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m control", description="meshlet control service")
     sub = p.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="run the control service")
-    serve.add_argument("--store", type=Path, required=True, help="directory of Kubernetes-shaped YAML")
+    serve.add_argument(
+        "--source", choices=["file", "kubernetes"], default="file",
+        help="where the mesh's objects come from: a --store directory or the API server (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument("--store", type=Path, help="directory of Kubernetes-shaped YAML (required with --source file)")
+    serve.add_argument("--kubeconfig", type=Path, help="with --source kubernetes (default: in-cluster, or kubectl's)")
+    k8s = serve.add_argument_group("on Kubernetes", "node identity by ServiceAccount token, the published root")
+    k8s.add_argument(
+        "--namespace", default=os.environ.get("POD_NAMESPACE") or "meshlet-system",
+        help="control's namespace, where the root ConfigMap goes (default $POD_NAMESPACE or %(default)s)",
+    )  # fmt: skip
+    k8s.add_argument("--node-namespace", help="namespace of the node DaemonSet's pods (default: --namespace)")
+    k8s.add_argument(
+        "--node-service-account", default="meshlet-node", help="ServiceAccount whose pods' tokens prove a node"
+    )
     serve.add_argument("--state", type=Path, required=True, help="CA and node registrations (kept across restarts)")
     serve.add_argument(
         "--listen", type=host_port, default=("127.0.0.1", 15012), help="nodes (HTTPS); default %(default)s"
@@ -88,7 +105,10 @@ async def serve(settings: ControlSettings) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = parser().parse_args(argv)
+    p = parser()
+    args = p.parse_args(argv)
+    if args.command == "serve" and args.source == "file" and args.store is None:
+        p.error("serve: --store DIR is required with --source file")
     logging.basicConfig(
         level=getattr(args, "log_level", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -103,6 +123,11 @@ def main(argv: list[str] | None = None) -> None:
             return
         settings = ControlSettings(
             store=args.store,
+            source=args.source,
+            kubeconfig=args.kubeconfig,
+            namespace=args.namespace,
+            node_namespace=args.node_namespace or args.namespace,
+            node_service_account=args.node_service_account,
             state=args.state,
             listen=args.listen,
             metrics_listen=args.metrics,
@@ -113,6 +138,6 @@ def main(argv: list[str] | None = None) -> None:
             ca_root=args.ca_root,
         )
         uvloop.run(serve(settings))
-    except (CAError, ValueError, OSError) as exc:
+    except (CAError, KubeConfigError, ValueError, OSError) as exc:
         print(f"control: error: {exc}", file=sys.stderr)
         sys.exit(1)

@@ -26,6 +26,12 @@ class ControlMetrics:
         self.certs_refused = Counter(
             "meshlet_control_certificates_refused", "Certificate requests refused", ["reason"], registry=r
         )
+        self.node_auth_refused = Counter(
+            "meshlet_control_node_auth_refused",
+            "Requests on the node port refused because they did not prove a node (token or certificate)",
+            ["reason"],
+            registry=r,
+        )
         self.config_version = Gauge("meshlet_control_config_version", "Current config version", registry=r)
         self.config_errors = Gauge(
             "meshlet_control_config_errors", "Objects or files currently rejected by validation", registry=r

@@ -4,7 +4,7 @@ A node credential is a key and a certificate from the mesh CA for `spiffe://<td>
 `provision` writes the key, the certificate and the trust bundle into a directory for the node's agent
 and ztunnel, and registers the certificate's fingerprint under the state directory, so a node removed
 from the registry (or re-provisioned) can no longer use an older certificate, even one that is still
-valid. On Kubernetes the node authenticates with its ServiceAccount token instead (a later issue).
+valid. On Kubernetes the node authenticates with its ServiceAccount token instead (control/node_tokens.py).
 """
 
 from __future__ import annotations
@@ -29,10 +29,12 @@ NODE_CREDENTIAL_TTL = timedelta(days=365)
 
 
 class NodeAuthError(Exception):
-    """A request did not come from a provisioned node; `reason` is a short label for metrics."""
+    """A request did not come from a provisioned node; `reason` is a short label for metrics, `status` the HTTP
+    status to answer (401, or 503 when the node could not be checked at all: retry)."""
 
-    def __init__(self, reason: str, message: str) -> None:
+    def __init__(self, reason: str, message: str, status: int = 401) -> None:
         self.reason = reason
+        self.status = status
         super().__init__(message)
 
 

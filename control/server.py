@@ -1,7 +1,10 @@
 """Control's two listeners and their wiring: HTTPS for nodes (15012), plain HTTP for operators (15014).
 
 15012 asks every client for a certificate (TLS 1.3) and verifies it against the mesh root; the node
-middleware then maps it to a provisioned node or answers 401 with the reason, before any handler runs.
+middleware then maps it to a provisioned node or answers 401 with the reason, before any handler runs. On
+Kubernetes a client without a certificate may instead send its pod's ServiceAccount token (`Authorization:
+Bearer`), which control/node_tokens.py maps to the pod's node; control then also publishes the mesh root as a
+ConfigMap for the DaemonSet to mount (control/root_configmap.py).
 15014 serves /healthz, /ready (store loaded, no long-lived task down), /metrics and /debug/status (version,
 proxies, errors, tasks). The long-lived tasks (the file source's watch, the serving certificate's renewal)
 run under a `Supervisor`: one that fails is restarted with backoff, and /ready answers 503 naming it meanwhile.
@@ -17,16 +20,22 @@ import tempfile
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from control.ca import CertificateAuthority
 from control.certificates import CertificateService
+from control.kube_client import load_client
 from control.metrics import ControlMetrics
+from control.node_tokens import NodeTokenAuthenticator
 from control.nodes import NodeAuthError, NodeRegistry
+from control.root_configmap import keep_published
 from control.settings import ControlSettings
 from control.sources.files import FileSource
+from control.sources.kubernetes import KubeSource
+from control.sources.reporting import KubeReporter
 from control.store import ConfigStore
 from control.stream import ConfigHub
 from meshlet_contracts import wire
@@ -49,12 +58,19 @@ def load_ca(settings: ControlSettings) -> CertificateAuthority:
 SERVING_TTL = timedelta(days=30)
 
 
-def load_serving_cert(ctx: ssl.SSLContext, ca: CertificateAuthority, host: str) -> datetime:
+def service_names(namespace: str) -> list[str]:
+    """The names the serving certificate carries: the Service `meshlet-control` as pods in the cluster reach it."""
+    return ["meshlet-control", f"meshlet-control.{namespace}.svc", f"meshlet-control.{namespace}.svc.cluster.local"]
+
+
+def load_serving_cert(
+    ctx: ssl.SSLContext, ca: CertificateAuthority, host: str, namespace: str = "meshlet-system"
+) -> datetime:
     """Issue control's serving certificate and load it into `ctx` (new handshakes use it); returns its
     expiry. Loading into the live context is how it is renewed without a restart."""
     ips = [host] if _is_ip(host) and host not in ("0.0.0.0", "::") else []
     key_pem, issued = ca.issue_key_and_cert(
-        CONTROL_IDENTITY.format(td=ca.trust_domain), SERVING_TTL, dns_names=["meshlet-control", "localhost"],
+        CONTROL_IDENTITY.format(td=ca.trust_domain), SERVING_TTL, dns_names=[*service_names(namespace), "localhost"],
         ips=[*ips, "127.0.0.1"],
     )  # fmt: skip
     # ssl loads keys only from files: a private temporary directory, removed right after loading.
@@ -67,11 +83,13 @@ def load_serving_cert(ctx: ssl.SSLContext, ca: CertificateAuthority, host: str) 
     return issued.not_after
 
 
-def server_tls(ca: CertificateAuthority, host: str) -> tuple[ssl.SSLContext, datetime]:
+def server_tls(
+    ca: CertificateAuthority, host: str, namespace: str = "meshlet-system"
+) -> tuple[ssl.SSLContext, datetime]:
     """TLS 1.3 with a serving certificate from the CA; client certificates asked for, checked later."""
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-    not_after = load_serving_cert(ctx, ca, host)
+    not_after = load_serving_cert(ctx, ca, host, namespace)
     ctx.load_verify_locations(cadata=ca.root_pem)
     ctx.verify_mode = ssl.CERT_OPTIONAL  # so "no credential" gets a clear 401 rather than a TLS alert
     return ctx, not_after
@@ -94,10 +112,28 @@ class Control:
         self.ca = load_ca(settings)
         self.nodes = NodeRegistry(settings.state, self.ca)
         self.store = ConfigStore(settings.mesh, self.metrics)
-        self.source = FileSource(settings.store, settings.poll_interval)
+        self.source: FileSource | KubeSource
+        self.reporter: KubeReporter | None = None
+        """With the kubernetes source: Events for rejected objects and HTTPRoute status, written back."""
+        if settings.source == "kubernetes":
+            load_client(settings.kubeconfig)  # a kubeconfig that does not work fails the start, with its reason
+            self.source = KubeSource(lambda: load_client(settings.kubeconfig))
+            self.reporter = KubeReporter(lambda: load_client(settings.kubeconfig), self.store, self.source)
+        elif settings.store is None:
+            raise ValueError("the file source needs --store DIR")
+        else:
+            self.source = FileSource(settings.store, settings.poll_interval)
         self.hub = ConfigHub(self.store, self.metrics, settings.send_timeout)
         self.certificates = CertificateService(self.ca, self.store, self.metrics, settings.cert_ttl)
         self.supervisor = Supervisor()
+        self.kube_client: Any = None
+        self.node_tokens: NodeTokenAuthenticator | None = None
+        """On Kubernetes: ztunnels prove their node with their pod's ServiceAccount token (see node_tokens)."""
+        if settings.source == "kubernetes":
+            self.kube_client = load_client(settings.kubeconfig)
+            self.node_tokens = NodeTokenAuthenticator(
+                self.kube_client, settings.node_namespace, settings.node_service_account
+            )
         self._serving_not_after = datetime.now(UTC)
         """When the serving certificate expires (set by `start`, moved on by each renewal)."""
 
@@ -105,13 +141,28 @@ class Control:
     async def _authenticate_node(self, request: web.Request, handler: Handler) -> web.StreamResponse:
         ssl_object = request.transport.get_extra_info("ssl_object") if request.transport else None
         der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
         try:
-            request["node"] = self.nodes.authenticate(der)
+            if der is None and scheme.lower() == "bearer":  # no client certificate: a node token, on Kubernetes
+                if self.node_tokens is None:
+                    raise NodeAuthError(
+                        "no_node_credential", "this control takes node tokens only on Kubernetes: present the node "
+                        "credential (node-cert.pem)",
+                    )  # fmt: skip
+                request["node"] = await self.node_tokens.authenticate(token.strip())
+            elif der is None and self.node_tokens is not None:
+                raise NodeAuthError(
+                    "no_node_credential", "no credential: send the node's ServiceAccount token (Authorization: Bearer) "
+                    "or present the node credential (node-cert.pem)",
+                )  # fmt: skip
+            else:
+                request["node"] = self.nodes.authenticate(der)
         except NodeAuthError as exc:
             if request.path == wire.CERTIFICATES_PATH:
                 self.metrics.certs_refused.labels(exc.reason).inc()
+            self.metrics.node_auth_refused.labels(exc.reason).inc()
             log.warning("refused %s %s from %s: %s", request.method, request.path, request.remote, exc)
-            return web.json_response({"error": str(exc), "reason": exc.reason}, status=401)
+            return web.json_response({"error": str(exc), "reason": exc.reason}, status=exc.status)
         return await handler(request)
 
     def node_app(self) -> web.Application:
@@ -150,6 +201,7 @@ class Control:
                 "version": self.store.version,
                 "updatedAt": self.store.updated_at,
                 "synced": self.store.synced,
+                "source": self.source.name,
                 "trustDomain": self.ca.trust_domain,
                 "objects": len(self.store.objects),
                 "proxies": self.hub.status(),
@@ -162,12 +214,14 @@ class Control:
 
     async def start(self) -> list[web.AppRunner]:
         """Load the store, then open both listeners; returns the runners (to clean up)."""
-        self.store.apply(await asyncio.to_thread(self.source.scan))
-        self.supervisor.start("file-source", lambda: self.source.run(self.store.apply))
+        await self._load_store()
         runners = []
         host, port = self.settings.listen
-        tls, self._serving_not_after = server_tls(self.ca, host)
+        tls, self._serving_not_after = server_tls(self.ca, host, self.settings.namespace)
         self.supervisor.start("serving-cert", lambda: self._renew_serving_cert(tls, host))
+        if self.kube_client is not None:
+            kube, namespace, root = self.kube_client, self.settings.namespace, self.ca.root_pem
+            self.supervisor.start("root-configmap", lambda: keep_published(kube, namespace, root))
         for app, (h, p), ctx in (
             (self.node_app(), (host, port), tls),
             (self.ops_app(), self.settings.metrics_listen, None),
@@ -181,7 +235,7 @@ class Control:
             host,
             port,
             *self.settings.metrics_listen,
-            self.settings.store,
+            self.settings.store if isinstance(self.source, FileSource) else "kubernetes",
             self.store.version,
         )
         return runners
@@ -189,6 +243,23 @@ class Control:
     async def stop(self) -> None:
         """End the long-lived tasks (the listeners are the runners `start` returned)."""
         await self.supervisor.stop()
+        if self.reporter is not None:
+            self.reporter.close()
+
+    async def _load_store(self) -> None:
+        """Start the source and wait for its complete initial state: a node proxy that connected before would be
+        sent an empty mesh and drop every workload it knows."""
+        source = self.source
+        if isinstance(source, FileSource):
+            self.store.apply(await asyncio.to_thread(source.scan))
+            self.supervisor.start("file-source", lambda: source.run(self.store.apply))
+            return
+        reporter = self.reporter
+        assert reporter is not None
+        self.supervisor.start("kubernetes-source", lambda: source.run(reporter.sink))
+        log.info("listing the mesh's objects from the Kubernetes API server")
+        while not self.store.synced:
+            await asyncio.sleep(0.05)
 
     async def _renew_serving_cert(self, ctx: ssl.SSLContext, host: str) -> None:
         """Renew the serving certificate at half its life, for as long as control runs."""
@@ -197,7 +268,7 @@ class Control:
             left = (self._serving_not_after - datetime.now(UTC)).total_seconds()
             await asyncio.sleep(max(1.0, left - SERVING_TTL.total_seconds() / 2))
             try:
-                self._serving_not_after = load_serving_cert(ctx, self.ca, host)
+                self._serving_not_after = load_serving_cert(ctx, self.ca, host, self.settings.namespace)
                 log.info("renewed the serving certificate (expires %s)", self._serving_not_after.isoformat())
             except (OSError, ssl.SSLError, ValueError) as exc:
                 log.error("renewing the serving certificate failed: %s; retrying in a minute", exc)

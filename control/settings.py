@@ -13,8 +13,8 @@ from control.model.mesh import MeshSettings
 class ControlSettings:
     """Everything `python -m control serve` is told."""
 
-    store: Path
-    """Directory of Kubernetes-shaped YAML (the `file` source)."""
+    store: Path | None
+    """Directory of Kubernetes-shaped YAML (the `file` source; None with the `kubernetes` source)."""
     state: Path
     """Where state that must survive a restart lives: the CA (unless plugged in) and node registrations."""
     listen: tuple[str, int] = ("127.0.0.1", 15012)
@@ -31,3 +31,13 @@ class ControlSettings:
     """How often the file source looks for changes."""
     send_timeout: float = 10.0
     """A proxy that does not take a config message within this many seconds is disconnected."""
+    source: str = "file"
+    """Where the cluster's objects come from: `file` (the store directory) or `kubernetes` (the API server)."""
+    kubeconfig: Path | None = None
+    """With `source="kubernetes"`: the kubeconfig to use (else in-cluster, else kubectl's default)."""
+    namespace: str = "meshlet-system"
+    """Control's own namespace: where it publishes the mesh root (ConfigMap `meshlet-root-cert`) on Kubernetes."""
+    node_namespace: str = "meshlet-system"
+    """On Kubernetes, a node proxy proves its node with a token of a pod in this namespace ..."""
+    node_service_account: str = "meshlet-node"
+    """... running as this ServiceAccount (the DaemonSet's)."""

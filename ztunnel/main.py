@@ -1,6 +1,7 @@
 """`python -m ztunnel`: the node proxy, one per node.
 
 python -m ztunnel --node NAME --control https://HOST:15012 --credentials DIR [--zds-socket PATH] ...
+python -m ztunnel --node NAME --control https://HOST:15012 --token PATH --root-cert PATH ...   (on Kubernetes)
 
 Wires the pieces: the config client (mesh index), the identity manager (certificates), the ZDS client
 (which pods, with their netns), the per-pod servers, and the admin/metrics/readiness endpoints. On
@@ -25,7 +26,7 @@ from aiohttp import web
 from meshlet_contracts import ports
 from meshlet_contracts.supervision import Supervisor
 from ztunnel.admin import Admin
-from ztunnel.config.cache import ConfigCache
+from ztunnel.config.cache import ConfigCache, local_secret
 from ztunnel.config.client import ConfigClient, NodeCredential
 from ztunnel.config.state import ConfigState
 from ztunnel.identity.manager import IdentityManager
@@ -58,7 +59,14 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m ztunnel", description="meshlet node proxy")
     p.add_argument("--node", required=True, help="this node's name (as pods' spec.nodeName)")
     p.add_argument("--control", required=True, help="control's URL, e.g. https://10.250.0.1:15012")
-    p.add_argument("--credentials", type=Path, required=True, help="directory with node-key/node-cert/root-cert.pem")
+    p.add_argument("--credentials", type=Path, help="directory with node-key/node-cert/root-cert.pem (local lab)")
+    p.add_argument(
+        "--token",
+        type=Path,
+        help="on Kubernetes, instead of --credentials: the pod's projected ServiceAccount token (audience meshlet), "
+        "re-read for every request to control",
+    )
+    p.add_argument("--root-cert", type=Path, help="with --token: the mesh root, to verify control")
     p.add_argument("--zds-socket", type=Path, default=Path("/var/run/meshlet/ztunnel.sock"))
     p.add_argument("--trust-domain", default="cluster.local")
     p.add_argument("--root-namespace", default="meshlet-system", help="mesh-wide policies live here")
@@ -167,13 +175,40 @@ def positive_float(text: str) -> float:
     return value
 
 
+def node_credential(args: argparse.Namespace) -> NodeCredential:
+    if args.token is not None:
+        return NodeCredential.from_token(args.token, args.root_cert)
+    return NodeCredential.in_dir(args.credentials)
+
+
+def credential_problem(args: argparse.Namespace) -> str | None:
+    """What is wrong with how this node is told to prove itself (exactly one way, its files present), or None."""
+    if args.credentials is not None and (args.token is not None or args.root_cert is not None):
+        return "give either --credentials DIR or --token PATH with --root-cert PATH, not both"
+    if args.credentials is None and (args.token is None or args.root_cert is None):
+        missing = "--token PATH" if args.token is None else "--root-cert PATH"
+        if args.token is None and args.root_cert is None:
+            return "give --credentials DIR (a provisioned node) or --token PATH with --root-cert PATH (Kubernetes)"
+        return f"--token and --root-cert go together: {missing} is missing"
+    if args.credentials is not None:
+        files = [args.credentials / f for f in ("node-key.pem", "node-cert.pem", "root-cert.pem")]
+        hint = "provision the node first"
+    else:
+        files = [args.token, args.root_cert]
+        hint = "the ServiceAccount token projected by the kubelet, and the meshlet-root-cert ConfigMap"
+    for f in files:
+        if not f.is_file():
+            return f"{f} is missing ({hint})"
+    return None
+
+
 class Ztunnel:
     """One node proxy process."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         ACCESS_LOG.set(args.access_log)
-        credential = NodeCredential.in_dir(args.credentials)
+        credential = node_credential(args)
         self.ctx = ProxyContext(
             node=args.node,
             trust_domain=args.trust_domain,
@@ -196,11 +231,7 @@ class Ztunnel:
                 idle_timeout=args.hbone_idle_timeout,
             ),
         )
-        self.cache = (
-            ConfigCache(args.config_cache, args.node, args.trust_domain, credential.key, args.config_cache_max_age)
-            if args.config_cache is not None
-            else None
-        )
+        self.cache = self._config_cache(args, credential)
         self.serving = PodServing(self.ctx)
         self.manager = WorkloadManager(self.serving)
         self._built: dict[int, MeshIndex] = {}
@@ -211,6 +242,19 @@ class Ztunnel:
         """Keeps the long-lived tasks alive; one that is down makes ztunnel unready until it is back."""
         self.admin.supervisor = self.supervisor
         self._stop = asyncio.Event()
+
+    @staticmethod
+    def _config_cache(args: argparse.Namespace, credential: NodeCredential) -> ConfigCache | None:
+        if args.config_cache is None:
+            return None
+        key = credential.key
+        if key is None:  # a token is no key to derive the cache's MAC key from: see local_secret
+            try:
+                key = local_secret(args.config_cache)
+            except OSError as exc:
+                log.warning("no config cache: cannot keep its secret beside %s: %s", args.config_cache, exc)
+                return None
+        return ConfigCache(args.config_cache, args.node, args.trust_domain, key, args.config_cache_max_age)
 
     def _validate(self, state: ConfigState) -> None:
         # Converting is the check: a version that cannot be converted is nacked, the last index stays.
@@ -326,10 +370,10 @@ def main(argv: list[str] | None = None) -> int:
     limits.raise_fd_limit()  # before the parser: the per-peer defaults are shares of it
     args = parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for f in ("node-key.pem", "node-cert.pem", "root-cert.pem"):
-        if not (args.credentials / f).is_file():
-            print(f"ztunnel: {args.credentials / f} is missing (provision the node first)", file=sys.stderr)
-            return 2
+    problem = credential_problem(args)
+    if problem is not None:
+        print(f"ztunnel: {problem}", file=sys.stderr)
+        return 2
     with contextlib.suppress(KeyboardInterrupt):
         return uvloop.run(_main(args))
     return 0

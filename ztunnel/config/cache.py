@@ -8,8 +8,13 @@ proxy serves with what it last accepted until control sends a fresh snapshot.
 What is on disk is only trusted when it verifies: the file carries an HMAC-SHA256 over its body under a
 key derived from the node's private key (the one secret the node already holds and nobody else should),
 so a truncated, corrupted or hand-edited file, or one copied from another node, is refused with a reason
-and the proxy waits for control instead. It also names the node and the trust domain it was written for,
-and files older than `max_age` are not used: a config that old no longer describes the cluster.
+and the proxy waits for control instead. On Kubernetes the node holds no private key, only a ServiceAccount
+token, which the kubelet rotates (an HMAC keyed on it would not verify an hour later) and which is no secret
+of this node's alone (the API server and anyone allowed to mint tokens for the ServiceAccount can get one):
+there the key comes from a random secret created once next to the cache file, mode 0600 (`local_secret`),
+which a file from another node, or an edit by someone who cannot read the secret, does not verify with.
+It also names the node and the trust domain it was written for, and files older than `max_age` are not used:
+a config that old no longer describes the cluster.
 
 Writes are atomic (temporary file + rename, mode 0600) and done in a worker thread; bursts of versions
 coalesce into one write of the latest.
@@ -52,6 +57,29 @@ class Cached:
 def cache_key(node_key_pem: bytes) -> bytes:
     """The MAC key: derived from the node's private key, so only this node's holder can write a valid file."""
     return hashlib.sha256(_KEY_LABEL + node_key_pem).digest()
+
+
+def local_secret(cache_path: Path) -> Path:
+    """The file holding this node's cache secret (32 random bytes, 0600, beside the cache), created on first use."""
+    path = cache_path.with_name(f".{cache_path.name}.secret")
+    if path.exists():
+        return path  # made by an earlier start: the cache it keyed stays readable
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(os.urandom(32))
+            f.flush()
+            os.fsync(f.fileno())
+        # link, not rename: it never replaces a secret another ztunnel (a rolling update) made meanwhile,
+        # and nobody ever reads a half-written one
+        with contextlib.suppress(FileExistsError):
+            os.link(tmp, path)
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+    return path
 
 
 def encode(state: ConfigState, node: str, trust_domain: str, key: bytes, now: float | None = None) -> bytes:

@@ -1,5 +1,9 @@
 """The config client: connects to control with the node credential, applies what it sends, acks or nacks.
 
+A node proves itself in one of two ways: a provisioned node credential (a client certificate, the local lab),
+or on Kubernetes its pod's projected ServiceAccount token, sent as `Authorization: Bearer` on every request
+and read from disk each time (the kubelet rotates the file); either way control is verified with the mesh root.
+
 It reconnects with exponential backoff and full jitter (so a restarted control is not hit by every node
 at once), and keeps the last good state through any outage: the data path is never left without config
 because control is away. `on_update` is called with every newly accepted state, on the event loop.
@@ -29,21 +33,37 @@ once must not be hammered by every node."""
 
 @dataclass(frozen=True, slots=True)
 class NodeCredential:
-    """Files provisioned for this node: key, certificate chain, and the mesh root to trust."""
+    """How this node proves itself to control: a provisioned key and certificate chain, or a ServiceAccount
+    token file; and the mesh root, to verify control."""
 
-    key: Path
-    cert: Path
+    key: Path | None
+    cert: Path | None
     root: Path
+    token: Path | None = None
 
     @classmethod
     def in_dir(cls, directory: Path) -> NodeCredential:
         return cls(directory / "node-key.pem", directory / "node-cert.pem", directory / "root-cert.pem")
 
+    @classmethod
+    def from_token(cls, token: Path, root: Path) -> NodeCredential:
+        return cls(None, None, root, token)
+
     def client_context(self) -> ssl.SSLContext:
         ctx = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=str(self.root))
         ctx.minimum_version = ssl.TLSVersion.TLSv1_3
-        ctx.load_cert_chain(self.cert, self.key)
+        if self.cert is not None and self.key is not None:
+            ctx.load_cert_chain(self.cert, self.key)
         return ctx
+
+    def headers(self) -> dict[str, str]:
+        """What each request to control carries: the token as it is on disk now (OSError if it is not there)."""
+        if self.token is None:
+            return {}
+        token = self.token.read_text().strip()
+        if not token:
+            raise OSError(f"{self.token} is empty")
+        return {"Authorization": f"Bearer {token}"}
 
 
 class ConfigClient:
@@ -103,7 +123,9 @@ class ConfigClient:
         connector = aiohttp.TCPConnector(ssl=ctx, enable_cleanup_closed=True)
         async with (
             aiohttp.ClientSession(timeout=timeout, connector=connector) as session,
-            session.ws_connect(self.url, ssl=ctx, heartbeat=15.0, max_msg_size=64 << 20) as ws,
+            session.ws_connect(
+                self.url, ssl=ctx, headers=self.credential.headers(), heartbeat=15.0, max_msg_size=64 << 20
+            ) as ws,
         ):
             if self._stopping.is_set():
                 return  # stop() came while we were connecting

@@ -109,7 +109,10 @@ class IdentityManager:
         timeout = aiohttp.ClientTimeout(total=10)
         connector = aiohttp.TCPConnector(ssl=self.credential.client_context(), enable_cleanup_closed=True)
         async with aiohttp.ClientSession(timeout=timeout, connector=connector) as session:
-            async with session.post(self.url, json={"csr": csr_pem.decode()}) as resp:
+            # headers() reads the token file now: the kubelet rotates it, an old one may have expired
+            async with session.post(
+                self.url, json={"csr": csr_pem.decode()}, headers=self.credential.headers()
+            ) as resp:
                 body = await resp.json(content_type=None)
                 if resp.status != 200:
                     error = f"control refused {spiffe_id} ({resp.status}): {body.get('error', body)}"
