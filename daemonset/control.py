@@ -2,8 +2,15 @@
 PodDisruptionBudget.
 
 Control needs no privilege at all: it runs as a non-root user with every capability dropped and a read-only root
-filesystem. Its arguments are the ones `python -m control serve` takes today; until the Kubernetes source lands
-it reads the (empty) file store below, so the Deployment is ready for that source rather than useful without it.
+filesystem. It reads the cluster through the API server (`--source kubernetes`, in-cluster credentials of its
+ServiceAccount) and publishes the mesh root as the ConfigMap `meshlet-root-cert`, which ztunnels mount.
+
+What survives a control restart: its CA state lives under --state, an emptyDir, which is lost with the pod. A
+new pod therefore makes a new root CA, republishes `meshlet-root-cert`, and every node and workload certificate
+signed by the old root stops verifying until ztunnels pick the new root up (the kubelet refreshes the mounted
+ConfigMap within about a minute) and re-request certificates. To keep one root across restarts, give a plug-in
+CA: `--set caSecret=NAME` mounts that Secret (keys `ca-cert.pem`, `ca-key.pem`, as Istio's `cacerts`) for
+control's --ca-cert/--ca-key. Node registrations need no state on Kubernetes: nodes authenticate with tokens.
 """
 
 from __future__ import annotations
@@ -18,14 +25,14 @@ CONFIG_PORT = 15012
 OPS_PORT = 15014
 """Operators: /metrics, /ready, /healthz, /debug/status (HTTP)."""
 STATE_DIR = "/var/lib/meshlet/control"
-STORE_DIR = "/var/lib/meshlet/store"
+CA_DIR = "/etc/meshlet/ca"
 
 
 def control_args(values: Values) -> list[str]:
-    return [
+    args = [
         "serve",
-        "--store",
-        STORE_DIR,
+        "--source",
+        "kubernetes",
         "--state",
         STATE_DIR,
         "--listen",
@@ -37,6 +44,9 @@ def control_args(values: Values) -> list[str]:
         "--dataplane-label",
         values.dataplane_label,
     ]
+    if values.ca_secret:
+        args += ["--ca-cert", f"{CA_DIR}/ca-cert.pem", "--ca-key", f"{CA_DIR}/ca-key.pem"]
+    return args
 
 
 def _container(values: Values) -> dict[str, Any]:
@@ -46,6 +56,8 @@ def _container(values: Values) -> dict[str, Any]:
         "imagePullPolicy": values.image_pull_policy,
         "command": ["python", "-m", "control"],
         "args": control_args(values),
+        # The namespace control publishes the root ConfigMap in and checks ztunnel pods against.
+        "env": [{"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}}],
         "ports": [
             {"name": "https-config", "containerPort": CONFIG_PORT, "protocol": "TCP"},
             {"name": "http-monitoring", "containerPort": OPS_PORT, "protocol": "TCP"},
@@ -66,8 +78,17 @@ def _container(values: Values) -> dict[str, Any]:
             "readOnlyRootFilesystem": True,
             "capabilities": {"drop": ["ALL"]},
         },
-        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}, {"name": "store", "mountPath": STORE_DIR}],
+        "volumeMounts": [{"name": "state", "mountPath": STATE_DIR}]
+        + ([{"name": "ca", "mountPath": CA_DIR, "readOnly": True}] if values.ca_secret else []),
     }
+
+
+def _volumes(values: Values) -> list[dict[str, Any]]:
+    # The CA lives in the emptyDir unless a plug-in CA is given: see the module docstring for what that means.
+    volumes: list[dict[str, Any]] = [{"name": "state", "emptyDir": {}}]
+    if values.ca_secret:
+        volumes.append({"name": "ca", "secret": {"secretName": values.ca_secret, "defaultMode": 0o440}})
+    return volumes
 
 
 def control(values: Values) -> list[dict[str, Any]]:
@@ -87,9 +108,7 @@ def control(values: Values) -> list[dict[str, Any]]:
                     "priorityClassName": "system-cluster-critical",
                     "securityContext": {"fsGroup": 1337, "seccompProfile": {"type": "RuntimeDefault"}},
                     "containers": [_container(values)],
-                    # The CA and node registrations live here. An emptyDir is lost with the pod (a new root CA);
-                    # keeping them in a Secret comes with the Kubernetes source.
-                    "volumes": [{"name": "state", "emptyDir": {}}, {"name": "store", "emptyDir": {}}],
+                    "volumes": _volumes(values),
                 },
             },
         },

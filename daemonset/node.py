@@ -13,7 +13,13 @@ What each container may do is what its code does, granted as capabilities (every
   there (SYS_ADMIN; it also covers bpf() on the pinned orig_dst map), opens connections to apps from the
   caller's address with IP_TRANSPARENT and marks sockets with SO_MARK (NET_ADMIN, NET_RAW). Its ports (15001,
   15006, 15008, 15020, 15021) are all above 1024, so it needs no NET_BIND_SERVICE. It never touches the host's
-  network namespace: no hostNetwork, no hostPID, no /proc or /var/run/netns mount.
+  network namespace: no hostNetwork, no hostPID, no /proc or /var/run/netns mount. It proves its node to
+  control with a projected ServiceAccount token (audience `meshlet`, rotated by the kubelet and re-read from
+  disk) and verifies control with the mesh root control publishes in the ConfigMap `meshlet-root-cert` (the
+  pod waits for that ConfigMap, so the nodes start once control has published it).
+
+Both containers read the API server as the node's ServiceAccount (`--source kubernetes`): the agent watches its
+node's pods and the namespaces and annotates the pods it redirects.
 
 Both run as root (the capabilities are a root process's, bounded); `allowPrivilegeEscalation: false` is left
 out because Kubernetes refuses it next to SYS_ADMIN.
@@ -24,7 +30,7 @@ from __future__ import annotations
 from typing import Any
 
 from daemonset.control import CONFIG_PORT
-from daemonset.rbac import CONTROL, NODE, labels
+from daemonset.rbac import CONTROL, NODE, ROOT_CERT_CONFIGMAP, labels
 from daemonset.values import Values
 from meshlet_contracts import ports
 from meshlet_contracts.bpf_maps import PIN_ROOT
@@ -35,8 +41,10 @@ STATUS_SOCKET = f"{RUN_DIR}/agent.sock"
 HOST_CGROUP = "/host/sys/fs/cgroup"
 """The host's cgroup v2 root, mounted beside the container's own (its cgroup namespace) rather than over it."""
 BPF_DIR = str(PIN_ROOT / "node")
-CREDENTIALS_DIR = "/var/lib/meshlet/credentials"
 TOKEN_DIR = "/var/run/secrets/meshlet"
+TOKEN_PATH = f"{TOKEN_DIR}/token"
+ROOT_CERT_DIR = "/var/run/meshlet-root"
+ROOT_CERT_PATH = f"{ROOT_CERT_DIR}/root-cert.pem"
 TOKEN_AUDIENCE = "meshlet"
 TOKEN_SECONDS = 3600
 STATUS_PROBE = (
@@ -59,8 +67,7 @@ def _capabilities(*add: str) -> dict[str, Any]:
 def agent_args(values: Values) -> list[str]:
     args = [
         "--node", "$(NODE_NAME)",
-        # The file store the agent reads today; `--source kubernetes` replaces it when the API source lands.
-        "--store", "/var/lib/meshlet/store",
+        "--source", "kubernetes",
         "--zds-socket", ZDS_SOCKET,
         "--status-socket", STATUS_SOCKET,
         "--redirect", values.redirect,
@@ -77,9 +84,8 @@ def ztunnel_args(values: Values) -> list[str]:
     args = [
         "--node", "$(NODE_NAME)",
         "--control", f"https://{CONTROL}.{values.namespace}.svc:{CONFIG_PORT}",
-        # Today's node credential (`python -m control provision-node`); the projected token replaces it once
-        # control checks tokens with TokenReview.
-        "--credentials", CREDENTIALS_DIR,
+        "--token", TOKEN_PATH,
+        "--root-cert", ROOT_CERT_PATH,
         "--zds-socket", ZDS_SOCKET,
         "--trust-domain", values.trust_domain,
         "--root-namespace", values.namespace,
@@ -111,7 +117,6 @@ def _agent(values: Values) -> dict[str, Any]:
         },
         "volumeMounts": [
             {"name": "run", "mountPath": RUN_DIR},
-            {"name": "store", "mountPath": "/var/lib/meshlet/store"},
             {"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "HostToContainer"},
             {"name": "cgroup", "mountPath": HOST_CGROUP, "readOnly": True},
             # Network namespaces CNIs create after the agent started must appear inside it too.
@@ -153,8 +158,8 @@ def _ztunnel(values: Values) -> dict[str, Any]:
         "volumeMounts": [
             {"name": "run", "mountPath": RUN_DIR},
             {"name": "ztunnel-cache", "mountPath": "/var/lib/meshlet/ztunnel"},
-            {"name": "credentials", "mountPath": CREDENTIALS_DIR, "readOnly": True},
             {"name": "token", "mountPath": TOKEN_DIR, "readOnly": True},
+            {"name": "root-cert", "mountPath": ROOT_CERT_DIR, "readOnly": True},
             # Not read-only: BPF_OBJ_GET of the pinned orig_dst map asks for read-write access to the pin.
             {"name": "bpffs", "mountPath": "/sys/fs/bpf", "mountPropagation": "HostToContainer"},
         ],
@@ -192,13 +197,12 @@ def node(values: Values) -> dict[str, Any]:
                     "volumes": [
                         # ZDS and the agent's status socket: shared by the two containers of this pod only.
                         {"name": "run", "emptyDir": {}},
-                        {"name": "store", "emptyDir": {}},
                         {"name": "ztunnel-cache", "emptyDir": {}},
                         _host("bpffs", "/sys/fs/bpf"),
                         _host("cgroup", "/sys/fs/cgroup"),
                         _host("netns", "/var/run/netns", "DirectoryOrCreate"),
                         _host("modules", "/lib/modules"),
-                        _host("credentials", CREDENTIALS_DIR, "DirectoryOrCreate"),
+                        {"name": "root-cert", "configMap": {"name": ROOT_CERT_CONFIGMAP}},
                         {
                             "name": "token",
                             "projected": {

@@ -77,6 +77,9 @@ class Values:
     """The pods' cgroup under the host's cgroup v2 root (`kubepods.slice` with the systemd driver, `kubepods`
     with cgroupfs): the eBPF backend attaches its socket programs there."""
     control_replicas: int = 1
+    ca_secret: str = ""
+    """A Secret in the install's namespace holding a plug-in CA (`ca-cert.pem`, `ca-key.pem`, Istio's `cacerts`
+    key names) for control's --ca-cert/--ca-key; empty: control makes its own root in its (emptyDir) state."""
     resources: dict[str, Resources] = field(default_factory=_default_resources)
 
     def with_sets(self, sets: Iterable[str]) -> Values:
@@ -125,6 +128,7 @@ _SIMPLE_KEYS = {
     "redirect": "redirect",
     "dataplaneLabel": "dataplane_label",
     "podsCgroup": "pods_cgroup",
+    "caSecret": "ca_secret",
 }
 
 
@@ -142,6 +146,8 @@ def _check(key: str, value: str) -> str:
         raise ValuesError(f"--set dataplaneLabel={value}: not a label key (as in meshlet.io/dataplane-mode)")
     if key == "image" and (not value or any(c.isspace() for c in value)):
         raise ValuesError(f"--set image={value!r}: expected an image reference, as in ghcr.io/meshlet/meshlet:0.1.0")
+    if key == "caSecret" and not all(_LABEL.fullmatch(part) for part in value.split(".")):
+        raise ValuesError(f"--set caSecret={value}: not a Secret name (as in cacerts)")
     if key == "podsCgroup" and (not value or value.startswith("/") or ".." in value.split("/")):
         raise ValuesError(f"--set podsCgroup={value}: expected a path under the cgroup root, as in kubepods.slice")
     return value

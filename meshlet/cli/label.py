@@ -1,8 +1,9 @@
-"""`meshlet label namespace NAME KEY=VALUE | KEY-`: change a Namespace's labels in the local store.
+"""`meshlet label namespace|pod NAME KEY=VALUE | KEY-`: change labels in the local store or on a cluster.
 
 The store is a directory of Kubernetes-shaped YAML: the file holding the Namespace is rewritten
 atomically (other documents in it untouched), and the agents and control pick the change up from
-there. On Kubernetes, `kubectl label` does the same job.
+there. On a cluster (`relabel_cluster`) the change is a merge patch of metadata.labels through the API
+server, as `kubectl label --overwrite` sends it, and control and the agents see it through their watches.
 """
 
 from __future__ import annotations
@@ -78,3 +79,29 @@ def relabel(store: Path, kind: str, name: str, changes: Mapping[str, str | None]
         write_atomic(path, data.encode())
         return path, labels
     raise LabelError(f"no {kind} {name!r} in the store {store}")
+
+
+def relabel_cluster(
+    api: Any, kind: str, name: str, namespace: str, changes: Mapping[str, str | None]
+) -> dict[str, str]:
+    """Apply `changes` to a Namespace's or Pod's labels on the cluster with a merge patch of metadata.labels
+    (`null` removes a key), as `kubectl label --overwrite` does; returns the labels now on the object."""
+    from kubernetes import client
+    from kubernetes.client.exceptions import ApiException
+
+    from meshlet.cli.kubecli import read, typed_api
+
+    core = typed_api(client.CoreV1Api, api)
+    body = {"metadata": {"labels": dict(changes)}}
+    merge = "application/merge-patch+json"
+    try:
+        if kind == "namespace":
+            obj = read(core.patch_namespace, name, body, _content_type=merge)
+        else:
+            obj = read(core.patch_namespaced_pod, name, namespace, body, _content_type=merge)
+    except ApiException as exc:
+        if exc.status == 404:
+            where = f" in namespace {namespace}" if kind == "pod" else ""
+            raise LabelError(f"no {kind} {name!r}{where} on the cluster") from None
+        raise LabelError(f"the API server refused the label change: HTTP {exc.status} {exc.reason}") from None
+    return dict(obj["metadata"].get("labels") or {})

@@ -12,7 +12,7 @@ import sys
 import click
 from rich.console import Console
 
-from meshlet.cli.install import install
+from meshlet.cli.install import install, uninstall
 from meshlet.cli.lab import lab
 from meshlet.cli.node import COMMANDS
 from meshlet.lab.cluster import LabError
@@ -36,6 +36,7 @@ def cli() -> None:
 
 cli.add_command(lab)
 cli.add_command(install)
+cli.add_command(uninstall)
 for command in COMMANDS:
     cli.add_command(command)
 

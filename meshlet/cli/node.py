@@ -1,6 +1,9 @@
 """The operator's commands: `meshlet status`, `check`, `workloads`, `services`, `policies`, `routes`, `certs`,
 `connections` and `label`. They work on this host's node, or with `--node NAME` on a node of the local
 lab (`--lab`, default from MESHLET_LAB or `demo`). Tables for people, `-o json|yaml` for scripts.
+On a Kubernetes cluster: `status --kubeconfig|--cluster` aggregates every node (cluster_status.py), `check
+--pre-install` checks the cluster before an install (precheck.py), and `label` patches the cluster's objects
+when `--kubeconfig` is given or KUBECONFIG is set.
 """
 
 from __future__ import annotations
@@ -20,7 +23,8 @@ from meshlet.cli import inspect
 from meshlet.cli import routes as routes_view
 from meshlet.cli.checks import run_checks
 from meshlet.cli.endpoints import EndpointError, NodeEndpoints, config_dump, resolve
-from meshlet.cli.label import LabelError, parse_changes, relabel
+from meshlet.cli.kubecli import api_client, cluster_requested, kubeconfig_option
+from meshlet.cli.label import LabelError, parse_changes, relabel, relabel_cluster
 from meshlet.cli.status import gather, lines
 from meshlet.lab.state import LabState
 
@@ -59,30 +63,87 @@ def _emit(data: Any, output: str) -> bool:
     return False
 
 
-@click.command()
-@node_options
-@output_option
-def status(lab_id: str, node: str | None, agent_socket: Path | None, output: str) -> None:
-    """One screen about a node: agent, ztunnel, control, pods, certificates, traffic. Exits 1 if unhealthy."""
-    ep = _endpoints(lab_id, node, agent_socket)
-    with progress.status(f"asking node {ep.node or 'here'}"):
-        report = gather(ep)
+def _table(rows: list[tuple[str, str, bool | None]], problems: list[str]) -> None:
+    table = Table(show_header=False, box=None, pad_edge=False)
+    for label, text, ok in rows:
+        mark = "" if ok is None else ("[green]OK[/green] " if ok else "[red]!![/red] ")
+        table.add_row(f"[bold]{label}[/bold]", mark + text)
+    console.print(table)
+    for problem in problems:
+        console.print(f"[red]problem:[/red] {problem}", highlight=False)
+
+
+def _cluster_status(kubeconfig: Path | None, namespace: str, output: str) -> None:
+    from meshlet.cli import cluster_status
+
+    with progress.status("asking the cluster"):
+        report = cluster_status.gather(api_client(kubeconfig), namespace)
     if not _emit(report, output):
-        table = Table(show_header=False, box=None, pad_edge=False)
-        for label, text, ok in lines(report):
-            mark = "" if ok is None else ("[green]OK[/green] " if ok else "[red]!![/red] ")
-            table.add_row(f"[bold]{label}[/bold]", mark + text)
-        console.print(table)
-        for problem in report["problems"]:
-            console.print(f"[red]problem:[/red] {problem}", highlight=False)
+        _table(cluster_status.rows(report), report["problems"])
     sys.exit(0 if report["healthy"] else 1)
 
 
 @click.command()
 @node_options
 @output_option
-def check(lab_id: str, node: str | None, agent_socket: Path | None, output: str) -> None:
-    """Check the kernel, tools and the node's components; a hint for every failure. Exits 1 on any."""
+@kubeconfig_option
+@click.option("--cluster", is_flag=True, help="The cluster install (every node), not one node.")
+@click.option("--namespace", "install_namespace", default="meshlet-system", show_default=True,
+              help="With --cluster: the install's namespace.")  # fmt: skip
+def status(lab_id: str, node: str | None, agent_socket: Path | None, output: str, kubeconfig: Path | None,
+           cluster: bool, install_namespace: str) -> None:  # fmt: skip
+    """One screen about a node: agent, ztunnel, control, pods, certificates, traffic. Exits 1 if unhealthy.
+
+    With --kubeconfig or --cluster (kubectl's kubeconfig): the cluster install, every node at once.
+    """
+    if cluster or kubeconfig is not None:
+        _cluster_status(kubeconfig, install_namespace, output)
+    ep = _endpoints(lab_id, node, agent_socket)
+    with progress.status(f"asking node {ep.node or 'here'}"):
+        report = gather(ep)
+    if not _emit(report, output):
+        _table(lines(report), report["problems"])
+    sys.exit(0 if report["healthy"] else 1)
+
+
+def _pre_install(kubeconfig: Path | None, sets: tuple[str, ...], output: str) -> None:
+    from daemonset import Values, ValuesError
+    from meshlet.cli import precheck
+
+    try:
+        redirect = Values().with_sets(sets).redirect
+    except ValuesError as exc:
+        raise click.UsageError(str(exc)) from None
+    with progress.status("checking the cluster"):
+        results = precheck.run(api_client(kubeconfig), redirect)
+    failed = [r for r in results if r.level == "fail"]
+    if not _emit({"ok": not failed, "results": [r.to_json() for r in results]}, output):
+        marks = {"pass": "[green]\u2714[/green]", "warn": "[yellow]![/yellow]", "fail": "[red]\u2718[/red]"}
+        for r in results:
+            console.print(f"  {marks[r.level]} {r.name}: {r.detail}", highlight=False)
+            if r.hint and r.level != "pass":
+                console.print(f"      [yellow]hint:[/yellow] {r.hint}", highlight=False)
+        warned = sum(r.level == "warn" for r in results)
+        verdict = f"{len(failed)} failures, {warned} warnings"
+        console.print(f"[red]{verdict}: fix the failures before installing[/red]" if failed
+                      else f"[green]ready to install ({verdict})[/green]")  # fmt: skip
+    sys.exit(1 if failed else 0)
+
+
+@click.command()
+@node_options
+@output_option
+@click.option("--pre-install", is_flag=True, help="Check a cluster before `meshlet install` (version, nodes, CNI).")
+@kubeconfig_option
+@click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="With --pre-install: the install's values.")
+def check(lab_id: str, node: str | None, agent_socket: Path | None, output: str, pre_install: bool,
+          kubeconfig: Path | None, sets: tuple[str, ...]) -> None:  # fmt: skip
+    """Check the kernel, tools and the node's components; a hint for every failure. Exits 1 on any.
+
+    With --pre-install: whether the cluster (of --kubeconfig, or kubectl's) can run meshlet.
+    """
+    if pre_install:
+        _pre_install(kubeconfig, sets, output)
     ep = _endpoints(lab_id, node, agent_socket)
     with progress.status("checking"):
         groups = run_checks(ep)
@@ -138,25 +199,45 @@ connections = _inspect_command("connections", inspect.connections, "Connections 
 
 
 @click.command()
-@click.argument("kind", type=click.Choice(["namespace"]))
+@click.argument("kind", type=click.Choice(["namespace", "pod"]))
 @click.argument("name")
 @click.argument("changes", nargs=-1, required=True)
 @click.option("--lab", "lab_id", envvar="MESHLET_LAB", default="demo", show_default=True)
 @click.option("--store", type=click.Path(path_type=Path), help="The store directory (default: the lab's).")
-def label(kind: str, name: str, changes: tuple[str, ...], lab_id: str, store: Path | None) -> None:
-    """Set (KEY=VALUE) or remove (KEY-) labels of a namespace in the local store.
+@kubeconfig_option
+@click.option("-n", "--namespace", default="default", show_default=True, help="The pod's namespace (pods only).")
+def label(kind: str, name: str, changes: tuple[str, ...], lab_id: str, store: Path | None,
+          kubeconfig: Path | None, namespace: str) -> None:  # fmt: skip
+    """Set (KEY=VALUE) or remove (KEY-) labels of a namespace (or a pod) in the local store, or on the cluster
+    with --kubeconfig or KUBECONFIG set (a merge patch, as `kubectl label --overwrite`).
 
     \b
     meshlet label namespace plain meshlet.io/dataplane-mode=ambient
     meshlet label namespace plain meshlet.io/dataplane-mode-
+    meshlet label --kubeconfig ~/.kube/config pod web-0 -n shop meshlet.io/dataplane-mode=none
     """
+    try:
+        parsed = parse_changes(changes)
+    except LabelError as exc:
+        raise click.ClickException(str(exc)) from None
+    if store is None and cluster_requested(kubeconfig):
+        try:
+            now = relabel_cluster(api_client(kubeconfig), kind, name, namespace, parsed)
+        except LabelError as exc:
+            raise click.ClickException(str(exc)) from None
+        shown = ", ".join(f"{k}={v}" for k, v in sorted(now.items())) or "none"
+        where = f" -n {namespace}" if kind == "pod" else ""
+        console.print(f"{kind} {name}{where} labelled on the cluster; labels now: {shown}", highlight=False)
+        return
+    if kind == "pod":
+        raise click.ClickException("pods are labelled on a cluster only: pass --kubeconfig or set KUBECONFIG")
     if store is None:
         state = LabState.load(lab_id)
         if state is None:
             raise click.ClickException(f"no lab {lab_id!r} is up; pass --store DIR for another store")
         store = state.store
     try:
-        path, labels = relabel(store, kind.capitalize(), name, parse_changes(changes))
+        path, labels = relabel(store, kind.capitalize(), name, parsed)
     except LabelError as exc:
         raise click.ClickException(str(exc)) from None
     shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"

@@ -25,6 +25,7 @@ CODES = {
     "Invalid": 422,
     "Timeout": 504,
     "InternalError": 500,
+    "ServiceUnavailable": 503,
 }
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kubeapi import errors, objects, patches
+from tests.kubeapi import apply, errors, objects, patches
 from tests.kubeapi.resources import ResourceType
 from tests.kubeapi.selectors import (
     FieldSelector,
@@ -215,13 +215,19 @@ async def patch(store: Store, request: web.Request, t: Target) -> tuple[dict[str
             if exc.code != 404 or t.subresource:
                 raise
             seeded = dict(body, metadata={**(body.get("metadata") or {}), "name": t.name})
-            objects.record_apply(seeded, manager, t.rt, None)
+            objects.record_apply(seeded, manager, t.rt, None, apply.field_set(body, t.rt.builtin))
             return store.create(t.rt, t.namespace or "", seeded), 201
 
     def change(old: dict[str, Any]) -> dict[str, Any]:
+        owned = None
+        if content_type == patches.APPLY and manager and t.subresource is None:
+            # what this manager applied before and no longer does goes first (see apply.py)
+            owned = apply.field_set(body, t.rt.builtin)
+            before, others = apply.applied_sets(old, manager, None)
+            apply.prune(old, before, owned, others)
         new = patches.apply(content_type, old, body, t.rt.builtin)
         if content_type == patches.APPLY and manager:
-            objects.record_apply(new, manager, t.rt, t.subresource)
+            objects.record_apply(new, manager, t.rt, t.subresource, owned)
         return new
 
     return store.update(t.rt, t.namespace or "", t.name, change, t.subresource), 200

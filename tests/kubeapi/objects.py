@@ -120,12 +120,22 @@ def prepare_update(
     return new
 
 
-def record_apply(obj: dict[str, Any], manager: str, rt: ResourceType, subresource: str | None) -> None:
-    """Note the field manager of a server-side apply in managedFields (without the field set itself). An
-    existing entry is kept as is, so re-applying the same manifest stays a no-op (no new resourceVersion)."""
+def record_apply(
+    obj: dict[str, Any],
+    manager: str,
+    rt: ResourceType,
+    subresource: str | None,
+    fields_v1: dict[str, Any] | None = None,
+) -> None:
+    """Note the field manager of a server-side apply in managedFields, with the fields it set (`fields_v1`, see
+    apply.py) when known. An entry whose field set is unchanged is kept as is, so re-applying the same manifest
+    stays a no-op (no new resourceVersion)."""
     fields = obj["metadata"].setdefault("managedFields", [])
-    if any(m.get("manager") == manager and m.get("subresource") == subresource for m in fields):
-        return
+    for m in fields:
+        if m.get("manager") == manager and m.get("subresource") == subresource:
+            if fields_v1 is not None and m.get("fieldsV1") != fields_v1:
+                m["fieldsV1"], m["time"] = fields_v1, now()
+            return
     entry: dict[str, Any] = {
         "manager": manager,
         "operation": "Apply",
@@ -133,6 +143,8 @@ def record_apply(obj: dict[str, Any], manager: str, rt: ResourceType, subresourc
         "time": now(),
         "fieldsType": "FieldsV1",
     }
+    if fields_v1 is not None:
+        entry["fieldsV1"] = fields_v1
     if subresource:
         entry["subresource"] = subresource
     fields.append(entry)

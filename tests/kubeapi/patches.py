@@ -6,8 +6,9 @@
   env, volumes, conditions, ownerReferences, finalizers ...) merge by their patchMergeKey, every other list is
   replaced. Directives ($patch, $retainKeys, $setElementOrder) are not supported.
 - application/json-patch+json: RFC 6902 (add, remove, replace, move, copy, test); the body must be a list.
-- application/apply-patch+yaml: server-side apply, simplified to create-or-merge (no field ownership, so no
-  conflicts; `force` is accepted and has nothing to override).
+- application/apply-patch+yaml: server-side apply: create, or merge by the rules above after removing what
+  the same manager applied before and no longer applies (apply.py); no conflicts between managers are raised
+  (`force` is accepted and has nothing to override).
 """
 
 from __future__ import annotations

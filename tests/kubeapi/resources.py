@@ -2,7 +2,9 @@
 
 A resource type is group/version/kind/plural plus whether it is namespaced and has a /status subresource.
 The built-in ones are the core v1 kinds a mesh reads (Namespaces, Pods, Services, ServiceAccounts, Events,
-Nodes), discovery.k8s.io/v1 EndpointSlices and apiextensions.k8s.io/v1 CustomResourceDefinitions; a test adds
+Nodes, ConfigMaps, Secrets), discovery.k8s.io/v1 EndpointSlices, what an install applies (apps/v1 Deployments
+and DaemonSets, rbac.authorization.k8s.io/v1, policy/v1 PodDisruptionBudgets) and apiextensions.k8s.io/v1
+CustomResourceDefinitions; a test adds
 custom ones with `ResourceType.custom(...)` or by creating a CRD through the API, as a cluster would.
 Discovery (/api, /api/v1, /apis, /apis/<group>, /apis/<group>/<version>) is what the official client and
 kubectl read to map a kind to its URL.
@@ -72,6 +74,14 @@ class ResourceType:
 TOKEN_REVIEW = ResourceType(
     "authentication.k8s.io", "v1", "TokenReview", "tokenreviews", namespaced=False, verbs=("create",)
 )
+SELF_SUBJECT_ACCESS_REVIEW = ResourceType(
+    "authorization.k8s.io",
+    "v1",
+    "SelfSubjectAccessReview",
+    "selfsubjectaccessreviews",
+    namespaced=False,
+    verbs=("create",),
+)
 CRD = ResourceType(
     "apiextensions.k8s.io",
     "v1",
@@ -90,9 +100,20 @@ BUILTIN = [
     ResourceType("", "v1", "Event", "events", return_deleted=False, short_names=("ev",)),
     ResourceType("", "v1", "Node", "nodes", namespaced=False, status=True, short_names=("no",)),
     ResourceType("", "v1", "ConfigMap", "configmaps", return_deleted=False, short_names=("cm",)),
+    ResourceType("", "v1", "Secret", "secrets", return_deleted=False),
     ResourceType("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", return_deleted=False),
+    # What an install applies: workloads, RBAC, disruption budgets. No controller runs here, so a Deployment's or
+    # DaemonSet's status stays what a test writes through /status.
+    ResourceType("apps", "v1", "Deployment", "deployments", status=True, short_names=("deploy",)),
+    ResourceType("apps", "v1", "DaemonSet", "daemonsets", status=True, short_names=("ds",)),
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", namespaced=False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
+    ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles"),
+    ResourceType("rbac.authorization.k8s.io", "v1", "RoleBinding", "rolebindings"),
+    ResourceType("policy", "v1", "PodDisruptionBudget", "poddisruptionbudgets", status=True, short_names=("pdb",)),
     CRD,
     TOKEN_REVIEW,
+    SELF_SUBJECT_ACCESS_REVIEW,
 ]
 
 
@@ -117,6 +138,21 @@ def crd_types(crd: dict[str, Any]) -> list[ResourceType]:
             )
         )
     return out
+
+
+def crd_status(crd: dict[str, Any]) -> dict[str, Any]:
+    """What the apiextensions controllers write once a CRD's names are accepted and its resource is served."""
+    spec = crd.get("spec", {})
+    at = crd.get("metadata", {}).get("creationTimestamp")
+    conditions = [
+        {"type": kind, "status": "True", "reason": reason, "message": message, "lastTransitionTime": at}
+        for kind, reason, message in (
+            ("NamesAccepted", "NoConflicts", "no conflicts found"),
+            ("Established", "InitialNamesAccepted", "the initial names have been accepted"),
+        )
+    ]
+    stored = [v["name"] for v in spec.get("versions", []) if v.get("storage")]
+    return {"conditions": conditions, "acceptedNames": dict(spec.get("names", {})), "storedVersions": stored}
 
 
 def core_versions(address: str) -> dict[str, Any]:

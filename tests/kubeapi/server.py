@@ -19,7 +19,7 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.kubeapi import errors, handlers, resources
+from tests.kubeapi import errors, handlers, proxy, resources, token_requests
 from tests.kubeapi.handlers import Target
 from tests.kubeapi.store import Store
 from tests.kubeapi.tokens import Tokens
@@ -68,6 +68,9 @@ class KubeApiServer:
         self._runner: web.AppRunner | None = None
         # (method, path_qs) of the latest requests, for assertions such as "the agent used a fieldSelector"
         self.requests: deque[tuple[str, str]] = deque(maxlen=10_000)
+        # (verb, group, resource) a SelfSubjectAccessReview answers "not allowed" for; everything else is allowed
+        self.denied: set[tuple[str, str, str]] = set()
+        self.version: dict[str, str] = dict(resources.VERSION)  # GET /version; a test may pose as another release
 
     @property
     def url(self) -> str:
@@ -197,7 +200,7 @@ class KubeApiServer:
             return web.json_response(body, status=404)
 
     async def _version(self, _request: web.Request) -> web.StreamResponse:
-        return _json(resources.VERSION)
+        return _json(self.version)
 
     async def _api(self, _request: web.Request) -> web.StreamResponse:
         return _json(resources.core_versions(f"127.0.0.1:{self.port}"))
@@ -209,9 +212,19 @@ class KubeApiServer:
         segments = [s for s in request.match_info["tail"].split("/") if s]
         if segments == ["v1"]:
             types = [t for t in self.store.types.values() if t.group == ""]
-            return _json(resources.resource_list("v1", types))
+            return _json(token_requests.with_discovery(resources.resource_list("v1", types)))
         if not segments or segments[0] != "v1":
             raise errors.ApiError("NotFound", "the server could not find the requested resource")
+        if token_requests.is_token_request(segments[1:]):
+            if request.method != "POST":
+                raise errors.ApiError(
+                    "MethodNotAllowed", "the server does not allow this method on the requested resource"
+                )
+            body = await handlers.read_json(request)
+            answer = token_requests.request_token(self.store, self.tokens, segments[2], segments[4], body)
+            return _json(answer, 201)
+        if proxy.is_service_proxy(segments[1:]):
+            return await proxy.service_proxy(self.store, request, segments[1:])
         return await self._resource(request, _parse(self.store, segments[1:], "", "v1"))
 
     async def _groups(self, request: web.Request) -> web.StreamResponse:
@@ -234,6 +247,12 @@ class KubeApiServer:
                     "MethodNotAllowed", "the server does not allow this method on the requested resource"
                 )
             return _json(self.tokens.review(await handlers.read_json(request)), 201)
+        if (group, version, segments[2:]) == ("authorization.k8s.io", "v1", ["selfsubjectaccessreviews"]):
+            if request.method != "POST":
+                raise errors.ApiError(
+                    "MethodNotAllowed", "the server does not allow this method on the requested resource"
+                )
+            return _json(proxy.access_review(await handlers.read_json(request), self.denied), 201)
         return await self._resource(request, _parse(self.store, segments[2:], group, version))
 
     async def _resource(self, request: web.Request, t: Target) -> web.StreamResponse:

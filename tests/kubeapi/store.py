@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tests.kubeapi import errors, objects
-from tests.kubeapi.resources import BUILTIN, CRD, ResourceType, crd_types
+from tests.kubeapi.resources import BUILTIN, CRD, ResourceType, crd_status, crd_types
 from tests.kubeapi.selectors import FieldSelector, Requirement, fields_match, labels_match
 
 Key = tuple[str, str]  # (namespace, name); namespace "" for cluster-scoped
@@ -176,6 +176,10 @@ class Store:
                 raise errors.not_found("namespaces", "", obj["metadata"]["namespace"])
             if objects.key_of(obj) in self._objects[rt.key]:
                 raise errors.already_exists(rt.plural, rt.group, obj["metadata"]["name"])
+            if rt.key == CRD.key and not keep_status:
+                # No controller runs here: the names are accepted and the resource served at once, and the
+                # conditions a client waits for (Established) say so, as the apiextensions controller would.
+                obj["status"] = crd_status(obj)
             self._commit(rt, "ADDED", obj, None)
             if rt.key == CRD.key:
                 for served in crd_types(obj):
@@ -199,6 +203,9 @@ class Store:
             if new == old:
                 return old  # a no-op write keeps the resourceVersion and sends no event, as on the real server
             self._commit(rt, "MODIFIED", new, old)
+            if rt.key == CRD.key:  # an applied CRD may serve a new version
+                for served in crd_types(new):
+                    self.register(served)
             return copy.deepcopy(new)
 
     def delete(

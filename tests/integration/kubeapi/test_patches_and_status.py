@@ -50,7 +50,7 @@ def test_a_patch_with_a_stale_resource_version_conflicts(api: KubeApiServer) -> 
     assert (status, body["reason"]) == (409, "Conflict")
 
 
-def test_server_side_apply_creates_then_merges_and_needs_a_field_manager(api: KubeApiServer) -> None:
+def test_server_side_apply_creates_then_applies_and_needs_a_field_manager(api: KubeApiServer) -> None:
     manifest = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: cfg\n  namespace: default\ndata:\n  a: '1'\n"
     path = "/api/v1/namespaces/default/configmaps/cfg"
     status, body = raw(api, "PATCH", path, manifest.encode(), APPLY)
@@ -60,7 +60,8 @@ def test_server_side_apply_creates_then_merges_and_needs_a_field_manager(api: Ku
     assert [m["manager"] for m in body["metadata"]["managedFields"]] == ["meshlet"]
     again = manifest.replace("a: '1'", "b: '2'")
     status, body = raw(api, "PATCH", path + "?fieldManager=meshlet&force=true", again.encode(), APPLY)
-    assert status == 200 and body["data"] == {"a": "1", "b": "2"}
+    # the field this manager applied before and no longer applies is removed (Server-Side Apply, field management)
+    assert status == 200 and body["data"] == {"b": "2"}
     # re-applying the same thing is a no-op: the resourceVersion stays
     status, same = raw(api, "PATCH", path + "?fieldManager=meshlet", again.encode(), APPLY)
     assert status == 200 and same["metadata"]["resourceVersion"] == body["metadata"]["resourceVersion"]

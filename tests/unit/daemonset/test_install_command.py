@@ -1,12 +1,13 @@
-"""`meshlet install`: `--dry-run` prints exactly the rendered manifests; without it the command refuses, saying that
-applying to a cluster is not implemented, rather than pretend; a bad `--set` is a usage error naming the key. The
-agent's probe command is run as a process against a real status socket."""
+"""`meshlet install`: `--dry-run` prints exactly the rendered manifests; without a cluster to reach the command says
+how to name one; a bad `--set` is a usage error naming the key; a render failing our lint is refused. The agent's
+probe command is run as a process against a real status socket. Applying to a cluster: tests/integration/cli."""
 
 from __future__ import annotations
 
 import asyncio
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -25,10 +26,36 @@ def test_dry_run_prints_the_rendered_manifests_as_yaml_documents() -> None:
     assert list(yaml.safe_load_all(result.output)) == render(Values().with_sets(["redirect=iptables"]))
 
 
-def test_without_dry_run_it_says_applying_is_not_implemented_and_fails() -> None:
+def test_without_a_cluster_it_says_how_to_name_one_and_fails(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KUBECONFIG", raising=False)
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
     result = CliRunner().invoke(cli, ["install"])
-    assert result.exit_code != 0
-    assert "applying to a cluster is not implemented yet" in result.output
+    assert result.exit_code == 1
+    assert "cannot reach a Kubernetes cluster" in result.output
+    assert "Pass --kubeconfig PATH or set KUBECONFIG" in result.output
+    assert "apiVersion" not in result.output
+    missing = tmp_path / "nope"
+    result = CliRunner().invoke(cli, ["install", "--kubeconfig", str(missing)])
+    assert result.exit_code == 1 and f"kubeconfig {missing}" in result.output
+
+
+def test_a_render_failing_the_lint_is_refused_naming_object_container_and_rule(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import daemonset
+
+    def broken(values: Values) -> list[dict[str, Any]]:
+        objects = render(values)
+        for obj in objects:
+            if obj["kind"] == "DaemonSet":
+                del obj["spec"]["template"]["spec"]["containers"][1]["livenessProbe"]
+        return objects
+
+    monkeypatch.setattr(daemonset, "render", broken)
+    result = CliRunner().invoke(cli, ["install", "--dry-run"])
+    assert result.exit_code == 1
+    assert "DaemonSet/meshlet-system/meshlet-node container ztunnel: [probes] no livenessProbe" in result.output
     assert "apiVersion" not in result.output
 
 
@@ -62,8 +89,9 @@ async def test_the_agent_probe_passes_only_while_the_agent_answers_on_its_status
 def test_help_names_the_options() -> None:
     result = CliRunner().invoke(cli, ["install", "--help"])
     assert result.exit_code == 0
-    for word in ("--dry-run", "--set", "redirect (auto|ebpf|iptables)"):
-        assert word in result.output
+    text = " ".join(result.output.split())
+    for word in ("--dry-run", "--set", "redirect (auto|ebpf|iptables)", "caSecret", "--kubeconfig"):
+        assert word in text
 
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -1,6 +1,7 @@
 """The rendered install passes Kubernetes' own schemas (offline, kubernetes-validate, strict: an unknown field is an
-error) for the pinned versions, and a lint of our own: limits everywhere, probes, capabilities instead of
-privileged, no host network for ztunnel, and container arguments today's components really take."""
+error) for the pinned versions, what the components need on Kubernetes (the API source, ztunnel's token and
+mesh root, control's CA), least-privilege RBAC, and container arguments today's components really take. Our
+own lint of the render is pinned in test_lint.py."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import agent.main
 import control.main
 import ztunnel.main
 from daemonset import Values, render
-from daemonset.node import TOKEN_AUDIENCE
+from daemonset.node import ROOT_CERT_PATH, TOKEN_AUDIENCE, TOKEN_PATH
 
 KUBERNETES_VERSIONS = ("1.29.0", "1.31.0")
 """The oldest and newest minor versions the install is checked against (kubernetes-validate ships both)."""
@@ -156,6 +157,50 @@ def test_ztunnel_gets_a_short_lived_projected_token_for_meshlet() -> None:
     assert token["name"] not in {m["name"] for m in container("agent")["volumeMounts"]}
 
 
+def test_ztunnel_proves_its_node_with_the_token_and_trusts_the_root_control_publishes() -> None:
+    z = container("ztunnel")
+    args = z["args"]
+    assert args[args.index("--token") + 1] == TOKEN_PATH
+    assert args[args.index("--root-cert") + 1] == ROOT_CERT_PATH == "/var/run/meshlet-root/root-cert.pem"
+    assert "--credentials" not in args
+    volumes = {v["name"]: v for v in daemonset()["spec"]["template"]["spec"]["volumes"]}
+    (mount,) = [m for m in z["volumeMounts"] if ROOT_CERT_PATH.startswith(m["mountPath"] + "/")]
+    assert volumes[mount["name"]]["configMap"] == {"name": "meshlet-root-cert"}  # not optional: wait for control
+    host_paths = {v["hostPath"]["path"] for v in volumes.values() if "hostPath" in v}
+    assert host_paths == {"/sys/fs/bpf", "/sys/fs/cgroup", "/var/run/netns", "/lib/modules"}  # no credentials
+
+
+def test_control_and_the_agent_read_the_api_server_not_a_store() -> None:
+    (deployment,) = of_kind("Deployment")
+    control_args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert control_args[control_args.index("--source") + 1] == "kubernetes"
+    agent_args = container("agent")["args"]
+    assert agent_args[agent_args.index("--source") + 1] == "kubernetes"
+    for args in (control_args, agent_args):
+        assert "--store" not in args
+    for _, spec in pod_specs():
+        assert "store" not in {v["name"] for v in spec["volumes"]}
+
+
+def test_control_keeps_its_ca_in_an_emptydir_unless_a_plugin_ca_secret_is_given() -> None:
+    (deployment,) = of_kind("Deployment")
+    spec = deployment["spec"]["template"]["spec"]
+    assert spec["volumes"] == [{"name": "state", "emptyDir": {}}]
+    assert "--ca-cert" not in spec["containers"][0]["args"]
+    (plugged,) = [o for o in render(Values().with_sets(["caSecret=cacerts"])) if o["kind"] == "Deployment"]
+    spec = plugged["spec"]["template"]["spec"]
+    (ca,) = [v for v in spec["volumes"] if v["name"] == "ca"]
+    assert ca["secret"]["secretName"] == "cacerts"
+    (mount,) = [m for m in spec["containers"][0]["volumeMounts"] if m["name"] == "ca"]
+    args = spec["containers"][0]["args"]
+    assert args[args.index("--ca-cert") + 1] == f"{mount['mountPath']}/ca-cert.pem"
+    assert args[args.index("--ca-key") + 1] == f"{mount['mountPath']}/ca-key.pem"
+    c = control.main.parser().parse_args(args)
+    assert str(c.ca_cert).endswith("ca-cert.pem") and str(c.ca_key).endswith("ca-key.pem")
+    for version in KUBERNETES_VERSIONS:
+        kubernetes_validate.validate(plugged, version, strict=True)
+
+
 def expand(args: list[str]) -> list[str]:
     return [a.replace("$(NODE_NAME)", "node-1").replace("$(HOST_IP)", "10.0.0.5") for a in args]
 
@@ -172,9 +217,12 @@ def test_each_container_passes_only_arguments_its_component_takes_today(redirect
     assert (z.bpf_dir is None) == (redirect == "iptables")
     if z.bpf_dir is not None:
         assert z.bpf_dir == a.bpf_dir
+    assert str(z.token) == TOKEN_PATH and str(z.root_cert) == ROOT_CERT_PATH
+    assert a.source == "kubernetes"
     (deployment,) = of_kind("Deployment", redirect)
     c = control.main.parser().parse_args(deployment["spec"]["template"]["spec"]["containers"][0]["args"])
     assert (c.listen, c.metrics) == (("0.0.0.0", 15012), ("0.0.0.0", 15014))
+    assert c.source == "kubernetes"
 
 
 def test_the_service_exposes_the_config_and_monitoring_ports() -> None:
@@ -202,7 +250,10 @@ def test_rbac_grants_no_wildcards_and_only_the_verbs_each_component_needs() -> N
     assert verbs("meshlet-node", "", "namespaces") == {"get", "list", "watch"}
     assert verbs("meshlet-node", "", "secrets") == set()
     assert verbs("meshlet-control", "gateway.networking.k8s.io", "httproutes") == {"list", "watch"}
-    assert verbs("meshlet-control", "gateway.networking.k8s.io", "httproutes/status") == {"update"}
+    assert verbs("meshlet-control", "gateway.networking.k8s.io", "httproutes/status") == {"update", "patch"}
+    assert verbs("meshlet-control", "", "pods") == {"list", "watch", "get"}  # get: the pod a token is bound to
+    assert verbs("meshlet-control", "", "nodes") == {"list", "watch"}
+    assert verbs("meshlet-control", "", "configmaps") == set()  # not cluster-wide: see the Role below
     assert verbs("meshlet-control", "authentication.k8s.io", "tokenreviews") == {"create"}
     assert verbs("meshlet-control", "", "events") == {"create"}
     for group, resource in (("", "services"), ("discovery.k8s.io", "endpointslices"), ("", "serviceaccounts")):
@@ -211,3 +262,16 @@ def test_rbac_grants_no_wildcards_and_only_the_verbs_each_component_needs() -> N
     bindings = {b["metadata"]["name"]: b for b in of_kind("ClusterRoleBinding")}
     for name, binding in bindings.items():
         assert binding["subjects"] == [{"kind": "ServiceAccount", "name": name, "namespace": "meshlet-system"}]
+
+
+def test_control_may_write_only_the_root_cert_configmap_and_only_in_its_namespace() -> None:
+    (role,) = of_kind("Role")
+    (binding,) = of_kind("RoleBinding")
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "meshlet-system"
+    assert binding["roleRef"]["name"] == role["metadata"]["name"] == "meshlet-control"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshlet-control", "namespace": "meshlet-system"}]
+    named, create = role["rules"]
+    assert (named["resources"], named["resourceNames"]) == (["configmaps"], ["meshlet-root-cert"])
+    assert set(named["verbs"]) == {"get", "update", "patch"}
+    # `create` cannot name its object (it does not exist yet): it is the one verb not limited to the name.
+    assert (create["resources"], create["verbs"], "resourceNames" in create) == (["configmaps"], ["create"], False)
