@@ -213,23 +213,18 @@ class Control:
         )
 
     async def start(self) -> list[web.AppRunner]:
-        """Load the store, then open both listeners; returns the runners (to clean up)."""
-        await self._load_store()
-        runners = []
-        host, port = self.settings.listen
-        tls, self._serving_not_after = server_tls(self.ca, host, self.settings.namespace)
-        self.supervisor.start("serving-cert", lambda: self._renew_serving_cert(tls, host))
+        """Open the operators' listener, load the store, then open the nodes' listener; returns the runners (to
+        clean up). Operators come first so /healthz answers (and a liveness probe keeps control alive) while the
+        initial listing waits for an API server that is down; /ready says why it is not ready meanwhile."""
+        runners = [await _serve(self.ops_app(), self.settings.metrics_listen, None)]
         if self.kube_client is not None:
             kube, namespace, root = self.kube_client, self.settings.namespace, self.ca.root_pem
             self.supervisor.start("root-configmap", lambda: keep_published(kube, namespace, root))
-        for app, (h, p), ctx in (
-            (self.node_app(), (host, port), tls),
-            (self.ops_app(), self.settings.metrics_listen, None),
-        ):
-            runner = web.AppRunner(app, access_log=None, handle_signals=False)
-            await runner.setup()
-            await web.TCPSite(runner, h, p, ssl_context=ctx, reuse_address=True).start()
-            runners.append(runner)
+        await self._load_store()
+        host, port = self.settings.listen
+        tls, self._serving_not_after = server_tls(self.ca, host, self.settings.namespace)
+        self.supervisor.start("serving-cert", lambda: self._renew_serving_cert(tls, host))
+        runners.append(await _serve(self.node_app(), (host, port), tls))
         log.info(
             "control serving nodes on %s:%s and operators on %s:%s (store %s, version %s)",
             host,
@@ -273,6 +268,13 @@ class Control:
             except (OSError, ssl.SSLError, ValueError) as exc:
                 log.error("renewing the serving certificate failed: %s; retrying in a minute", exc)
                 await asyncio.sleep(60)
+
+
+async def _serve(app: web.Application, address: tuple[str, int], tls: ssl.SSLContext | None) -> web.AppRunner:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    await web.TCPSite(runner, *address, ssl_context=tls, reuse_address=True).start()
+    return runner
 
 
 def _text(body: str, status: int = 200) -> web.Response:

@@ -61,3 +61,39 @@ def test_control_serves_what_the_api_server_holds(kube: KubeApiServer, tmp_path:
         proc.terminate()
         proc.wait(timeout=10)
     assert "Traceback" not in (tmp_path / "control.log").read_text()
+
+
+def _get(port: int, path: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=2) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except (urllib.error.URLError, OSError):
+        return 0, ""
+
+
+def test_control_started_while_the_api_server_is_down_is_alive_not_ready_then_ready(
+    kube: KubeApiServer, tmp_path: Path
+) -> None:
+    """A liveness probe must not kill control while it waits for its first listing; readiness says why."""
+    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    kube.down()
+    metrics, nodes = free_port(), free_port()
+    log = open(tmp_path / "control.log", "wb")  # noqa: SIM115 (handed to the process)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "control", "serve", "--source", "kubernetes", "--kubeconfig", str(kubeconfig),
+         "--state", str(tmp_path / "state"), "--listen", f"127.0.0.1:{nodes}",
+         "--metrics", f"127.0.0.1:{metrics}", "--trust-domain", "td.test"],
+        stdout=log, stderr=log,
+    )  # fmt: skip
+    log.close()
+    try:
+        wait_for(lambda: _get(metrics, "/healthz")[0] == 200, 20, "control's /healthz with the API server down")
+        assert _get(metrics, "/ready") == (503, "store not loaded yet\n")
+        assert _get(metrics, "/debug/status")[0] == 200
+        kube.up()
+        wait_for(lambda: _get(metrics, "/ready")[0] == 200, 30, "control ready once the API server is back")
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
