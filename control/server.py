@@ -23,9 +23,13 @@ from pathlib import Path
 from typing import Any
 
 from aiohttp import web
+from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from urllib3.exceptions import HTTPError
 
 from control.ca import CertificateAuthority
+from control.ca_secret import NAME as CA_SECRET
+from control.ca_secret import adopt
 from control.certificates import CertificateService
 from control.kube_client import load_client
 from control.metrics import ControlMetrics
@@ -39,6 +43,7 @@ from control.sources.reporting import KubeReporter
 from control.store import ConfigStore
 from control.stream import ConfigHub
 from meshlet_contracts import wire
+from meshlet_contracts.backoff import Backoff
 from meshlet_contracts.supervision import Supervisor
 
 log = logging.getLogger(__name__)
@@ -217,6 +222,8 @@ class Control:
         clean up). Operators come first so /healthz answers (and a liveness probe keeps control alive) while the
         initial listing waits for an API server that is down; /ready says why it is not ready meanwhile."""
         runners = [await _serve(self.ops_app(), self.settings.metrics_listen, None)]
+        if self.kube_client is not None and self.settings.ca_cert is None:
+            await self._adopt_ca_secret()
         if self.kube_client is not None:
             kube, namespace, root = self.kube_client, self.settings.namespace, self.ca.root_pem
             self.supervisor.start("root-configmap", lambda: keep_published(kube, namespace, root))
@@ -240,6 +247,26 @@ class Control:
         await self.supervisor.stop()
         if self.reporter is not None:
             self.reporter.close()
+
+    async def _adopt_ca_secret(self) -> None:
+        """Use the root kept in the `meshlet-ca` Secret (or keep ours there): see control.ca_secret. Retried while
+        the API server cannot be asked; a Secret that cannot be used fails the start with its reason."""
+        backoff = Backoff(0.5, 10.0)
+        failures = 0
+        while True:
+            try:
+                done = await asyncio.to_thread(adopt, self.kube_client, self.settings.namespace, self.settings.state)
+                break
+            except (ApiException, HTTPError, OSError) as exc:
+                if failures == 0:  # once per outage, not once per retry
+                    log.warning("cannot read or create Secret %s/%s for the root CA (%s); retrying",
+                                self.settings.namespace, CA_SECRET, getattr(exc, "reason", None) or exc)  # fmt: skip
+                failures += 1
+                await asyncio.sleep(backoff.next())
+        if done == "adopted":
+            self.ca = CertificateAuthority.load_or_create(self.settings.state, self.settings.mesh.trust_domain)
+            self.nodes.ca = self.certificates.ca = self.ca
+        log.info("root CA: Secret %s/%s %s", self.settings.namespace, CA_SECRET, done)
 
     async def _load_store(self) -> None:
         """Start the source and wait for its complete initial state: a node proxy that connected before would be

@@ -5,12 +5,12 @@ Control needs no privilege at all: it runs as a non-root user with every capabil
 filesystem. It reads the cluster through the API server (`--source kubernetes`, in-cluster credentials of its
 ServiceAccount) and publishes the mesh root as the ConfigMap `meshlet-root-cert`, which ztunnels mount.
 
-What survives a control restart: its CA state lives under --state, an emptyDir, which is lost with the pod. A
-new pod therefore makes a new root CA, republishes `meshlet-root-cert`, and every node and workload certificate
-signed by the old root stops verifying until ztunnels pick the new root up (the kubelet refreshes the mounted
-ConfigMap within about a minute) and re-request certificates. To keep one root across restarts, give a plug-in
-CA: `--set caSecret=NAME` mounts that Secret (keys `ca-cert.pem`, `ca-key.pem`, as Istio's `cacerts`) for
-control's --ca-cert/--ca-key. Node registrations need no state on Kubernetes: nodes authenticate with tokens.
+What survives a control restart: the root CA. Control keeps its self-signed root in the Secret `meshlet-ca` of
+its namespace (created by the first control, adopted by every later one: control/ca_secret.py), so a restarted or
+rescheduled control signs with the same root and ztunnels keep verifying it. The emptyDir under --state holds a
+working copy. A plug-in CA is given with `--set caSecret=NAME`, which mounts that Secret (keys `ca-cert.pem`,
+`ca-key.pem`, as Istio's `cacerts`) for control's --ca-cert/--ca-key; control then writes no Secret. Node
+registrations need no state on Kubernetes: nodes authenticate with tokens.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def _container(values: Values) -> dict[str, Any]:
 
 
 def _volumes(values: Values) -> list[dict[str, Any]]:
-    # The CA lives in the emptyDir unless a plug-in CA is given: see the module docstring for what that means.
+    # The CA's working copy (its root is kept in the meshlet-ca Secret) unless a plug-in CA is given: see above.
     volumes: list[dict[str, Any]] = [{"name": "state", "emptyDir": {}}]
     if values.ca_secret:
         volumes.append({"name": "ca", "secret": {"secretName": values.ca_secret, "defaultMode": 0o440}})

@@ -14,6 +14,8 @@ from typing import Any
 from daemonset.values import Values
 
 CONTROL = "meshlet-control"
+CA_SECRET = "meshlet-ca"
+"""Control's self-signed root CA (control/ca_secret.py)."""
 NODE = "meshlet-node"
 ROOT_CERT_CONFIGMAP = "meshlet-root-cert"
 """Control publishes the mesh root here (key `root-cert.pem`); the node DaemonSet mounts it for ztunnel."""
@@ -60,9 +62,11 @@ def node_rules() -> list[dict[str, Any]]:
 
 def root_cert_rules() -> list[dict[str, Any]]:
     """Control's rights in its own namespace: `create` cannot be limited to a name (the object does not exist
-    yet), so the Role is namespaced; reading and rewriting are limited to the one ConfigMap."""
+    yet), so the Role is namespaced; reading and rewriting are limited to the one ConfigMap, and reading to the one
+    Secret (the root CA, never rewritten: see control/ca_secret.py)."""
     named = {**_rule("", ["configmaps"], ["get", "update", "patch"]), "resourceNames": [ROOT_CERT_CONFIGMAP]}
-    return [named, _rule("", ["configmaps"], ["create"])]
+    ca = {**_rule("", ["secrets"], ["get"]), "resourceNames": [CA_SECRET]}
+    return [named, _rule("", ["configmaps"], ["create"]), ca, _rule("", ["secrets"], ["create"])]
 
 
 def _root_cert_role(values: Values) -> list[dict[str, Any]]:

@@ -220,6 +220,10 @@ def label(kind: str, name: str, changes: tuple[str, ...], lab_id: str, store: Pa
         parsed = parse_changes(changes)
     except LabelError as exc:
         raise click.ClickException(str(exc)) from None
+    if store is None and not cluster_requested(kubeconfig):
+        lab_state = LabState.load(lab_id)
+        if lab_state is not None and lab_state.plan.source == "kubernetes":
+            kubeconfig = Path(lab_state.directory) / "kubeconfig"  # the lab's cluster is its API server: label there
     if store is None and cluster_requested(kubeconfig):
         try:
             now = relabel_cluster(api_client(kubeconfig), kind, name, namespace, parsed)

@@ -26,14 +26,44 @@ from agent.status import read_status
 from meshlet.lab.kube_mesh import FAULTS_PORT
 from meshlet.lab.kube_objects import LabApi
 from tests.conftest import wait_for
-from tests.e2e.conftest import BACKENDS, Lab, lab_of
-from tests.e2e.mesh_helpers import config_dump, url
+from tests.e2e.conftest import BACKENDS, Lab, lab_of, meshlet
+from tests.e2e.mesh_helpers import config_dump, curl, url
 
 CONTROL_KINDS = [
     ("v1", "Namespace"), ("v1", "Node"), ("v1", "Pod"), ("v1", "Service"), ("v1", "ServiceAccount"),
     ("security.meshlet.io/v1", "AuthorizationPolicy"), ("security.meshlet.io/v1", "PeerAuthentication"),
 ]  # fmt: skip
 """What control keeps of the lab's cluster (kinds the lab fills); compared object for object after the faults."""
+
+
+APPS = """\
+apiVersion: v1
+kind: Namespace
+metadata: {name: shop, labels: {meshlet.io/dataplane-mode: ambient}}
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: echo, namespace: shop}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: echo-v1, namespace: shop}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: echo, version: v1}}
+  template:
+    metadata: {labels: {app: echo, version: v1}}
+    spec:
+      serviceAccountName: echo
+      containers: [{name: app, image: echo, ports: [{containerPort: 8080}]}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: echo, namespace: shop}
+spec:
+  selector: {app: echo}
+  ports: [{name: http, port: 80, targetPort: 8080}]
+"""
 
 
 @pytest.fixture(scope="module", params=BACKENDS)
@@ -63,14 +93,47 @@ def test_demo_passes_with_the_api_server_as_source(kube_lab: Lab) -> None:
     assert annotations.get("meshlet.io/redirection") == "enabled", pods["web-1a"]["metadata"]
 
 
-def test_a_label_change_through_the_api_captures_and_releases(kube_lab: Lab) -> None:
-    api = api_of(kube_lab)
-    api.merge_labels("v1", "Namespace", None, "plain", {"meshlet.io/dataplane-mode": "ambient"})
+def test_meshlet_label_on_the_labs_cluster_captures_and_releases(kube_lab: Lab) -> None:
+    """`meshlet label --lab` on a lab whose cluster is an API server patches the Namespace there, as kubectl would;
+    the agents see it through their watch."""
+    label = "meshlet.io/dataplane-mode"
+    proc = meshlet("label", "--lab", kube_lab.id, "namespace", "plain", f"{label}=ambient")
+    assert "labelled on the cluster" in proc.stdout
     try:
         wait_for(lambda: _pod_state(kube_lab, "web-1b") == "captured", 15, "web-1b captured after the label")
+        labels = api_of(kube_lab).get("v1", "Namespace", None, "plain")["metadata"]["labels"]  # type: ignore[index]
+        assert labels[label] == "ambient"
     finally:
-        api.merge_labels("v1", "Namespace", None, "plain", {"meshlet.io/dataplane-mode": None})
+        meshlet("label", "--lab", kube_lab.id, "namespace", "plain", f"{label}-")
     wait_for(lambda: _pod_state(kube_lab, "web-1b") == "plain", 15, "web-1b released after the unlabel")
+
+
+def test_lab_apply_and_delete_go_through_the_api_server(kube_lab: Lab, tmp_path: Path) -> None:
+    """`lab apply -f` on a Kubernetes lab writes its objects to the API server (the lab starts the Deployment's
+    pods and reports them Running as a kubelet would); requests to the Service reach both replicas through the
+    mesh; `lab delete -f` removes them from the API server again."""
+    path = tmp_path / "apps.yaml"
+    path.write_text(APPS)
+    meshlet("lab", "--id", kube_lab.id, "apply", "-f", str(path))
+    try:
+        api = api_of(kube_lab)
+        pods = [p for p in api.list_all("v1", "Pod") if p["metadata"]["namespace"] == "shop"]
+        assert len(pods) == 2 and all(p["status"]["phase"] == "Running" for p in pods), pods
+        vip = api.get("v1", "Service", "shop", "echo")["spec"]["clusterIP"]  # type: ignore[index]
+        names = {p["metadata"]["name"] for p in pods}
+
+        def answered_by_both() -> bool:
+            seen = set()
+            for _ in range(6):
+                proc = curl(kube_lab, "web-1a", f"http://{vip}/hello")
+                if proc.returncode == 0:
+                    seen.add(json.loads(proc.stdout)["pod"])
+            return seen == names
+
+        wait_for(answered_by_both, 20, "both replicas answering through the Service")
+    finally:
+        meshlet("lab", "--id", kube_lab.id, "delete", "-f", str(path))
+    assert [p for p in api_of(kube_lab).list_all("v1", "Pod") if p["metadata"]["namespace"] == "shop"] == []
 
 
 def _pod_state(lab: Lab, name: str) -> str | None:

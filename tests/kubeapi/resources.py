@@ -2,7 +2,7 @@
 
 A resource type is group/version/kind/plural plus whether it is namespaced and has a /status subresource.
 The built-in ones are the core v1 kinds a mesh reads (Namespaces, Pods, Services, ServiceAccounts, Events,
-Nodes, ConfigMaps, Secrets), discovery.k8s.io/v1 EndpointSlices, what an install applies (apps/v1 Deployments
+Nodes, ConfigMaps, Secrets), discovery.k8s.io/v1 EndpointSlices, what an install applies (apps/v1 Deployments, ReplicaSets
 and DaemonSets, rbac.authorization.k8s.io/v1, policy/v1 PodDisruptionBudgets) and apiextensions.k8s.io/v1
 CustomResourceDefinitions; a test adds
 custom ones with `ResourceType.custom(...)` or by creating a CRD through the API, as a cluster would.
@@ -106,6 +106,7 @@ BUILTIN = [
     # DaemonSet's status stays what a test writes through /status.
     ResourceType("apps", "v1", "Deployment", "deployments", status=True, short_names=("deploy",)),
     ResourceType("apps", "v1", "DaemonSet", "daemonsets", status=True, short_names=("ds",)),
+    ResourceType("apps", "v1", "ReplicaSet", "replicasets", status=True, short_names=("rs",)),
     ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRole", "clusterroles", namespaced=False),
     ResourceType("rbac.authorization.k8s.io", "v1", "ClusterRoleBinding", "clusterrolebindings", namespaced=False),
     ResourceType("rbac.authorization.k8s.io", "v1", "Role", "roles"),

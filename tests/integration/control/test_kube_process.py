@@ -78,6 +78,7 @@ def test_control_started_while_the_api_server_is_down_is_alive_not_ready_then_re
 ) -> None:
     """A liveness probe must not kill control while it waits for its first listing; readiness says why."""
     kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
+    create(kube, NAMESPACES, namespace("meshlet-system"))  # where control keeps its CA Secret and root ConfigMap
     kube.down()
     metrics, nodes = free_port(), free_port()
     log = open(tmp_path / "control.log", "wb")  # noqa: SIM115 (handed to the process)

@@ -270,8 +270,12 @@ def test_control_may_write_only_the_root_cert_configmap_and_only_in_its_namespac
     assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == "meshlet-system"
     assert binding["roleRef"]["name"] == role["metadata"]["name"] == "meshlet-control"
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "meshlet-control", "namespace": "meshlet-system"}]
-    named, create = role["rules"]
+    named, create, ca, ca_create = role["rules"]
     assert (named["resources"], named["resourceNames"]) == (["configmaps"], ["meshlet-root-cert"])
     assert set(named["verbs"]) == {"get", "update", "patch"}
     # `create` cannot name its object (it does not exist yet): it is the one verb not limited to the name.
     assert (create["resources"], create["verbs"], "resourceNames" in create) == (["configmaps"], ["create"], False)
+    # The root CA's Secret: read by name, created once, never updated (a root is rotated by a person).
+    assert (ca["resources"], ca["resourceNames"], ca["verbs"]) == (["secrets"], ["meshlet-ca"], ["get"])
+    assert (ca_create["resources"], ca_create["verbs"]) == (["secrets"], ["create"])
+    assert "resourceNames" not in ca_create
