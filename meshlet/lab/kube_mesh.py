@@ -92,14 +92,16 @@ def _open_crd(group: str, kind: str, plural: str) -> dict[str, Any]:
             "group": group,
             "names": {"kind": kind, "plural": plural, "singular": kind.lower(), "listKind": f"{kind}List"},
             "scope": "Namespaced",
+            # v1beta1 beside v1, as Istio's and Gateway API's CRDs serve it: YAML written for either applies.
             "versions": [
                 {
-                    "name": "v1",
+                    "name": version,
                     "served": True,
-                    "storage": True,
+                    "storage": version == "v1",
                     "subresources": {"status": {}},
                     "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
                 }
+                for version in ("v1", "v1beta1")
             ],
         },
     }

@@ -136,6 +136,29 @@ def test_lab_apply_and_delete_go_through_the_api_server(kube_lab: Lab, tmp_path:
     assert [p for p in api_of(kube_lab).list_all("v1", "Pod") if p["metadata"]["namespace"] == "shop"] == []
 
 
+ISTIO_POLICY = """\
+apiVersion: security.istio.io/v1beta1
+kind: AuthorizationPolicy
+metadata: {name: istio-deny-9, namespace: mesh}
+spec:
+  action: DENY
+  rules: [{to: [{operation: {ports: ["9"]}}]}]
+"""
+
+
+def test_istios_own_v1beta1_policy_yaml_applies_on_the_labs_cluster(kube_lab: Lab, tmp_path: Path) -> None:
+    """Istio's docs write `security.istio.io/v1beta1`: the API server keeps it (its CRD serves v1 and v1beta1),
+    control reads it through v1, and every ztunnel enforces it."""
+    path = tmp_path / "istio.yaml"
+    path.write_text(ISTIO_POLICY)
+    meshlet("lab", "--id", kube_lab.id, "apply", "-f", str(path))
+    try:
+        wait_for(lambda: _held_everywhere(kube_lab, "istio-deny-9"), 20, "every ztunnel holding Istio's policy")
+    finally:
+        meshlet("lab", "--id", kube_lab.id, "delete", "-f", str(path))
+    wait_for(lambda: not _held_everywhere(kube_lab, "istio-deny-9"), 20, "every ztunnel dropping Istio's policy")
+
+
 def _pod_state(lab: Lab, name: str) -> str | None:
     """The pod's state as its node's agent reports it (captured, pending, plain, error)."""
     for node in lab.status["nodes"]:

@@ -2,9 +2,9 @@
 
 A resource type is group/version/kind/plural plus whether it is namespaced and has a /status subresource.
 The built-in ones are the core v1 kinds a mesh reads (Namespaces, Pods, Services, ServiceAccounts, Events,
-Nodes, ConfigMaps, Secrets), discovery.k8s.io/v1 EndpointSlices, what an install applies (apps/v1 Deployments, ReplicaSets
-and DaemonSets, rbac.authorization.k8s.io/v1, policy/v1 PodDisruptionBudgets) and apiextensions.k8s.io/v1
-CustomResourceDefinitions; a test adds
+Nodes, ConfigMaps, Secrets), discovery.k8s.io/v1 EndpointSlices, what an install applies (apps/v1
+Deployments, ReplicaSets and DaemonSets, rbac.authorization.k8s.io/v1, policy/v1 PodDisruptionBudgets) and
+apiextensions.k8s.io/v1 CustomResourceDefinitions; a test adds
 custom ones with `ResourceType.custom(...)` or by creating a CRD through the API, as a cluster would.
 Discovery (/api, /api/v1, /apis, /apis/<group>, /apis/<group>/<version>) is what the official client and
 kubectl read to map a kind to its URL.
@@ -45,6 +45,12 @@ class ResourceType:
     @property
     def key(self) -> tuple[str, str, str]:
         return (self.group, self.version, self.plural)
+
+    @property
+    def storage(self) -> tuple[str, str]:
+        """Where its objects are kept: one place for every version of a resource, as in etcd (a CRD serving v1 and
+        v1beta1 shows the same objects through both, each answer in the version asked for)."""
+        return (self.group, self.plural)
 
     def discovery(self) -> list[dict[str, Any]]:
         """The APIResource entries for this type (and its status subresource)."""

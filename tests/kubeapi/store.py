@@ -69,6 +69,9 @@ class Watcher:
         return None
 
     def push(self, item: tuple[str, dict[str, Any]] | None) -> None:
+        """Queue an event (its object a copy of ours, so it is given the version this watch asked for)."""
+        if item is not None and item[0] != "BOOKMARK":
+            item[1]["apiVersion"] = self.rt.api_version
         self.loop.call_soon_threadsafe(self.queue.put_nowait, item)
 
 
@@ -80,9 +83,10 @@ class Store:
         self._rv = start_rv
         self.history_size = history
         self.types: dict[tuple[str, str, str], ResourceType] = {}
-        self._objects: dict[tuple[str, str, str], dict[Key, dict[str, Any]]] = {}
-        self._history: dict[tuple[str, str, str], deque[Change]] = {}
-        self._compacted: dict[tuple[str, str, str], int] = {}
+        # By storage (group, plural): every served version of a resource shares its objects and history.
+        self._objects: dict[tuple[str, str], dict[Key, dict[str, Any]]] = {}
+        self._history: dict[tuple[str, str], deque[Change]] = {}
+        self._compacted: dict[tuple[str, str], int] = {}
         self.watchers: list[Watcher] = []
         for rt in BUILTIN:
             self.register(rt)
@@ -95,15 +99,16 @@ class Store:
         """Serve a resource type (a CRD's kind); idempotent."""
         with self._lock:
             self.types.setdefault(rt.key, rt)
-            self._objects.setdefault(rt.key, {})
-            self._history.setdefault(rt.key, deque())
-            self._compacted.setdefault(rt.key, self._rv)
+            self._objects.setdefault(rt.storage, {})
+            self._history.setdefault(rt.storage, deque())
+            self._compacted.setdefault(rt.storage, self._rv)
 
     def unregister(self, rt: ResourceType) -> None:
         with self._lock:
             self.types.pop(rt.key, None)
-            self._objects.pop(rt.key, None)
-            self._history.pop(rt.key, None)
+            if not any(other.storage == rt.storage for other in self.types.values()):  # its last served version
+                self._objects.pop(rt.storage, None)
+                self._history.pop(rt.storage, None)
             for w in self.watchers:
                 if w.rt.key == rt.key:
                     w.push(None)  # the resource is gone: its watches end
@@ -122,20 +127,20 @@ class Store:
     # ---- reads ----
     def get(self, rt: ResourceType, namespace: str, name: str) -> dict[str, Any]:
         with self._lock:
-            obj = self._objects[rt.key].get((namespace, name))
+            obj = self._objects[rt.storage].get((namespace, name))
             if obj is None:
                 raise errors.not_found(rt.plural, rt.group, name)
-            return copy.deepcopy(obj)
+            return _as_version(copy.deepcopy(obj), rt)
 
     def snapshot(self, rt: ResourceType, rv: int | None) -> tuple[dict[Key, dict[str, Any]], int]:
         """The objects of `rt` as they were at `rv` (now when None): 410 Expired past the kept history."""
         with self._lock:
-            current = dict(self._objects[rt.key])
+            current = dict(self._objects[rt.storage])
             if rv is None or rv >= self._rv:
-                return copy.deepcopy(current), self._rv
-            if rv < self._compacted[rt.key]:
-                raise errors.expired(f"too old resource version: {rv} ({self._compacted[rt.key]})")
-            for change in reversed(self._history[rt.key]):
+                return _all_as_version(copy.deepcopy(current), rt), self._rv
+            if rv < self._compacted[rt.storage]:
+                raise errors.expired(f"too old resource version: {rv} ({self._compacted[rt.storage]})")
+            for change in reversed(self._history[rt.storage]):
                 if change.rv <= rv:
                     break
                 key = objects.key_of(change.obj)
@@ -144,7 +149,7 @@ class Store:
                 else:
                     assert change.prev is not None
                     current[key] = change.prev
-            return copy.deepcopy(current), rv
+            return _all_as_version(copy.deepcopy(current), rt), rv
 
     # ---- writes ----
     def _commit(self, rt: ResourceType, kind: str, obj: dict[str, Any], prev: dict[str, Any] | None) -> None:
@@ -152,16 +157,16 @@ class Store:
         obj["metadata"]["resourceVersion"] = str(self._rv)
         key = objects.key_of(obj)
         if kind == "DELETED":
-            self._objects[rt.key].pop(key, None)
+            self._objects[rt.storage].pop(key, None)
         else:
-            self._objects[rt.key][key] = obj
+            self._objects[rt.storage][key] = obj
         change = Change(self._rv, kind, copy.deepcopy(obj), copy.deepcopy(prev) if prev else None)
-        history = self._history[rt.key]
+        history = self._history[rt.storage]
         history.append(change)
         while len(history) > self.history_size:
-            self._compacted[rt.key] = history.popleft().rv
+            self._compacted[rt.storage] = history.popleft().rv
         for w in self.watchers:
-            if w.rt.key == rt.key and change.rv > w.after:
+            if w.rt.storage == rt.storage and change.rv > w.after:
                 event = w.translate(change)
                 if event is not None:
                     w.push((event[0], copy.deepcopy(event[1])))
@@ -172,9 +177,9 @@ class Store:
         """POST: 409 AlreadyExists on a taken name; `keep_status` lets a test seed a status directly."""
         with self._lock:
             obj = objects.prepare_create(rt, namespace, body, keep_status)
-            if rt.namespaced and ("", obj["metadata"]["namespace"]) not in self._objects[("", "v1", "namespaces")]:
+            if rt.namespaced and ("", obj["metadata"]["namespace"]) not in self._objects[("", "namespaces")]:
                 raise errors.not_found("namespaces", "", obj["metadata"]["namespace"])
-            if objects.key_of(obj) in self._objects[rt.key]:
+            if objects.key_of(obj) in self._objects[rt.storage]:
                 raise errors.already_exists(rt.plural, rt.group, obj["metadata"]["name"])
             if rt.key == CRD.key and not keep_status:
                 # No controller runs here: the names are accepted and the resource served at once, and the
@@ -234,12 +239,12 @@ class Store:
             if rt.key == ("", "v1", "namespaces"):
                 for other in list(self.types.values()):
                     if other.namespaced:
-                        for key in [k for k in self._objects[other.key] if k[0] == name]:
+                        for key in [k for k in self._objects[other.storage] if k[0] == name]:
                             self._commit(
                                 other,
                                 "DELETED",
-                                copy.deepcopy(self._objects[other.key][key]),
-                                self._objects[other.key][key],
+                                copy.deepcopy(self._objects[other.storage][key]),
+                                self._objects[other.storage][key],
                             )
             prev = copy.deepcopy(obj)
             self._commit(rt, "DELETED", obj, prev)
@@ -264,15 +269,15 @@ class Store:
         with self._lock:
             w = Watcher(rt, namespace, labels, fields, loop, after=max(rv or 0, self._rv))
             if rv is None or rv == 0 or initial_events:
-                for obj in sorted(self._objects[rt.key].values(), key=lambda o: objects.key_of(o)):
+                for obj in sorted(self._objects[rt.storage].values(), key=lambda o: objects.key_of(o)):
                     if w.selects(obj):
                         w.push(("ADDED", copy.deepcopy(obj)))
                 if initial_events:  # the WatchList protocol: a bookmark marks the end of the initial state
                     w.push(self._bookmark(w, {"k8s.io/initial-events-end": "true"}))
             else:
-                if rv < self._compacted[rt.key]:
-                    raise errors.expired(f"too old resource version: {rv} ({self._compacted[rt.key]})")
-                for change in self._history[rt.key]:
+                if rv < self._compacted[rt.storage]:
+                    raise errors.expired(f"too old resource version: {rv} ({self._compacted[rt.storage]})")
+                for change in self._history[rt.storage]:
                     if change.rv > rv:
                         event = w.translate(change)
                         if event is not None:
@@ -311,3 +316,17 @@ class Store:
             for key, history in self._history.items():
                 history.clear()
                 self._compacted[key] = self._rv
+
+
+def _as_version(obj: dict[str, Any], rt: ResourceType) -> dict[str, Any]:
+    """An object (a copy) as the version `rt` serves it: the schemas of a mesh's versions are the same, so the
+    conversion is the apiVersion (a CRD's `conversion: None` strategy)."""
+    if "apiVersion" in obj:
+        obj["apiVersion"] = rt.api_version
+    return obj
+
+
+def _all_as_version(objs: dict[Key, dict[str, Any]], rt: ResourceType) -> dict[Key, dict[str, Any]]:
+    for obj in objs.values():
+        _as_version(obj, rt)
+    return objs

@@ -9,7 +9,7 @@ import kubernetes
 import pytest
 from kubernetes.client.exceptions import ApiException
 
-from tests.integration.kubeapi.conftest import raw
+from tests.integration.kubeapi.conftest import RawWatch, raw
 from tests.kubeapi import KubeApiServer, ResourceType
 
 GROUP, VERSION, PLURAL = "security.meshlet.io", "v1", "authorizationpolicies"
@@ -93,3 +93,39 @@ def test_a_created_crd_serves_its_kind_and_discovery_shows_it(api: KubeApiServer
     )
     ext.delete_custom_resource_definition("httproutes.gateway.networking.k8s.io")
     assert raw(api, "GET", "/apis/gateway.networking.k8s.io/v1/namespaces/default/httproutes")[0] == 404
+
+
+def test_every_served_version_of_a_crd_shows_the_same_objects_in_its_own_version(api: KubeApiServer) -> None:
+    """As on a real server (one etcd key per object): an object written through v1beta1 is listed and watched
+    through v1, answered as v1 (a `None` conversion), and the other way round. Istio's CRDs serve both."""
+    crd = {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {"name": "authorizationpolicies.security.istio.io"},
+        "spec": {
+            "group": "security.istio.io",
+            "scope": "Namespaced",
+            "names": {"kind": "AuthorizationPolicy", "plural": "authorizationpolicies"},
+            "versions": [
+                {"name": "v1", "served": True, "storage": True},
+                {"name": "v1beta1", "served": True, "storage": False},
+            ],
+        },
+    }
+    kubernetes.client.ApiextensionsV1Api(api.api_client()).create_custom_resource_definition(crd)  # type: ignore[arg-type]
+    crs = api.custom_objects()
+    _, listed = raw(api, "GET", "/apis/security.istio.io/v1/namespaces/default/authorizationpolicies")
+    rv = listed["metadata"]["resourceVersion"]
+    old = {"apiVersion": "security.istio.io/v1beta1", "kind": "AuthorizationPolicy", "metadata": {"name": "p"},
+           "spec": {"action": "DENY"}}  # fmt: skip
+    crs.create_namespaced_custom_object("security.istio.io", "v1beta1", "default", "authorizationpolicies", old)
+    got = crs.get_namespaced_custom_object("security.istio.io", "v1", "default", "authorizationpolicies", "p")
+    assert (got["apiVersion"], got["spec"]) == ("security.istio.io/v1", {"action": "DENY"})
+    [item] = crs.list_namespaced_custom_object("security.istio.io", "v1", "default", "authorizationpolicies")["items"]
+    assert item["metadata"]["name"] == "p"
+    path = f"/apis/security.istio.io/v1/namespaces/default/authorizationpolicies?watch=1&resourceVersion={rv}"
+    with RawWatch(api, path) as watch:
+        event = watch.next()
+    assert event is not None and (event["type"], event["object"]["apiVersion"]) == ("ADDED", "security.istio.io/v1")
+    back = crs.get_namespaced_custom_object("security.istio.io", "v1beta1", "default", "authorizationpolicies", "p")
+    assert back["apiVersion"] == "security.istio.io/v1beta1"
