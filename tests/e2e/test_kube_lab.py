@@ -28,6 +28,7 @@ from meshlet.lab.kube_objects import LabApi
 from tests.conftest import wait_for
 from tests.e2e.conftest import BACKENDS, Lab, lab_of, meshlet
 from tests.e2e.mesh_helpers import config_dump, curl, url
+from tests.e2e.test_lab_apps import MANIFEST
 
 CONTROL_KINDS = [
     ("v1", "Namespace"), ("v1", "Node"), ("v1", "Pod"), ("v1", "Service"), ("v1", "ServiceAccount"),
@@ -36,34 +37,8 @@ CONTROL_KINDS = [
 """What control keeps of the lab's cluster (kinds the lab fills); compared object for object after the faults."""
 
 
-APPS = """\
-apiVersion: v1
-kind: Namespace
-metadata: {name: shop, labels: {meshlet.io/dataplane-mode: ambient}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: echo, namespace: shop}
----
-apiVersion: apps/v1
-kind: Deployment
-metadata: {name: echo-v1, namespace: shop}
-spec:
-  replicas: 2
-  selector: {matchLabels: {app: echo, version: v1}}
-  template:
-    metadata: {labels: {app: echo, version: v1}}
-    spec:
-      serviceAccountName: echo
-      containers: [{name: app, image: echo, ports: [{containerPort: 8080}]}]
----
-apiVersion: v1
-kind: Service
-metadata: {name: echo, namespace: shop}
-spec:
-  selector: {app: echo}
-  ports: [{name: http, port: 80, targetPort: 8080}]
-"""
+APPS = MANIFEST.replace("REPLICAS", "2")
+"""test_lab_apps's Deployment of two replicas behind an HTTP Service, in an ambient namespace."""
 
 
 @pytest.fixture(scope="module", params=BACKENDS)

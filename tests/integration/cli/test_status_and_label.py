@@ -4,9 +4,7 @@ the labels that lands on the server (set, overwrite, `key-` removes), and withou
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +13,7 @@ from urllib.parse import unquote
 import pytest
 
 from tests.integration.cli.conftest import meshlet, seed
+from tests.json_stub import json_server
 from tests.kubeapi import KubeApiServer
 
 NS = "meshlet-system"
@@ -29,29 +28,10 @@ CONTROL_STATUS = {
 }
 
 
-class _Control(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        found = self.path == "/debug/status"
-        body = json.dumps(CONTROL_STATUS if found else {}).encode()
-        self.send_response(200 if found else 404)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def control_port() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Control)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with json_server(lambda path: (200, CONTROL_STATUS) if path == "/debug/status" else (404, {})) as port:
+        yield port
 
 
 def node_pod(name: str, node: str, ready: bool, restarts: int) -> dict[str, Any]:

@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import subprocess
+import sys
 from collections.abc import AsyncIterator, Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,6 +19,7 @@ from control.sources.base import SourceBatch
 from control.sources.kube_api import CONTROL_RESOURCES, Resource, request_json
 from control.sources.kubernetes import KubeSource
 from control.store import ConfigStore
+from tests.integration.control.conftest import free_port
 from tests.kubeapi import KubeApiServer, ResourceType
 
 AMBIENT = {"meshlet.io/dataplane-mode": "ambient"}
@@ -117,3 +121,26 @@ def source_for(api: KubeApiServer, resources: Sequence[Resource] = CONTROL_RESOU
     kwargs.setdefault("timeout_seconds", 5)
     kwargs.setdefault("missing_retry", 0.5)
     return KubeSource(api.api_client, resources, **kwargs)
+
+
+@contextlib.contextmanager
+def control_process(
+    api: KubeApiServer, tmp_path: Path, state: Path, metrics: int, nodes: int | None = None
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`python -m control serve --source kubernetes` against `api`, its output in `<tmp>/control-<state>.log`;
+    stopped (SIGTERM) when the block ends, and its log must hold no traceback."""
+    kubeconfig = api.write_kubeconfig(tmp_path / "kubeconfig")
+    log_path = tmp_path / f"control-{state.name}.log"
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "control", "serve", "--source", "kubernetes", "--kubeconfig", str(kubeconfig),
+             "--state", str(state), "--listen", f"127.0.0.1:{nodes or free_port()}",
+             "--metrics", f"127.0.0.1:{metrics}", "--trust-domain", "td.test"],
+            stdout=log, stderr=log,
+        )  # fmt: skip
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert "Traceback" not in log_path.read_text(), log_path.read_text()

@@ -4,8 +4,6 @@ directory (its emptyDir is gone with the old pod) signs with the same root, and 
 from __future__ import annotations
 
 import base64
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ from control.ca_secret import adopt, ca_files
 from control.sources.kube_api import NAMESPACES
 from tests.conftest import wait_for
 from tests.integration.control.conftest import free_port
-from tests.integration.control.kube_helpers import create, kube, namespace
+from tests.integration.control.kube_helpers import control_process, create, kube, namespace
 from tests.kubeapi import KubeApiServer
 
 __all__ = ["kube"]
@@ -60,25 +58,13 @@ def _root_configmap(kube: KubeApiServer) -> str | None:
 
 def _run_control(kube: KubeApiServer, tmp_path: Path, state: Path) -> str:
     """Start control with `state`, wait for the root it publishes, stop it; returns that root."""
-    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
-    log = open(tmp_path / f"control-{state.name}.log", "wb")  # noqa: SIM115 (handed to the process)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control", "serve", "--source", "kubernetes", "--kubeconfig", str(kubeconfig),
-         "--state", str(state), "--listen", f"127.0.0.1:{free_port()}", "--metrics", f"127.0.0.1:{free_port()}",
-         "--trust-domain", TD],
-        stdout=log, stderr=log,
-    )  # fmt: skip
-    log.close()
-    try:
+    with control_process(kube, tmp_path, state, free_port()):
         own = ca_files(state)[1]
         return wait_for(  # type: ignore[no-any-return]
             lambda: own.is_file() and _root_configmap(kube) == own.read_text() and own.read_text(),
             20,
             "control publishing the root it signs with",
         )
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
 
 
 def test_a_control_restarted_with_an_empty_state_directory_keeps_the_root(kube: KubeApiServer, tmp_path: Path) -> None:

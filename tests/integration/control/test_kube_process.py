@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,7 +11,16 @@ from typing import Any
 from control.sources.kube_api import NAMESPACES, PODS, SECURITY, SERVICES
 from tests.conftest import wait_for
 from tests.integration.control.conftest import free_port
-from tests.integration.control.kube_helpers import AMBIENT, call, create, kube, namespace, pod, service
+from tests.integration.control.kube_helpers import (
+    AMBIENT,
+    call,
+    control_process,
+    create,
+    kube,
+    namespace,
+    pod,
+    service,
+)
 from tests.kubeapi import KubeApiServer
 
 __all__ = ["kube"]
@@ -37,16 +44,7 @@ def test_control_serves_what_the_api_server_holds(kube: KubeApiServer, tmp_path:
            "metadata": {"name": "bad", "namespace": "mesh"}, "spec": {"action": "BOGUS"}}  # fmt: skip
     create(kube, SECURITY[0], bad)
     metrics = free_port()
-    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
-    log = open(tmp_path / "control.log", "wb")  # noqa: SIM115 (handed to the process)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control", "serve", "--source", "kubernetes", "--kubeconfig", str(kubeconfig),
-         "--state", str(tmp_path / "state"), "--listen", f"127.0.0.1:{free_port()}",
-         "--metrics", f"127.0.0.1:{metrics}", "--trust-domain", "td.test"],
-        stdout=log, stderr=log,
-    )  # fmt: skip
-    log.close()
-    try:
+    with control_process(kube, tmp_path, tmp_path / "state", metrics):
         status = wait_for(lambda: _status(metrics).get("synced") and _status(metrics), 20, "control synced")
         # Four default namespaces, meshlet-system, mesh, the pod and the Service.
         assert (status["source"], status["objects"]) == ("kubernetes", 8)
@@ -57,10 +55,6 @@ def test_control_serves_what_the_api_server_holds(kube: KubeApiServer, tmp_path:
         assert [(e["involvedObject"]["name"], e["reason"]) for e in events] == [("bad", "InvalidConfig")]
         call(kube, "POST", "/api/v1/namespaces/mesh/services", service("db", "10.96.0.2"))
         wait_for(lambda: _status(metrics)["objects"] == 9, 10, "the new Service in control")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
-    assert "Traceback" not in (tmp_path / "control.log").read_text()
 
 
 def _get(port: int, path: str) -> tuple[int, str]:
@@ -77,24 +71,12 @@ def test_control_started_while_the_api_server_is_down_is_alive_not_ready_then_re
     kube: KubeApiServer, tmp_path: Path
 ) -> None:
     """A liveness probe must not kill control while it waits for its first listing; readiness says why."""
-    kubeconfig = kube.write_kubeconfig(tmp_path / "kubeconfig")
     create(kube, NAMESPACES, namespace("meshlet-system"))  # where control keeps its CA Secret and root ConfigMap
     kube.down()
-    metrics, nodes = free_port(), free_port()
-    log = open(tmp_path / "control.log", "wb")  # noqa: SIM115 (handed to the process)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "control", "serve", "--source", "kubernetes", "--kubeconfig", str(kubeconfig),
-         "--state", str(tmp_path / "state"), "--listen", f"127.0.0.1:{nodes}",
-         "--metrics", f"127.0.0.1:{metrics}", "--trust-domain", "td.test"],
-        stdout=log, stderr=log,
-    )  # fmt: skip
-    log.close()
-    try:
+    metrics = free_port()
+    with control_process(kube, tmp_path, tmp_path / "state", metrics):
         wait_for(lambda: _get(metrics, "/healthz")[0] == 200, 20, "control's /healthz with the API server down")
         assert _get(metrics, "/ready") == (503, "store not loaded yet\n")
         assert _get(metrics, "/debug/status")[0] == 200
         kube.up()
         wait_for(lambda: _get(metrics, "/ready")[0] == 200, 30, "control ready once the API server is back")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)

@@ -4,9 +4,7 @@ resource as soon as it is applied, SelfSubjectAccessReview, and the service prox
 
 from __future__ import annotations
 
-import http.server
 import json
-import threading
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,6 +14,7 @@ from kubernetes.client.exceptions import ApiException
 from kubernetes.dynamic import DynamicClient
 
 from tests.integration.kubeapi.conftest import raw
+from tests.json_stub import json_server
 from tests.kubeapi import KubeApiServer
 
 APPLY = "application/apply-patch+yaml"
@@ -133,28 +132,10 @@ def test_self_subject_access_review_allows_unless_a_test_denies(api: KubeApiServ
     assert allowed("create", "apps", "deployments")
 
 
-class _Answer(http.server.BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-        body = json.dumps({"path": self.path}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture
 def backend() -> Iterator[int]:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Answer)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield server.server_address[1]
-    server.shutdown()
-    server.server_close()
-    thread.join(timeout=5)
+    with json_server(lambda path: (200, {"path": path})) as port:
+        yield port
 
 
 def _service_with_endpoint(api: KubeApiServer, port: int, ready: bool = True) -> None:
