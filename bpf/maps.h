@@ -18,5 +18,6 @@ BPF_SOCKHASH(local_hops, struct hop_key, 65536);
 #define CNT_NO_LISTENER 3     /* inbound SYNs of an enrolled pod with no 15006 listener (refused) */
 #define CNT_HOPS 4            /* sockets of local hops put in the sockhash */
 #define CNT_SHORTCUT 5        /* messages passed socket-to-socket by sk_msg */
+#define CNT_RESET 6           /* inbound SYNs ztunnel could not take, answered with a RST */
 
 #endif

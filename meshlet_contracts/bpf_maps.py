@@ -11,11 +11,11 @@ import struct
 from pathlib import Path
 
 PIN_ROOT = Path("/sys/fs/bpf/meshlet")
-VERSION = "4"
+VERSION = "5"
 """Bumped when a program or map changes shape: pins of another version are replaced, not reused."""
 MAPS = ("enrolled", "orig_dst", "config", "counters", "pending_dst", "local_hops")
 PROGRAMS = ("connect4", "sockops", "inbound", "local_hop")
-COUNTERS = ("redirected", "recorded", "steered", "no_listener", "hops", "shortcut")
+COUNTERS = ("redirected", "recorded", "steered", "no_listener", "hops", "shortcut", "reset")
 
 
 def objects_dir(pin_dir: Path) -> Path:

@@ -6,7 +6,10 @@
   map by the client's address.
 - Inbound: `inbound` is a tc ingress filter on the pod's eth0 (one per pod, the program shared): new
   connections are assigned to ztunnel's 15006 listener with bpf_sk_assign, without NAT.
-- Replies to a caller's IP: `net.ipv4.tcp_fwmark_accept=1` and the shared reply route (routing.py).
+- Replies to a caller's IP: `net.ipv4.tcp_fwmark_accept=1` and the shared reply route (routing.py); and
+  `net.ipv4.fwmark_reflect=1`, so that the kernel's own answers (the RST of a port nobody listens on) carry
+  ztunnel's mark too and take that route back to ztunnel, instead of leaving for the caller's real
+  address while ztunnel's connect waits for its timeout (the iptables backend gets this from connmark).
 Nothing here is undone when the agent exits: a restart finds the pins and the attachments in place.
 All per-pod calls block (nsenter, tc, ip): the agent runs them in worker threads.
 """
@@ -29,6 +32,9 @@ from meshlet_contracts.netns import entered
 TC_PREF = 1717
 """Our filter's preference on the pod's eth0 ingress: how we find (and only ever delete) ours."""
 DEV = "eth0"
+SYSCTLS = ("net.ipv4.tcp_fwmark_accept", "net.ipv4.fwmark_reflect")
+"""Set to 1 in an enrolled pod's netns: replies to ztunnel's marked connections to the app, the app's
+(accepted sockets take the SYN's mark) and the kernel's (resets, ICMP errors reflect the mark), route back."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,8 +84,9 @@ class EbpfBackend:
             problems.append("enrolled map entry has another IP")
         if self._filter_id(netns) != self._inbound_id:
             problems.append(f"tc ingress filter (pref {TC_PREF}) on {DEV} is missing or another program")
-        if in_netns(netns, ["sysctl", "-n", "net.ipv4.tcp_fwmark_accept"]).strip() != "1":
-            problems.append("net.ipv4.tcp_fwmark_accept is not 1")
+        for sysctl in SYSCTLS:
+            if in_netns(netns, ["sysctl", "-n", sysctl]).strip() != "1":
+                problems.append(f"{sysctl} is not 1")
         if not route_present(netns):
             problems.append("the reply route (fwmark 0x111 -> table 100) is missing")
         return problems
@@ -89,7 +96,7 @@ class EbpfBackend:
             raise RedirectError(f"eBPF capture needs the pod's IP ({netns})")
         if not self.drift(netns, ips):
             return False
-        in_netns(netns, ["sysctl", "-qw", "net.ipv4.tcp_fwmark_accept=1"])
+        in_netns(netns, ["sysctl", "-qw", *(f"{sysctl}=1" for sysctl in SYSCTLS)])
         install_route(netns)
         if self._filter_id(netns) != self._inbound_id:
             self._attach_tc(netns)
@@ -103,7 +110,7 @@ class EbpfBackend:
         if self._filter_id(netns) is not None:
             in_netns(netns, ["tc", "filter", "del", "dev", DEV, "ingress", "pref", str(TC_PREF)])
         remove_route(netns)
-        in_netns(netns, ["sysctl", "-qw", "net.ipv4.tcp_fwmark_accept=0"])
+        in_netns(netns, ["sysctl", "-qw", *(f"{sysctl}=0" for sysctl in SYSCTLS)])
 
     def _attach_tc(self, netns: Path) -> None:
         qdiscs = json.loads(in_netns(netns, ["tc", "-j", "qdisc", "show", "dev", DEV]) or "[]")

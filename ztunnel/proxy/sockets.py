@@ -13,6 +13,7 @@ loopback, so the real connection handlers run without network namespaces, marks 
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import socket
 import struct
@@ -88,15 +89,33 @@ def pod_socket(netns_fd: int, source_ip: str | None = None) -> socket.socket:
 
 
 async def connect(netns_fd: int, ip: str, port: int, source_ip: str | None = None) -> socket.socket:
-    """A connected socket from the pod's netns to `ip:port` (ConnectionRefusedError, TimeoutError, OSError)."""
+    """A connected socket from the pod's netns to `ip:port` (ConnectionRefusedError, TimeoutError, OSError),
+    the error's text saying why in the kernel's words (`ECONNREFUSED Connection refused`), for the log."""
     sock = pod_socket(netns_fd, source_ip)
     try:
         async with asyncio.timeout(CONNECT_TIMEOUT):
             await asyncio.get_running_loop().sock_connect(sock, (ip, port))
+    except TimeoutError:
+        sock.close()  # asyncio's own TimeoutError has no text: the log line would end with an empty reason
+        raise TimeoutError(
+            errno.ETIMEDOUT, f"ETIMEDOUT no answer from {ip}:{port} within {CONNECT_TIMEOUT:g} s"
+        ) from None
+    except OSError as exc:
+        sock.close()
+        raise explained(exc, ip, port) from None
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+def explained(exc: OSError, ip: str, port: int) -> OSError:
+    """`exc` with a text that names the errno and says what it means: asyncio's sock_connect says only
+    "Connect call failed"."""
+    if exc.errno is None:
+        return exc
+    name = errno.errorcode.get(exc.errno, str(exc.errno))
+    return OSError(exc.errno, f"{name} {os.strerror(exc.errno)} connecting to {ip}:{port}")  # keeps the subclass
 
 
 def reset(transport: asyncio.BaseTransport) -> None:
