@@ -99,9 +99,11 @@ async def serve(settings: ControlSettings) -> None:
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping")
+    started = loop.time()
     await control.stop()
     for runner in runners:
         await runner.cleanup()
+    log.info("stopped in %.2fs", loop.time() - started)
 
 
 def main(argv: list[str] | None = None) -> None:

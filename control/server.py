@@ -8,6 +8,8 @@ ConfigMap for the DaemonSet to mount (control/root_configmap.py).
 15014 serves /healthz, /ready (store loaded, no long-lived task down), /metrics and /debug/status (version,
 proxies, errors, tasks). The long-lived tasks (the file source's watch, the serving certificate's renewal)
 run under a `Supervisor`: one that fails is restarted with backoff, and /ready answers 503 naming it meanwhile.
+Stopping (`stop`, then each runner's cleanup) ends the config streams first, so no push goes out after it, and
+gives requests in flight at most `SHUTDOWN_GRACE` seconds: control exits in about a second whatever its nodes do.
 """
 
 from __future__ import annotations
@@ -61,6 +63,8 @@ def load_ca(settings: ControlSettings) -> CertificateAuthority:
 
 
 SERVING_TTL = timedelta(days=30)
+SHUTDOWN_GRACE = 1.0
+"""Seconds a request in flight (a CSR, a status page) may take to finish once control is stopping."""
 
 
 def service_names(namespace: str) -> list[str]:
@@ -174,6 +178,13 @@ class Control:
         app = web.Application(middlewares=[self._authenticate_node], client_max_size=1 << 20)
         app.router.add_get(wire.CONFIG_PATH, self.hub.handle)
         app.router.add_post(wire.CERTIFICATES_PATH, self.certificates.handle)
+
+        async def close_streams(_: web.Application) -> None:
+            # aiohttp runs this once the listener is closed, before waiting for handlers: a config stream's
+            # handler only returns when its stream ends, so without it the wait would last SHUTDOWN_GRACE.
+            await self.hub.close()
+
+        app.on_shutdown.append(close_streams)
         return app
 
     def ops_app(self) -> web.Application:
@@ -243,7 +254,9 @@ class Control:
         return runners
 
     async def stop(self) -> None:
-        """End the long-lived tasks (the listeners are the runners `start` returned)."""
+        """Stop pushing config (every stream closed, going away) and end the long-lived tasks (the listeners are
+        the runners `start` returned: clean them up next)."""
+        await self.hub.close()
         await self.supervisor.stop()
         if self.reporter is not None:
             self.reporter.close()
@@ -298,7 +311,7 @@ class Control:
 
 
 async def _serve(app: web.Application, address: tuple[str, int], tls: ssl.SSLContext | None) -> web.AppRunner:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=SHUTDOWN_GRACE)
     await runner.setup()
     await web.TCPSite(runner, *address, ssl_context=tls, reuse_address=True).start()
     return runner

@@ -6,6 +6,10 @@ so its next update is a whole snapshot rather than a delta it could not apply. V
 not yet been sent are coalesced into one delta, so the store never queues per client and one slow or
 dead proxy never delays the others; a proxy that cannot take a message within `send_timeout` is
 disconnected (it reconnects and gets a fresh snapshot).
+
+On shutdown (`close`) the hub stops pushing at once, refuses new streams (503), and closes every stream
+with 1001 (going away), bounded by `CLOSE_TIMEOUT`: control's exit never waits on a proxy, and a proxy
+sees a clean end and retries until a control answers again (with a fresh snapshot).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from control.metrics import ControlMetrics
 from control.model.mesh import MeshState, diff
@@ -25,6 +29,8 @@ from control.store import ConfigStore
 from meshlet_contracts import wire
 
 log = logging.getLogger(__name__)
+CLOSE_TIMEOUT = 0.5
+"""Seconds a proxy has to answer our close frame on shutdown before its connection is aborted."""
 
 
 @dataclass(slots=True, eq=False)  # compared and hashed by identity: one per connection
@@ -44,6 +50,9 @@ class ProxyConnection:
     """A nack of a version older than the newest sent: the newer one was built on what the proxy lacks,
     so the current version goes to it whole, right away."""
     dirty: asyncio.Event = field(default_factory=asyncio.Event)
+    ws: web.WebSocketResponse | None = None
+    sender: asyncio.Task[None] | None = None
+    abort: Callable[[], None] | None = None
 
     def status(self) -> dict[str, object]:
         return {
@@ -64,23 +73,27 @@ class ConfigHub:
         self.metrics = metrics
         self.send_timeout = send_timeout
         self.connections: set[ProxyConnection] = set()
+        self.closing = False
+        """Set by `close`: no more pushes, no new streams."""
         store.subscribe(self._wake)
 
     def _wake(self) -> None:
         for conn in self.connections:
             conn.dirty.set()
 
-    async def handle(self, request: web.Request) -> web.WebSocketResponse:
+    async def handle(self, request: web.Request) -> web.StreamResponse:
         node: str = request["node"]
+        if self.closing:  # the listener closes next: the proxy retries and finds the next control
+            return web.json_response({"error": "control is stopping", "reason": "stopping"}, status=503)
         ws = web.WebSocketResponse(heartbeat=15.0, max_msg_size=1 << 20)
         await ws.prepare(request)
-        conn = ProxyConnection(node=node, peer=str(request.remote))
+        conn = ProxyConnection(node=node, peer=str(request.remote), ws=ws)
         self.connections.add(conn)
         self.metrics.connected_proxies.set(len(self.connections))
         log.info("proxy of node %s connected from %s", node, conn.peer)
         # uvloop's transports are not asyncio.Transport subclasses: take the abort method itself.
-        abort = getattr(request.transport, "abort", None)
-        sender = asyncio.create_task(self._send_loop(conn, ws, abort), name=f"config-sender-{node}")
+        conn.abort = abort = getattr(request.transport, "abort", None)
+        conn.sender = sender = asyncio.create_task(self._send_loop(conn, ws, abort), name=f"config-sender-{node}")
         try:
             async for msg in ws:
                 if msg.type != WSMsgType.TEXT:
@@ -161,6 +174,31 @@ class ConfigHub:
                 sent, conn.sent_version = state, version
         except ConnectionResetError:
             await ws.close()
+
+    async def close(self) -> None:
+        """Stop pushing and end every stream (1001, going away), within about `CLOSE_TIMEOUT`; idempotent."""
+        if self.closing:
+            return
+        self.closing = True
+        conns = list(self.connections)
+        for conn in conns:  # first, so that no message starts while the streams close
+            if conn.sender is not None:
+                conn.sender.cancel()
+        log.info("stopped pushing config; closing %d config streams", len(conns))
+        await asyncio.gather(*(self._close_one(conn) for conn in conns))
+
+    @staticmethod
+    async def _close_one(conn: ProxyConnection) -> None:
+        if conn.ws is None:
+            return
+        try:
+            await asyncio.wait_for(conn.ws.close(code=WSCloseCode.GOING_AWAY, message=b"control is stopping"),
+                                   CLOSE_TIMEOUT)  # fmt: skip
+        except (TimeoutError, ConnectionError):
+            # A proxy that does not read its socket (or whose send buffer is full) would hold control's exit:
+            # drop the connection; the proxy sees a reset and retries like after any other outage.
+            if conn.abort is not None:
+                conn.abort()
 
     def status(self) -> list[dict[str, object]]:
         return sorted((c.status() for c in self.connections), key=lambda s: str(s["node"]))

@@ -6,7 +6,12 @@ and read from disk each time (the kubelet rotates the file); either way control 
 
 It reconnects with exponential backoff and full jitter (so a restarted control is not hit by every node
 at once), and keeps the last good state through any outage: the data path is never left without config
-because control is away. `on_update` is called with every newly accepted state, on the event loop.
+because control is away. Two caps: while control is away (connection refused or reset, a timeout, control
+saying it is stopping) the wait never exceeds `away_max` (0.8 s), so a control that comes back is found,
+and its snapshot applied, within about a second; a refusal with an answer (401, a certificate control does not
+take, a stream that control hangs up at once) will not change that soon and backs off to `backoff_max`.
+A refused connect costs a control that is away nothing, and one that is starting opens its port only once it
+can serve. `on_update` is called with every newly accepted state, on the event loop.
 """
 
 from __future__ import annotations
@@ -26,9 +31,25 @@ from meshlet_contracts.backoff import Backoff
 from ztunnel.config.state import ConfigRejected, ConfigState, Validator, apply
 
 log = logging.getLogger(__name__)
+NACKED = (ConfigRejected, ValueError, TypeError, KeyError, AttributeError)
+"""What applying a message may raise that is that message's fault: nacked, the last good state kept (the config
+fuzzer, tests/unit/fuzz, checks that a hostile message raises nothing else)."""
 STABLE_SESSION = 5.0
 """Seconds a session must last before the backoff starts over: a control that accepts and hangs up at
 once must not be hammered by every node."""
+AWAY_MAX = 0.8
+"""Longest wait between tries while control is away: with full jitter a node tries about every 0.4 s, and the
+first try after control's return comes within 0.8 s."""
+
+
+def control_away(exc: BaseException) -> bool:
+    """Whether a failure says control is not there (yet): nothing answered, or control said it is stopping.
+    A TLS failure or an HTTP refusal is an answer: retrying sooner would not change it."""
+    if isinstance(exc, aiohttp.ClientConnectorCertificateError | aiohttp.ClientSSLError | ssl.SSLError):
+        return False
+    if isinstance(exc, aiohttp.WSServerHandshakeError):
+        return exc.status in (502, 503, 504)  # stopping, or a proxy in front without a control behind it
+    return isinstance(exc, aiohttp.ClientConnectionError | ConnectionError | TimeoutError)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +98,7 @@ class ConfigClient:
         validate: Validator | None = None,
         backoff_initial: float = 0.2,
         backoff_max: float = 10.0,
+        away_max: float = AWAY_MAX,
     ) -> None:
         self.url = url.rstrip("/") + wire.CONFIG_PATH
         self.credential = credential
@@ -84,6 +106,7 @@ class ConfigClient:
         self.validate = validate
         self.backoff_initial = backoff_initial
         self.backoff_max = backoff_max
+        self.away_max = min(away_max, backoff_max)
         self.state = ConfigState()
         self.connected = False
         self.last_error: str | None = None
@@ -92,21 +115,41 @@ class ConfigClient:
         """Wall-clock time the held state was accepted (for the config's age in `meshlet status`)."""
         self._stopping = asyncio.Event()
         self._ws: aiohttp.ClientWebSocketResponse | None = None
+        self._failures = 0
+        """Tries that failed since the last connect: the first (of each kind) is a warning, the rest debug."""
+        self._failure_kind = ""
+        self._going_away = False
+        """Control closed the last stream saying it is stopping (1001): look for the next one at once."""
 
     async def run(self) -> None:
         """Until `stop`: connect, follow the stream, and after any failure wait and reconnect."""
-        backoff = Backoff(self.backoff_initial, self.backoff_max)
+        away = Backoff(self.backoff_initial, self.away_max)
+        refused = Backoff(self.backoff_initial, self.backoff_max)
+        loop = asyncio.get_running_loop()
         while not self._stopping.is_set():
-            started = asyncio.get_running_loop().time()
+            started = loop.time()
+            backoff = refused
             try:
+                self._going_away = False
                 await self._session()
-                if asyncio.get_running_loop().time() - started > STABLE_SESSION:
-                    backoff.reset()  # only a session that lasted resets the backoff
+                if self._going_away:
+                    backoff = away
             except (aiohttp.ClientError, OSError, TimeoutError, wire.WireError) as exc:
-                self.last_error = f"{type(exc).__name__}: {exc}"
-                log.warning("config stream to %s failed: %s; retrying", self.url, self.last_error)
+                error = f"{type(exc).__name__}: {exc}"
+                if control_away(exc):
+                    backoff = away
+                self._failures += 1
+                kind, self._failure_kind = self._failure_kind, type(exc).__name__
+                if self._failures == 1 or kind != self._failure_kind:  # once per outage and kind, not per try
+                    log.warning("config stream to %s failed: %s; retrying", self.url, error)
+                else:
+                    log.debug("config stream to %s failed again (try %d): %s", self.url, self._failures, error)
+                self.last_error = error
             finally:
                 self.connected = False
+            if loop.time() - started > STABLE_SESSION:
+                away.reset()  # only a session that lasted starts the waits over
+                refused.reset()
             await backoff.sleep(self._stopping)  # with full jitter, but wake at once on stop
 
     async def stop(self) -> None:
@@ -133,14 +176,23 @@ class ConfigClient:
             self.connected = True
             self.connects += 1
             self.last_error = None
-            log.info("config stream connected to %s", self.url)
-            async for msg in ws:
+            failed, self._failures = self._failures, 0
+            log.info("config stream connected to %s%s", self.url, f" after {failed} failed tries" if failed else "")
+            while True:
+                msg = await ws.receive()
+                if msg.type == aiohttp.WSMsgType.CLOSE:
+                    # The frame's own code: ws.close_code says 1006 when control closed the socket right after.
+                    self._going_away = msg.data == aiohttp.WSCloseCode.GOING_AWAY
+                if msg.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED):
+                    break
+                if msg.type == aiohttp.WSMsgType.ERROR:
+                    raise aiohttp.ClientConnectionError(f"config stream broke: {ws.exception()}")
                 if msg.type != aiohttp.WSMsgType.TEXT:
                     continue
                 message = wire.decode(msg.data)
                 try:
                     new = apply(self.state, message, self.validate)
-                except (ConfigRejected, ValueError, TypeError, KeyError, AttributeError) as exc:
+                except NACKED as exc:
                     # Whatever is wrong with a message concerns that version only: nack it, keep going.
                     log.error("rejected config version %s: %s", message["version"], exc)
                     # The last good state stays; control answers a nack with a snapshot at its next version.
@@ -156,4 +208,5 @@ class ConfigClient:
                         log.exception("applying config version %s failed", new.version)
             self._ws = None
             if ws.close_code is not None and not self._stopping.is_set():
-                log.info("config stream closed by control (code %s)", ws.close_code)
+                why = "stopping" if self._going_away else f"code {ws.close_code}"
+                log.info("config stream closed by control (%s)", why)

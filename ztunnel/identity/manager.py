@@ -3,7 +3,10 @@
 Keys are generated here (ECDSA P-256), live in memory only and are never logged; control signs a CSR
 for each identity after checking that a pod with it runs on this node. A certificate is fetched before
 first use (concurrent callers share one request), renewed at half its life, and a failed fetch is
-retried with exponential backoff and jitter while the current certificate (if any) keeps serving.
+retried with exponential backoff and jitter while the current certificate (if any) keeps serving: up to
+`AWAY_RETRY_MAX` apart while control does not answer (so a pod that started during a control outage gets its
+certificate within about a second of control's return), up to `retry_max` when control answered with a refusal.
+Whoever waits for an identity's first certificate (a pod's 15008 listener) is woken as it arrives (`wait_issued`).
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -24,6 +28,9 @@ from meshlet_contracts.backoff import Backoff
 from ztunnel.config.client import NodeCredential
 
 log = logging.getLogger(__name__)
+AWAY_RETRY_MAX = 1.0
+"""Longest wait between tries while control cannot be reached (refused, reset, timed out): one small request per
+identity, and a returning control is found within a second."""
 
 
 class IdentityError(RuntimeError):
@@ -67,6 +74,13 @@ def new_csr(spiffe_id: str) -> tuple[bytes, bytes]:
     return key_pem, csr.public_bytes(serialization.Encoding.PEM)
 
 
+def unreachable(exc: BaseException) -> bool:
+    """Whether a failed request never got an answer from control (refused, reset, timed out)."""
+    if isinstance(exc, aiohttp.ClientSSLError | ssl.SSLError):
+        return False  # control, or something in its place, answered with a certificate we do not take
+    return isinstance(exc, aiohttp.ClientConnectionError | ConnectionError | TimeoutError)
+
+
 class IdentityManager:
     """Certificates by SPIFFE ID, fetched on demand and kept fresh by `run`."""
 
@@ -79,6 +93,8 @@ class IdentityManager:
         self.errors: dict[str, str] = {}
         self._fetches: dict[str, asyncio.Task[WorkloadCertificate]] = {}
         self._changed = asyncio.Event()
+        self._issued = asyncio.Event()
+        """Set (and replaced by a fresh one) whenever a certificate is stored: wakes `wait_issued`."""
 
     def track(self, spiffe_ids: set[str]) -> None:
         """The identities that have enrolled pods on this node now; others are forgotten."""
@@ -93,6 +109,17 @@ class IdentityManager:
         if cert is not None and cert.not_after > datetime.now(UTC):
             return cert
         return await self._fetch(spiffe_id)
+
+    async def wait_issued(self, spiffe_id: str, timeout: float) -> None:
+        """Return once `spiffe_id` has a valid certificate, or after `timeout` seconds (whichever comes first)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while not self._valid(spiffe_id):
+                    await self._issued.wait()
+
+    def _valid(self, spiffe_id: str) -> bool:
+        cert = self.certs.get(spiffe_id)
+        return cert is not None and cert.not_after > datetime.now(UTC)
 
     async def _fetch(self, spiffe_id: str) -> WorkloadCertificate:
         task = self._fetches.get(spiffe_id)
@@ -130,30 +157,50 @@ class IdentityManager:
         )
         self.certs[spiffe_id] = cert
         self.errors.pop(spiffe_id, None)
+        issued, self._issued = self._issued, asyncio.Event()
+        issued.set()
         log.info("certificate for %s until %s", spiffe_id, cert.not_after.isoformat())
         return cert
 
     async def run(self) -> None:
         """Keep every wanted identity's certificate fresh: fetch missing ones, renew at half life."""
+        loop = asyncio.get_running_loop()
         retry: dict[str, Backoff] = {}
+        retry_away: dict[str, Backoff] = {}
+        # After a failure, the loop time of the identity's next try: each identity keeps its own schedule, so
+        # many identities failing together (control away) do not make every pass retry all of them.
+        next_try: dict[str, float] = {}
+        away_max = min(AWAY_RETRY_MAX, self.retry_max)
         while True:
             now = datetime.now(UTC)
-            due = [i for i in sorted(self.wanted) if i not in self.certs or self.certs[i].renew_at <= now]
-            # A failed identity stays due, so it is retried on the next pass: this pass's draw sets when.
-            waits: list[float] = []
-            for spiffe_id in due:
+            needed = {i for i in self.wanted if i not in self.certs or self.certs[i].renew_at <= now}
+            for settled in next_try.keys() - needed:  # no longer wanted, or served meanwhile by `certificate()`
+                for schedule in (retry, retry_away, next_try):
+                    schedule.pop(settled, None)
+            for spiffe_id in sorted(i for i in needed if next_try.get(i, 0.0) <= loop.time()):
                 try:
                     await self._fetch(spiffe_id)
-                    retry.pop(spiffe_id, None)
+                    for schedule in (retry, retry_away, next_try):
+                        schedule.pop(spiffe_id, None)
                 except (IdentityError, aiohttp.ClientError, OSError, TimeoutError, ValueError, KeyError) as exc:
-                    backoff = retry.setdefault(spiffe_id, Backoff(min(1.0, self.retry_max), self.retry_max))
-                    waits.append(backoff.next())
+                    first = spiffe_id not in next_try
+                    # Nothing answered: control is away, and the next try should find it soon after it is back.
+                    # An answer (a refusal, a broken reply, a TLS failure) will not change soon: up to retry_max.
+                    if unreachable(exc):
+                        backoff = retry_away.setdefault(spiffe_id, Backoff(away_max, away_max))
+                    else:
+                        backoff = retry.setdefault(spiffe_id, Backoff(away_max, self.retry_max))
+                    next_try[spiffe_id] = loop.time() + backoff.next()
                     self.errors[spiffe_id] = str(exc)
-                    log.warning("certificate for %s: %s; retrying", spiffe_id, exc)
-            for settled in retry.keys() - set(due):  # no longer wanted, or served meanwhile by `certificate()`
-                del retry[settled]
+                    if first:  # once per outage, not once a second
+                        log.warning("certificate for %s: %s; retrying", spiffe_id, exc)
+                    else:
+                        log.debug("certificate for %s: %s; retrying", spiffe_id, exc)
+            waits = [t - loop.time() for t in next_try.values()]
             waits += [
-                (c.renew_at - datetime.now(UTC)).total_seconds() for i, c in self.certs.items() if i in self.wanted
+                (c.renew_at - datetime.now(UTC)).total_seconds()
+                for i, c in self.certs.items()
+                if i in self.wanted and i not in next_try
             ]
             self._changed.clear()
             with contextlib.suppress(TimeoutError):

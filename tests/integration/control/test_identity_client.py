@@ -4,6 +4,7 @@ per identity however many callers, control's refusals surfaced, renewal at half 
 from __future__ import annotations
 
 import asyncio
+import signal
 
 import pytest
 from cryptography import x509
@@ -57,6 +58,27 @@ async def test_tracked_identity_is_renewed_at_half_life(control: ControlProcess)
         assert renewed.not_after > first.not_after  # and before the old one expired:
         assert renewed.fetched_at < first.not_after
         assert m.status() == [{"identity": WEB, "notAfter": renewed.not_after.isoformat(), "error": None}]
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+async def test_an_identity_wanted_while_control_is_away_gets_its_certificate_soon_after_control_returns(
+    control: ControlProcess,
+) -> None:
+    m = IdentityManager(control.url, NodeCredential.in_dir(control.node_dir("node1")))  # the default retry_max
+    control.kill(signal.SIGTERM)
+    m.track({WEB})  # a pod that starts during the outage
+    task = asyncio.create_task(m.run())
+    try:
+        await asyncio.sleep(3.0)  # the outage: long enough for several failed tries
+        assert WEB not in m.certs and m.errors[WEB]
+        await asyncio.to_thread(control.start)  # returns once control answers /ready
+        back = asyncio.get_running_loop().time()
+        await m.wait_issued(WEB, 5.0)  # what a pod's 15008 listener waits on
+        # Tries are at most a second apart while nothing answers: the certificate comes within about that.
+        assert WEB in m.certs and asyncio.get_running_loop().time() - back < 2.0
+        assert control.metric("meshlet_control_certificates_issued_total") == 1
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
