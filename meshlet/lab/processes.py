@@ -16,7 +16,6 @@ from pathlib import Path
 
 from meshlet.lab import kernel
 
-
 BYTECODE = {"PYTHONPYCACHEPREFIX": "/var/cache/meshlet/pycache", "PYTHONDONTWRITEBYTECODE": ""}
 """Lab daemons keep compiled bytecode in a cache of their own, even where the environment says not to write it
 beside the sources (PYTHONDONTWRITEBYTECODE): recompiling every module on each start costs 0.2-0.5 s of a
