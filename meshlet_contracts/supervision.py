@@ -104,8 +104,8 @@ class Supervisor:
                 state.down_since = None
                 try:
                     await factory()
-                    if self._stopping:
-                        return
+                    if self._stopping or (me is not None and me.cancelling()):
+                        return  # (cancelled from within, then returned: `cancel` asked for its end all the same)
                     error = "ended unexpectedly"
                     log.error("task %s ended; restarting it", state.name)
                 except asyncio.CancelledError:

@@ -8,7 +8,17 @@ packet, a netns file descriptor attached as SCM_RIGHTS to `add_workload` and `ke
                       {"type": "keep_workload", "uid"} + fd   (replay after a reconnect: already served)
                       {"type": "del_workload", "uid"}
                       {"type": "snapshot_sent"}               (replay done: drop every pod not replayed)
-    ztunnel -> agent: {"type": "ack", "error": null | "reason"} for each message, in order.
+                      {"type": "superseded", "by": pid | null} (a newer ztunnel owns the node: drain, do not
+                                                                reconnect)
+    ztunnel -> agent: {"type": "ack", "error": null | "reason"} for each message, in order; the ack of
+                      `hello` also says who this ztunnel is: "pid" and "started" (its start, Unix seconds).
+
+One ztunnel owns the node's pods at a time. When a second one connects (an upgrade started beside the
+running one), the agent replays the pods to it, then tells the previous owner `superseded`; a ztunnel
+older than the owner is told `superseded` at once. The newest start wins (pid breaks a tie), so two
+ztunnels never take the node back and forth. A ztunnel whose hello ack names no "started" (written before
+this) is ordered as the oldest (of two such, the last to connect wins, as before) and is never sent
+`superseded`: it would not know the message.
 
 This module is the schema and the socket helpers both sides use (agent and ztunnel import it from the
 contracts package; it imports neither).
@@ -19,6 +29,7 @@ from __future__ import annotations
 import array
 import asyncio
 import json
+import math
 import socket
 from dataclasses import dataclass
 from typing import Any
@@ -27,12 +38,34 @@ from meshlet_contracts.identity import IdentityError, check_namespace, check_ser
 
 VERSION = 1
 MAX_MESSAGE = 64 * 1024
-MESSAGE_TYPES = ("hello", "add_workload", "keep_workload", "del_workload", "snapshot_sent", "ack")
+MESSAGE_TYPES = ("hello", "add_workload", "keep_workload", "del_workload", "snapshot_sent", "superseded", "ack")
 WITH_FD = ("add_workload", "keep_workload")
 
 
 class ZdsError(ValueError):
     """A ZDS message is malformed or arrived without the fd it needs."""
+
+
+@dataclass(frozen=True, slots=True, order=True)
+class ZtunnelId:
+    """Who a connected ztunnel is, as its hello ack says; ordered oldest first (start time, then pid)."""
+
+    started: float
+    pid: int
+
+    def to_wire(self) -> dict[str, Any]:
+        return {"started": self.started, "pid": self.pid}
+
+    @classmethod
+    def from_ack(cls, ack: dict[str, Any]) -> ZtunnelId | None:
+        """From a hello ack; None when it names nobody (a ztunnel from before ownership was ordered)."""
+        started, pid = ack.get("started"), ack.get("pid")
+        if any(isinstance(v, bool) for v in (started, pid)) or not isinstance(pid, int):
+            return None
+        # An int past any float (10**400 is valid JSON) would make isfinite raise OverflowError: refused first.
+        if not isinstance(started, (int, float)) or abs(started) > 1e300 or not math.isfinite(started):
+            return None  # NaN would order nothing
+        return cls(float(started), pid)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +108,8 @@ def decode(data: bytes, fds: list[int]) -> dict[str, Any]:
         message = json.loads(data)
     except ValueError as exc:
         raise ZdsError(f"not JSON: {exc}") from None
+    except RecursionError:  # 64 KiB of '[' is far deeper than the parser recurses: still this packet's error
+        raise ZdsError("not JSON: nested too deeply") from None
     if not isinstance(message, dict) or message.get("type") not in MESSAGE_TYPES:
         raise ZdsError(f"unknown message {str(message)[:80]!r}")
     needs_fd = message["type"] in WITH_FD

@@ -120,6 +120,8 @@ class Admin:
             "tasks": self.supervisor.status() if self.supervisor else [],
             "zds": {
                 "connected": self.zds.connected,
+                "pid": self.zds.identity.pid,
+                "supersededBy": self.zds.superseded_by,
                 "socket": str(self.zds.path),
                 "failedMessages": self.zds.errors,
                 "lastError": self.zds.last_error,

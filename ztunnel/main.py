@@ -5,8 +5,11 @@ python -m ztunnel --node NAME --control https://HOST:15012 --token PATH --root-c
 
 Wires the pieces: the config client (mesh index), the identity manager (certificates), the ZDS client
 (which pods, with their netns), the per-pod servers, and the admin/metrics/readiness endpoints. On
-SIGTERM (or POST /quitquitquit) it stops accepting, lets established connections finish for up to
-`--drain-timeout` seconds, then resets what is left and exits 0.
+SIGTERM (or POST /quitquitquit) it drains: stops accepting, tells every inbound HBONE connection GOAWAY,
+serves the connections and streams it holds to their end for up to `--drain-timeout` seconds, then resets
+what is left and exits 0. An upgrade starts a second ztunnel beside this one: when the agent hands the
+node to it, this one is told `superseded` and drains the same way, for up to `--upgrade-drain-timeout`
+seconds, after leaving the node's ports (admin, metrics, readiness) to the new one.
 """
 
 from __future__ import annotations
@@ -74,7 +77,14 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--metrics", type=host_port, default=("0.0.0.0", ports.METRICS))
     p.add_argument("--readiness", type=host_port, default=("0.0.0.0", ports.READINESS))
     p.add_argument("--bpf-dir", type=Path, help="the agent's pinned BPF objects (eBPF redirection backend)")
-    p.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let connections finish")
+    p.add_argument("--drain-timeout", type=float, default=10.0, help="seconds to let connections finish after SIGTERM")
+    p.add_argument(
+        "--upgrade-drain-timeout",
+        type=float,
+        default=60.0,
+        help="seconds to let connections finish once a newer ztunnel took the node over (an upgrade): the new "
+        "one takes every new connection meanwhile (default %(default)s)",
+    )
     p.add_argument(
         "--config-cache",
         type=lambda text: Path(text) if text else None,
@@ -237,6 +247,7 @@ class Ztunnel:
         self._built: dict[int, MeshIndex] = {}
         self.config = ConfigClient(args.control, credential, on_update=self._updated, validate=self._validate)
         self.zds = ZdsClient(args.zds_socket, self.manager)
+        self.zds.on_superseded = self._superseded
         self.admin = Admin(self.ctx, self.config, self.zds, self.stop)
         self.supervisor = Supervisor()
         """Keeps the long-lived tasks alive; one that is down makes ztunnel unready until it is back."""
@@ -274,6 +285,12 @@ class Ztunnel:
     def stop(self) -> None:
         self._stop.set()
 
+    def _superseded(self) -> None:
+        """A newer ztunnel owns the node now (an upgrade): drain. Called from within the ZDS task, which
+        ends for good here (it would only be refused again)."""
+        self.supervisor.cancel("zds")
+        self.stop()
+
     def load_cache(self) -> None:
         """Start from the verified last good config, if any: the data path serves at once, before control."""
         if self.cache is None:
@@ -310,7 +327,7 @@ class Ztunnel:
         log.info("ztunnel for node %s up (admin %s:%d)", args.node, *args.admin)
         try:
             await self._stop.wait()
-            await self._drain()
+            await self._drain(runners)
         finally:
             sup.begin_stop()  # the clients end on their own below: a clean end, not a failure to restart
             self.zds.stop()
@@ -320,29 +337,46 @@ class Ztunnel:
             for runner in runners:
                 await runner.cleanup()
 
-    async def _drain(self) -> None:
+    async def _drain(self, runners: list[web.AppRunner]) -> None:
         ctx = self.ctx
         ctx.draining = True
+        superseded = self.zds.superseded_by is not None
         # Leave the agent at once: it then hands pods to the ztunnel that replaces this one (which
         # may have connected already), and this one never reconnects to take them back.
         self.zds.stop()
         self.supervisor.cancel("zds")
+        # Close the pods' listeners: a newer ztunnel listening on the same ports (SO_REUSEPORT) takes every
+        # new connection, and the ones queued in ours move to it (tcp_migrate_req, see inpod/listeners.py).
         self.serving.stop_accepting()
-        log.info("draining %d connections (up to %.0fs)", len(ctx.tunnels), self.args.drain_timeout)
+        self.manager.stop_listening()
+        if superseded:  # the node's ports too: probes and scrapes then reach the new one only
+            for runner in runners:
+                await runner.cleanup()
+            runners.clear()
+        # Peers open no new stream on our HBONE connections (a stream they sent meanwhile is refused, and
+        # they retry it on a fresh connection: the new ztunnel); the streams we took are served to their end.
+        for conn in list(ctx.inbound_hbone):
+            conn.drain()
+        limit = self.args.upgrade_drain_timeout if superseded else self.args.drain_timeout
+        log.info("draining %d connections (up to %.0fs)%s", len(ctx.tunnels), limit,
+                 " after a newer ztunnel took the node over" if superseded else "")  # fmt: skip
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self.args.drain_timeout
-        while ctx.tunnels and loop.time() < deadline:
+        deadline = loop.time() + limit
+        while (ctx.tunnels or ctx.inbound_hbone) and loop.time() < deadline:
             await asyncio.sleep(0.05)
+        left = len(ctx.tunnels)
         for tunnel in list(ctx.tunnels):
             tunnel.fail()
             if tunnel.upstream is not None and not tunnel.upstream.closed:
                 tunnel.upstream.abort()
+        for conn in list(ctx.inbound_hbone):
+            conn.close()
         ctx.http_upstreams.close()  # kept-alive upstream connections no request holds
         if ctx.pool is not None:
             ctx.pool.close()
         for task in list(ctx.tasks):
             task.cancel()
-        log.info("drained; %d connections were reset", len(ctx.tunnels))
+        log.info("drained; %d connections were reset", left)
 
     async def _refresh(self) -> None:
         while True:

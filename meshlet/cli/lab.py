@@ -13,6 +13,7 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from meshlet.lab import cluster, deploy, kernel, kube_mesh, processes
+from meshlet.lab import restart as restart_mod
 from meshlet.lab.apps import AppsError
 from meshlet.lab.apps_objects import Obj
 from meshlet.lab.demo import Call, traffic, ztunnel_summary
@@ -207,6 +208,34 @@ def down(ctx: click.Context) -> None:
         f"{len(removed.links)} host links, {len(removed.cgroups)} cgroups"
         + (f", {removed.directory}" if removed.directory else "")
     )
+
+
+@lab.command()
+@click.argument("node")
+@click.argument("component", type=click.Choice(restart_mod.COMPONENTS))
+@click.option(
+    "--overlap",
+    is_flag=True,
+    help="ztunnel: start the new one beside the old one; the agent hands it the node, the old one drains and "
+    "exits on its own (the zero-downtime upgrade).",
+)
+@click.option("-o", "--output", type=click.Choice(["line", "json"]), default="line", show_default=True)
+@click.pass_context
+def restart(ctx: click.Context, node: str, component: str, overlap: bool, output: str) -> None:
+    """Restart (upgrade in place) a node's ztunnel or agent with the same arguments.
+
+    \b
+    Without --overlap: SIGTERM the running process, wait for it to exit, start
+    the new one and wait until it is ready. With --overlap (ztunnel): start the
+    new one first and return once it owns the node and is ready. Prints the old
+    and new pid and the time to ready.
+    """
+    _need_root()
+    try:
+        done = restart_mod.restart(_lab_id(ctx), node, component, overlap)
+    except (cluster.LabError, OSError) as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(json.dumps(done.to_json()) if output == "json" else done.line())
 
 
 @lab.command()

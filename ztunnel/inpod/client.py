@@ -6,6 +6,10 @@ message (a bad fd, a pod nobody knows, a bug) is that message's error: acked, lo
 `errors`; the stream goes on. The client reconnects with backoff when the agent restarts, and after any
 unexpected failure of a session: it never stops following the agent until `stop`. On every connect the
 agent replays its pods and ends with `snapshot_sent`.
+
+The ack of the agent's hello says who this process is (start time, pid): the agent hands the node to the
+newest ztunnel. When a newer one took over (an upgrade), the agent says `superseded`: this client acks it,
+stops for good (reconnecting would only be refused) and calls `on_superseded`, which makes ztunnel drain.
 """
 
 from __future__ import annotations
@@ -14,6 +18,8 @@ import asyncio
 import logging
 import os
 import socket
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 from meshlet_contracts import zds as protocol
@@ -35,6 +41,11 @@ class ZdsClient:
         self.errors = 0
         """Messages that could not be applied (each acked with its error), since start."""
         self.last_error: str | None = None
+        self.identity = protocol.ZtunnelId(time.time(), os.getpid())
+        """Who this process says it is in the hello ack: the newest start owns the node."""
+        self.superseded_by: int | None = None
+        """Set (to the newer ztunnel's pid, 0 if unnamed) once the agent said a newer ztunnel owns the node."""
+        self.on_superseded: Callable[[], None] | None = None
         self._stopping = asyncio.Event()
 
     async def run(self) -> None:
@@ -71,7 +82,20 @@ class ZdsClient:
                     return  # the agent went away: reconnect
                 message, fds = got
                 error = self._apply(message, fds)
-                protocol.send(sock, {"type": "ack", "error": error})
+                ack: dict[str, object] = {"type": "ack", "error": error}
+                if message["type"] == "hello":
+                    ack.update(self.identity.to_wire())
+                protocol.send(sock, ack)
+                if message["type"] == "superseded":
+                    self._superseded(message.get("by"))
+                    return
+
+    def _superseded(self, by: object) -> None:
+        self.superseded_by = by if isinstance(by, int) and not isinstance(by, bool) else 0
+        log.info("ztunnel pid %s owns the node now: this one (pid %d) drains", by, self.identity.pid)
+        self.stop()
+        if self.on_superseded is not None:
+            self.on_superseded()
 
     def _apply(self, message: dict[str, object], fds: list[int]) -> str | None:
         """Apply one message; returns the error to ack with (None when applied)."""

@@ -90,6 +90,13 @@ class WorkloadManager:
         for uid in set(self.pods) - replayed:
             self.delete(uid)
 
+    def stop_listening(self) -> None:
+        """Drain: close every pod's listening sockets (the kernel then hands new connections to a newer
+        ztunnel's listeners on the same ports); the pods stay served, their netns fds held, so connections
+        already accepted go on."""
+        for _, listeners in self.pods.values():
+            listeners.close()
+
     def close(self) -> None:
         for uid in list(self.pods):
             self.delete(uid)

@@ -3,18 +3,29 @@
 The stream goes on a pooled HBONE connection from the source pod's netns, with the source pod's certificate,
 to a server that must prove the destination workload's identity (the pool dials and checks). The stream is
 usable once the destination answered 200; any other answer (401/403: its policy refused the connection,
-503: its app is unreachable or it is draining) is a `StreamRefused` carrying the status.
+503: its app is unreachable) is a `StreamRefused` carrying the status.
+
+A stream the destination refused unprocessed (REFUSED_STREAM: it sent GOAWAY because it drains, e.g. during
+a ztunnel upgrade, or the connection was full) is sent again ONCE: the pool then picks another connection or
+dials a fresh one, which reaches the new ztunnel's listener. Nothing of the app's went upstream before the
+200 (the relay starts after it), so the retry cannot duplicate the app's bytes; until the answer the stream
+is held by a stand-in owner, so a refused try does not end the app's connection.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 
 from ztunnel.proxy.context import ProxyContext, ServedPod
-from ztunnel.proxy.hbone import StreamSide
-from ztunnel.proxy.relay import Owner
+from ztunnel.proxy.hbone import StreamRefusedError, StreamSide
+from ztunnel.proxy.pool import NoCapacityError
+from ztunnel.proxy.relay import Owner, Side
 from ztunnel.state.mesh import Upstream
 
+log = logging.getLogger(__name__)
+RETRIES = 1
+"""Tries after the first for a stream refused unprocessed (REFUSED_STREAM) or a fresh connection's GOAWAY."""
 RESPONSE_TIMEOUT = 10.0
 """Seconds for the destination's answer to a CONNECT (it connects to its app before answering)."""
 
@@ -35,15 +46,48 @@ async def open_stream(
     end is reported to `owner`. Raises StreamRefused, or what dialing raised (OSError, TimeoutError, ...)."""
     cert = await ctx.identities.certificate(pod.identity)
     assert ctx.pool is not None
-    conn = await ctx.pool.get((pod.identity, source_ip, up.ip, identity), pod.netns_fd, ctx.tls.client(cert))
-    side, response = conn.open(f"{up.ip}:{up.port}", owner, [("forwarded", f"for={source_ip}")])
-    try:
-        async with asyncio.timeout(RESPONSE_TIMEOUT):
-            status = await response
-    except BaseException:
-        side.abort()
-        raise
-    if status != 200:
-        side.abort()
-        raise StreamRefused(status)
-    return side
+    key = (pod.identity, source_ip, up.ip, identity)
+    for retries_left in range(RETRIES, -1, -1):
+        try:
+            conn = await ctx.pool.get(key, pod.netns_fd, ctx.tls.client(cert))
+        except NoCapacityError:  # a fresh connection that said GOAWAY at once: a draining peer
+            if not retries_left:
+                raise
+            continue
+        held = _Held()
+        side, response = conn.open(f"{up.ip}:{up.port}", held, [("forwarded", f"for={source_ip}")])
+        try:
+            async with asyncio.timeout(RESPONSE_TIMEOUT):
+                status = await response
+        except StreamRefusedError:
+            if retries_left:
+                log.info("CONNECT to %s:%d refused unprocessed; retrying on another connection", up.ip, up.port)
+                continue  # the refused stream is over and told only `held`
+            held.hand_to(side, owner)
+            raise
+        except BaseException:
+            side.abort()
+            held.hand_to(side, owner)
+            raise
+        held.hand_to(side, owner)
+        if status != 200:
+            side.abort()
+            raise StreamRefused(status)
+        return side
+    raise AssertionError("unreachable: the last try returns or raises")
+
+
+class _Held:
+    """Owns a stream until its answer: what ended it is kept for the real owner, who gets it only when the
+    stream is not tried again."""
+
+    def __init__(self) -> None:
+        self.lost: tuple[Side, BaseException | None] | None = None
+
+    def side_lost(self, side: Side, error: BaseException | None) -> None:
+        self.lost = (side, error)
+
+    def hand_to(self, side: StreamSide, owner: Owner) -> None:
+        side.owner = owner
+        if self.lost is not None:
+            owner.side_lost(*self.lost)

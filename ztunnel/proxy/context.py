@@ -17,6 +17,7 @@ from ztunnel.l7.clusters import Clusters
 from ztunnel.l7.exchange import Limits
 from ztunnel.l7.upstreams import UpstreamPool
 from ztunnel.metrics import DEFAULT_CLUSTER, UNKNOWN, Metrics, Peer, canonical_revision, canonical_service
+from ztunnel.proxy.hbone import HboneConnection
 from ztunnel.proxy.limits import HboneLimits, PeerLoad
 from ztunnel.proxy.pool import HbonePool
 from ztunnel.proxy.relay import TcpSide, Tunnel
@@ -61,6 +62,8 @@ class ProxyContext:
     pods: dict[str, ServedPod] = field(default_factory=dict)
     pods_by_ip: dict[str, ServedPod] = field(default_factory=dict)
     tunnels: set[Tunnel] = field(default_factory=set)
+    inbound_hbone: set[HboneConnection] = field(default_factory=set)
+    """Open 15008 connections: a drain tells each GOAWAY."""
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     """Connection set-up tasks, referenced until done (asyncio keeps only weak references)."""
     draining: bool = False

@@ -11,7 +11,9 @@ holds for our own bugs too: an exception while handling one stream's event reset
 `meshlet_connection_errors_total` and logged, the first of each reason per connection at INFO (ERROR with
 a traceback for a bug), the rest at DEBUG, so a peer flooding refused streams cannot flood the log.
 A server connection may be given a preface timeout (no HTTP/2 preface and SETTINGS within it after the
-TLS handshake: aborted) and an idle timeout (no stream for that long: GOAWAY and close).
+TLS handshake: aborted) and an idle timeout (no stream for that long: GOAWAY and close). A draining
+server connection (`drain`) says GOAWAY with the last stream it took, serves those to their end and closes
+after the last; a client stream the peer refused unprocessed fails with `StreamRefusedError` (retryable).
 """
 
 from __future__ import annotations
@@ -41,6 +43,9 @@ from ztunnel.proxy.relay import WRITE_HIGH_WATER, Owner, Side
 
 log = logging.getLogger(__name__)
 JOIN_LIMIT = 64 * 1024
+GOAWAY_GRACE = 0.5
+"""Seconds a drained connection stays open after its last stream: streams the peer sent before it read our
+GOAWAY still get their REFUSED_STREAM (a retry) rather than a reset connection."""
 
 
 class StreamSide:
@@ -180,6 +185,11 @@ class StreamSide:
         self.owner.side_lost(self, error)
 
 
+class StreamRefusedError(ConnectionResetError):
+    """The peer refused a stream without processing it (REFUSED_STREAM, or above the last stream id of its
+    GOAWAY): nothing of it reached the destination, so it may be sent again on another connection."""
+
+
 RequestHandler = Callable[["HboneConnection", RequestReceived], None]
 
 
@@ -211,6 +221,9 @@ class HboneConnection(asyncio.Protocol):
         self.paused = False
         self.lost = False
         self.goaway = False
+        self.draining = False
+        """(server) GOAWAY sent by `drain`: closes once its last stream ended."""
+        self._grace: asyncio.TimerHandle | None = None
         self.peer_identity = ""
         self._flush_scheduled = False
         self.on_idle: Callable[[HboneConnection], None] | None = None
@@ -274,7 +287,7 @@ class HboneConnection(asyncio.Protocol):
                 elif kind is StreamReset:
                     if not ev.remote:  # type: ignore[attr-defined]
                         self._count_reset(ev)  # type: ignore[arg-type]
-                    self._stream_reset(ev.stream_id)  # type: ignore[attr-defined]
+                    self._stream_reset(ev.stream_id, ev.error_code)  # type: ignore[attr-defined]
                 elif kind is ConnectionTerminated:
                     self.goaway = True
                     if ev.error_code != ErrorCode.NO_ERROR:  # type: ignore[attr-defined]
@@ -301,6 +314,8 @@ class HboneConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self._cancel_timer()
+        if self._grace is not None:
+            self._grace.cancel()
         self._wake_settings_waiters()
         for fut in self.responses.values():
             if not fut.done():
@@ -425,13 +440,42 @@ class HboneConnection(asyncio.Protocol):
         if fut is not None and not fut.done():
             fut.set_exception(ConnectionResetError("stream reset before the response"))
         if not self.streams:
+            if self.draining:
+                self._close_after_grace()
+                return
             self._idle_since = asyncio.get_running_loop().time()
             if self.on_idle is not None:
                 self.on_idle(self)
 
+    def drain(self) -> None:
+        """(server) GOAWAY(NO_ERROR) naming the last stream taken: the peer opens no more streams here (it
+        retries those we did not take on a new connection), the open ones are served to their end, and the
+        connection closes after the last."""
+        if self.lost or self.transport is None or self.draining:
+            return
+        self.draining = True
+        self.h2.close(ErrorCode.NO_ERROR, "draining")
+        self.flush()
+        if not self.streams:
+            self._close_after_grace()
+
+    def _close_after_grace(self) -> None:
+        """Close a drained connection once a stream sent before our GOAWAY arrived could have been refused:
+        closed at once, the peer could meet a reset instead of the REFUSED_STREAM it may safely retry."""
+        if self._grace is None:
+            self._grace = asyncio.get_running_loop().call_later(GOAWAY_GRACE, self._grace_over)
+
+    def _grace_over(self) -> None:
+        self._grace = None
+        if not self.streams:
+            self.close()
+
     def close(self, error_code: int = ErrorCode.NO_ERROR, message: str = "") -> None:
         """GOAWAY then close: streams in flight end with the connection."""
         self._cancel_timer()
+        if self._grace is not None:
+            self._grace.cancel()
+            self._grace = None
         if self.lost or self.transport is None:
             return
         self.h2.close(error_code, message)
@@ -490,10 +534,13 @@ class HboneConnection(asyncio.Protocol):
             reason = f"h2_stream_{_code_name(ev.error_code)}"
         self.count_error(reason, f"stream {ev.stream_id} reset: {ev.message}")
 
-    def _stream_reset(self, stream_id: int) -> None:
+    def _stream_reset(self, stream_id: int, error_code: int = ErrorCode.CANCEL) -> None:
         fut = self.responses.pop(stream_id, None)
         if fut is not None and not fut.done():
-            fut.set_exception(ConnectionResetError(f"stream {stream_id} reset by the peer"))
+            if error_code == ErrorCode.REFUSED_STREAM:
+                fut.set_exception(StreamRefusedError(f"stream {stream_id} refused by the peer"))
+            else:
+                fut.set_exception(ConnectionResetError(f"stream {stream_id} reset by the peer"))
         side = self.streams.get(stream_id)
         if side is not None:
             side.remote_reset()

@@ -3,7 +3,8 @@
 HBONE: the TLS handshake has verified the client's chain; its SPIFFE identity must belong to our trust
 domain. Each CONNECT stream is authorized (L4 AuthorizationPolicy) and, when allowed, connected to the
 app from inside the pod's netns with the caller's IP as source (IP_TRANSPARENT), so the app and its
-logs see who called; the reply 200 opens the tunnel, 401 refuses it, 503 says the app refused.
+logs see who called; the reply 200 opens the tunnel, 401 refuses it, 503 says the app refused. A drain
+(upgrade, SIGTERM) tells each connection GOAWAY and serves its streams to their end.
 Plaintext: PeerAuthentication decides whether it is accepted at all (STRICT refuses), then the same
 authorization applies with no identity (`delivery.py`, shared with outbound's same-node path).
 Neither serves before ztunnel holds config (policies unknown), nor to ztunnel's own ports (a self-loop).
@@ -80,8 +81,12 @@ class InboundHbone(HboneConnection):
             self.close(ErrorCode.ENHANCE_YOUR_CALM, "too many connections from this peer")
             return
         self.admitted = True
+        ctx.inbound_hbone.add(self)
+        if ctx.draining:  # accepted just before the listener closed: the client retries on the new ztunnel
+            self.drain()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        self.ctx.inbound_hbone.discard(self)
         super().connection_lost(exc)  # ends the streams, which releases them
         if self.admitted:
             self.admitted = False
@@ -102,9 +107,8 @@ class InboundHbone(HboneConnection):
         tunnel = Tunnel("inbound", ctx.metrics, ctx.tunnels, f"{self.source_ip} -> {ev.authority}")
         side = self.accept(ev.stream_id, tunnel)
         tunnel.downstream = side
-        if ctx.draining:
-            self.respond(ev.stream_id, 503)
-            return
+        # Draining still serves: the streams this connection took before its GOAWAY (the pod's netns, config
+        # and certificates are all still held); the ones after it the HTTP/2 layer refused, to be retried.
         ctx.spawn(self._serve_guarded(side, tunnel, ev.authority), name=f"inbound-{tunnel.id}")
 
     async def _serve_guarded(self, side: StreamSide, tunnel: Tunnel, authority: str) -> None:

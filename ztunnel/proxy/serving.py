@@ -73,10 +73,14 @@ class PodServing:
             except Exception as exc:  # control away or refusing: keep the listener, retry
                 pod.error = f"certificate: {exc}"
                 log.warning("no certificate yet for %s (%s); retrying in %.1fs", pod.identity, exc, delay)
-                await asyncio.sleep(delay)
+                # Or sooner: the identity manager keeps trying (about once a second while control is away)
+                # and wakes us as the certificate arrives, so 15008 opens right after control is back.
+                await ctx.identities.wait_issued(pod.identity, delay)
                 delay = min(delay * 2, CERT_RETRY_MAX)
         else:
             return  # removed meanwhile
+        if ctx.draining or "hbone" not in listeners.sockets:
+            return  # drained meanwhile: its listeners are closed, a newer ztunnel takes new connections
         loop = asyncio.get_running_loop()
 
         def accepted() -> InboundHbone:

@@ -23,6 +23,7 @@ from tests.integration.ztunnel.served import RawHbone, ServedNode, connect_statu
 from ztunnel.hbone import ErrorCode
 from ztunnel.hbone import frames as fr
 from ztunnel.identity.manager import WorkloadCertificate
+from ztunnel.proxy.hbone import StreamRefusedError
 from ztunnel.proxy.limits import HboneLimits
 
 pytestmark = pytest.mark.asyncio
@@ -161,9 +162,9 @@ async def test_streams_per_identity_and_per_ip_are_bounded_across_connections(
         served_status = await connect_status(own_ip, app.authority)
 
     assert statuses.count(200) == 150
-    assert [type(s) for s in statuses if s != 200] == [ConnectionResetError] * 50  # RST_STREAM REFUSED_STREAM
+    assert [type(s) for s in statuses if s != 200] == [StreamRefusedError] * 50  # RST_STREAM REFUSED_STREAM
     assert from_same_ip.count(200) == 50
-    assert [type(s) for s in from_same_ip if s != 200] == [ConnectionResetError]
+    assert [type(s) for s in from_same_ip if s != 200] == [StreamRefusedError]
     assert served_status == 200
     assert app.accepted == 201
     assert node.errors("peer_stream_limit") == 51
