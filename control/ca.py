@@ -41,8 +41,9 @@ CLOCK_SKEW = timedelta(minutes=1)
 _CAKey: TypeAlias = ec.EllipticCurvePrivateKey | rsa.RSAPrivateKey
 _E = TypeVar("_E", bound=x509.ExtensionType)
 # What parsing untrusted certificates and CSRs may raise besides ValueError: cryptography parses extensions
-# lazily and reports these two with their own exception types.
-_PARSE_ERRORS = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType)
+# lazily and reports these two with their own exception types, and a version field other than v1 (CSR) or v3
+# (certificate) as InvalidVersion, none of them ValueErrors.
+_PARSE_ERRORS = (ValueError, x509.DuplicateExtension, x509.UnsupportedGeneralNameType, x509.InvalidVersion)
 
 
 class CAError(Exception):

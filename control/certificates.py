@@ -43,7 +43,7 @@ class CertificateService:
         try:
             body = await request.json()
             csr_pem = body["csr"].encode()
-        except (ValueError, KeyError, TypeError, AttributeError):
+        except (ValueError, KeyError, TypeError, AttributeError, RecursionError):  # 16 KiB of '[' nests too deep
             return self._refuse(node, 400, "bad_request", 'expected a JSON body {"csr": "<PEM>"}')
         if not self.store.synced:
             return self._refuse(node, 503, "not_ready", "control has not loaded its store yet; retry")

@@ -79,6 +79,8 @@ def decode(text: str | bytes) -> dict[str, Any]:
         message = json.loads(text)
     except ValueError as exc:
         raise WireError(f"not JSON: {exc}") from exc
+    except RecursionError:  # nested past the parser's recursion limit: this message's fault, not a crash
+        raise WireError("not JSON: nested too deeply") from None
     if not isinstance(message, dict) or not isinstance(message.get("type"), str):
         raise WireError("a message is a JSON object with a string 'type'")
     kind = message["type"]

@@ -75,7 +75,8 @@ def check_authority(authority: str) -> None:
     # The port parser inbound uses: ASCII digits only (isdigit() also takes '٨٠٨٠', which int() reads as 8080).
     if not sep or not host or not _is_port(port):
         raise MalformedHeadersError(f"CONNECT authority {authority!r} is not host:port")
-    if host.startswith("[") != host.endswith("]") or any(c in host for c in " @/\t"):
+    # CR, LF and NUL too: a field value may not carry them (RFC 9113 8.2.1), so the peer would reset the stream.
+    if host.startswith("[") != host.endswith("]") or any(c in host for c in " @/\t\r\n\0"):
         raise MalformedHeadersError(f"CONNECT authority {authority!r} has an invalid host")
 
 
@@ -154,7 +155,7 @@ def _checked_local(headers: Iterable[tuple[str, str]]) -> HeaderList:
     out = list(headers)
     for name, value in out:
         raw = name.encode("ascii", "replace")
-        if not _NAME.match(raw) or raw in _CONNECTION_SPECIFIC:
+        if not _NAME.match(raw) or raw in _CONNECTION_SPECIFIC or (raw == b"te" and value != "trailers"):
             raise ValueError(f"cannot send header field {name!r} over HTTP/2")
         if not _VALUE.match(value.encode()):
             raise ValueError(f"header field {name!r} has a value HTTP/2 cannot carry: {value!r}")
