@@ -168,3 +168,19 @@ def packets(pcap: Path) -> list[str]:
     """tcpdump's one-line summaries of a capture."""
     out = subprocess.run(["tcpdump", "-r", str(pcap), "-n", "tcp"], capture_output=True, text=True, check=True)
     return out.stdout.splitlines()
+
+
+REFUSED = (7, 56)
+"""curl's exit codes for a connection refused (7) or reset once open (56); 28 is a timeout."""
+
+
+def ztunnel_log(lab: Lab, node: str) -> Path:
+    return Path(lab.status["directory"]) / "logs" / f"ztunnel-{node}.log"
+
+
+def logged_after(log: Path, offset: int, *words: str) -> str:
+    """The first line written to `log` after `offset` that holds every one of `words` ("" when none does)."""
+    with log.open("rb") as f:
+        f.seek(offset)
+        new = f.read().decode(errors="replace")
+    return next((line for line in new.splitlines() if all(w in line for w in words)), "")

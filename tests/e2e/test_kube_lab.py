@@ -11,6 +11,7 @@ control holding exactly what the API server holds (none duplicated).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import threading
@@ -41,17 +42,41 @@ APPS = MANIFEST.replace("REPLICAS", "2")
 """test_lab_apps's Deployment of two replicas behind an HTTP Service, in an ambient namespace."""
 
 
-@pytest.fixture(scope="module", params=BACKENDS)
-def kube_lab(request: pytest.FixtureRequest) -> Iterator[Lab]:
-    with lab_of("--source", "kubernetes", "--redirect", request.param) as lab:
-        lab.status["backend"] = request.param
-        yield lab
+class KubeLabs:
+    """One Kubernetes-sourced lab per backend, brought up when a test first asks for it, all taken down at the
+    end of the module: tests choose their backend freely (the faults are spread over both) without a new lab."""
+
+    def __init__(self, stack: contextlib.ExitStack) -> None:
+        self.stack = stack
+        self.labs: dict[str, Lab] = {}
+
+    def __getitem__(self, backend: str) -> Lab:
+        if backend not in self.labs:
+            lab = self.stack.enter_context(lab_of("--source", "kubernetes", "--redirect", backend))
+            lab.status["backend"] = backend
+            self.labs[backend] = lab
+        return self.labs[backend]
+
+
+@pytest.fixture(scope="module")
+def kube_labs() -> Iterator[KubeLabs]:
+    with contextlib.ExitStack() as stack:
+        yield KubeLabs(stack)
+
+
+@pytest.fixture
+def kube_lab(kube_labs: KubeLabs, backend: str) -> Lab:
+    return kube_labs[backend]
+
+
+each_backend = pytest.mark.parametrize("backend", BACKENDS)
 
 
 def api_of(lab: Lab) -> LabApi:
     return LabApi(Path(lab.status["directory"]) / "kubeconfig")
 
 
+@each_backend
 def test_demo_passes_with_the_api_server_as_source(kube_lab: Lab) -> None:
     assert kube_lab.status["source"] == "kubernetes" and kube_lab.status["apiServer"]
     report = json.loads(kube_lab.run("demo", "--source", "kubernetes", "-o", "json").stdout)
@@ -68,6 +93,7 @@ def test_demo_passes_with_the_api_server_as_source(kube_lab: Lab) -> None:
     assert annotations.get("meshlet.io/redirection") == "enabled", pods["web-1a"]["metadata"]
 
 
+@each_backend
 def test_meshlet_label_on_the_labs_cluster_captures_and_releases(kube_lab: Lab) -> None:
     """`meshlet label --lab` on a lab whose cluster is an API server patches the Namespace there, as kubectl would;
     the agents see it through their watch."""
@@ -83,6 +109,7 @@ def test_meshlet_label_on_the_labs_cluster_captures_and_releases(kube_lab: Lab) 
     wait_for(lambda: _pod_state(kube_lab, "web-1b") == "plain", 15, "web-1b released after the unlabel")
 
 
+@each_backend
 def test_lab_apply_and_delete_go_through_the_api_server(kube_lab: Lab, tmp_path: Path) -> None:
     """`lab apply -f` on a Kubernetes lab writes its objects to the API server (the lab starts the Deployment's
     pods and reports them Running as a kubelet would); requests to the Service reach both replicas through the
@@ -121,6 +148,7 @@ spec:
 """
 
 
+@each_backend
 def test_istios_own_v1beta1_policy_yaml_applies_on_the_labs_cluster(kube_lab: Lab, tmp_path: Path) -> None:
     """Istio's docs write `security.istio.io/v1beta1`: the API server keeps it (its CRD serves v1 and v1beta1),
     control reads it through v1, and every ztunnel enforces it."""
@@ -205,8 +233,15 @@ def _control_objects(lab: Lab) -> int:
 
 
 @pytest.mark.parametrize(
-    "fault, query, seconds",
-    [("restart", {}, 3), ("compact", {}, 3), ("drop-watches", {"abrupt": 1}, 3), ("outage", {"seconds": 30}, 36)],
+    "backend, fault, query, seconds",
+    # Each fault once, spread over both backends' labs: the watch side is the backend's business only in
+    # "traffic unaffected", which every case checks on the lab it runs on.
+    [
+        ("iptables", "restart", {}, 3),
+        ("ebpf", "compact", {}, 3),
+        ("ebpf", "drop-watches", {"abrupt": 1}, 3),
+        ("iptables", "outage", {"seconds": 30}, 36),
+    ],
 )
 def test_api_server_faults_leave_traffic_alone_and_lose_no_change(
     kube_lab: Lab, fault: str, query: dict[str, Any], seconds: float
@@ -227,7 +262,16 @@ def test_api_server_faults_leave_traffic_alone_and_lose_no_change(
         api.delete(_policy(name))
     wait_for(lambda: not _held_everywhere(kube_lab, name), 30, f"every ztunnel dropping {name}")
     codes = requests.result(timeout=max(5.0, seconds * 3 - (time.monotonic() - started)))
-    assert codes and all(code == "200" for code in codes), f"requests during the {fault}: {codes}"
+    assert codes and all(code == "200" for code in codes), (
+        f"requests during the {fault}: {codes}; node1's ztunnel log ends:\n{_log_tail(kube_lab, 'ztunnel-node1')}"
+        f"\nnode2's:\n{_log_tail(kube_lab, 'ztunnel-node2')}"
+    )
     # Control holds exactly what the API server holds: nothing lost, nothing twice.
     expected = sum(len(api.list_all(version, kind)) for version, kind in CONTROL_KINDS)
     wait_for(lambda: _control_objects(kube_lab) == expected, 15, f"control holding the API server's {expected}")
+
+
+def _log_tail(lab: Lab, name: str, lines: int = 25) -> str:
+    """The end of a lab process's log, for a failure's message (the lab and its logs go at teardown)."""
+    path = Path(lab.status["directory"]) / "logs" / f"{name}.log"
+    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])

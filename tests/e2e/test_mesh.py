@@ -22,11 +22,13 @@ import pytest
 from tests.conftest import wait_for
 from tests.e2e.conftest import MESHLET, Lab, lab_of, meshlet
 from tests.e2e.mesh_helpers import (
+    REFUSED,
     capture,
     curl,
     edit_object,
     end,
     get_json,
+    logged_after,
     metric,
     packets,
     processes,
@@ -38,6 +40,7 @@ from tests.e2e.mesh_helpers import (
     stop,
     url,
     write_object,
+    ztunnel_log,
 )
 
 WEB_PRINCIPAL = "spiffe://cluster.local/ns/mesh/sa/web"
@@ -258,6 +261,13 @@ def test_ztunnel_killed_means_enrolled_traffic_is_refused_never_sent_in_the_clea
     inbound = curl(lab, "web-1b", url(lab, "web-1a"), "--connect-timeout", "2")
     # iptables redirects to a closed port (refused); eBPF answers a SYN it has no listener for with a reset.
     assert inbound.returncode == 7, inbound
+    # From an enrolled pod on the other node: its ztunnel's HBONE dial is reset at once, and it says why.
+    log = ztunnel_log(lab, "node2")
+    offset = log.stat().st_size
+    outbound = curl(lab, "web-2a", url(lab, "web-1a"), "-o", "/dev/null", timeout=3)
+    assert outbound.returncode in REFUSED, outbound
+    line = wait_for(lambda: logged_after(log, offset, lab.pod("web-1a")["ip"]), 5, "the refusal in node2's log")
+    assert "ECONNREFUSED" in line, line
     assert reaches(lab, "web-1b", url(lab, "web-2b"))  # pods outside the mesh are not affected
 
 

@@ -30,6 +30,8 @@ from tests.kubeapi import KubeApiServer
 from ztunnel.main import credential_problem
 from ztunnel.main import parser as ztunnel_parser
 
+DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+"""Loopback directly, whatever http_proxy the environment sets."""
 ENV = {"NODE_NAME": "node-a", "HOST_IP": "10.0.0.7", "POD_NAMESPACE": "meshlet-system"}
 
 
@@ -66,7 +68,7 @@ def test_ztunnel_with_the_manifests_files_missing_says_which(tmp_path: Path) -> 
 def _get(url: str) -> tuple[int, Any]:
     """(status, the body: JSON decoded when it is JSON)."""
     try:
-        with urllib.request.urlopen(url, timeout=2) as resp:
+        with DIRECT.open(url, timeout=2) as resp:
             body = resp.read()
             is_json = resp.headers.get_content_type() == "application/json"
             return resp.status, json.loads(body) if is_json else body.decode()
@@ -95,7 +97,11 @@ def test_control_runs_with_the_deployments_arguments(tmp_path: Path) -> None:
         proc = subprocess.Popen([sys.executable, "-m", "control", *args], env=env, stdout=log, stderr=log)
         log.close()
         try:
-            wait_for(lambda: _get(f"http://127.0.0.1:{ops}/ready")[0] == 200, 30, "control ready")
+            try:
+                wait_for(lambda: _get(f"http://127.0.0.1:{ops}/ready")[0] == 200, 30, "control ready")
+            except AssertionError as exc:  # say why: control's own account
+                log_text = (tmp_path / "control.log").read_text()[-3000:]
+                raise AssertionError(f"{exc}; control's log:\n{log_text}") from None
             status = _get(f"http://127.0.0.1:{ops}/debug/status")[1]
             assert status["source"] == "kubernetes" and status["synced"]
             root = wait_for(

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from agent.status import read_status
 from tests.conftest import wait_for
 from tests.e2e.conftest import Lab
 from tests.e2e.mesh_helpers import processes, remove_policy, running, stop, write_object
@@ -108,8 +109,11 @@ def upgrade(lab: Lab, node: str, figures: Figures, key: str, tmp_path: Path) -> 
     drain = lab_ops.drain_seconds(lab, node)
     size = int(DOWNLOAD_RATE * (drain + 2))
     old = processes(lab)[f"ztunnel/{node}"]
+    agent_socket = Path(next(n["agentSocket"] for n in lab.status["nodes"] if n["name"] == node))
+    before = read_status(agent_socket, timeout=2)["ztunnel"]
     with lab_ops.load(lab, CLIENT, SERVER, tmp_path, download=(size, DOWNLOAD_RATE)) as load:
         restarted = lab_ops.restart(lab, node, "ztunnel", overlap=True)
+        after = read_status(agent_socket, timeout=2)["ztunnel"]
         new = processes(lab)[f"ztunnel/{node}"]
         result = load.finish(timeout=drain + 40)  # the load goes on until the download has ended
         old_running = running(old)  # right after the idle connection's second request
@@ -118,6 +122,10 @@ def upgrade(lab: Lab, node: str, figures: Figures, key: str, tmp_path: Path) -> 
                    download_bytes=size, drain_timeout_seconds=drain,
                    old_ztunnel_running_after_idle_reuse=old_running)  # fmt: skip
     assert new["pid"] != old["pid"] and running(new), f"no new ztunnel on {node} after the upgrade"
+    # One ZDS owner at a time: the node changed hands exactly once (no flapping between the two ztunnels).
+    assert after["connected"] and after["connects"] == before["connects"] + 1, (before, after)
+    # The connections open across the upgrade were kept: every byte of the download, the idle one asked again.
+    assert result["download_kept"] and result["idle_reused"], result
     return result
 
 
