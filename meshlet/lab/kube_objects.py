@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from kubernetes.client.exceptions import ApiException
+
 from control.kube_client import load_client
+from control.sources.kube_api import request_json, status_reason
 
 Obj = dict[str, Any]
 FIELD_MANAGER = "meshlet-lab"
@@ -45,20 +48,12 @@ class LabApi:
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         """One request; the decoded JSON answer, or LabApiError with the server's message."""
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = content_type
         try:
-            args = self.client.param_serialize(
-                method, path, header_params=headers, body=body, auth_settings=["BearerToken"]
-            )
-            resp = self.client.call_api(*args, _request_timeout=10)
-            data = resp.read()
+            return request_json(self.client, method, path, body=body, content_type=content_type, timeout=10)
+        except ApiException as exc:  # the server answered: its own message (a Status object's)
+            raise LabApiError(f"{method} {path}: {exc.status} {status_reason(exc)}") from None
         except Exception as exc:  # urllib3's connection errors and the client's own: one message either way
             raise LabApiError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
-        if resp.status >= 400:
-            raise LabApiError(_reason(method, path, resp.status, data))
-        return json.loads(data) if data else None
 
     def resource(self, api_version: str, kind: str) -> Resource:
         """Where `kind` of `api_version` is served, from discovery (cached; CRDs created later are looked up)."""
@@ -137,12 +132,3 @@ class LabApi:
 
     def apply_all(self, objs: Iterable[Mapping[str, Any]]) -> list[Obj]:
         return [self.apply(o) for o in objs]
-
-
-def _reason(method: str, path: str, status: int, body: bytes) -> str:
-    """The API server's own message (a Status object's `message`), else the body as text."""
-    try:
-        message = json.loads(body).get("message") or body.decode(errors="replace")
-    except (ValueError, AttributeError):
-        message = body.decode(errors="replace")
-    return f"{method} {path}: {status} {message}"
