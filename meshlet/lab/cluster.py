@@ -154,7 +154,7 @@ def _check_addresses_free(plan: LabPlan) -> None:
 def _build(plan: LabPlan) -> None:
     kernel.ip_batch(
         [
-            f"link add name {plan.bridge} type bridge",
+            f"link add name {plan.bridge} address {bridge_mac(plan.host_ip)} type bridge",
             f"addr add {plan.host_ip}/24 dev {plan.bridge}",
             f"link set {plan.bridge} up",
         ]
@@ -177,7 +177,7 @@ def _build(plan: LabPlan) -> None:
                 "link set lo up",
                 f"addr add {node.ip}/24 dev eth0",
                 "link set eth0 up",
-                "link add br0 type bridge",
+                f"link add br0 address {bridge_mac(node.gateway)} type bridge",
                 f"addr add {node.gateway}/24 dev br0",
                 "link set br0 up",
                 # No default route on purpose: pod traffic to anything outside the lab stops here.
@@ -190,6 +190,15 @@ def _build(plan: LabPlan) -> None:
     for pod in plan.pods:
         pod_network(plan, pod)
         kernel.cgroup_create(pod.cgroup)
+
+
+def bridge_mac(gateway: str) -> str:
+    """A fixed, locally administered MAC for the bridge whose address is `gateway` (one bridge per L2 segment,
+    so unique there). A bridge left to choose takes the lowest MAC of its ports and changes it as pods come
+    and go; the pods' ARP entries for their gateway then name a MAC the bridge no longer answers to, and their
+    traffic is lost until the entry is probed again (about a minute of SYNs into nothing). Setting one, as
+    the bridge CNI plugin does, pins it."""
+    return "02:6d:" + ":".join(f"{o:02x}" for o in ipaddress.IPv4Address(gateway).packed)
 
 
 def pod_network(plan: LabPlan, pod: PodPlan) -> None:
