@@ -89,6 +89,8 @@ class ResourceWatch:
         self._response: Any = None
         self._missing = False
         self._failing = False
+        self.rv: str | None = None
+        """The resourceVersion to watch from: the list's, then each event's; None lists (again)."""
 
     def close(self) -> None:
         """End the loop; a watch blocked on its stream is cut so the thread ends now, not at its timeout."""
@@ -101,26 +103,26 @@ class ResourceWatch:
                 log.debug("cutting the %s watch: %s", self.resource.label, exc)
 
     def run(self) -> None:
-        rv: str | None = None
+        self.rv = None
         while not self.stop.is_set():
             try:
-                if rv is None:
-                    rv = self._list()
+                if self.rv is None:
+                    self.rv = self._list()
                 started = time.monotonic()
-                rv, news = self._watch(rv)
+                news = self._watch()
                 self._recovered()
                 if news or time.monotonic() - started >= 1.0:
                     self.backoff.reset()
                 else:  # ended at once with nothing to say: never turn that into a busy loop
                     self.stop.wait(self.backoff.next())
             except Expired:
-                log.info("%s: resourceVersion %s expired; listing again", self.resource.label, rv)
-                rv = None
+                log.info("%s: resourceVersion %s expired; listing again", self.resource.label, self.rv)
+                self.rv = None
             except ApiException as exc:
                 if exc.status == 410:  # a list's continue token, or a watch answered 410 before streaming
-                    rv = None
+                    self.rv = None
                 elif exc.status == 404:
-                    rv = None
+                    self.rv = None
                     self._not_served(exc)
                 else:
                     self._failed(f"HTTP {exc.status}: {status_reason(exc)}")
@@ -182,15 +184,18 @@ class ResourceWatch:
         self._recovered()
         return str(meta.get("resourceVersion") or "")
 
-    def _watch(self, rv: str) -> tuple[str, bool]:
-        """Watch from `rv` until the stream ends; returns the last resourceVersion seen and whether any event
-        (bookmarks included) arrived."""
+    def _watch(self) -> bool:
+        """Watch from `self.rv` until the stream ends, moving `self.rv` on with every event; returns whether any
+        event (bookmarks included) arrived. It moves per event, not on return: a stream cut mid-way (a restarted
+        server, a dropped connection) raises, and the next watch must resume after the last event delivered,
+        not replay every event since the list (old pod states, deleted pods coming back for a moment)."""
+        assert self.rv is not None
         query = [
             *self._query(),
             ("watch", "true"),
             ("allowWatchBookmarks", "true"),
             ("timeoutSeconds", str(self.timeout_seconds)),
-            ("resourceVersion", rv),
+            ("resourceVersion", self.rv),
         ]
         # The read timeout outlasts the server's own, so only a dead connection trips it.
         response = request(self.client, "GET", self.resource.path, query, timeout=(5.0, self.timeout_seconds + 15.0))
@@ -198,7 +203,7 @@ class ResourceWatch:
         news = False
         try:
             if self.stop.is_set():
-                return rv, news
+                return news
             for line in _lines(response):
                 event = json.loads(line)
                 kind, obj = event.get("type"), event.get("object") or {}
@@ -207,10 +212,11 @@ class ResourceWatch:
                     if obj.get("code") == 410:
                         raise Expired
                     raise RuntimeError(f"watch error: {obj.get('message') or obj}")
-                rv = str((obj.get("metadata") or {}).get("resourceVersion") or rv)
+                rv = str((obj.get("metadata") or {}).get("resourceVersion") or self.rv)
                 if kind in ("ADDED", "MODIFIED", "DELETED"):
                     self.emit(Changed(self.resource, kind, self._filled(obj)))
-            return rv, news
+                self.rv = rv  # after the emit: an event not handed on is asked for again
+            return news
         finally:
             self._response = None
             response.release_conn()

@@ -119,6 +119,12 @@ async def test_a_restarted_server_or_dropped_watch_is_resumed(kube: KubeApiServe
     source = source_for(kube)
     async with running(source, rec):
         await until(lambda: len(kube.store.watchers) == len(CONTROL_RESOURCES), "every resource watched")
+        # A pod that comes and goes through the watch before the fault: the watch resumes after its events,
+        # it must not come back for a moment (a replay from the list's resourceVersion did that).
+        create(kube, PODS, pod("c", "10.0.0.3"))
+        await until(lambda: ObjectKey("Pod", "mesh", "c") in rec.store.objects, "pod c through the watch")
+        call(kube, "DELETE", "/api/v1/namespaces/mesh/pods/c")
+        await until(lambda: ObjectKey("Pod", "mesh", "c") not in rec.store.objects, "pod c gone")
         if fault == "restart":
             kube.restart()
         else:
@@ -127,6 +133,7 @@ async def test_a_restarted_server_or_dropped_watch_is_resumed(kube: KubeApiServe
         await until(lambda: _equal(kube, rec), "the store equal to the server", timeout=10)
         assert known_keys(source) == server_keys(kube)
         assert rec.upserts("Service", "db") == 1 and rec.upserts("Pod", "a") == 1
+        assert rec.upserts("Pod", "c") == 1, "the events before the fault were delivered again"
 
 
 async def test_an_outage_is_waited_out_with_backoff_then_the_store_catches_up(kube: KubeApiServer) -> None:
