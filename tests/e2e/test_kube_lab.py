@@ -271,7 +271,7 @@ def test_api_server_faults_leave_traffic_alone_and_lose_no_change(
     wait_for(lambda: _control_objects(kube_lab) == expected, 15, f"control holding the API server's {expected}")
 
 
-def _log_tail(lab: Lab, name: str, lines: int = 25) -> str:
+def _log_tail(lab: Lab, name: str, lines: int = 60) -> str:
     """The end of a lab process's log, for a failure's message (the lab and its logs go at teardown)."""
     path = Path(lab.status["directory"]) / "logs" / f"{name}.log"
     return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
