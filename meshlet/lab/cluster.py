@@ -222,6 +222,8 @@ def pod_network(plan: LabPlan, pod: PodPlan) -> None:
         ],
         netns=pod.netns,
     )
+    # A pod given the IP of one deleted moments ago has a new MAC: the node and its pods must hear of it.
+    kernel.gratuitous_arp(pod.netns, "eth0", pod.ip)
 
 
 def start_app(

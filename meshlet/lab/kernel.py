@@ -12,6 +12,8 @@ import contextlib
 import json
 import os
 import signal
+import socket
+import struct
 import subprocess
 import time
 from collections.abc import Iterable, Iterator
@@ -92,6 +94,23 @@ def sysctl(netns: str, key: str, value: str) -> None:
     path = Path("/proc/sys") / key.replace(".", "/")
     with entered(netns):
         path.write_text(value)
+
+
+def gratuitous_arp(netns: str, ifname: str, ip: str) -> None:
+    """Announce that `ip` is at `ifname`'s MAC (an ARP request for itself, broadcast), as the bridge CNI plugin
+    does for a new pod: neighbours still holding the MAC of a pod that had the IP before update their entry
+    instead of sending it frames for a MAC nobody has until the entry is probed again (about a minute)."""
+    with entered(netns):
+        sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+        try:
+            sock.bind((ifname, 0))
+        except BaseException:
+            sock.close()
+            raise
+    with sock:
+        mac, addr = sock.getsockname()[4], socket.inet_aton(ip)
+        arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, 1) + mac + addr + bytes(6) + addr  # who-has ip, tell ip
+        sock.send(b"\xff" * 6 + mac + struct.pack("!H", 0x0806) + arp)
 
 
 # --- cgroup v2 --------------------------------------------------------------------------------

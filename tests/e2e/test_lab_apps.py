@@ -99,3 +99,25 @@ def test_deployments_become_mesh_pods_named_after_their_deployment(lab: Lab, tmp
     assert "Deployment/shop/echo-v1 deleted" in gone
     assert shop_pods(lab) == []
     assert {p["name"] for p in status(lab)["pods"]} == {"web-1a", "web-1b", "web-2a", "web-2b"}  # type: ignore[union-attr,index]
+
+    # Applied again, the pods come back with the same names, IPs and identity, on fresh network namespaces: the
+    # old ones vanished without a FIN, and web-1a's ztunnel must not send streams over their dead tunnels.
+    meshlet("lab", "--id", lab.id, "apply", "-f", str(manifest(tmp_path, 2)))
+    try:
+        again_pods = shop_pods(lab)
+        assert {p["ip"] for p in again_pods} == {p["ip"] for p in pods}, "the lab hands out the same IPs again"
+
+        def answered_by_both() -> bool:
+            seen = set()
+            for _ in range(4):
+                proc = curl(lab, "web-1a", f"http://{vip}/hello", timeout=3)
+                if proc.returncode == 0:
+                    seen.add(json.loads(proc.stdout)["pod"])
+            return seen == {p["name"] for p in again_pods}
+
+        wait_for(answered_by_both, 15, "both new replicas answering through the Service")
+        failed = [proc.stderr for proc in (curl(lab, "web-1a", f"http://{vip}/hello", timeout=3) for _ in range(8))
+                  if proc.returncode != 0]  # fmt: skip
+        assert failed == [], f"{len(failed)} of 8 requests failed after the Deployment came back: {failed[:2]}"
+    finally:
+        meshlet("lab", "--id", lab.id, "delete", "-f", str(manifest(tmp_path, 2)))
