@@ -43,6 +43,7 @@ from ztunnel.proxy import limits
 from ztunnel.proxy.context import ProxyContext
 from ztunnel.proxy.limits import HboneLimits
 from ztunnel.proxy.origdst import OriginalDestination
+from ztunnel.proxy.pool import HbonePool, PoolKey
 from ztunnel.proxy.serving import PodServing
 from ztunnel.proxy.sockets import NetnsSockets
 from ztunnel.state.mesh import MeshIndex
@@ -277,10 +278,21 @@ class Ztunnel:
         self.ctx.clusters.installed(self.ctx.index)
         self.ctx.config_loaded.set()
         self.ctx.config_source = "control"
+        if self.ctx.pool is not None:
+            self._retire_gone(self.ctx.pool, self.ctx.index)
         if self.cache is not None:
             self.cache.save(state)
         log.info("config version %s: %d workloads, %d services", state.version, len(self.ctx.index.workloads),
                  len(self.ctx.index.services))  # fmt: skip
+
+    @staticmethod
+    def _retire_gone(pool: HbonePool, index: MeshIndex) -> None:
+        def still_there(key: PoolKey) -> bool:
+            workload = index.by_ip.get(key[2])
+            return workload is not None and workload.identity == key[3]
+
+        if retired := pool.retire(still_there):
+            log.info("%d HBONE connection(s) retired: their destination is no longer that workload", retired)
 
     def stop(self) -> None:
         self._stop.set()

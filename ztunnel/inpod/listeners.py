@@ -20,22 +20,24 @@ from pathlib import Path
 
 from meshlet_contracts.netns import entered_fd
 from meshlet_contracts.ports import HBONE, INBOUND_PLAINTEXT, OUTBOUND, ZTUNNEL_MARK
+from ztunnel.proxy.sockets import IP_TRANSPARENT, tunnel_liveness
 
 log = logging.getLogger(__name__)
-IP_TRANSPARENT = 19
 MIGRATE_REQ = Path("/proc/sys/net/ipv4/tcp_migrate_req")
 """Per netns: /proc/sys/net is the opening thread's netns."""
 PORTS = {"outbound": OUTBOUND, "inbound_plaintext": INBOUND_PLAINTEXT, "hbone": HBONE}
 BACKLOG = 1024
 
 
-def _listener(port: int) -> socket.socket:
+def _listener(port: int, tunnel: bool) -> socket.socket:
     s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     try:
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_MARK, ZTUNNEL_MARK)
         s.setsockopt(socket.SOL_IP, IP_TRANSPARENT, 1)
+        if tunnel:
+            tunnel_liveness(s)  # inherited by every accepted tunnel
         s.bind(("0.0.0.0", port))
         s.listen(BACKLOG)
         s.setblocking(False)
@@ -60,7 +62,7 @@ class PodListeners:
             with entered_fd(netns_fd):
                 _migrate_requests()
                 for name, port in PORTS.items():
-                    pod.sockets[name] = _listener(port)
+                    pod.sockets[name] = _listener(port, tunnel=name == "hbone")
         except BaseException:
             pod.close()
             raise

@@ -17,6 +17,7 @@ from collections.abc import Hashable
 
 from ztunnel.l7.channel import Channel
 from ztunnel.l7.exchange import Upstream
+from ztunnel.proxy.hbone import StreamSide
 
 IDLE_TIMEOUT = 15.0
 MAX_IDLE_PER_KEY = 32
@@ -39,8 +40,8 @@ class UpstreamPool:
             upstream, timer = idle.pop()
             timer.cancel()
             channel = upstream.channel
-            if channel.lost or channel.buffered or upstream.events:
-                channel.abort()  # closed, or sent something unasked while idle: not in step any more
+            if channel.lost or channel.buffered or upstream.events or _retired(channel):
+                channel.abort()  # closed, sent something unasked while idle, or its tunnel's peer is gone
                 continue
             if not idle:
                 del self._idle[key]
@@ -93,3 +94,9 @@ def new_upstream(address: str, key: Hashable) -> tuple[Upstream, Channel]:
     """A fresh upstream record with its channel, before its side is attached."""
     channel = Channel()
     return Upstream(channel=channel, address=address, key=key), channel
+
+
+def _retired(channel: Channel) -> bool:
+    """Whether the channel is a stream on an HBONE connection the pool retired (its destination left)."""
+    side = channel.side
+    return isinstance(side, StreamSide) and side.conn.retired

@@ -59,6 +59,11 @@ async def open_stream(
         try:
             async with asyncio.timeout(RESPONSE_TIMEOUT):
                 status = await response
+        except TimeoutError:
+            side.abort()
+            held.hand_to(side, owner)
+            conn.retire()  # a peer that answers nothing in 10 s gets no further streams on this connection
+            raise TimeoutError(f"no answer to the CONNECT from {up.ip} within {RESPONSE_TIMEOUT:g} s") from None
         except StreamRefusedError:
             if retries_left:
                 log.info("CONNECT to %s:%d refused unprocessed; retrying on another connection", up.ip, up.port)

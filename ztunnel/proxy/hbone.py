@@ -223,6 +223,8 @@ class HboneConnection(asyncio.Protocol):
         self.goaway = False
         self.draining = False
         """(server) GOAWAY sent by `drain`: closes once its last stream ended."""
+        self.retired = False
+        """(client) `retire`d: takes no new stream, closes once its last stream ended."""
         self._grace: asyncio.TimerHandle | None = None
         self.peer_identity = ""
         self._flush_scheduled = False
@@ -401,7 +403,15 @@ class HboneConnection(asyncio.Protocol):
 
     @property
     def usable(self) -> bool:
-        return not self.lost and not self.goaway and self.h2.available_streams > 0
+        return not self.lost and not self.goaway and not self.retired and self.h2.available_streams > 0
+
+    def retire(self) -> None:
+        """(client) Open no new stream here: the destination left the mesh or changed, or a CONNECT went
+        unanswered (a peer that vanished without a FIN). The streams it carries run to their end; closed after
+        the last, or now when it has none."""
+        self.retired = True
+        if not self.streams:
+            self.close()
 
     def open(
         self, authority: str, owner: Owner, headers: list[tuple[str, str]]
@@ -442,6 +452,9 @@ class HboneConnection(asyncio.Protocol):
         if not self.streams:
             if self.draining:
                 self._close_after_grace()
+                return
+            if self.retired:
+                self.close()
                 return
             self._idle_since = asyncio.get_running_loop().time()
             if self.on_idle is not None:

@@ -24,11 +24,12 @@ import asyncio
 import contextlib
 import logging
 import ssl
+from collections.abc import Callable
 
 from meshlet_contracts.ports import HBONE
 from ztunnel.metrics import Metrics
 from ztunnel.proxy.hbone import HboneConnection
-from ztunnel.proxy.sockets import CONNECT_TIMEOUT, NetnsSockets, SocketFactory
+from ztunnel.proxy.sockets import CONNECT_TIMEOUT, NetnsSockets, SocketFactory, tunnel_liveness
 from ztunnel.tls import PeerIdentityError, peer_identity
 
 log = logging.getLogger(__name__)
@@ -106,6 +107,7 @@ class HbonePool:
     async def _open(self, key: PoolKey, netns_fd: int, tls: ssl.SSLContext) -> HboneConnection:
         """A new mTLS connection to the destination's 15008 that proved the identity `key` names."""
         sock = await self.sockets.connect(netns_fd, key[2], HBONE)
+        tunnel_liveness(sock)
         transport, conn = await asyncio.get_running_loop().create_connection(
             lambda: HboneConnection(client=True, metrics=self.metrics),  # its HTTP/2 failures are counted
             sock=sock,
@@ -146,6 +148,21 @@ class HbonePool:
             log.debug("closing idle HBONE connection to %s", key[2])
             self._remove(key, conn)
             conn.close()
+
+    def retire(self, keep: Callable[[PoolKey], bool]) -> int:
+        """Take out of the pool every connection whose key `keep` refuses (its destination IP is no workload of
+        that identity any more): a pod deleted with its netns never says goodbye, and a new pod given its IP
+        must not be sent streams over the dead one's connection. Idle ones close now, busy ones after their
+        last stream. Returns how many went."""
+        retired = 0
+        for key, conns in list(self.conns.items()):
+            if keep(key):
+                continue
+            for conn in list(conns):
+                self._remove(key, conn)
+                conn.retire()
+                retired += 1
+        return retired
 
     def close(self) -> None:
         for conns in list(self.conns.values()):

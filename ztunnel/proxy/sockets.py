@@ -22,15 +22,32 @@ from typing import Protocol
 from meshlet_contracts.netns import setns
 from meshlet_contracts.ports import TRANSPARENT_MARK as APP_MARK
 from meshlet_contracts.ports import ZTUNNEL_MARK
-from ztunnel.inpod.listeners import IP_TRANSPARENT
 from ztunnel.proxy.origdst import OriginalDestination
 
 # APP_MARK marks the transparent sockets to an app: the pod's reply routing (table 100) keys on it, for
 # either redirection backend; ztunnel's other sockets carry ZTUNNEL_MARK, which capture skips.
 CONNECT_TIMEOUT = 5.0
+IP_TRANSPARENT = 19
+"""Linux's IP_TRANSPARENT (the socket module lacks it before 3.12): bind or accept any address."""
 _HOME = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
 """This process' own netns, taken at import (before any thread moves): where every setns returns to."""
 _LINGER_RESET = struct.pack("ii", 1, 0)
+TUNNEL_USER_TIMEOUT_MS = 20_000
+"""An HBONE connection whose sent bytes stay unacknowledged this long is dead (its peer's netns or node went
+without a FIN or RST): the kernel ends it, so the pool stops handing out a connection nobody answers on."""
+TUNNEL_KEEPALIVE = (15, 5, 3)
+"""TCP keepalive on HBONE connections (idle s, interval s, probes): an idle one to a vanished peer ends in
+about 30 s rather than waiting for its idle timeout or the next stream."""
+
+
+def tunnel_liveness(sock: socket.socket) -> None:
+    """Keepalive and a user timeout on an HBONE socket (a listener's are inherited by what it accepts)."""
+    idle, interval, probes = TUNNEL_KEEPALIVE
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, idle)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, interval)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, probes)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, TUNNEL_USER_TIMEOUT_MS)
 
 
 class SocketFactory(Protocol):
