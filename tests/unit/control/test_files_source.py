@@ -179,3 +179,68 @@ def test_a_document_that_refers_to_itself_or_is_not_utf8_is_reported(tmp_path: P
     assert batches["loop.yaml"].errors == (f"document 1: nested deeper than {MAX_DEPTH} levels, or refers to itself",)
     assert batches["latin1.yaml"].errors[0].startswith("unreadable YAML: unacceptable character #x00e9")
     assert batches["laughs.yaml"].errors == () and batches["laughs.yaml"].upserts[0]["metadata"]["name"] == "three"
+
+
+STORE_FILE = """\
+apiVersion: v1
+kind: Pod
+metadata:
+  name: web-0
+  namespace: mesh
+  labels: {app: web, "version": 'v1', tier: "front"}
+  annotations: {note: "a: b # not a comment", empty: "", multi: "line one\\nline two"}
+spec: {nodeName: node1, serviceAccountName: web, containers: [{name: app, ports: [{containerPort: 8080}]}]}
+status: {phase: Running, podIP: 10.0.0.1, conditions: [{type: Ready, status: "True"}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: mesh, labels: &labels {app: web, "version": 'v1'}}
+spec:
+  selector: *labels
+  ports:
+  - {name: http, port: 80, targetPort: 8080, appProtocol: null}
+  clusterIP: 10.96.0.10
+---
+apiVersion: security.istio.io/v1
+kind: AuthorizationPolicy
+metadata: {name: allow, namespace: mesh}
+spec:
+  action: ALLOW
+  rules:
+  - from: [{source: {principals: ["cluster.local/ns/a/sa/b"]}}]
+    to:
+    - operation:
+        methods: [GET, HEAD]
+        paths: ["/api/*", '/health']
+        ports: ["8080"]
+    when: [{key: "request.headers[x-token]", values: [yes, no, "on", 0x1F, 1e3, ~, 2026-11-29]}]
+"""
+
+
+def test_libyaml_and_the_pure_python_loader_read_a_store_file_alike() -> None:
+    import yaml
+
+    from control.sources.files import _BoundedLoader, load_documents
+
+    assert yaml.__with_libyaml__, "the setup installs PyYAML with libyaml: the store's fast path"
+    assert load_documents(STORE_FILE.encode()) == list(yaml.load_all(STORE_FILE.encode(), Loader=_BoundedLoader))
+
+
+@pytest.mark.parametrize(
+    "payload",
+    ['"[" * 200_000', '"- " * 200_000 + "x"', '"{a: " * 200_000', '"".join(" " * i + "b:\\n" for i in range(3000))'],
+    ids=["flow-sequences", "block-sequences", "flow-mappings", "block-mappings"],
+)
+def test_nesting_libyaml_would_crash_on_is_refused_with_its_place(payload: str) -> None:
+    """libyaml's composer recurses in C (SIGSEGV near 100,000 levels): such a file must never reach it. In a
+    process of its own, so a crash shows as one failed test, not a dead suite."""
+    import subprocess
+    import sys
+
+    code = (
+        "from control.sources.files import load_documents\n"
+        f"try:\n    load_documents(({payload}).encode())\nexcept Exception as exc:\n    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=False)
+    assert proc.returncode == 0, f"the loader died ({proc.returncode}): {proc.stderr[-500:]}"
+    assert f"nested deeper than {MAX_DEPTH} levels" in proc.stdout and "line " in proc.stdout, proc.stdout
