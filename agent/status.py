@@ -11,12 +11,15 @@ import os
 import socket
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from aiohttp import web
+if TYPE_CHECKING:
+    from aiohttp import web
 
 
 async def serve_status(path: Path, snapshot: Callable[[], dict[str, Any]]) -> web.AppRunner:
+    from aiohttp import web  # here: the CLI reads status through `read_status` and never serves it
+
     """Serve `GET /v1/status` -> snapshot() on the unix socket `path`."""
 
     async def status(_: web.Request) -> web.Response:

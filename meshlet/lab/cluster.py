@@ -18,11 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from control.model.kube import Namespace, Pod
-from control.model.mesh import MeshSettings, enrolled
-from control.sources.base import SourceBatch
-from control.sources.files import FileSource
-from control.store import ConfigStore
 from meshlet.lab import kernel, kube_mesh, mesh, processes
 from meshlet.lab.apps import AppsState
 from meshlet.lab.objects import DATAPLANE_LABEL, lab_objects
@@ -310,6 +305,14 @@ def _down(lab_id: str) -> Removed:
 def _enrolled_pods(state: LabState) -> set[tuple[str, str]]:
     """(namespace, name) of the pods the store's labels enroll now (labels may have changed since `up`),
     by control's own rule; the agent, when running, decides and reports actual capture."""
+    # Imported here: the rest of this module serves every `meshlet lab` command (`exec` among them, run
+    # hundreds of times by scripts and tests), which should not pay for control's model and store.
+    from control.model.kube import Namespace, Pod
+    from control.model.mesh import MeshSettings, enrolled
+    from control.sources.base import SourceBatch
+    from control.sources.files import FileSource
+    from control.store import ConfigStore
+
     store = ConfigStore(MeshSettings(dataplane_label=DATAPLANE_LABEL))
     if state.plan.source == "kubernetes":
         store.apply([SourceBatch("kubernetes", tuple(kube_mesh.enrollment_objects(state)))])

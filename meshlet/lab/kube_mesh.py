@@ -21,7 +21,6 @@ from pathlib import Path
 from typing import Any
 
 import meshlet
-from daemonset.crds import crds
 from meshlet.lab import kernel, processes
 from meshlet.lab.kube_objects import LabApi, LabApiError
 from meshlet.lab.mesh import MeshStartError
@@ -128,6 +127,8 @@ def ztunnel_pod(state: LabState, node: NodePlan) -> dict[str, Any]:
 
 def seed(state: LabState) -> None:
     """The cluster's starting state: CRDs, the lab's objects, meshlet-system with a ztunnel pod per node."""
+    from daemonset.crds import crds  # here: every `meshlet lab` command imports this module, few seed a cluster
+
     api = LabApi(kubeconfig(state))
     try:
         for crd in [*crds(), *(_open_crd(*c) for c in OTHER_CRDS)]:

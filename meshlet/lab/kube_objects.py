@@ -15,11 +15,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kubernetes.client.exceptions import ApiException
-
-from control.kube_client import load_client
-from control.sources.kube_api import request_json, status_reason
-
 Obj = dict[str, Any]
 FIELD_MANAGER = "meshlet-lab"
 
@@ -43,11 +38,19 @@ class LabApi:
     """A lab's cluster: objects by apiVersion/kind, read and written over the API."""
 
     def __init__(self, kubeconfig: Path) -> None:
+        # The Kubernetes client is imported here, not with the module: every `meshlet lab` command imports
+        # this module, and only a Kubernetes lab's commands need the client (a quarter second of imports).
+        from control.kube_client import load_client
+
         self.client = load_client(kubeconfig)
         self._resources: dict[tuple[str, str], Resource] = {}
 
     def request(self, method: str, path: str, body: Any = None, content_type: str = "application/json") -> Any:
         """One request; the decoded JSON answer, or LabApiError with the server's message."""
+        from kubernetes.client.exceptions import ApiException
+
+        from control.sources.kube_api import request_json, status_reason
+
         try:
             return request_json(self.client, method, path, body=body, content_type=content_type, timeout=10)
         except ApiException as exc:  # the server answered: its own message (a Status object's)

@@ -40,3 +40,21 @@ def test_bad_redirect_is_rejected() -> None:
     result = CliRunner().invoke(cli, ["lab", "up", "--redirect", "bpf"])
     assert result.exit_code == 2
     assert "'bpf' is not one of" in result.output
+
+
+def test_a_lab_command_does_not_load_the_kubernetes_client_or_controls_store() -> None:
+    """`meshlet lab exec` runs hundreds of times in scripts and tests: importing the Kubernetes client,
+    aiohttp and control's store on each call tripled its start-up. Only the commands that use them load them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from click.testing import CliRunner\n"
+        "from meshlet.cli.main import cli\n"
+        "result = CliRunner().invoke(cli, ['lab', 'exec', '--help'])\n"
+        "assert result.exit_code == 0, result.output\n"
+        "print(sorted(m for m in ('kubernetes', 'aiohttp', 'control.store', 'daemonset') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert proc.stdout.strip() == "[]", proc.stdout
