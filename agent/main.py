@@ -3,8 +3,8 @@
 It watches the store (Namespaces and Pods, through control's file or kubernetes source and model; on Kubernetes
 only this node's pods, by a `spec.nodeName` fieldSelector), keeps this node's
 enrolled pods captured with the chosen backend, serves ZDS to the node's ztunnel, and reports on its
-status socket. Store changes reach the kernel within the source's poll interval plus one reconcile; a
-periodic pass every `resync` seconds repairs drift and finds pods whose netns appeared late.
+status socket. Store changes reach the kernel once the source hears of them (inotify, else its poll) plus one
+reconcile; a periodic pass every `resync` seconds repairs drift and finds pods whose netns appeared late.
 
 Its long-lived tasks (the store's watch, the reconcile loop, ZDS accepts) run under a `Supervisor`: one that
 fails is restarted with backoff and shows in the status API's `tasks` (and so in `meshlet status`) while down.
