@@ -270,11 +270,11 @@ class Ztunnel:
 
     def _validate(self, state: ConfigState) -> None:
         # Converting is the check: a version that cannot be converted is nacked, the last index stays.
-        self._built = {state.version: MeshIndex.from_config(state)}
+        self._built = {state.version: MeshIndex.from_config(state, self.ctx.index)}
 
     def _updated(self, state: ConfigState) -> None:
         built = self._built.pop(state.version, None)
-        self.ctx.index = built if built is not None else MeshIndex.from_config(state)
+        self.ctx.index = built if built is not None else MeshIndex.from_config(state, self.ctx.index)
         self.ctx.clusters.installed(self.ctx.index)
         self.ctx.config_loaded.set()
         self.ctx.config_source = "control"

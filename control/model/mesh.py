@@ -131,8 +131,12 @@ def build_state(objects: Iterable[object], settings: MeshSettings) -> MeshState:
     for pod in live:
         item = workload_item(pod, namespaces.get(pod.namespace), settings)
         state["workloads"][item_key("workloads", item)] = item
+    by_namespace: dict[str, list[Pod]] = {}
+    for pod in live:
+        by_namespace.setdefault(pod.namespace, []).append(pod)
     for svc in services:
-        service = service_item(svc, live, settings)
+        # Only the Service's namespace can hold its endpoints: O(pods) for all Services, not O(Services x pods).
+        service = service_item(svc, by_namespace.get(svc.namespace, ()), settings)
         state["services"][item_key("services", service)] = service
     for collection, policy in policies:
         wire = policy.to_wire()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 from meshlet_contracts.config_items import ItemError, ServiceItem, WorkloadItem, parse_service, parse_workload
 from meshlet_contracts.protocols import http_ports
@@ -132,27 +133,43 @@ class MeshIndex:
     attaches to (None: every port)."""
     # Round-robin cursors per service: the only mutable part, and only ever advanced.
     _cursors: dict[str, itertools.count[int]] = field(default_factory=dict)
+    _converted: Mapping[tuple[str, str], tuple[object, Workload | Service]] = field(default_factory=dict)
+    """(collection, key) -> (the wire item, what it converted to): an item a delta left alone is the same
+    object in the next state, and is not parsed again (a one-pod change among 10,000 converts one item)."""
 
     @classmethod
-    def from_config(cls, state: ConfigState) -> MeshIndex:
-        """Convert `state`; raises ConfigRejected naming the item that could not be converted."""
+    def from_config(cls, state: ConfigState, previous: MeshIndex | None = None) -> MeshIndex:
+        """Convert `state`, reusing what `previous` converted from the very same items; raises ConfigRejected
+        naming the item that could not be converted."""
+        before = previous._converted if previous is not None else {}
+        converted: dict[tuple[str, str], tuple[object, Workload | Service]] = {}
         workloads: dict[str, Workload] = {}
         by_ip: dict[str, Workload] = {}
         services: dict[str, Service] = {}
         by_vip: dict[str, Service] = {}
         for key, item in state.items("workloads").items():
-            try:
-                w = Workload.from_wire(parse_workload(item))
-            except ItemError as exc:
-                raise ConfigRejected(f"workloads/{key}: {exc}") from None
+            held = before.get(("workloads", key))
+            if held is not None and held[0] is item:
+                w = cast(Workload, held[1])
+            else:
+                try:
+                    w = Workload.from_wire(parse_workload(item))
+                except ItemError as exc:
+                    raise ConfigRejected(f"workloads/{key}: {exc}") from None
+            converted["workloads", key] = (item, w)
             workloads[w.uid] = w
             for ip in w.ips:
                 by_ip[ip] = w
         for key, item in state.items("services").items():
-            try:
-                s = Service.from_wire(parse_service(item))
-            except ItemError as exc:
-                raise ConfigRejected(f"services/{key}: {exc}") from None
+            held = before.get(("services", key))
+            if held is not None and held[0] is item:
+                s = cast(Service, held[1])
+            else:
+                try:
+                    s = Service.from_wire(parse_service(item))
+                except ItemError as exc:
+                    raise ConfigRejected(f"services/{key}: {exc}") from None
+            converted["services", key] = (item, s)
             services[f"{s.namespace}/{s.name}"] = s
             for vip in s.vips:
                 by_vip[vip] = s
@@ -172,6 +189,7 @@ class MeshIndex:
             http_targets=_http_targets(services),
             traffic=_traffic_policies(state),
             routes=_http_routes(state),
+            _converted=converted,
         )
 
     def traffic_policy(self, service: str, port: int) -> TrafficPolicy | None:

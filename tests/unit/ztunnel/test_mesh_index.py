@@ -177,3 +177,25 @@ def test_inbound_http_reason_follows_the_services_a_workload_backs() -> None:
     assert index.http_reason_for("uid-web-a", 80) is None  # the service port, not the pod's
     assert index.http_reason_for("uid-db-a", 8080) is None  # another namespace: not an endpoint
     assert index.http_reason_for("uid-unknown", 8080) is None
+
+
+def test_a_delta_converts_only_the_items_it_carries_and_a_bad_one_is_still_refused() -> None:
+    pods = [pod(f"web-{i}", f"10.0.0.{i + 1}") for i in range(3)]
+    first_state = apply(ConfigState(), snapshot(
+        workloads=[workload_item(p, MESH_NS, SETTINGS) for p in pods],
+        services=[service_item(web_service(), pods, SETTINGS)],
+    ))  # fmt: skip
+    first = MeshIndex.from_config(first_state)
+    moved = pod("web-2", "10.0.0.9")
+    delta = {"type": "delta", "epoch": "e1", "base": 7, "version": 8,
+             "upsert": {"workloads": [workload_item(moved, MESH_NS, SETTINGS)]}, "remove": {}}  # fmt: skip
+    second = MeshIndex.from_config(apply(first_state, delta), first)
+    # Untouched items are the very objects the previous version converted; the changed one is new and right.
+    assert second.workloads["uid-web-0"] is first.workloads["uid-web-0"]
+    assert second.services["shop/web"] is first.services["shop/web"]
+    assert second.workloads["uid-web-2"].ips == ("10.0.0.9",) and second.by_ip["10.0.0.9"].name == "web-2"
+    assert "10.0.0.3" not in second.by_ip
+    bad = {**delta, "version": 9, "base": 8,
+           "upsert": {"workloads": [{**workload_item(moved, MESH_NS, SETTINGS), "ips": "10.0.0.9"}]}}  # fmt: skip
+    with pytest.raises(ConfigRejected, match="workloads/"):
+        apply(apply(first_state, delta), bad, lambda state: MeshIndex.from_config(state, second) and None)
