@@ -31,7 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tests.bench import haproxy, http_parsers, nginx, report, routing, services
+from tests.bench import config_scale, haproxy, http_parsers, nginx, report, routing, services
 from tests.bench.chart import write_chart
 from tests.bench.lab import BenchError, Lab, LabError, Pod, stop
 from tests.bench.scenario import Scenario, Settings, measure
@@ -67,6 +67,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="also measure the HTTP parsers, httptools vs h11 (default on; about 30 s)",
+    )
+    p.add_argument(
+        "--config-sizes",
+        default="1000,10000",
+        help="workload counts for the config push rows (control -> ztunnel, file source); '' skips them "
+        "(default 1000,10000; about 1 minute)",
     )
     p.add_argument("--lab-id", default="bench", help="lab id (default bench)")
     p.add_argument(
@@ -318,15 +324,23 @@ def main(argv: list[str] | None = None) -> int:
     if args.parsers:  # after the labs are down: the machine is as quiet as it gets
         _say("HTTP parsers: httptools vs h11")
         parsers = http_parsers.measure()
+    config_rows = None
+    if args.config_sizes:
+        _say(f"config push: {args.config_sizes} workloads, control -> one ztunnel")
+        config_rows = config_scale.measure(sorted(int(n) for n in args.config_sizes.split(",")))
     info["load_average_at_end"] = os.getloadavg()
     doc = report.document(run.results, run.unavailable, counts, _meta(args, info, started_at, t0))
     doc["http_parsers"] = parsers
+    doc["config_push"] = config_rows
     json_path, png_path = args.out / "latest.json", args.out / "latest.png"
     report.write_json(json_path, doc)
     missing = "".join(f"; {s} not measured" for s in report.SCENARIOS if not doc["scenarios"][s]["available"])
     subtitle = f"{started_at:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} CPUs, wrk {args.duration:g}s{missing}"
     write_chart(png_path, {key: m["ratios"] for key, m in doc["metrics"].items()}, counts, subtitle)
     _print(doc, counts)
+    if config_rows:
+        console.print("\n[bold]config push[/bold] (store write -> applied at a ztunnel; RSS after the push)")
+        console.print(config_scale.table(config_rows), markup=False, highlight=False)
     if parsers:
         console.print("\n[bold]HTTP parsers[/bold] (median ns per message, MB/s of wire data)")
         console.print(http_parsers.table(parsers), markup=False, highlight=False)
