@@ -17,8 +17,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -46,11 +47,13 @@ class PodStatus:
     """captured | pending | error | plain"""
     reason: str | None = None
     netns: str | None = None
+    since: float = field(default_factory=time.time)
+    """When the pod entered `state` (epoch seconds): what enrollment latency is measured against."""
 
     def to_json(self) -> dict[str, object]:
         t = self.target
         return {"uid": t.uid, "name": t.name, "namespace": t.namespace, "ips": list(t.ips), "enrolled": t.enrolled,
-                "state": self.state, "reason": self.reason, "netns": self.netns}  # fmt: skip
+                "state": self.state, "reason": self.reason, "netns": self.netns, "since": self.since}  # fmt: skip
 
 
 class Reconciler:
@@ -96,7 +99,7 @@ class Reconciler:
                     # Unenrolled now, or maybe enrolled before an agent restart: take our rules away.
                     await self._unenroll(target, netns)
                 else:
-                    self.pods[uid] = PodStatus(target, "plain", netns=str(netns.path) if netns else None)
+                    self._set(target, "plain", None, netns)
                 if netns is not None:
                     self._netns[uid] = netns
             for uid in set(self.pods) - set(targets):
@@ -205,7 +208,8 @@ class Reconciler:
         if old is None or (old.state, old.reason) != (state, reason):
             if state == "error":
                 log.error("%s: %s", target.ref, reason)  # once per distinct error
-        self.pods[target.uid] = PodStatus(target, state, reason, str(netns.path) if netns else None)
+        since = old.since if old is not None and old.state == state else time.time()
+        self.pods[target.uid] = PodStatus(target, state, reason, str(netns.path) if netns else None, since)
 
 
 def _info(t: PodTarget) -> WorkloadInfo:

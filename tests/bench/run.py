@@ -31,7 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tests.bench import config_scale, haproxy, http_parsers, nginx, report, routing, services
+from tests.bench import config_scale, enrollment, haproxy, http_parsers, nginx, report, routing, services
 from tests.bench.chart import write_chart
 from tests.bench.lab import BenchError, Lab, LabError, Pod, stop
 from tests.bench.scenario import Scenario, Settings, measure
@@ -73,6 +73,18 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default="1000,10000",
         help="workload counts for the config push rows (control -> ztunnel, file source); '' skips them "
         "(default 1000,10000; about 1 minute)",
+    )
+    p.add_argument(
+        "--enrollment-flips",
+        type=int,
+        default=10,
+        help="label/unlabel rounds per backend for the enrollment rows; 0 skips them (default 10)",
+    )
+    p.add_argument(
+        "--enrollment-bulk",
+        type=int,
+        default=100,
+        help="pods whose namespace is labelled at once (default 100; 0: none)",
     )
     p.add_argument("--lab-id", default="bench", help="lab id (default bench)")
     p.add_argument(
@@ -328,16 +340,24 @@ def main(argv: list[str] | None = None) -> int:
     if args.config_sizes:
         _say(f"config push: {args.config_sizes} workloads, control -> one ztunnel")
         config_rows = config_scale.measure(sorted(int(n) for n in args.config_sizes.split(",")))
+    enrollment_rows = None
+    if args.enrollment_flips:
+        _say(f"enrollment: {args.enrollment_flips} label flips and {args.enrollment_bulk} pods at once, per backend")
+        enrollment_rows = enrollment.measure(["iptables", "ebpf"], args.enrollment_flips, args.enrollment_bulk)
     info["load_average_at_end"] = os.getloadavg()
     doc = report.document(run.results, run.unavailable, counts, _meta(args, info, started_at, t0))
     doc["http_parsers"] = parsers
     doc["config_push"] = config_rows
+    doc["enrollment"] = enrollment_rows
     json_path, png_path = args.out / "latest.json", args.out / "latest.png"
     report.write_json(json_path, doc)
     missing = "".join(f"; {s} not measured" for s in report.SCENARIOS if not doc["scenarios"][s]["available"])
     subtitle = f"{started_at:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} CPUs, wrk {args.duration:g}s{missing}"
     write_chart(png_path, {key: m["ratios"] for key, m in doc["metrics"].items()}, counts, subtitle)
     _print(doc, counts)
+    if enrollment_rows:
+        console.print("\n[bold]enrollment[/bold] (store write -> the agent's state, from the agent's own clock)")
+        console.print(enrollment.table(enrollment_rows), markup=False, highlight=False)
     if config_rows:
         console.print("\n[bold]config push[/bold] (store write -> applied at a ztunnel; RSS after the push)")
         console.print(config_scale.table(config_rows), markup=False, highlight=False)

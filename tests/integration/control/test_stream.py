@@ -139,3 +139,34 @@ async def test_rejected_version_shows_in_control_metrics_status_and_log(control:
     finally:
         await c.stop()
         await asyncio.wait_for(task, 10)
+
+
+async def test_a_big_snapshot_is_converted_off_the_loop_and_a_small_delta_on_it(control: ControlProcess) -> None:
+    """3,000 pods make a snapshot of over a megabyte: the client decodes and converts it in a worker thread, so
+    the loop the data path shares is not held for the ~0.3 s that takes; a one-pod delta is applied in place."""
+    import threading
+
+    from ztunnel.state.mesh import MeshIndex
+
+    pods = (pod(f"bulk-{i}", "mesh", "node2", f"10.2.{i // 250}.{i % 250 + 1}") for i in range(3000))
+    control.write("many.yaml", *pods)
+    await until(lambda: control.status()["objects"] >= 3000, 10, "control holding the 3,000 pods")
+    threads: list[tuple[int, str]] = []  # (workloads, converting thread) per version, in order
+
+    def validate(state: ConfigState) -> None:
+        threads.append((len(state.items("workloads")), threading.current_thread().name))
+        MeshIndex.from_config(state)
+
+    c = ConfigClient(control.url, NodeCredential.in_dir(control.node_dir("node1")), backoff_max=0.5, validate=validate)
+    task = asyncio.create_task(c.run())
+    try:
+        await until(lambda: len(c.state.items("workloads")) >= 3000, 30, "the 3,000 pods at the client")
+        control.write("one-more.yaml", pod("web-1z", "mesh", "node1", "10.1.0.99"))
+        await until(lambda: workload(c.state, "web-1z") is not None, 5, "the one-pod delta")
+    finally:
+        await c.stop()
+        await asyncio.wait_for(task, 10)
+    loop_thread = threading.current_thread().name
+    (count, snapshot), (_, delta) = threads[0], threads[-1]
+    assert count >= 3000 and snapshot != loop_thread, f"the {count}-workload snapshot was converted on the loop"
+    assert delta == loop_thread, "a one-pod delta is small: applied in place"
