@@ -23,7 +23,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from agent.redirect.routing import RedirectError, in_netns, install_route, remove_route, route_present
+from agent.redirect.routing import (
+    RedirectError,
+    in_netns,
+    install_route,
+    remove_route,
+    route_present,
+    set_sysctls,
+    sysctls,
+)
 from bpf import loader
 from meshlet_contracts import bpf_syscall as syscall
 from meshlet_contracts.bpf_maps import COUNTERS, FLAG_LOCAL_HOPS, EnrollValue, MeshletConfig, ip_to_net, program_pin
@@ -84,8 +92,8 @@ class EbpfBackend:
             problems.append("enrolled map entry has another IP")
         if self._filter_id(netns) != self._inbound_id:
             problems.append(f"tc ingress filter (pref {TC_PREF}) on {DEV} is missing or another program")
-        for sysctl in SYSCTLS:
-            if in_netns(netns, ["sysctl", "-n", sysctl]).strip() != "1":
+        for sysctl, setting in sysctls(netns, list(SYSCTLS)).items():
+            if setting != "1":
                 problems.append(f"{sysctl} is not 1")
         if not route_present(netns):
             problems.append("the reply route (fwmark 0x111 -> table 100) is missing")
@@ -96,7 +104,7 @@ class EbpfBackend:
             raise RedirectError(f"eBPF capture needs the pod's IP ({netns})")
         if not self.drift(netns, ips):
             return False
-        in_netns(netns, ["sysctl", "-qw", *(f"{sysctl}=1" for sysctl in SYSCTLS)])
+        set_sysctls(netns, dict.fromkeys(SYSCTLS, "1"))
         install_route(netns)
         if self._filter_id(netns) != self._inbound_id:
             self._attach_tc(netns)
@@ -110,7 +118,7 @@ class EbpfBackend:
         if self._filter_id(netns) is not None:
             in_netns(netns, ["tc", "filter", "del", "dev", DEV, "ingress", "pref", str(TC_PREF)])
         remove_route(netns)
-        in_netns(netns, ["sysctl", "-qw", *(f"{sysctl}=0" for sysctl in SYSCTLS)])
+        set_sysctls(netns, dict.fromkeys(SYSCTLS, "0"))
 
     def _attach_tc(self, netns: Path) -> None:
         qdiscs = json.loads(in_netns(netns, ["tc", "-j", "qdisc", "show", "dev", DEV]) or "[]")
