@@ -22,7 +22,7 @@ from typing import Any
 from control.metrics import ControlMetrics
 from control.model.fields import ObjectKey, ValidationError
 from control.model.kube import Namespace, Node, Pod, Service, ServiceAccount
-from control.model.mesh import MeshSettings, MeshState, build_state
+from control.model.mesh import BuildCache, MeshSettings, MeshState, build_state
 from control.model.routes import HTTPRoute
 from control.model.security import AuthorizationPolicy, PeerAuthentication
 from control.model.traffic import TrafficPolicy, conflicts
@@ -109,7 +109,8 @@ class ConfigStore:
         self.updated_at = time.time()
         self.synced = False
         """True once the source has delivered its initial state."""
-        self.state: MeshState = build_state([], settings)
+        self._built = BuildCache()
+        self.state: MeshState = build_state([], settings, self._built)
         self.objects: dict[ObjectKey, Converted] = {}
         self.errors: dict[str, list[StoreError]] = {}
         self._origin: dict[ObjectKey, str] = {}
@@ -132,7 +133,7 @@ class ConfigStore:
         self._retry_parked()
         self.synced = True
         self._report_conflicts()
-        new = build_state(self.objects.values(), self.settings)
+        new = build_state(self.objects.values(), self.settings, self._built)
         if new != self.state:
             self.state = new
             self.version += 1

@@ -8,7 +8,7 @@ makes no new version. Items are JSON-able dicts built through their definitions 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from control.model.kube import Namespace, Pod, Service, ServicePort
 from control.model.routes import HTTPRoute, with_status
@@ -103,8 +103,24 @@ def _port_item(port: ServicePort) -> ServicePortItem:
     return item
 
 
-def build_state(objects: Iterable[object], settings: MeshSettings) -> MeshState:
-    """The mesh as the proxies see it, from every currently valid object."""
+@dataclass(slots=True)
+class BuildCache:
+    """What the last `build_state` derived, reused for inputs that are the very same objects (the store's
+    objects are frozen and replaced on change): one pod changing among 10,000 rebuilds one workload item and
+    the Services of its namespace, and every other item is the object the previous state held, so comparing
+    the states (and diffing them per proxy) stops at identity for all of them."""
+
+    workloads: dict[str, tuple[Pod, Namespace | None, WorkloadItem]] = field(default_factory=dict)
+    services: dict[str, tuple[Service, tuple[Pod, ...], ServiceItem]] = field(default_factory=dict)
+
+
+def _same(a: tuple[object, ...], b: tuple[object, ...]) -> bool:
+    """The very same objects, in order (what the cache keeps is referenced, so identity cannot be recycled)."""
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+def build_state(objects: Iterable[object], settings: MeshSettings, cache: BuildCache | None = None) -> MeshState:
+    """The mesh as the proxies see it, from every currently valid object (`cache`: see `BuildCache`)."""
     namespaces: dict[str, Namespace] = {}
     pods: list[Pod] = []
     services: list[Service] = []
@@ -128,16 +144,33 @@ def build_state(objects: Iterable[object], settings: MeshSettings) -> MeshState:
             policies.append(("traffic_policies", obj))
     state: MeshState = {c: {} for c in COLLECTIONS}
     live = [p for p in pods if p.phase not in ("Succeeded", "Failed")]
+    old = cache if cache is not None else BuildCache()
+    new = BuildCache()
     for pod in live:
-        item = workload_item(pod, namespaces.get(pod.namespace), settings)
+        ns = namespaces.get(pod.namespace)
+        held = old.workloads.get(pod.uid)
+        if held is not None and held[0] is pod and held[1] is ns:
+            item = held[2]
+        else:
+            item = workload_item(pod, ns, settings)
+        new.workloads[pod.uid] = (pod, ns, item)
         state["workloads"][item_key("workloads", item)] = item
     by_namespace: dict[str, list[Pod]] = {}
     for pod in live:
         by_namespace.setdefault(pod.namespace, []).append(pod)
     for svc in services:
         # Only the Service's namespace can hold its endpoints: O(pods) for all Services, not O(Services x pods).
-        service = service_item(svc, by_namespace.get(svc.namespace, ()), settings)
+        candidates = tuple(by_namespace.get(svc.namespace, ()))
+        key = f"{svc.namespace}/{svc.name}"
+        held_svc = old.services.get(key)
+        if held_svc is not None and held_svc[0] is svc and _same(held_svc[1], candidates):
+            service = held_svc[2]
+        else:
+            service = service_item(svc, candidates, settings)
+        new.services[key] = (svc, candidates, service)
         state["services"][item_key("services", service)] = service
+    if cache is not None:
+        cache.workloads, cache.services = new.workloads, new.services
     for collection, policy in policies:
         wire = policy.to_wire()
         state[collection][item_key(collection, wire)] = wire
@@ -155,7 +188,7 @@ def diff(old: Mapping[str, Mapping[str, WireItem]], new: MeshState) -> tuple[Mes
     remove: dict[str, list[str]] = {}
     for c in COLLECTIONS:
         before, after = old.get(c, {}), new.get(c, {})
-        changed = {k: v for k, v in after.items() if before.get(k) != v}
+        changed = {k: v for k, v in after.items() if (held := before.get(k)) is not v and held != v}
         gone = sorted(k for k in before if k not in after)
         if changed:
             upsert[c] = changed

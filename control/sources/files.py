@@ -45,7 +45,7 @@ import yaml
 
 from control.model.fields import CLUSTER_SCOPED, ObjectKey, ValidationError, opt_str, req_str
 from control.sources.base import Sink, SourceBatch
-from control.sources.inotify import Watcher
+from control.sources.inotify import Changes, Watcher
 
 log = logging.getLogger(__name__)
 SUFFIXES = (".yaml", ".yml", ".json")
@@ -146,7 +146,7 @@ class FileSource:
                         next_full = 0.0  # what changed before the watch was added is found by a full scan
                 woken.clear()
                 # Drained either way; a full scan covers whatever the events named.
-                changed = self.watcher.changed() if self.watcher is not None else set()
+                changed = self.watcher.changed() if self.watcher is not None else Changes()
                 full = self.watcher is None or self.watcher.overflowed or loop.time() >= next_full
                 try:
                     if full:
@@ -195,17 +195,19 @@ class FileSource:
             self._gone(path, batches)
         return batches
 
-    def scan_paths(self, paths: set[Path]) -> list[SourceBatch]:
-        """Batches for the given paths only (what inotify named, and files waiting to hold still); a path that
-        is a directory no longer there stands for every file known below it."""
+    def scan_paths(self, changes: Changes) -> list[SourceBatch]:
+        """Batches for what inotify named only (and files waiting to hold still); a directory that went
+        stands for every file known below it."""
         batches: list[SourceBatch] = []
-        wanted = {p for p in paths | set(self._pending) if self._is_store_file(p)}
+        wanted = {p for p in changes.files | set(self._pending) if self._is_store_file(p)}
         for path in sorted(wanted):
             if not self._examine(path, batches) and path in self._seen:
                 self._gone(path, batches)
-        for gone_dir in (p for p in paths if p not in wanted and not p.exists()):
-            for path in sorted(k for k in self._seen if gone_dir in k.parents):
-                self._gone(path, batches)
+        for gone_dir in changes.gone_dirs:
+            prefix = f"{gone_dir}{os.sep}"
+            for path in sorted(k for k in self._seen if str(k).startswith(prefix)):
+                if not path.exists():
+                    self._gone(path, batches)
         return batches
 
     def _is_store_file(self, path: Path) -> bool:

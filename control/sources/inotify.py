@@ -19,6 +19,7 @@ import errno
 import logging
 import os
 import struct
+from dataclasses import dataclass, field
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,14 @@ def _libc() -> ctypes.CDLL | None:
         return None
     libc = ctypes.CDLL(name, use_errno=True)
     return libc if hasattr(libc, "inotify_init1") else None
+
+
+@dataclass(slots=True)
+class Changes:
+    """Paths inotify named: files created, changed, moved or deleted, and directories deleted or moved away."""
+
+    files: set[Path] = field(default_factory=set)
+    gone_dirs: set[Path] = field(default_factory=set)
 
 
 class Watcher:
@@ -101,15 +110,16 @@ class Watcher:
             return
         self._dirs[wd] = directory
 
-    def changed(self) -> set[Path]:
-        """The paths named by the events queued since the last call (files, and the files of new
-        directories). Never blocks."""
-        paths: set[Path] = set()
+    def changed(self) -> Changes:
+        """What the events queued since the last call name: files (and the files of new directories), and
+        directories that went. Never blocks."""
+        changes = Changes()
+        paths = changes.files
         while True:
             try:
                 data = os.read(self.fd, 64 * 1024)
             except BlockingIOError:
-                return paths
+                return changes
             offset = 0
             while offset < len(data):
                 wd, mask, _cookie, length = _EVENT.unpack_from(data, offset)
@@ -131,6 +141,6 @@ class Watcher:
                     if mask & (IN_CREATE | IN_MOVED_TO):
                         paths.update(self._watch_tree(path))
                     else:  # a directory deleted or moved away: everything known below it is to be looked at
-                        paths.add(path)
+                        changes.gone_dirs.add(path)
                     continue
                 paths.add(path)

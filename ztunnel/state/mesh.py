@@ -1,9 +1,9 @@
 """Workloads and services as the data path reads them, indexed by uid, IP and VIP.
 
-`MeshIndex.from_config` converts one accepted `ConfigState` into domain objects once, each item checked against
-its definition in `meshlet_contracts.config_items` on the way (the only place the wire keys are read); it is also the
-config client's validator, so a version whose items cannot be converted is nacked and the last good
-index stays in force. The data path holds an index and never sees one half-built.
+`MeshIndex.from_config` converts one accepted `ConfigState` into domain objects once (`converting`: each item
+checked against its definition on the way, what the previous version converted reused); it is also the config
+client's validator, so a version whose items cannot be converted is nacked and the last good index stays in
+force. The data path holds an index and never sees one half-built.
 """
 
 from __future__ import annotations
@@ -11,14 +11,17 @@ from __future__ import annotations
 import itertools
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import cast
+from typing import TYPE_CHECKING
 
-from meshlet_contracts.config_items import ItemError, ServiceItem, WorkloadItem, parse_service, parse_workload
+from meshlet_contracts.config_items import ItemError, ServiceItem, WorkloadItem
 from meshlet_contracts.protocols import http_ports
 from meshlet_contracts.routes import HTTPRoute
 from meshlet_contracts.traffic import TrafficPolicy
 from ztunnel.config.state import ConfigRejected, ConfigState
 from ztunnel.state.policy import PolicySet
+
+if TYPE_CHECKING:
+    from ztunnel.state.converting import Conversion
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,46 +136,16 @@ class MeshIndex:
     attaches to (None: every port)."""
     # Round-robin cursors per service: the only mutable part, and only ever advanced.
     _cursors: dict[str, itertools.count[int]] = field(default_factory=dict)
-    _converted: Mapping[tuple[str, str], tuple[object, Workload | Service]] = field(default_factory=dict)
-    """(collection, key) -> (the wire item, what it converted to): an item a delta left alone is the same
-    object in the next state, and is not parsed again (a one-pod change among 10,000 converts one item)."""
+    _conversion: Conversion | None = None
+    """What the next version's conversion may reuse (`converting.Conversion`)."""
 
     @classmethod
     def from_config(cls, state: ConfigState, previous: MeshIndex | None = None) -> MeshIndex:
         """Convert `state`, reusing what `previous` converted from the very same items; raises ConfigRejected
         naming the item that could not be converted."""
-        before = previous._converted if previous is not None else {}
-        converted: dict[tuple[str, str], tuple[object, Workload | Service]] = {}
-        workloads: dict[str, Workload] = {}
-        by_ip: dict[str, Workload] = {}
-        services: dict[str, Service] = {}
-        by_vip: dict[str, Service] = {}
-        for key, item in state.items("workloads").items():
-            held = before.get(("workloads", key))
-            if held is not None and held[0] is item:
-                w = cast(Workload, held[1])
-            else:
-                try:
-                    w = Workload.from_wire(parse_workload(item))
-                except ItemError as exc:
-                    raise ConfigRejected(f"workloads/{key}: {exc}") from None
-            converted["workloads", key] = (item, w)
-            workloads[w.uid] = w
-            for ip in w.ips:
-                by_ip[ip] = w
-        for key, item in state.items("services").items():
-            held = before.get(("services", key))
-            if held is not None and held[0] is item:
-                s = cast(Service, held[1])
-            else:
-                try:
-                    s = Service.from_wire(parse_service(item))
-                except ItemError as exc:
-                    raise ConfigRejected(f"services/{key}: {exc}") from None
-            converted["services", key] = (item, s)
-            services[f"{s.namespace}/{s.name}"] = s
-            for vip in s.vips:
-                by_vip[vip] = s
+        from ztunnel.state.converting import convert, http_routes, traffic_policies  # it imports this module
+
+        conversion = convert(state, previous._conversion if previous is not None else None)
         try:
             policies = PolicySet.from_wire(
                 state.items("authorization_policies").values(), state.items("peer_authentications").values()
@@ -181,15 +154,15 @@ class MeshIndex:
             raise ConfigRejected(str(exc)) from None
         return cls(
             state.version,
-            workloads,
-            by_ip,
-            services,
-            by_vip,
+            conversion.workloads,
+            conversion.by_ip,
+            conversion.services,
+            conversion.by_vip,
             policies,
-            http_targets=_http_targets(services),
-            traffic=_traffic_policies(state),
-            routes=_http_routes(state),
-            _converted=converted,
+            http_targets=conversion.http_targets,
+            traffic=traffic_policies(state),
+            routes=http_routes(state),
+            _conversion=conversion,
         )
 
     def traffic_policy(self, service: str, port: int) -> TrafficPolicy | None:
@@ -220,43 +193,3 @@ class MeshIndex:
             cursor = self._cursors.setdefault(key, itertools.count())
         endpoint = candidates[next(cursor) % len(candidates)]
         return Upstream(endpoint.ip, endpoint.ports[port], self.workloads.get(endpoint.workload_uid), service)
-
-
-def _traffic_policies(state: ConfigState) -> dict[tuple[str, int | None], TrafficPolicy]:
-    """The policy in force per target: of two for the same Service and port, the oldest (control logs the other)."""
-    converted = []
-    for key, item in state.items("traffic_policies").items():
-        try:
-            converted.append(TrafficPolicy.from_wire(item))
-        except ItemError as exc:
-            raise ConfigRejected(f"traffic_policies/{key}: {exc}") from None
-    out: dict[tuple[str, int | None], TrafficPolicy] = {}
-    for policy in sorted(converted, key=lambda p: p.precedence()):
-        out.setdefault((policy.service, policy.target.port), policy)
-    return out
-
-
-def _http_routes(state: ConfigState) -> dict[str, tuple[tuple[int | None, HTTPRoute], ...]]:
-    """Routes by the parent Services control accepted them for; converted once here, not per request."""
-    out: dict[str, list[tuple[int | None, HTTPRoute]]] = {}
-    for key, item in state.items("http_routes").items():
-        try:
-            route = HTTPRoute.from_wire(item)
-        except ItemError as exc:
-            raise ConfigRejected(f"http_routes/{key}: {exc}") from None
-        for parent in route.accepted_parents():
-            out.setdefault(parent.service, []).append((parent.port, route))
-    return {service: tuple(found) for service, found in out.items()}
-
-
-def _http_targets(services: Mapping[str, Service]) -> dict[tuple[str, int], str]:
-    """The inbound side of the services' HTTP ports: for each endpoint, the pod ports they land on."""
-    out: dict[tuple[str, int], str] = {}
-    for key in sorted(services):  # the first service by name gives the reason when several agree
-        service = services[key]
-        for endpoint in service.endpoints:
-            for service_port, pod_port in endpoint.ports.items():
-                reason = service.http_ports.get(service_port)
-                if reason is not None:
-                    out.setdefault((endpoint.workload_uid, pod_port), f"service {key} port {service_port}: {reason}")
-    return out

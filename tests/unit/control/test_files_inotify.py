@@ -15,7 +15,7 @@ import pytest
 from control.model.fields import ObjectKey
 from control.sources.base import SourceBatch
 from control.sources.files import FileSource
-from control.sources.inotify import Watcher
+from control.sources.inotify import Changes, Watcher
 
 pytestmark = pytest.mark.asyncio
 NS = "apiVersion: v1\nkind: Namespace\nmetadata: {name: %s}\n"
@@ -108,10 +108,10 @@ async def test_lost_events_make_the_next_pass_a_full_scan(tmp_path: Path) -> Non
         assert watcher is not None
         real = watcher.changed
 
-        def overflowing() -> set[Path]:
+        def overflowing() -> Changes:
             real()  # what the kernel queued is drained, but (as after an overflow) nothing is named
             watcher.overflowed = True
-            return set()
+            return Changes()
 
         watcher.changed = overflowing  # type: ignore[method-assign]
         write(tmp_path / "a.yaml", "found-by-scan")
@@ -123,12 +123,15 @@ async def test_a_watcher_lists_what_changed_and_nothing_else(tmp_path: Path) -> 
     watcher = Watcher.open(tmp_path)
     assert watcher is not None, "inotify is available on Linux"
     try:
-        assert watcher.changed() == set()
+        assert watcher.changed() == Changes()
         (tmp_path / "a.yaml").write_text("x")
         (tmp_path / "d").mkdir()
         (tmp_path / "d" / "b.yaml").write_text("y")
         changed = watcher.changed()
-        assert tmp_path / "a.yaml" in changed and tmp_path / "d" / "b.yaml" in changed
-        assert watcher.changed() == set()
+        assert tmp_path / "a.yaml" in changed.files and tmp_path / "d" / "b.yaml" in changed.files
+        assert watcher.changed() == Changes()
+        (tmp_path / "d" / "b.yaml").unlink()
+        (tmp_path / "d").rmdir()
+        assert watcher.changed() == Changes({tmp_path / "d" / "b.yaml"}, {tmp_path / "d"})
     finally:
         watcher.close()

@@ -194,3 +194,31 @@ def test_istio_traffic_kinds_are_reported_as_not_applied_with_what_to_use(store:
     assert "p1" in workloads(store)  # nothing else is affected
     store.apply([SourceBatch("istio.yaml", ())])
     assert not store.all_errors()
+
+
+def _service(name: str, namespace: str, vip: str) -> dict[str, Any]:
+    spec = {"selector": {"app": "web"}, "clusterIP": vip, "ports": [{"port": 80, "targetPort": 8080}]}
+    return {"apiVersion": "v1", "kind": "Service", "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def test_a_change_rebuilds_only_what_depends_on_it_and_the_state_equals_a_full_build() -> None:
+    from control.model.mesh import build_state
+
+    s = ConfigStore(MeshSettings(trust_domain="td.test"))
+    objects = (ns("mesh", ambient=True), ns("other", ambient=True), pod("p1", "10.0.0.1"), pod("p2", "10.0.0.2"),
+               pod("q1", "10.0.1.1", namespace="other"), _service("web", "mesh", "10.96.0.1"),
+               _service("web", "other", "10.96.0.2"))  # fmt: skip
+    s.apply([SourceBatch("a.yaml", objects)])
+    before = {c: dict(items) for c, items in s.state.items()}
+    s.apply([SourceBatch("b.yaml", (pod("p2", "10.0.0.2", version="v2"),))])
+    after = s.state
+    by_name = {w["name"]: k for k, w in after["workloads"].items()}
+    assert after["workloads"][by_name["p1"]] is before["workloads"][by_name["p1"]]  # untouched: the same item
+    assert after["workloads"][by_name["p2"]]["labels"]["version"] == "v2"
+    assert after["services"]["other/web"] is before["services"]["other/web"]  # another namespace's Service
+    assert after["services"]["mesh/web"] is not before["services"]["mesh/web"]  # its endpoints' pods changed
+    # A namespace relabelled reaches its pods' items (enrolled), though the pods did not change.
+    s.apply([SourceBatch("a2.yaml", (ns("other"),))])
+    q1 = next(w for w in s.state["workloads"].values() if w["name"] == "q1")
+    assert q1["enrolled"] is False
+    assert s.state == build_state(s.objects.values(), s.settings)  # what a build from scratch makes

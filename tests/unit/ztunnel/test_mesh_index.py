@@ -199,3 +199,45 @@ def test_a_delta_converts_only_the_items_it_carries_and_a_bad_one_is_still_refus
            "upsert": {"workloads": [{**workload_item(moved, MESH_NS, SETTINGS), "ips": "10.0.0.9"}]}}  # fmt: skip
     with pytest.raises(ConfigRejected, match="workloads/"):
         apply(apply(first_state, delta), bad, lambda state: MeshIndex.from_config(state, second) and None)
+
+
+def test_an_index_patched_delta_by_delta_equals_one_built_from_scratch() -> None:
+    """Deltas that add, change (labels, IPs) and remove workloads and change a Service's endpoints, few and
+    many at a time: the index patched from the previous one always equals a fresh conversion."""
+    import random
+
+    rng = random.Random(18)
+    pods = {f"web-{i}": pod(f"web-{i}", f"10.0.{i // 200}.{i % 200 + 1}") for i in range(300)}
+
+    def web() -> dict[str, Any]:
+        return dict(service_item(web_service(), list(pods.values()), SETTINGS))
+
+    items = [workload_item(p, MESH_NS, SETTINGS) for p in pods.values()]
+    state = apply(ConfigState(), snapshot(workloads=items, services=[web()]))
+    index = MeshIndex.from_config(state)
+    for version in range(8, 40):
+        size = rng.choice([1, 2, 5, 120])
+        upserts, removes = [], []
+        for name in rng.sample(sorted(pods), size):
+            if rng.random() < 0.3:
+                removes.append(f"uid-{name}")
+                del pods[name]
+            else:
+                ip = f"10.1.{rng.randrange(200)}.{rng.randrange(1, 250)}"
+                if any(p.ips == (ip,) for p in pods.values()):
+                    continue
+                pods[name] = pod(name, ip, ready=rng.random() < 0.8)
+                upserts.append(workload_item(pods[name], MESH_NS, SETTINGS))
+        delta = {"type": "delta", "epoch": "e1", "base": version - 1, "version": version,
+                 "upsert": {"workloads": upserts, "services": [web()]},
+                 "remove": {"workloads": removes}}  # fmt: skip
+        state = apply(state, delta)
+        index = MeshIndex.from_config(state, index)
+        fresh = MeshIndex.from_config(state)
+        assert (index.workloads, index.by_ip, index.services, index.by_vip, index.http_targets) == (
+            fresh.workloads,
+            fresh.by_ip,
+            fresh.services,
+            fresh.by_vip,
+            fresh.http_targets,
+        ), f"version {version}"
