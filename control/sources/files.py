@@ -24,9 +24,10 @@ before it reaches the store, whose readers recurse into values.
 
 libyaml (`CSafeLoader`) loads about 7x faster than the pure-Python loader (5,000 pods: 0.6 s against 4.5 s),
 but its composer recurses in C and crashes the process (SIGSEGV) at about 100,000 nested brackets, with no
-exception to catch. So when libyaml is present a file is first walked as libyaml's event stream (its parser
-keeps an explicit stack: no recursion), counting the nesting; only a file within `MAX_DEPTH` is composed by
-libyaml, and a deeper one is handed to `_BoundedLoader`, which names the place where it went too deep.
+exception to catch. So when libyaml is present a file bigger than `SMALL_FILE` is first walked as libyaml's
+event stream (its parser keeps an explicit stack: no recursion), counting the nesting; only a file within
+`MAX_DEPTH` is composed by libyaml, and a deeper one is handed to `_BoundedLoader`, which names the place where
+it went too deep. A smaller file cannot nest deep enough to crash it, and goes to libyaml at once.
 """
 
 from __future__ import annotations
@@ -72,6 +73,9 @@ class _BoundedLoader(yaml.SafeLoader):
 
 
 _FAST_LOADER: Any = getattr(yaml, "CSafeLoader", None)
+SMALL_FILE = 16 * 1024
+"""A file this small nests at most this many levels, a tenth of what crashes libyaml's composer (on a worker
+thread's 8 MB stack): it needs no walk of its events first (the walk costs as much as the load)."""
 _OPENS = (yaml.MappingStartEvent, yaml.SequenceStartEvent)
 _CLOSES = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 
@@ -79,9 +83,12 @@ _CLOSES = (yaml.MappingEndEvent, yaml.SequenceEndEvent)
 def load_documents(data: bytes) -> list[Any]:
     """Every document of one file, as the safe loader makes them; libyaml's when present and safe for `data`
     (see the module's docstring). Raises yaml.YAMLError (with a position) for YAML that does not parse."""
-    if _FAST_LOADER is None or not _shallow(data):
-        return list(yaml.load_all(data, Loader=_BoundedLoader))
-    return list(yaml.load_all(data, Loader=_FAST_LOADER))
+    if _FAST_LOADER is not None and (len(data) <= SMALL_FILE or _shallow(data)):
+        try:
+            return list(yaml.load_all(data, Loader=_FAST_LOADER))
+        except (yaml.YAMLError, RecursionError):
+            pass  # the bounded loader says what is wrong, in its words and with the position users see elsewhere
+    return list(yaml.load_all(data, Loader=_BoundedLoader))
 
 
 def _shallow(data: bytes) -> bool:

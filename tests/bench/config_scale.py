@@ -124,6 +124,7 @@ def run(sizes: list[int], root: Path) -> list[dict[str, Any]]:
             written = size
             wait_for(_holding(zt, size), 600, f"ztunnel holding {size} workloads")
             applied = min(at for at, _, c in versions(zt) if c >= size)
+            pushed_in = sum(1 for at, _, _ in versions(zt) if started <= at <= applied)
             # One pod changes (a label): from the write to the next version at ztunnel.
             last = max(v for _, v, _ in versions(zt))
             changed = pod(0)
@@ -135,6 +136,7 @@ def run(sizes: list[int], root: Path) -> list[dict[str, Any]]:
             assert control.proc is not None and zt.proc is not None
             rows.append({
                 "workloads": size, "pushSeconds": round(applied - started, 3), "writeSeconds": round(wrote, 3),
+                "versions": pushed_in,
                 "onePodSeconds": round(one, 3), "controlRssMiB": round(rss_mib(control.proc.pid), 1),
                 "ztunnelRssMiB": round(rss_mib(zt.proc.pid), 1),
             })  # fmt: skip
@@ -154,8 +156,8 @@ def measure(sizes: list[int]) -> list[dict[str, Any]]:
 
 
 def table(rows: list[dict[str, Any]]) -> str:
-    head = ("workloads", "push s", "(moving files s)", "one pod s", "control MiB", "ztunnel MiB")
-    keys = ("workloads", "pushSeconds", "writeSeconds", "onePodSeconds", "controlRssMiB", "ztunnelRssMiB")
+    head = ("workloads", "push s", "(moving files s)", "versions", "one pod s", "control MiB", "ztunnel MiB")
+    keys = ("workloads", "pushSeconds", "writeSeconds", "versions", "onePodSeconds", "controlRssMiB", "ztunnelRssMiB")
     widths = [max(len(h), 8) for h in head]
     lines = ["  ".join(f"{h:>{w}}" for h, w in zip(head, widths, strict=True))]
     lines += ["  ".join(f"{r[k]:>{w}}" for k, w in zip(keys, widths, strict=True)) for r in rows]
