@@ -90,26 +90,26 @@ class Enrollment:
         return [found[k] for k in keys]
 
 
-def _bulk_manifest(replicas: int) -> str:
-    return f"""\
-apiVersion: v1
-kind: Namespace
-metadata: {{name: {BULK_NAMESPACE}}}
----
-apiVersion: v1
-kind: ServiceAccount
-metadata: {{name: bulk, namespace: {BULK_NAMESPACE}}}
----
+def _bulk_manifest(pods: int) -> str:
+    """A namespace (not enrolled) with `pods` pods: Deployments of at most 50 replicas (a lab's limit)."""
+    docs = [
+        f"apiVersion: v1\nkind: Namespace\nmetadata: {{name: {BULK_NAMESPACE}}}\n",
+        f"apiVersion: v1\nkind: ServiceAccount\nmetadata: {{name: bulk, namespace: {BULK_NAMESPACE}}}\n",
+    ]
+    for n, start in enumerate(range(0, pods, 50)):
+        replicas = min(50, pods - start)
+        docs.append(f"""\
 apiVersion: apps/v1
 kind: Deployment
-metadata: {{name: bulk, namespace: {BULK_NAMESPACE}}}
+metadata: {{name: bulk-{n}, namespace: {BULK_NAMESPACE}}}
 spec:
   replicas: {replicas}
-  selector: {{matchLabels: {{app: bulk}}}}
+  selector: {{matchLabels: {{app: bulk-{n}}}}}
   template:
-    metadata: {{labels: {{app: bulk}}}}
+    metadata: {{labels: {{app: bulk-{n}}}}}
     spec: {{serviceAccountName: bulk, containers: [{{name: app, image: echo, ports: [{{containerPort: 8080}}]}}]}}
-"""
+""")
+    return "---\n".join(docs)
 
 
 def _ms(values: list[float], q: float) -> float:
@@ -138,8 +138,12 @@ def measure_backend(backend: str, flips: int, bulk: int, workdir: Path) -> dict[
             manifest = workdir / f"bulk-{backend}.yaml"
             manifest.write_text(_bulk_manifest(bulk))
             _lab(lab_id, "apply", "-f", str(manifest))
-            keys = sorted(k for k in lab.pods() if k.startswith(f"{BULK_NAMESPACE}/"))
-            assert len(keys) == bulk, f"{len(keys)} of {bulk} pods reported by the agents"
+
+            def bulk_pods() -> list[str]:
+                return sorted(k for k in lab.pods() if k.startswith(f"{BULK_NAMESPACE}/"))
+
+            wait_for(lambda: len(bulk_pods()) == bulk, 60, f"the agents reporting the {bulk} new pods")
+            keys = bulk_pods()
             times = lab.settled(keys, "captured", lab.label(BULK_NAMESPACE, "ambient"), timeout=120)
             row.update(bulk=bulk, bulkAllCapturedS=round(max(times), 3), bulkMedianS=round(statistics.median(times), 3))
         return row
