@@ -234,6 +234,9 @@ class HboneConnection(asyncio.Protocol):
         self._timer: asyncio.TimerHandle | None = None  # the preface timeout, then the idle check
         self._idle_since = 0.0
         self._logged: set[str] | None = None  # reasons logged at INFO on this connection (made on first use)
+        self._loop: asyncio.AbstractEventLoop | None = None
+        """The loop this connection lives on, once asked: Python 3.11's `get_running_loop` makes a getpid
+        syscall per call (its fork check), and a flush is scheduled for every request."""
 
     # ----- asyncio.Protocol -----
 
@@ -335,7 +338,13 @@ class HboneConnection(asyncio.Protocol):
         apps' sockets read together) leaves as one TLS record and one write instead of one each."""
         if not self._flush_scheduled:
             self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._scheduled_flush)
+            self._running_loop().call_soon(self._scheduled_flush)
+
+    def _running_loop(self) -> asyncio.AbstractEventLoop:
+        loop = self._loop
+        if loop is None:
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _scheduled_flush(self) -> None:
         self._flush_scheduled = False
@@ -456,7 +465,7 @@ class HboneConnection(asyncio.Protocol):
             if self.retired:
                 self.close()
                 return
-            self._idle_since = asyncio.get_running_loop().time()
+            self._idle_since = self._running_loop().time()
             if self.on_idle is not None:
                 self.on_idle(self)
 
