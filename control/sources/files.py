@@ -146,6 +146,10 @@ class FileSource:
         next_full = 0.0
         try:
             while True:
+                if self.watcher is not None and not self.watcher.watching:  # the directory itself went
+                    loop.remove_reader(self.watcher.fd)
+                    self.watcher.close()
+                    self.watcher = None  # polled until it is back, then watched afresh
                 if self.watcher is None and self.directory.is_dir():
                     self.watcher = Watcher.open(self.directory)
                     if self.watcher is not None:

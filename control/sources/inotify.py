@@ -85,6 +85,11 @@ class Watcher:
             return None
         return cls(libc, fd, root)
 
+    @property
+    def watching(self) -> bool:
+        """Whether any directory is still watched (none once the root itself was removed)."""
+        return bool(self._dirs)
+
     def close(self) -> None:
         if self.fd >= 0:
             os.close(self.fd)

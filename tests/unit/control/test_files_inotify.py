@@ -135,3 +135,19 @@ async def test_a_watcher_lists_what_changed_and_nothing_else(tmp_path: Path) -> 
         assert watcher.changed() == Changes({tmp_path / "d" / "b.yaml"}, {tmp_path / "d"})
     finally:
         watcher.close()
+
+
+async def test_a_store_directory_removed_and_made_again_is_watched_afresh(tmp_path: Path) -> None:
+    store = tmp_path / "store"
+    store.mkdir()
+    write(store / "a.yaml", "before")
+    async with Running(FileSource(store, interval=0.05, full_scan_interval=SLOW)) as run:
+        await run.until(lambda: "before" in run.names(), "the initial scan")
+        shutil.rmtree(store)
+        await run.until(lambda: ObjectKey("Namespace", "", "before") in run.deleted(), "the removed store's object")
+        store.mkdir()
+        write(store / "b.yaml", "after")
+        await run.until(lambda: "after" in run.names(), "a file in the store made again")
+        write(store / "c.yaml", "later")
+        await run.until(lambda: "later" in run.names(), "a later file, through the new watch")
+        assert run.src.watcher is not None and run.src.watcher.watching
