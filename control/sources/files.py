@@ -156,17 +156,11 @@ class FileSource:
                         loop.add_reader(self.watcher.fd, woken.set)
                         next_full = 0.0  # what changed before the watch was added is found by a full scan
                 woken.clear()
-                # Drained either way; a full scan covers whatever the events named.
-                changed = self.watcher.changed() if self.watcher is not None else Changes()
-                full = self.watcher is None or self.watcher.overflowed or loop.time() >= next_full
+                due = loop.time() >= next_full
                 try:
+                    batches, full = await asyncio.to_thread(self._pass, due)
                     if full:
-                        if self.watcher is not None:
-                            self.watcher.overflowed = False
-                        batches = await asyncio.to_thread(self.scan)
                         next_full = loop.time() + self.full_scan_interval
-                    else:
-                        batches = await asyncio.to_thread(self.scan_paths, changed)
                 except OSError as exc:  # the directory itself went bad: keep serving, keep looking
                     log.error("scanning %s failed: %s", self.directory, exc)
                     batches = []
@@ -183,6 +177,17 @@ class FileSource:
                 loop.remove_reader(self.watcher.fd)
                 self.watcher.close()
                 self.watcher = None
+
+    def _pass(self, due: bool) -> tuple[list[SourceBatch], bool]:
+        """One look (in a worker thread: draining inotify may walk a new directory): the batches, and whether
+        it was a full scan (no watcher, events lost, or `due`). Events are drained either way; a full scan
+        covers whatever they named."""
+        changes = self.watcher.changed() if self.watcher is not None else Changes()
+        if self.watcher is None or self.watcher.overflowed or due:
+            if self.watcher is not None:
+                self.watcher.overflowed = False
+            return self.scan(), True
+        return self.scan_paths(changes), False
 
     def _files(self) -> Iterator[Path]:
         for root, dirs, files in os.walk(self.directory):
