@@ -146,7 +146,9 @@ def build_state(objects: Iterable[object], settings: MeshSettings, cache: BuildC
     live = [p for p in pods if p.phase not in ("Succeeded", "Failed")]
     old = cache if cache is not None else BuildCache()
     new = BuildCache()
+    by_namespace: dict[str, list[Pod]] = {}
     for pod in live:
+        by_namespace.setdefault(pod.namespace, []).append(pod)
         ns = namespaces.get(pod.namespace)
         held = old.workloads.get(pod.uid)
         if held is not None and held[0] is pod and held[1] is ns:
@@ -155,9 +157,6 @@ def build_state(objects: Iterable[object], settings: MeshSettings, cache: BuildC
             item = workload_item(pod, ns, settings)
         new.workloads[pod.uid] = (pod, ns, item)
         state["workloads"][item_key("workloads", item)] = item
-    by_namespace: dict[str, list[Pod]] = {}
-    for pod in live:
-        by_namespace.setdefault(pod.namespace, []).append(pod)
     for svc in services:
         # Only the Service's namespace can hold its endpoints: O(pods) for all Services, not O(Services x pods).
         candidates = tuple(by_namespace.get(svc.namespace, ()))
