@@ -75,14 +75,19 @@ def _table_routes(ipr: IPRoute) -> list[Any]:
             if (r.get_attr("RTA_TABLE") or r["table"]) == ROUTE_TABLE]  # fmt: skip
 
 
+def _present(ipr: IPRoute) -> bool:
+    """The rule and the local default route in table 100, both."""
+    return _rule_present(ipr) and any(r["type"] == RTN_LOCAL and r["dst_len"] == 0 for r in _table_routes(ipr))
+
+
 def route_present(netns: Path) -> bool:
     with _netlink(netns) as ipr:
-        return _rule_present(ipr) and any(r["type"] == RTN_LOCAL and r["dst_len"] == 0 for r in _table_routes(ipr))
+        return _present(ipr)
 
 
 def install_route(netns: Path) -> None:
     with _netlink(netns) as ipr:
-        if _rule_present(ipr) and any(r["type"] == RTN_LOCAL and r["dst_len"] == 0 for r in _table_routes(ipr)):
+        if _present(ipr):
             return
         _remove(ipr)
         ipr.rule("add", fwmark=APP_MARK, fwmask=MARK_MASK, priority=RULE_PREF, table=ROUTE_TABLE,
