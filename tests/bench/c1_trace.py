@@ -1,5 +1,6 @@
 """Where one request's time goes at c=1 (issue #18): syscalls, wakeups and CPU per request on each proxy hop,
-meshlet's ztunnels (C, iptables) against the HAProxy mTLS pair (B), measured the same way in one lab.
+meshlet's ztunnels (C, iptables) against the HAProxy mTLS pair (B) and the Python floor (P: the least a Python
+mTLS relay pair does, tls_relay.py, in B's places), measured the same way in one lab.
 
 For each pair, `wrk -c1` runs for a fixed time from the client pod while `strace -c -f` counts the syscalls of
 both proxies; a second, untraced run gives req/s, p50 and, from /proc, the proxies' CPU time and context
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -21,26 +23,28 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from tests.bench import haproxy, nginx
+from tests.bench import haproxy, nginx, tls_relay
 from tests.bench.lab import Lab, stop
 from tests.bench.workloads import parse_wrk, wrk_argv
 
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
 STRACE_ROW = re.compile(r"^\s*[\d.]+\s+[\d.]+\s+\d+\s+(\d+)\s+(?:\d+\s+)?(\w+)\s*$")
 
 
-def _proc(pid: int) -> tuple[float, int, int]:
-    """(CPU seconds, voluntary and involuntary context switches) of a process and all its threads."""
-    ticks = 0
+def _proc(pid: int) -> tuple[float, float, int, int]:
+    """(user and system CPU seconds, voluntary and involuntary context switches) of a process and its threads."""
+    user = system = 0
     vol = invol = 0
     for task in Path(f"/proc/{pid}/task").iterdir():
         fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
-        ticks += int(fields[11]) + int(fields[12])
+        user += int(fields[11])
+        system += int(fields[12])
         for line in (task / "status").read_text().splitlines():
             if line.startswith("voluntary_ctxt_switches:"):
                 vol += int(line.split()[1])
             elif line.startswith("nonvoluntary_ctxt_switches:"):
                 invol += int(line.split()[1])
-    return ticks / 100, vol, invol
+    return user / _CLK_TCK, system / _CLK_TCK, vol, invol
 
 
 def syscalls(text: str) -> dict[str, int]:
@@ -72,11 +76,13 @@ def trace(lab: Lab, client: str, url: str, proxies: dict[str, int], seconds: flo
     hops: dict[str, Any] = {}
     for node in proxies:
         n, m = max(traced.requests, 1), max(free.requests, 1)
-        cpu, vol, invol = (a - b for a, b in zip(after[node], before[node], strict=True))
+        user, system, vol, invol = (a - b for a, b in zip(after[node], before[node], strict=True))
         hops[node] = {
             "syscallsPerRequest": {k: round(v / n, 2) for k, v in sorted(counts[node].items(), key=lambda kv: -kv[1])
                                    if v / n >= 0.05},
-            "cpuUsPerRequest": round(1e6 * cpu / m, 1),
+            "cpuUsPerRequest": round(1e6 * (user + system) / m, 1),
+            "userUsPerRequest": round(1e6 * user / m, 1),
+            "systemUsPerRequest": round(1e6 * system / m, 1),
             "wakeupsPerRequest": round(vol / m, 2),
             "preemptionsPerRequest": round(invol / m, 2),
         }  # fmt: skip
@@ -101,11 +107,18 @@ def run(seconds: float) -> dict[str, Any]:
         for proc in (pair.client, pair.server):
             stop(proc)
             started.remove(proc)
+        client, server = tls_relay.start_pair(lab, "web-1b", "web-2b", pods["web-2b"].ip, nginx.PORT, workdir)
+        started += [client, server]
+        url_p = f"http://127.0.0.1:{tls_relay.CLIENT_PORT}/1k"
+        p = trace(lab, "web-1b", url_p, {"client side": client.pid, "server side": server.pid}, seconds)
+        for proc in (client, server):
+            stop(proc)
+            started.remove(proc)
         ztunnels = lab.node_proxies()
         url_c = f"http://{pods['web-2a'].ip}:{nginx.PORT}/1k"
         c = trace(lab, "web-1a", url_c, {"node1 (source)": ztunnels["node1"], "node2 (destination)": ztunnels["node2"]},
                   seconds)  # fmt: skip
-        return {"B haproxy": b, "C meshlet iptables": c}
+        return {"B haproxy": b, "P python floor": p, "C meshlet iptables": c}
     finally:
         while started:
             stop(started.pop())
@@ -120,7 +133,10 @@ def table(doc: dict[str, Any]) -> str:
         for hop, h in result["hops"].items():
             calls = ", ".join(f"{k} {v:g}" for k, v in h["syscallsPerRequest"].items())
             wakeups, cpu = h["wakeupsPerRequest"], h["cpuUsPerRequest"]
-            lines.append(f"  {hop}: {cpu:g} us CPU, {wakeups:g} wakeups per request; syscalls/request: {calls}")
+            split = f"user {h['userUsPerRequest']:g} + system {h['systemUsPerRequest']:g}"
+            lines.append(
+                f"  {hop}: {cpu:g} us CPU ({split}), {wakeups:g} wakeups per request; syscalls/request: {calls}"
+            )
     return "\n".join(lines)
 
 

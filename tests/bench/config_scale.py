@@ -37,14 +37,14 @@ DUMPER: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 VERSION_LINE = re.compile(r"^(\S+ \S+) INFO ztunnel: config version (\d+): (\d+) workloads", re.M)
 
 
-def pod(i: int) -> dict[str, Any]:
+def pod(i: int, node_prefix: str = "node") -> dict[str, Any]:
     ns = f"ns-{i % NAMESPACES}"
     return {
         "apiVersion": "v1",
         "kind": "Pod",
         "metadata": {"name": f"pod-{i}", "namespace": ns, "labels": {"app": "web", "version": "v1"}},
         "spec": {
-            "nodeName": f"node{i % NODES + 1}",
+            "nodeName": f"{node_prefix}{i % NODES + 1}",
             "serviceAccountName": "web",
             "containers": [{"name": "app", "ports": [{"containerPort": 8080, "name": "http"}]}],
         },
@@ -74,8 +74,13 @@ def write(store: Path, name: str, obj: dict[str, Any]) -> None:
 
 def versions(zt: ZtunnelProcess) -> list[tuple[float, int, int]]:
     """(time, version, workloads) of every config version the ztunnel's log says it applied."""
+    return logged_versions(zt.log())
+
+
+def logged_versions(log: str) -> list[tuple[float, int, int]]:
+    """(time, version, workloads) of every `config version` line in a ztunnel log."""
     out = []
-    for stamp, version, count in VERSION_LINE.findall(zt.log()):
+    for stamp, version, count in VERSION_LINE.findall(log):
         at = datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
         out.append((at, int(version), int(count)))
     return out

@@ -39,6 +39,8 @@ TITLES = {
 """The scenarios' full names, as the progress lines and the JSON spell them."""
 RATIOS = (("C/B", "C", "B"), ("D/B", "D", "B"), ("C/A", "C", "A"), ("E/F", "E", "F"), ("G/E", "G", "E"))
 """(name, numerator, denominator). G/E is what routing costs: the same path with and without the route."""
+ADDED_P50_MS = 0.10
+"""Issue #18: at c=1, meshlet may add at most 0.10 ms to the direct path's p50 (A)."""
 ROUTING_COST = 0.10
 """Issue #15: with an HTTPRoute and a TrafficPolicy in force, a request may cost at most 10% more (G against E)."""
 
@@ -98,6 +100,8 @@ METRICS: tuple[Metric, ...] = (
     Metric("c1_rps", "c=1 req/s", "higher", _at("c1", "rps"), "{:,.0f}"),
     Metric("c1_p50_ms", "c=1 p50 ms", "lower", _at("c1", "p50_ms"), "{:,.3f}"),
     Metric("c1_p99_ms", "c=1 p99 ms", "lower", _at("c1", "p99_ms"), "{:,.3f}"),
+    Metric("c4_rps", "c=4 req/s", "higher", _at("c4", "rps"), "{:,.0f}"),
+    Metric("c4_p50_ms", "c=4 p50 ms", "lower", _at("c4", "p50_ms"), "{:,.3f}"),
     Metric("c16_rps", "c=16 req/s", "higher", _at("c16", "rps"), "{:,.0f}"),
     Metric("c16_p50_ms", "c=16 p50 ms", "lower", _at("c16", "p50_ms"), "{:,.3f}"),
     Metric("c16_p99_ms", "c=16 p99 ms", "lower", _at("c16", "p99_ms"), "{:,.3f}"),
@@ -161,14 +165,20 @@ def targets(
 ) -> list[dict[str, Any]]:
     """The issues' targets for meshlet (C, D, E, G when measured); `holds` is None when not measured.
 
-    L4 (C, D) against the HAProxy tcp pair (issue #7); L7 (E) against the HAProxy http pair (issue #14:
+    L4 (C, D) against the HAProxy tcp pair (issue #7, c=4 from #18) and the p50 added over direct at c=1 (#18);
+    L7 (E) against the HAProxy http pair (issue #14:
     "E at or above F" on req/s, and CPU per request no higher); routing (G) against E (issue #15: "the
     per-request cost of routing stays under 10%": CPU per request at most 1.10x, req/s at least 1/1.10x)."""
     out = []
+    direct_p50 = vals["c1_p50_ms"]["A"]
     for s in ("C", "D"):
-        for key in ("c1_rps", "c16_rps", "bulk_gbit_per_s"):
+        for key in ("c1_rps", "c4_rps", "c16_rps", "bulk_gbit_per_s"):
             r = rats[key][f"{s}/B"]
             out.append(_target(s, f"{_BY_KEY[key].label}: {s}/B >= 1.0", r, "x", None if r is None else r >= 1.0))
+        p50 = vals["c1_p50_ms"][s]
+        added = None if p50 is None or direct_p50 is None else p50 - direct_p50
+        what = f"c=1 p50 added over direct (A) <= {ADDED_P50_MS:.2f} ms"
+        out.append(_target(s, what, added, "ms", None if added is None else added <= ADDED_P50_MS))
         v = vals["rss_idle_mb_node"][s]
         out.append(_target(s, "node proxy RSS idle <= 60 MB", v, "MB", None if v is None else v <= 60))
         v = vals["kb_per_idle_conn_node"][s]

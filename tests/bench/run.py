@@ -31,7 +31,7 @@ from typing import Any
 
 from rich.console import Console
 
-from tests.bench import config_scale, enrollment, haproxy, http_parsers, nginx, report, routing, services
+from tests.bench import config_scale, enrollment, haproxy, http_parsers, nginx, push_probe, report, routing, services
 from tests.bench.chart import write_chart
 from tests.bench.lab import BenchError, Lab, LabError, Pod, stop
 from tests.bench.scenario import Scenario, Settings, measure
@@ -73,6 +73,13 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default="1000,10000",
         help="workload counts for the config push rows (control -> ztunnel, file source); '' skips them "
         "(default 1000,10000; about 1 minute)",
+    )
+    p.add_argument(
+        "--push-probe",
+        type=int,
+        default=push_probe.WORKLOADS,
+        help="pods pushed into the iptables lab while wrk -c1 runs through C (push_probe.py); 0 skips it "
+        f"(default {push_probe.WORKLOADS:,}; about 40 s)",
     )
     p.add_argument(
         "--enrollment-flips",
@@ -160,8 +167,10 @@ def _pods(lab: Lab) -> dict[str, Pod]:
 class Run:
     """One benchmark run: the scenarios' results, the reasons for those missing, what to stop."""
 
-    def __init__(self, lab: Lab, settings: Settings, workdir: Path, wanted: str) -> None:
+    def __init__(self, lab: Lab, settings: Settings, workdir: Path, wanted: str, push_workloads: int = 0) -> None:
         self.lab, self.settings, self.workdir, self.wanted = lab, settings, workdir, wanted
+        self.push_workloads = push_workloads
+        self.push_probe: dict[str, Any] | None = None
         self.results: dict[str, dict[str, Any] | None] = dict.fromkeys(report.SCENARIOS)
         self.unavailable: dict[str, str] = {
             s: "not selected (--scenarios)" for s in report.SCENARIOS if s not in wanted
@@ -211,8 +220,18 @@ class Run:
         if "C" in todo:
             self._services("web-2a")  # C calls the pod IP; the only service port on :8081 is tcp-web
             self._measure(Scenario("C", "meshlet iptables", "web-1a", pods["web-2a"].ip, nginx.PORT, self._ztunnels()))
+            if self.push_workloads and self.results["C"] is not None:
+                self._push_probe(pods["web-2a"].ip)
         self._stop_all()
         self.lab.down()
+
+    def _push_probe(self, server_ip: str) -> None:
+        _say(f"C: wrk c=1 while {self.push_workloads:,} pods are pushed to both ztunnels")
+        try:
+            self.push_probe = push_probe.measure(self.lab, "web-1a", server_ip, self.push_workloads)
+        except (BenchError, WorkloadError, OSError) as exc:
+            self.push_probe = {"failed": str(exc)}
+            _say(f"[red]push probe failed: {exc}[/red]")
 
     def _haproxy(self, pods: dict[str, Pod], key: str) -> None:
         """B (mode tcp) or F (mode http): the same pair of pods, certificates and ports, one pair at a time."""
@@ -322,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine()
     workdir = Path(tempfile.mkdtemp(prefix="meshlet-bench-"))
     workdir.chmod(0o755)  # nginx's worker (nobody) reads the bodies here
-    run = Run(Lab(args.lab_id, tuple(args.ztunnel_args)), settings, workdir, args.scenarios.upper())
+    run = Run(Lab(args.lab_id, tuple(args.ztunnel_args)), settings, workdir, args.scenarios.upper(), args.push_probe)
     try:
         _say(f"writing the 1 KB and 100 MB bodies in {workdir}")
         nginx.write_site(workdir)
@@ -349,12 +368,21 @@ def main(argv: list[str] | None = None) -> int:
     doc["http_parsers"] = parsers
     doc["config_push"] = config_rows
     doc["enrollment"] = enrollment_rows
+    doc["push_probe"] = run.push_probe
     json_path, png_path = args.out / "latest.json", args.out / "latest.png"
     report.write_json(json_path, doc)
     missing = "".join(f"; {s} not measured" for s in report.SCENARIOS if not doc["scenarios"][s]["available"])
     subtitle = f"{started_at:%Y-%m-%d %H:%M} UTC, {info['cpu_count']} CPUs, wrk {args.duration:g}s{missing}"
     write_chart(png_path, {key: m["ratios"] for key, m in doc["metrics"].items()}, counts, subtitle)
     _print(doc, counts)
+    if run.push_probe is not None:
+        title = "c=1 during a config push[/bold] (wrk over the whole window; the push from each ztunnel's log)"
+        console.print(f"\n[bold]{title}")
+        if "failed" in run.push_probe:
+            console.print(f"[red]failed:[/red] {run.push_probe['failed']}")
+        else:
+            quiet = (run.results.get("C") or {}).get("c1")
+            console.print(push_probe.table(run.push_probe, quiet), markup=False, highlight=False)
     if enrollment_rows:
         console.print("\n[bold]enrollment[/bold] (store write -> the agent's state, from the agent's own clock)")
         console.print(enrollment.table(enrollment_rows), markup=False, highlight=False)

@@ -200,12 +200,14 @@ def measure(lab: Lab, sc: Scenario, settings: Settings, say: Say) -> dict[str, A
     warm = run_wrk(lab, sc, 16, 1.0)
     say(f"{sc.key}: wrk c=1, {settings.duration:g}s")
     result["c1"] = run_wrk(lab, sc, 1, settings.duration)
+    say(f"{sc.key}: wrk c=4, {settings.duration:g}s")
+    result["c4"] = run_wrk(lab, sc, 4, settings.duration)
     say(f"{sc.key}: wrk c=16, {settings.duration:g}s")
     result["c16"] = run_wrk(lab, sc, 16, settings.duration)
     if counted is not None:
         counted_after, routed_after = _l7_requests(lab, sc)
         result["l7_requests"] = {
-            "wrk_requests": warm["requests"] + result["c1"]["requests"] + result["c16"]["requests"],
+            "wrk_requests": sum(r["requests"] for r in (warm, result["c1"], result["c4"], result["c16"])),
             "by_node_and_reporter": l7_delta(counted, counted_after),
         }
         if sc.key in ROUTED:

@@ -94,6 +94,7 @@ def test_curl_speed_is_gbit_per_s_and_a_short_download_is_an_error() -> None:
 def _result(rps: float, gbit: float, rss_kb: dict[str, int], per_conn: dict[str, float], held: int) -> dict[str, Any]:
     return {
         "c1": {"rps": rps, "p50_ms": 0.2, "p99_ms": 1.0, "proxy_cpu_us_per_request": 100.0 if rss_kb else None},
+        "c4": {"rps": rps * 2, "p50_ms": 0.4, "p99_ms": 2.0},
         "c16": {"rps": rps * 3, "p50_ms": 0.8, "p99_ms": 3.0},
         "bulk": {"gbit_per_s": gbit},
         "new_connections": {"rps": rps / 2},
@@ -108,7 +109,7 @@ def _result(rps: float, gbit: float, rss_kb: dict[str, int], per_conn: dict[str,
 
 
 RESULTS = {
-    "A": _result(10000, 16.0, {}, {}, 10000),
+    "A": {**_result(10000, 16.0, {}, {}, 10000), "c1": {"rps": 10000, "p50_ms": 0.05, "p99_ms": 0.2}},
     "B": _result(5000, 2.0, {"node1": 20480, "node2": 20480}, {"node1": 40.0, "node2": 50.0}, 10000),
     "C": _result(6000, 1.5, {"node1": 51200, "node2": 71680}, {"node1": 3.0, "node2": 5.0}, 9990),
     "D": None,
@@ -136,6 +137,8 @@ def test_targets_judge_ratios_and_per_node_limits() -> None:
     vals = report.values(RESULTS)
     got = {(t["scenario"], t["target"]): t["holds"] for t in report.targets(vals, report.ratios(vals), 10000)}
     assert got[("C", "c=1 req/s: C/B >= 1.0")] is True
+    assert got[("C", "c=4 req/s: C/B >= 1.0")] is True
+    assert got[("C", "c=1 p50 added over direct (A) <= 0.10 ms")] is False  # 0.2 against 0.05: 0.15 added
     assert got[("C", "bulk Gbit/s (1 connection): C/B >= 1.0")] is False
     assert got[("C", "node proxy RSS idle <= 60 MB")] is False  # node2 holds 70 MB
     assert got[("C", "node proxy RSS <= 16 KB per idle connection")] is True
