@@ -30,6 +30,7 @@ from agent.redirect.choosing import choose
 from agent.redirect.ebpf import EbpfBackend
 from agent.redirect.routing import RedirectError
 from agent.status import serve_status
+from agent.store_view import NodeView
 from agent.zds import ZdsServer
 from control.kube_client import KubeConfigError, load_client
 from control.model.fields import ObjectKey
@@ -95,7 +96,7 @@ class Agent:
             self.source = KubeSource(factory, AGENT_RESOURCES, pod_field_selector=f"spec.nodeName={args.node}")
             self.annotator = PodAnnotator(factory)
         else:
-            self.source = FileSource(args.store)
+            self.source = FileSource(args.store, view=NodeView(args.node))
         self.backend, self.backend_reason = choose(
             args.redirect, args.probe_ip, args.bpf_dir, args.pods_cgroup, args.local_hop_acceleration
         )

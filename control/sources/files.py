@@ -11,6 +11,10 @@ Last-good semantics start here: a file that no longer parses keeps all its objec
 it meant); a document without kind or name is reported and ignored; an object that disappears from a
 file that still parses is deleted.
 
+A reader that needs only part of the store (a node's agent: Namespaces and its own node's Pods) gives a
+`StoreView`: a file its bytes show cannot hold such an object is not parsed, and objects it does not keep are
+left out as if the file did not hold them (so a pod moved to another node is deleted from that reader's view).
+
 Whatever goes wrong with one file is that file's error, never the watcher's: a parser that gives up on
 3,000 nested brackets (RecursionError), a file that is not UTF-8, anything else one file can provoke,
 becomes an error on that file's origin (in /debug/status and the config-errors metric) while every other
@@ -40,7 +44,7 @@ import stat
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import yaml
 
@@ -124,13 +128,28 @@ def raw_key(obj: dict[str, Any]) -> ObjectKey:
     return ObjectKey(kind, namespace, req_str(obj, "metadata.name"))
 
 
+class StoreView(Protocol):
+    """The part of the store one reader needs."""
+
+    def relevant(self, data: bytes) -> bool:
+        """False only when a file's bytes cannot hold an object `keep` would keep (the file is then not parsed)."""
+        ...
+
+    def keep(self, obj: dict[str, Any]) -> bool:
+        """Whether a (named) object is part of the view."""
+        ...
+
+
 class FileSource:
     """Watches `directory` and reports each changed file as one batch (origin: the file's path)."""
 
     name = "file"
 
-    def __init__(self, directory: Path, interval: float = 0.1, full_scan_interval: float = 5.0) -> None:
+    def __init__(
+        self, directory: Path, interval: float = 0.1, full_scan_interval: float = 5.0, view: StoreView | None = None
+    ) -> None:
         self.directory = directory
+        self.view = view
         self.interval = interval
         """Seconds between polls without inotify, and before a file written in place is looked at again."""
         self.full_scan_interval = full_scan_interval
@@ -265,13 +284,17 @@ class FileSource:
             self._pending[path] = signature
             return True
         self._pending.pop(path, None)
-        batches.append(self._read(path, signature, seen))
+        batch = self._read(path, signature, seen)
+        if seen is not None or batch.upserts or batch.errors:  # a new file with nothing in the view says nothing
+            batches.append(batch)
         return True
 
     def _read(self, path: Path, signature: tuple[int, int, int], seen: _Seen | None) -> SourceBatch:
         before = seen.keys if seen is not None else set()
+        view = self.view
         try:
-            docs = load_documents(path.read_bytes())
+            data = path.read_bytes()
+            docs = load_documents(data) if view is None or view.relevant(data) else []
         except Exception as exc:  # whatever one file provokes is that file's error, not the watcher's end
             # Keep every object the file held: an editor's half-written save must not delete them.
             self._seen[path] = _Seen(signature, before)
@@ -297,6 +320,8 @@ class FileSource:
             except ValidationError as exc:
                 errors.append(f"document {i + 1}: {exc}")
                 continue
+            if view is not None and not view.keep(doc):
+                continue  # not this reader's: as if the file did not hold it
             keys.add(key)
             upserts.append(doc)
         # An object still named in the file stays; one that is gone from it is deleted.
