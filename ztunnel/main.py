@@ -38,6 +38,7 @@ from ztunnel.inpod.manager import WorkloadManager
 from ztunnel.l7.exchange import Limits
 from ztunnel.l7.upstreams import IDLE_TIMEOUT, UpstreamPool
 from ztunnel.metrics import DEFAULT_CLUSTER, Metrics
+from ztunnel.observe import loop_lag
 from ztunnel.observe.accesslog import ACCESS_LOG
 from ztunnel.proxy import limits
 from ztunnel.proxy.context import ProxyContext
@@ -334,6 +335,7 @@ class Ztunnel:
         sup.start("identities", self.ctx.identities.run)
         sup.start("zds", self.zds.run)
         sup.start("cert-refresh", self._refresh)
+        sup.start("loop-lag", lambda: loop_lag.watch(self.ctx.metrics))
         if self.cache is not None:
             sup.start("config-cache", self.cache.run)
         log.info("ztunnel for node %s up (admin %s:%d)", args.node, *args.admin)

@@ -70,6 +70,8 @@ DURATION_BUCKETS = (0.5, 1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500, 5000, 1000
                     1800000, 3600000)  # fmt: skip
 """Istio's default buckets of istio_request_duration_milliseconds."""
 SIZE_BUCKETS = (1, 10, 100, 1000, 10000, 100000, 1000000, 10000000, 100000000, 1000000000)
+LAG_BUCKETS = (0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+"""Seconds for `meshlet_event_loop_lag_seconds` (libuv's timers are in milliseconds: 1 ms late is no lag)."""
 """Istio's default buckets of istio_request_bytes and istio_response_bytes."""
 
 
@@ -206,6 +208,8 @@ class Metrics:
         self.durations: dict[Labels, Histogram] = {}
         self.request_sizes: dict[Labels, Histogram] = {}
         self.response_sizes: dict[Labels, Histogram] = {}
+        self.loop_lag = Histogram(len(LAG_BUCKETS))
+        """How late the event loop ran a timer (`observe.loop_lag`): what a request waits for besides its own I/O."""
         self.readings: dict[str, Reading] = {}
         """Node-level values by exposed name, read at each scrape."""
         self.registry = CollectorRegistry()
@@ -223,6 +227,10 @@ class Metrics:
         _observe(self.durations, labels, DURATION_BUCKETS, duration_ms)
         _observe(self.request_sizes, labels, SIZE_BUCKETS, request_bytes)
         _observe(self.response_sizes, labels, SIZE_BUCKETS, response_bytes)
+
+    def loop_lagged(self, seconds: float) -> None:
+        self.loop_lag.counts[bisect_left(LAG_BUCKETS, seconds)] += 1
+        self.loop_lag.sum += seconds
 
     def gauge(self, name: str, help_text: str, read: Callable[[], float]) -> None:
         """Export `read()` as gauge `name` (replacing any reading of that name)."""
@@ -294,6 +302,13 @@ class _Collector:
         )
         for name, help_text, hists, bounds in histograms:
             yield _histogram(name, help_text, hists, bounds)
+        lag = HistogramMetricFamily(
+            "meshlet_event_loop_lag_seconds",
+            "How late the event loop ran a timer due every 100 ms: the time requests waited for the loop (busy, or "
+            "waiting for a CPU or the GIL).",
+        )
+        lag.add_metric((), _buckets(m.loop_lag, LAG_BUCKETS), m.loop_lag.sum)
+        yield lag
         pairs = (
             (
                 "meshlet_connection_errors_total",
@@ -354,11 +369,16 @@ def _traffic(counts: Mapping[tuple[str, str, str, str], int]) -> Iterator[Metric
 
 def _histogram(name: str, help_text: str, hists: dict[Labels, Histogram], bounds: tuple[float, ...]) -> Metric:
     family = HistogramMetricFamily(name, help_text, labels=REQUEST_LABELS)
-    edges = [*(str(float(b)) for b in bounds), "+Inf"]
     for labels, hist in sorted(hists.items()):
-        cumulative, buckets = 0, []
-        for edge, count in zip(edges, hist.counts, strict=True):
-            cumulative += count
-            buckets.append((edge, cumulative))
-        family.add_metric(labels, buckets, hist.sum)
+        family.add_metric(labels, _buckets(hist, bounds), hist.sum)
     return family
+
+
+def _buckets(hist: Histogram, bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+    """Cumulative (le, count) pairs, +Inf last."""
+    buckets: list[tuple[str, float]] = []
+    cumulative = 0
+    for edge, count in zip([*(str(float(b)) for b in bounds), "+Inf"], hist.counts, strict=True):
+        cumulative += count
+        buckets.append((edge, cumulative))
+    return buckets

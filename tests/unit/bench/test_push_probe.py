@@ -31,3 +31,14 @@ def test_the_push_is_not_done_while_one_ztunnel_has_not_applied_it(tmp_path: Pat
     # a version from before the write does not count, whatever it held
     node2.write_text(_line(t0 - 1, 7, 10004))
     assert push_probe._holding([node1, node2], 10004, t0) is None
+
+
+def test_the_loop_lag_of_the_window_is_the_difference_of_two_scrapes() -> None:
+    inf = float("inf")
+    before = {0.002: 10.0, 0.01: 10.0, 0.05: 10.0, 0.1: 10.0, inf: 10.0}
+    after = {0.002: 100.0, 0.01: 110.0, 0.05: 115.0, 0.1: 118.0, inf: 120.0}
+    assert push_probe.lag_summary(before, after) == {
+        "ticks": 110, "over10ms": 10, "over50ms": 5, "worstAtMostSeconds": inf,
+    }  # fmt: skip
+    quiet = push_probe.lag_summary(after, after)
+    assert quiet == {"ticks": 0, "over10ms": 0, "over50ms": 0, "worstAtMostSeconds": None}
