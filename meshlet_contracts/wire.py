@@ -29,6 +29,7 @@ from meshlet_contracts.identity import (
     parse_spiffe_id,
     spiffe_id,
 )
+from meshlet_contracts.json_steps import loads_in_steps
 
 __all__ = [
     "CERTIFICATES_PATH",
@@ -73,10 +74,11 @@ def encode(message: dict[str, Any]) -> str:
     return json.dumps(message, separators=(",", ":"), sort_keys=True)
 
 
-def decode(text: str | bytes) -> dict[str, Any]:
-    """Parse one message and check its envelope; the payload is checked by whoever applies it."""
+def decode(text: str | bytes, in_steps: bool = False) -> dict[str, Any]:
+    """Parse one message and check its envelope; the payload is checked by whoever applies it. `in_steps`: parse a
+    big message element by element (`json_steps`), for a worker thread that must not hold the GIL for all of it."""
     try:
-        message = json.loads(text)
+        message = loads_in_steps(text) if in_steps and isinstance(text, str) else json.loads(text)
     except ValueError as exc:
         raise WireError(f"not JSON: {exc}") from exc
     except RecursionError:  # nested past the parser's recursion limit: this message's fault, not a crash

@@ -17,6 +17,7 @@ can serve. `on_update` is called with every newly accepted state, on the event l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import ssl
 import time
@@ -28,6 +29,7 @@ import aiohttp
 
 from meshlet_contracts import wire
 from meshlet_contracts.backoff import Backoff
+from ztunnel.config import heap
 from ztunnel.config.state import ConfigRejected, ConfigState, Validator, apply
 
 log = logging.getLogger(__name__)
@@ -122,6 +124,7 @@ class ConfigClient:
         self._failure_kind = ""
         self._going_away = False
         """Control closed the last stream saying it is stopping (1001): look for the next one at once."""
+        self.freezer = heap.Freezer()
 
     async def run(self) -> None:
         """Until `stop`: connect, follow the stream, and after any failure wait and reconnect."""
@@ -194,18 +197,21 @@ class ConfigClient:
                 # A big message (a snapshot of 10,000 workloads converts for ~0.3 s) is decoded and applied in a
                 # worker thread, whose GIL share leaves the loop carrying traffic its turns.
                 big = len(msg.data) >= OFF_LOOP_BYTES
-                message = await asyncio.to_thread(wire.decode, msg.data) if big else wire.decode(msg.data)
-                try:
-                    if big:
-                        new = await asyncio.to_thread(apply, self.state, message, self.validate)
-                    else:
-                        new = apply(self.state, message, self.validate)
-                except NACKED as exc:
-                    # Whatever is wrong with a message concerns that version only: nack it, keep going.
-                    log.error("rejected config version %s: %s", message["version"], exc)
-                    # The last good state stays; control answers a nack with a snapshot at its next version.
-                    await ws.send_str(wire.encode({"type": "nack", "version": message["version"], "error": str(exc)}))
-                    continue
+                # ... with the collector paused: its full passes would stop the loop (heap.py).
+                with self.freezer.converting() if big else contextlib.nullcontext():
+                    message = await asyncio.to_thread(wire.decode, msg.data, True) if big else wire.decode(msg.data)
+                    try:
+                        if big:
+                            new = await asyncio.to_thread(apply, self.state, message, self.validate)
+                        else:
+                            new = apply(self.state, message, self.validate)
+                    except NACKED as exc:
+                        # Whatever is wrong with a message concerns that version only: nack it, keep going.
+                        log.error("rejected config version %s: %s", message["version"], exc)
+                        # The last good state stays; control answers a nack with a snapshot at its next version.
+                        nack = {"type": "nack", "version": message["version"], "error": str(exc)}
+                        await ws.send_str(wire.encode(nack))
+                        continue
                 self.state = new
                 self.updated_at = time.time()
                 await ws.send_str(wire.encode({"type": "ack", "version": new.version}))
