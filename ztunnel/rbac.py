@@ -109,6 +109,16 @@ def applicable(
     ]
 
 
+def selects_by_label(policies: Iterable[AuthorizationPolicy], namespace: str, root_namespace: str) -> bool:
+    """Whether a workload's labels decide which of `policies` apply to it: some policy of its namespace, or of the
+    root namespace, selects workloads by label. Then a workload whose labels are unknown cannot be authorized."""
+    return any(p.selector and (p.namespace == namespace or p.namespace == root_namespace) for p in policies)
+
+
+UNKNOWN_LABELS = "its labels, which a policy selects by, are unknown: the pod is not in this ztunnel's config yet"
+"""Why a connection to a served pod that control has not told this ztunnel about yet is refused (fail closed)."""
+
+
 def authorize(
     policies: Sequence[AuthorizationPolicy],
     namespace: str,

@@ -62,10 +62,14 @@ HANDSHAKE_TIMEOUT = 5.0
 AMBIENT = (("meshlet.io/dataplane-mode", "ambient"),)
 
 
-def mesh(deny_ports: Iterable[int] = (), policies: Iterable[dict[str, Any]] = ()) -> MeshIndex:
-    """The mesh config both nodes hold: both pods, enrolled; a DENY policy on the server for `deny_ports`, and
-    `policies` (AuthorizationPolicy objects as a user writes them)."""
-    items = [workload_item(_pod(p), Namespace(p.namespace, AMBIENT), MeshSettings()) for p in (POD, CLIENT_POD)]
+def mesh(
+    deny_ports: Iterable[int] = (), policies: Iterable[dict[str, Any]] = (), without: Iterable[WorkloadInfo] = ()
+) -> MeshIndex:
+    """The mesh config both nodes hold: both pods, enrolled (but those named in `without`: control has not seen them
+    yet); a DENY policy on the server for `deny_ports`, and `policies` (AuthorizationPolicy objects as a user writes
+    them)."""
+    pods = [p for p in (POD, CLIENT_POD) if p not in set(without)]
+    items = [workload_item(_pod(p), Namespace(p.namespace, AMBIENT), MeshSettings()) for p in pods]
     resources: dict[str, list[Any]] = {"workloads": items}
     resources["authorization_policies"] = [AuthorizationPolicy.from_k8s(p).to_wire() for p in policies]
     ports = [str(p) for p in deny_ports]

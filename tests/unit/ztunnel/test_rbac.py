@@ -8,7 +8,7 @@ import pytest
 
 from control.model.security import AuthorizationPolicy as ControlAuthorizationPolicy
 from control.model.security import PeerAuthentication as ControlPeerAuthentication
-from ztunnel.rbac import Connection, Decision, applicable, authorize, mtls_mode
+from ztunnel.rbac import Connection, Decision, applicable, authorize, mtls_mode, selects_by_label
 from ztunnel.state.policy import AuthorizationPolicy, PeerAuthentication, PolicyError, PolicySet
 
 ROOT = "istio-system"
@@ -465,3 +465,14 @@ def test_malformed_peer_authentication_names_policy_and_field(change: dict[str, 
     with pytest.raises(PolicyError) as info:
         PeerAuthentication.from_wire(item | change)
     assert str(info.value).startswith(message)
+
+
+# --- a workload whose labels are unknown ----------------------------------------------------------------------
+
+
+def test_labels_decide_only_where_a_policy_of_the_namespace_or_the_root_selects_by_label() -> None:
+    assert not selects_by_label([], NS, ROOT)
+    assert not selects_by_label([policy(), policy("root-wide", namespace=ROOT)], NS, ROOT)  # no selector
+    assert not selects_by_label([policy("elsewhere", namespace="other", selector={"app": "x"})], NS, ROOT)
+    assert selects_by_label([policy("mine", action="DENY", selector={"app": "x"})], NS, ROOT)
+    assert selects_by_label([policy("mesh-wide", namespace=ROOT, selector={"app": "x"})], NS, ROOT)
