@@ -290,7 +290,7 @@ class Ztunnel:
     def _retire_gone(pool: HbonePool, index: MeshIndex) -> None:
         def still_there(key: PoolKey) -> bool:
             workload = index.by_ip.get(key[2])
-            return workload is not None and workload.identity == key[3]
+            return workload is not None and workload.identity == key[3] and workload.uid == key[4]
 
         if retired := pool.retire(still_there):
             log.info("%d HBONE connection(s) retired: their destination is no longer that workload", retired)

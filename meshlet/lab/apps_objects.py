@@ -167,7 +167,8 @@ def pod_object(lab: LabPlan, deployment: Obj, pod: PodPlan, hash_: str) -> Obj:
         "metadata": {
             "name": pod.name,
             "namespace": ns,
-            "uid": _uid(lab, f"Pod/{ns}/{pod.name}"),
+            # A new pod is a new object, as the API server makes it: a name and IP can come back, the uid never.
+            "uid": str(uuid.uuid4()),
             "creationTimestamp": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
             "labels": {**template["metadata"]["labels"], "pod-template-hash": hash_, LAB_LABEL: lab.lab_id},
             "annotations": dict(template["metadata"].get("annotations") or {}),

@@ -46,7 +46,7 @@ async def open_stream(
     end is reported to `owner`. Raises StreamRefused, or what dialing raised (OSError, TimeoutError, ...)."""
     cert = await ctx.identities.certificate(pod.identity)
     assert ctx.pool is not None
-    key = (pod.identity, source_ip, up.ip, identity)
+    key = (pod.identity, source_ip, up.ip, identity, up.workload.uid if up.workload is not None else "")
     for retries_left in range(RETRIES, -1, -1):
         try:
             conn = await ctx.pool.get(key, pod.netns_fd, ctx.tls.client(cert))

@@ -33,8 +33,10 @@ from ztunnel.proxy.sockets import CONNECT_TIMEOUT, NetnsSockets, SocketFactory, 
 from ztunnel.tls import PeerIdentityError, peer_identity
 
 log = logging.getLogger(__name__)
-PoolKey = tuple[str, str, str, str]
-"""(source identity, source IP, destination IP, destination identity the handshake verified)."""
+PoolKey = tuple[str, str, str, str, str]
+"""(source identity, source IP, destination IP, destination identity the handshake verified, destination workload
+uid). The uid keeps a pod recreated at the same IP with the same identity (a new uid, a new netns) off the old
+pod's connections, which its netns took down without a FIN."""
 
 
 class NoCapacityError(ConnectionError):
@@ -179,6 +181,7 @@ class HbonePool:
                 "sourceIp": k[1],
                 "destinationIp": k[2],
                 "destinationIdentity": k[3],
+                "destinationUid": k[4],
                 "streams": len(c.streams),
             }
             for k, conns in sorted(self.conns.items())

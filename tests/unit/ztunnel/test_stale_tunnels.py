@@ -15,19 +15,24 @@ from typing import Any
 
 import pytest
 
+from control.model.kube import Namespace, Pod
+from control.model.mesh import MeshSettings, workload_item
 from tests.unit.ztunnel.test_hbone_connection import FakeTransport, until
 from tests.unit.ztunnel.test_upgrade_drain import POD, UP, Owner, context, pair, pump
+from ztunnel.config.state import ConfigState, apply
 from ztunnel.inpod import listeners
 from ztunnel.inpod.listeners import PodListeners
+from ztunnel.main import Ztunnel
 from ztunnel.proxy import connect
 from ztunnel.proxy.connect import open_stream
 from ztunnel.proxy.hbone import HboneConnection
 from ztunnel.proxy.pool import HbonePool, PoolKey
 from ztunnel.proxy.sockets import TUNNEL_KEEPALIVE, TUNNEL_USER_TIMEOUT_MS, tunnel_liveness
+from ztunnel.state.mesh import MeshIndex
 
 pytestmark = pytest.mark.asyncio
-GONE: PoolKey = ("spiffe://td/ns/a/sa/x", "10.0.0.1", "10.0.0.9", "spiffe://td/ns/b/sa/y")
-KEPT: PoolKey = ("spiffe://td/ns/a/sa/x", "10.0.0.1", "10.0.0.8", "spiffe://td/ns/b/sa/y")
+GONE: PoolKey = ("spiffe://td/ns/a/sa/x", "10.0.0.1", "10.0.0.9", "spiffe://td/ns/b/sa/y", "uid-9")
+KEPT: PoolKey = ("spiffe://td/ns/a/sa/x", "10.0.0.1", "10.0.0.8", "spiffe://td/ns/b/sa/y", "uid-8")
 
 
 async def test_retiring_closes_idle_connections_now_and_busy_ones_after_their_last_stream() -> None:
@@ -110,3 +115,23 @@ async def test_the_hbone_listener_hands_its_liveness_to_what_it_accepts(monkeypa
         assert _liveness(opened.sockets["outbound"])["keepalive"] == 0  # app-facing sockets are the app's
     finally:
         opened.close()
+
+
+def _index(uid: str) -> MeshIndex:
+    """A config with one workload at 10.0.0.9 whose identity is GONE's destination identity."""
+    pod = Pod(uid=uid, name="web", namespace="b", node="n", service_account="y", ips=("10.0.0.9",), labels=(),
+              host_network=False, phase="Running", ready=True, container_ports=())  # fmt: skip
+    ambient = Namespace("b", (("meshlet.io/dataplane-mode", "ambient"),))
+    item = workload_item(pod, ambient, MeshSettings(trust_domain="td"))
+    message = {"type": "snapshot", "epoch": "e", "version": 1, "resources": {"workloads": [item]}}
+    return MeshIndex.from_config(apply(ConfigState(), message))
+
+
+async def test_a_pod_recreated_at_the_same_ip_with_the_same_identity_is_a_new_destination() -> None:
+    conn, transport, _ = pair()
+    pool = HbonePool("td")
+    pool.conns = {GONE: [conn]}
+    Ztunnel._retire_gone(pool, _index("uid-9"))  # the same pod: kept
+    assert pool.conns == {GONE: [conn]} and conn.usable
+    Ztunnel._retire_gone(pool, _index("uid-9b"))  # deleted and made again: same IP, same identity, a new uid
+    assert pool.conns == {} and transport.closed
