@@ -231,7 +231,9 @@ def test_label_flips_capture_both_ways_within_a_second_without_restarting_pods(l
 
 def test_a_file_nested_3000_deep_in_the_store_does_not_stop_the_agent_watching(lab: Lab, agent: AgentProcess) -> None:
     store = Path(lab.status["store"])
-    (store / ".deep.yaml.tmp").write_text("[" * 3000)  # 3 KB that once ended the agent's store watch for good
+    # 3 KB that once ended the agent's store watch for good. It names a Namespace: the agent parses only files that
+    # could hold one of its objects (Namespaces, its node's Pods), and this one must reach its parser.
+    (store / ".deep.yaml.tmp").write_text("kind: Namespace\nmetadata: " + "[" * 3000)
     os.replace(store / ".deep.yaml.tmp", store / "deep.yaml")
     wait_for(lambda: any("deep.yaml" in e for e in agent.status()["store"]["errors"]), 3.0, "the file's error")
     set_namespace_label(lab, "plain", ambient=True)
