@@ -18,7 +18,7 @@ from typing import Any
 
 from agent.status import read_status
 from meshlet.lab import mesh
-from meshlet.lab.state import LabState
+from meshlet.lab.state import LabState, known_labs
 from meshlet_contracts.netns import entered
 
 DEFAULT_AGENT_SOCKET = Path("/var/run/meshlet/agent.sock")
@@ -43,9 +43,15 @@ class NodeEndpoints:
     credential_dir: Path | None = None
 
 
-def resolve(lab_id: str | None, node: str | None, agent_socket: Path | None) -> NodeEndpoints:
-    """The endpoints of `node`: a lab node when the lab exists (the first node by default), else this host."""
+def resolve(lab_id: str | None, node: str | None, agent_socket: Path | None, lab_named: bool = False) -> NodeEndpoints:
+    """The endpoints of `node`: a lab node when the lab exists (the first node by default), else this host. A lab
+    the user named (`--lab`, MESHLET_LAB) must exist: asking this host's node instead would answer another
+    question than the one asked."""
     state = LabState.load(lab_id) if lab_id else None
+    if state is None and lab_named and agent_socket is None:
+        labs = known_labs()
+        there = f"labs here: {', '.join(labs)}" if labs else "no lab is up here (`meshlet lab up`)"
+        raise EndpointError(f"no lab {lab_id!r}; {there}")
     if state is None or agent_socket is not None:
         if node is not None and agent_socket is None:
             raise EndpointError(
@@ -105,6 +111,26 @@ def ztunnel_get(ep: NodeEndpoints, path: str) -> tuple[int, bytes]:
         raise EndpointError(
             f"ztunnel's admin did not answer on {where} ({exc}); is ztunnel running on node {ep.node or 'here'}?"
         ) from None
+
+
+def control_status(ep: NodeEndpoints) -> dict[str, Any] | None:
+    """Control's /debug/status (its store's version and every error in it); None where control's operator port is
+    not known (a node outside a lab: there it is the cluster's `meshlet-control` Service)."""
+    if not ep.control_metrics:
+        return None
+    host, _, port = ep.control_metrics.removeprefix("http://").rpartition(":")
+    try:
+        return _json(_get(http.client.HTTPConnection(host, int(port), timeout=TIMEOUT), "/debug/status"), "control")
+    except (OSError, http.client.HTTPException) as exc:
+        raise EndpointError(f"control did not answer on {ep.control_metrics} ({exc}); is it running?") from None
+
+
+def _json(answer: tuple[int, bytes], who: str) -> dict[str, Any]:
+    status, body = answer
+    if status != 200:
+        raise EndpointError(f"{who} answered HTTP {status}")
+    result: dict[str, Any] = json.loads(body)
+    return result
 
 
 def config_dump(ep: NodeEndpoints) -> dict[str, Any]:

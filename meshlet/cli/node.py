@@ -16,6 +16,7 @@ from typing import Any
 
 import click
 import yaml
+from click.core import ParameterSource
 from rich.console import Console
 from rich.table import Table
 
@@ -46,8 +47,10 @@ def output_option(f: Callable[..., Any], formats: tuple[str, ...] = ("table", "j
 
 
 def _endpoints(lab_id: str, node: str | None, agent_socket: Path | None) -> NodeEndpoints:
+    source = click.get_current_context().get_parameter_source("lab_id")
+    named = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)  # not the default `demo`
     try:
-        return resolve(lab_id, node, agent_socket)
+        return resolve(lab_id, node, agent_socket, named)
     except EndpointError as exc:
         raise click.ClickException(str(exc)) from None
 
