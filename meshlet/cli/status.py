@@ -10,7 +10,7 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from meshlet.cli.endpoints import EndpointError, NodeEndpoints, agent_status, config_dump
+from meshlet.cli.endpoints import EndpointError, NodeEndpoints, agent_status, config_dump, control_status
 
 
 def gather(ep: NodeEndpoints) -> dict[str, Any]:
@@ -34,6 +34,7 @@ def gather(ep: NodeEndpoints) -> dict[str, Any]:
     report["agent"] = _agent(agent, problems)
     report["ztunnel"] = _ztunnel(dump, agent, problems)
     report["control"] = _control(dump, problems)
+    report["store"] = _store(ep, agent, problems)
     report["pods"] = _pods(agent, problems)
     report["certificates"] = _certificates(dump, problems)
     bpf = (agent or {}).get("bpf", {})
@@ -48,8 +49,6 @@ def _agent(agent: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
     if agent is None:
         return {"ok": False}
     store = agent["store"]
-    if store["errors"]:
-        problems.append(f"the agent's store has {len(store['errors'])} invalid objects: {store['errors'][0]}")
     down = [t for t in agent.get("tasks", []) if t.get("downSince") is not None]
     for t in down:
         problems.append(
@@ -84,6 +83,24 @@ def _ztunnel(dump: dict[str, Any] | None, agent: dict[str, Any] | None, problems
         "servedPods": len(dump["pods"]),
         "listenerErrors": [f"{p['namespace']}/{p['name']}: {p['error']}" for p in dump["pods"] if p.get("error")],
     }
+
+
+def _store(ep: NodeEndpoints, agent: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
+    """Every error in the store, each a problem: control's (it reads every object) where its operator port is known,
+    else the agent's (which reads only Namespaces and its node's Pods)."""
+    try:
+        control = control_status(ep)
+    except EndpointError as exc:
+        control = None
+        problems.append(str(exc))
+    if control is not None:
+        errors = [": ".join(str(e[k]) for k in ("origin", "object", "reason") if e.get(k)) for e in control["errors"]]
+        seen_by = "control"
+    else:
+        errors = list((agent or {}).get("store", {}).get("errors", []))
+        seen_by = "agent"
+    problems.extend(f"invalid in the store ({seen_by}): {e}" for e in errors)
+    return {"errors": errors, "seenBy": seen_by}
 
 
 def _control(dump: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:

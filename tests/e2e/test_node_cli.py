@@ -74,6 +74,36 @@ def test_missing_agent_names_the_socket_tried(lab: Lab, tmp_path: Path) -> None:
     assert bad_node.returncode == 1 and "node1, node2" in bad_node.stderr
 
 
+def test_status_lists_every_store_error_with_its_file_and_object(lab: Lab) -> None:
+    store = Path(lab.status["store"])
+    broken = {
+        store / "broken-policy.yaml": "apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+        "metadata: {name: bad, namespace: mesh}\nspec: {action: MAYBE}\n",
+        store / "broken-yaml.yaml": "kind: Service\nmetadata: {name: [unclosed\n",
+    }
+    try:
+        for path, text in broken.items():
+            path.with_suffix(".tmp").write_text(text)
+            path.with_suffix(".tmp").replace(path)
+
+        def both_reported() -> Any:
+            report = cli_json(lab, "status", "--node", "node2", ok=False)
+            problems = [p for p in report["problems"] if p.startswith("invalid in the store (control): ")]
+            return report if len(problems) == 2 else None
+
+        report = wait_for(both_reported, 10, "both files' errors in meshlet status")
+        problems = "\n".join(report["problems"])
+        assert "broken-policy.yaml: AuthorizationPolicy mesh/bad: spec.action: unknown action 'MAYBE'" in problems
+        assert "broken-yaml.yaml" in problems and "unreadable YAML" in problems
+        assert report["store"]["seenBy"] == "control" and len(report["store"]["errors"]) == 2
+        human = meshlet("status", "--lab", lab.id, "--node", "node2", check=False)
+        assert human.returncode == 1 and human.stdout.count("invalid in the store") == 2
+    finally:
+        for path in broken:
+            path.unlink(missing_ok=True)
+    wait_for(lambda: cli_json(lab, "status", "--node", "node2")["healthy"], 10, "the errors to go with the files")
+
+
 def test_check_passes_on_a_healthy_lab_node(lab: Lab) -> None:
     data = cli_json(lab, "check", "--node", "node2")
     assert data["ok"]

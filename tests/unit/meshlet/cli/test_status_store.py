@@ -1,0 +1,50 @@
+"""`meshlet status` lists every store error, each a problem: control's where its operator port is known (it reads
+every object), else the agent's; control not answering is a problem of its own."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from meshlet.cli import status
+from meshlet.cli.endpoints import EndpointError, NodeEndpoints
+
+AGENT: dict[str, Any] = {"store": {"errors": ["rejected a.yaml: bad", "rejected b.yaml: worse"]}}
+
+
+def _ep(control: str | None) -> NodeEndpoints:
+    return NodeEndpoints("node1", Path("/nonexistent/agent.sock"), ("127.0.0.1", 15000), control_metrics=control)
+
+
+def test_every_control_error_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    errors = [
+        {"origin": "/s/p.yaml", "object": "AuthorizationPolicy mesh/bad", "reason": "spec.action: unknown"},
+        {"origin": "/s/y.yaml", "object": None, "reason": "unreadable YAML"},
+    ]
+    monkeypatch.setattr(status, "control_status", lambda ep: {"errors": errors})
+    problems: list[str] = []
+    store = status._store(_ep("http://10.250.0.1:15014"), AGENT, problems)
+    assert problems == [
+        "invalid in the store (control): /s/p.yaml: AuthorizationPolicy mesh/bad: spec.action: unknown",
+        "invalid in the store (control): /s/y.yaml: unreadable YAML",
+    ]
+    assert store == {"errors": [p.split(": ", 1)[1] for p in problems], "seenBy": "control"}
+
+
+def test_without_control_the_agents_errors_are_listed_all_of_them() -> None:
+    problems: list[str] = []
+    assert status._store(_ep(None), AGENT, problems)["seenBy"] == "agent"
+    assert problems == ["invalid in the store (agent): rejected a.yaml: bad",
+                        "invalid in the store (agent): rejected b.yaml: worse"]  # fmt: skip
+
+
+def test_control_not_answering_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(ep: NodeEndpoints) -> None:
+        raise EndpointError("control did not answer on http://10.250.0.1:15014 (refused); is it running?")
+
+    monkeypatch.setattr(status, "control_status", refuse)
+    problems: list[str] = []
+    status._store(_ep("http://10.250.0.1:15014"), AGENT, problems)
+    assert problems[0].startswith("control did not answer") and len(problems) == 3  # then the agent's two
