@@ -245,6 +245,14 @@ class FileSource:
                     self._gone(path, batches)
         return batches
 
+    def read(self, path: Path) -> SourceBatch:
+        """One file's batch as a first read sees it (`meshlet validate`); errors are the batch's, never raised."""
+        try:
+            st = path.stat()
+        except OSError as exc:
+            return SourceBatch(origin=str(path), errors=(f"unreadable: {exc}",))
+        return self._read(path, (st.st_ino, st.st_size, st.st_mtime_ns), None)
+
     def _is_store_file(self, path: Path) -> bool:
         """Whether `path` is one `_files` would list (suffix, nothing hidden on the way)."""
         try:
