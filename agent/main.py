@@ -39,6 +39,7 @@ from control.sources.files import FileSource
 from control.sources.kube_api import AGENT_RESOURCES
 from control.sources.kubernetes import KubeSource
 from control.store import ConfigStore
+from meshlet_contracts import build
 from meshlet_contracts.bpf_maps import PIN_ROOT
 from meshlet_contracts.supervision import Supervisor
 
@@ -117,6 +118,7 @@ class Agent:
         pods = sorted((s.to_json() for s in self.reconciler.pods.values()), key=lambda p: (p["namespace"], p["name"]))
         return {
             "node": self.args.node,
+            "build": build.build(),
             "backend": self.backend.name,
             "backendReason": self.backend_reason,
             "bpf": self.backend.status() if isinstance(self.backend, EbpfBackend) else {"programs": []},

@@ -44,7 +44,7 @@ from control.sources.kubernetes import KubeSource
 from control.sources.reporting import KubeReporter
 from control.store import ConfigStore
 from control.stream import ConfigHub
-from meshlet_contracts import wire
+from meshlet_contracts import build, wire
 from meshlet_contracts.backoff import Backoff
 from meshlet_contracts.supervision import Supervisor
 
@@ -213,6 +213,7 @@ class Control:
     async def _status(self, _: web.Request) -> web.Response:
         return web.json_response(
             {
+                "build": build.build(),
                 "epoch": self.store.epoch,
                 "version": self.store.version,
                 "updatedAt": self.store.updated_at,

@@ -21,7 +21,7 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshlet_contracts import ports
+from meshlet_contracts import build, ports
 from meshlet_contracts.supervision import Supervisor
 from ztunnel.config.client import ConfigClient
 from ztunnel.inpod.client import ZdsClient
@@ -103,6 +103,7 @@ class Admin:
             certs.append({**entry, "notBefore": cert.not_before.isoformat() if cert else None})
         return {
             "node": ctx.node,
+            "build": build.build(),
             "rootNamespace": ctx.root_namespace,
             "startedAt": self.started.isoformat(),
             "ready": self.ready,

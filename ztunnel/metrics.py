@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, ProcessCollector, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 
+from meshlet_contracts import build
+
 PEER_LABELS = (
     "workload",
     "canonical_service",
@@ -258,12 +260,7 @@ def _observe(series: dict[Labels, Histogram], labels: Labels, bounds: tuple[floa
 
 
 def _meshlet_version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("meshlet")
-    except PackageNotFoundError:
-        return UNKNOWN
+    return build.version()
 
 
 class _Collector:

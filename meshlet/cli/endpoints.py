@@ -76,6 +76,12 @@ def resolve(lab_id: str | None, node: str | None, agent_socket: Path | None, lab
     )
 
 
+def lab_nodes(lab_id: str | None) -> list[str] | None:
+    """The node names of lab `lab_id`, None when no such lab is up."""
+    state = LabState.load(lab_id) if lab_id else None
+    return None if state is None else [n.name for n in state.plan.nodes]
+
+
 def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
     try:
         conn.request("GET", path)

@@ -25,6 +25,7 @@ COMMANDS = {
     "install": "meshlet.cli.install:install",
     "uninstall": "meshlet.cli.install:uninstall",
     "validate": "meshlet.cli.validate:validate",
+    "version": "meshlet.cli.version:version",
     **{name: f"meshlet.cli.node:{name}" for name in NODE_COMMANDS},
 }
 """Command name -> where it is defined. Imported when named: `meshlet lab exec`, run hundreds of times by a

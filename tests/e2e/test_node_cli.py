@@ -104,6 +104,15 @@ def test_status_lists_every_store_error_with_its_file_and_object(lab: Lab) -> No
     wait_for(lambda: cli_json(lab, "status", "--node", "node2")["healthy"], 10, "the errors to go with the files")
 
 
+def test_version_asks_control_and_every_nodes_agent_and_ztunnel(lab: Lab) -> None:
+    report = cli_json(lab, "version")
+    cli = report["cli"]
+    assert report["lab"] == lab.id and report["control"] == cli  # one installation: the same build everywhere
+    assert report["nodes"] == {node: {"agent": cli, "ztunnel": cli} for node in ("node1", "node2")}
+    table = meshlet("version", "--lab", lab.id).stdout
+    assert table.count(cli["version"]) == 6  # the CLI, control, and two parts on each of two nodes
+
+
 def test_check_passes_on_a_healthy_lab_node(lab: Lab) -> None:
     data = cli_json(lab, "check", "--node", "node2")
     assert data["ok"]
