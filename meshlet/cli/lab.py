@@ -322,7 +322,7 @@ def demo(ctx: click.Context, fresh: bool, source: str, output: str) -> None:
     _print_control(state.plan)
     for z in ztunnel_summary(state.plan):
         console.print(
-            f"ztunnel {z['node']}: {z['mutual_tls']} mTLS and {z['plaintext']} plaintext connections opened, "
+            f"ztunnel {z['node']}: {z['mutualTls']} mTLS and {z['plaintext']} plaintext connections opened, "
             f"{z['errors']} failed; mTLS identities: {', '.join(z['principals']) or '-'}"
             + (f" [red]({z['error']})[/red]" if "error" in z else "")
         )

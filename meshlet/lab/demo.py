@@ -46,12 +46,12 @@ class Call:
     def to_json(self) -> dict[str, Any]:
         return {
             "from": f"{self.source.namespace}/{self.source.name}",
-            "from_node": self.source.node,
+            "fromNode": self.source.node,
             "to": f"{self.destination.namespace}/{self.destination.name}",
-            "to_node": self.destination.node,
+            "toNode": self.destination.node,
             "ok": self.ok,
             "status": self.status,
-            "peer_seen": self.peer_seen,
+            "peerSeen": self.peer_seen,
             "error": self.error,
             "security": self.security,
             "decision": self.decision,
@@ -103,7 +103,7 @@ def ztunnel_summary(plan: LabPlan) -> list[dict[str, Any]]:
     """Per node, what its ztunnel counted: connections by security and reporter, and failures."""
     out = []
     for node in plan.nodes:
-        entry: dict[str, Any] = {"node": node.name, "mutual_tls": 0, "plaintext": 0, "errors": 0, "principals": []}
+        entry: dict[str, Any] = {"node": node.name, "mutualTls": 0, "plaintext": 0, "errors": 0, "principals": []}
         try:
             with _DIRECT.open(f"http://{node.ip}:15020/metrics", timeout=2) as resp:
                 text = resp.read().decode()
@@ -114,9 +114,9 @@ def ztunnel_summary(plan: LabPlan) -> list[dict[str, Any]]:
         principals: set[str] = set()
         for name, labels, value in samples(text):
             if name == "istio_tcp_connections_opened_total" and labels.get("reporter") == "source":
-                kind = "mutual_tls" if labels.get("connection_security_policy") == "mutual_tls" else "plaintext"
+                kind = "mutualTls" if labels.get("connection_security_policy") == "mutual_tls" else "plaintext"
                 entry[kind] += int(value)
-                if kind == "mutual_tls":
+                if kind == "mutualTls":
                     principals.add(labels.get("source_principal", ""))
             elif name == "meshlet_connection_errors_total":
                 entry["errors"] += int(value)

@@ -159,10 +159,10 @@ def test_demo_reports_every_call(lab: Lab) -> None:
     assert len(calls) == 12  # 4 pods, each calls the 3 others
     for c in calls:
         assert c["ok"] and c["status"] == 200
-        assert c["peer_seen"] == lab.pod(c["from"].split("/")[1])["ip"]
+        assert c["peerSeen"] == lab.pod(c["from"].split("/")[1])["ip"]
     mesh_to_mesh = [c for c in calls if c["from"].startswith("mesh/") and c["to"].startswith("mesh/")]
     assert len(mesh_to_mesh) == 2 and all(c["security"].startswith("mTLS") for c in mesh_to_mesh)
     # The proxies counted it: two demo runs, one mTLS call out of each node per run.
     by_node = {z["node"]: z for z in report["ztunnels"]}
-    assert all(by_node[node]["mutual_tls"] >= before[node] + 2 for node in ("node1", "node2")), (before, by_node)
+    assert all(by_node[node]["mutualTls"] >= before[node] + 2 for node in ("node1", "node2")), (before, by_node)
     assert by_node["node1"]["principals"] == ["spiffe://cluster.local/ns/mesh/sa/web"]
