@@ -30,6 +30,22 @@ def _lab_id(ctx: click.Context) -> str:
     return lab_id
 
 
+def _sub_id(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """`meshlet lab up --id X` as well as `meshlet lab --id X up`: one way to name a lab, wherever it is typed."""
+    if value is None:
+        return
+    try:
+        check_id(value)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--id") from exc
+    ctx.ensure_object(dict)["lab_id"] = value
+
+
+lab_id_option = click.option(
+    "--id", callback=_sub_id, expose_value=False, is_eager=True, help="The lab's id (as `meshlet lab --id`)."
+)
+
+
 def _need_root() -> None:
     if os.geteuid() != 0:
         raise click.UsageError("the lab builds network namespaces, links and cgroups: run it as root")
@@ -62,6 +78,7 @@ def lab(ctx: click.Context, lab_id: str) -> None:
 
 
 @lab.command()
+@lab_id_option
 @click.option("--nodes", default=2, show_default=True, help="Number of nodes (1-8).")
 @click.option("--pods-per-node", default=2, show_default=True, help="Pods per node, alternating namespaces mesh/plain.")
 @click.option(
@@ -170,6 +187,7 @@ def _run_apps(lab_id: str, manifests: list[Obj], delete: bool = False) -> None:
 
 
 @lab.command("apply")
+@lab_id_option
 @click.option("-f", "--filename", "path", required=True, help="YAML manifests (`-` reads stdin).")
 @click.pass_context
 def apply_(ctx: click.Context, path: str) -> None:
@@ -186,6 +204,7 @@ def apply_(ctx: click.Context, path: str) -> None:
 
 
 @lab.command("delete")
+@lab_id_option
 @click.option("-f", "--filename", "path", required=True, help="YAML manifests (`-` reads stdin).")
 @click.pass_context
 def delete_(ctx: click.Context, path: str) -> None:
@@ -195,6 +214,7 @@ def delete_(ctx: click.Context, path: str) -> None:
 
 
 @lab.command()
+@lab_id_option
 @click.pass_context
 def down(ctx: click.Context) -> None:
     """Remove every netns, link, cgroup, process and file of the lab. Safe to run twice."""
@@ -211,6 +231,7 @@ def down(ctx: click.Context) -> None:
 
 
 @lab.command()
+@lab_id_option
 @click.argument("node")
 @click.argument("component", type=click.Choice(restart_mod.COMPONENTS))
 @click.option(
@@ -239,6 +260,7 @@ def restart(ctx: click.Context, node: str, component: str, overlap: bool, output
 
 
 @lab.command()
+@lab_id_option
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def status(ctx: click.Context, output: str) -> None:
@@ -264,6 +286,7 @@ def _print_status(st: dict[str, object]) -> None:
     "exec",
     context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False},
 )
+@lab_id_option
 @click.argument("name")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 @click.pass_context
@@ -286,6 +309,7 @@ def exec_(ctx: click.Context, name: str, command: tuple[str, ...]) -> None:
 
 
 @lab.command()
+@lab_id_option
 @click.option("--fresh", is_flag=True, help="Recreate the lab even if it is already up.")
 @click.option(
     "--source",

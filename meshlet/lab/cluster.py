@@ -22,7 +22,7 @@ from meshlet.lab import kernel, kube_mesh, mesh, processes
 from meshlet.lab.apps import AppsState
 from meshlet.lab.objects import DATAPLANE_LABEL, lab_objects
 from meshlet.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
-from meshlet.lab.state import LabState, free_slot, lab_dir, locked
+from meshlet.lab.state import LabState, free_slot, known_labs, lab_dir, locked
 from meshlet.lab.store import write_objects
 from meshlet_contracts.bpf_maps import PIN_ROOT
 
@@ -116,7 +116,9 @@ def down(lab_id: str) -> Removed:
 def load(lab_id: str) -> LabState:
     state = LabState.load(lab_id)
     if state is None:
-        raise LabError(f"no lab {lab_id!r} is up (looked in {lab_dir(lab_id)}); start one with `meshlet lab up`")
+        labs = known_labs()
+        others = f"labs here: {', '.join(labs)}" if labs else f"start one with `meshlet lab --id {lab_id} up`"
+        raise LabError(f"no lab {lab_id!r} is up (looked in {lab_dir(lab_id)}); {others}")
     return state
 
 

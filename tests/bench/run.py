@@ -93,7 +93,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
         default=100,
         help="pods whose namespace is labelled at once (default 100; 0: none)",
     )
-    p.add_argument("--lab-id", default="bench", help="lab id (default bench)")
+    p.add_argument(
+        "--lab-id",
+        default="bench",
+        help="lab id (default bench). MESHLET_LAB is not followed: the benchmark brings its labs up and takes them "
+        "down, and must never take yours",
+    )
     p.add_argument(
         "--ztunnel-arg",
         dest="ztunnel_args",
@@ -330,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         err.print("[red]the benchmark builds a lab (network namespaces, cgroups): run it as root[/red]")
         return 2
     signal.signal(signal.SIGTERM, _terminate)
+    if os.environ.get("MESHLET_LAB") and os.environ["MESHLET_LAB"] != args.lab_id:
+        _say(f"MESHLET_LAB={os.environ['MESHLET_LAB']} is left alone: the benchmark uses lab {args.lab_id!r} (--lab-id)")
     # Everything the benchmark starts (lab daemons, servers, haproxy) inherits as many open files as this
     # process may have: the hard limit. Raising that needs CAP_SYS_RESOURCE, which a sandbox may not grant.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)

@@ -50,3 +50,16 @@ def test_without_a_lab_named_the_commands_ask_this_hosts_node(labs: Path, tmp_pa
     assert "no lab" not in result.output
     result = CliRunner().invoke(cli, ["workloads"])
     assert "no lab" not in result.output
+
+
+def test_the_lab_id_can_follow_the_subcommand_and_a_missing_lab_names_those_that_are(labs: Path) -> None:
+    for args in (["lab", "status", "--id", "gamma"], ["lab", "--id", "gamma", "status"]):
+        result = CliRunner().invoke(cli, [*args, "-o", "json"])
+        said = result.output + str(result.exception or "")  # a LabError: `meshlet` prints it as one red line
+        assert result.exit_code == 1, args
+        assert "no lab 'gamma' is up" in said and "labs here: alpha, beta" in said, args
+
+
+def test_a_bad_lab_id_after_the_subcommand_is_refused_as_before_it() -> None:
+    result = CliRunner().invoke(cli, ["lab", "status", "--id", "Bad_Id"])
+    assert result.exit_code == 2 and "lab id 'Bad_Id' is invalid" in result.output
