@@ -335,8 +335,9 @@ def main(argv: list[str] | None = None) -> int:
         err.print("[red]the benchmark builds a lab (network namespaces, cgroups): run it as root[/red]")
         return 2
     signal.signal(signal.SIGTERM, _terminate)
-    if os.environ.get("MESHLET_LAB") and os.environ["MESHLET_LAB"] != args.lab_id:
-        _say(f"MESHLET_LAB={os.environ['MESHLET_LAB']} is left alone: the benchmark uses lab {args.lab_id!r} (--lab-id)")
+    named = os.environ.get("MESHLET_LAB")
+    if named and named != args.lab_id:
+        _say(f"MESHLET_LAB={named} is left alone: the benchmark uses lab {args.lab_id!r} (--lab-id)")
     # Everything the benchmark starts (lab daemons, servers, haproxy) inherits as many open files as this
     # process may have: the hard limit. Raising that needs CAP_SYS_RESOURCE, which a sandbox may not grant.
     _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
