@@ -23,10 +23,10 @@ from rich.table import Table
 from meshlet.cli import inspect
 from meshlet.cli import routes as routes_view
 from meshlet.cli.checks import run_checks
-from meshlet.cli.endpoints import EndpointError, NodeEndpoints, config_dump, resolve
+from meshlet.cli.endpoints import EndpointError, NodeEndpoints, config_dump, lab_nodes, resolve
 from meshlet.cli.kubecli import api_client, cluster_requested, kubeconfig_option
 from meshlet.cli.label import LabelError, parse_changes, relabel, relabel_cluster
-from meshlet.cli.status import gather, lines
+from meshlet.cli.status import gather, lab_report, lines
 from meshlet.lab.state import LabState
 
 console = Console()
@@ -95,12 +95,27 @@ def _cluster_status(kubeconfig: Path | None, namespace: str, output: str) -> Non
               help="With --cluster: the install's namespace.")  # fmt: skip
 def status(lab_id: str, node: str | None, agent_socket: Path | None, output: str, kubeconfig: Path | None,
            cluster: bool, install_namespace: str) -> None:  # fmt: skip
-    """One screen about a node: agent, ztunnel, control, pods, certificates, traffic. Exits 1 if unhealthy.
+    """Agent, ztunnel, control, pods, certificates, traffic: of every node of a lab (then the problems), of one
+    with --node, or of this host's node off a lab. Exits 1 if anything is unhealthy.
 
     With --kubeconfig or --cluster (kubectl's kubeconfig): the cluster install, every node at once.
     """
     if cluster or kubeconfig is not None:
         _cluster_status(kubeconfig, install_namespace, output)
+    nodes = lab_nodes(lab_id) if node is None and agent_socket is None else None
+    if nodes is not None:  # a lab, no --node: all of it at once
+        reports = []
+        for name in nodes:
+            with progress.status(f"asking node {name}"):
+                reports.append(gather(_endpoints(lab_id, name, None)))
+        whole = lab_report(reports, lab_id)
+        if not _emit(whole, output):
+            for report in reports:
+                _table(lines(report), [])
+                console.print()
+            _table([("Lab", f"{lab_id}: {len(reports)} nodes, {'healthy' if whole['healthy'] else 'problems'}",
+                     whole["healthy"])], whole["problems"])  # fmt: skip
+        sys.exit(0 if whole["healthy"] else 1)
     ep = _endpoints(lab_id, node, agent_socket)
     with progress.status(f"asking node {ep.node or 'here'}"):
         report = gather(ep)

@@ -167,6 +167,18 @@ def human_bytes(n: float) -> str:
     return f"{n:.1f} TB"
 
 
+def lab_report(reports: list[dict[str, Any]], lab: str) -> dict[str, Any]:
+    """Every node's report, then the problems: one a node alone has is named with its node, one every node
+    has (a store error, control down) is listed once."""
+    counts: dict[str, int] = {}
+    for report in reports:
+        for problem in dict.fromkeys(report["problems"]):
+            counts[problem] = counts.get(problem, 0) + 1
+    shared = [p for p, n in counts.items() if n == len(reports)]
+    problems = shared + [f"{r['node']}: {p}" for r in reports for p in r["problems"] if p not in shared]
+    return {"lab": lab, "healthy": not problems, "nodes": reports, "problems": problems}
+
+
 def lines(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:
     """(label, text, ok) rows for the human screen; ok None is neutral information."""
     agent, zt, control = report["agent"], report["ztunnel"], report["control"]

@@ -50,6 +50,15 @@ def test_status_reports_a_healthy_node(lab: Lab) -> None:
     assert "node2" in human and "ready" in human
 
 
+def test_status_without_a_node_reports_the_whole_lab(lab: Lab) -> None:
+    report = cli_json(lab, "status")
+    assert report["lab"] == lab.id and report["healthy"] and report["problems"] == []
+    assert [n["node"] for n in report["nodes"]] == ["node1", "node2"]
+    assert all(n["ztunnel"]["ready"] and n["agent"]["ok"] for n in report["nodes"])
+    human = meshlet("status", "--lab", lab.id).stdout
+    assert "node1" in human and "node2" in human and f"{lab.id}: 2 nodes, healthy" in human
+
+
 @pytest.mark.breaks_lab
 def test_status_exits_non_zero_and_names_the_problem_when_ztunnel_is_stopped(lab: Lab) -> None:
     stop(lab, "ztunnel/node2", signal.SIGKILL)

@@ -48,3 +48,12 @@ def test_control_not_answering_is_named(monkeypatch: pytest.MonkeyPatch) -> None
     problems: list[str] = []
     status._store(_ep("http://10.250.0.1:15014"), AGENT, problems)
     assert problems[0].startswith("control did not answer") and len(problems) == 3  # then the agent's two
+
+
+def test_the_lab_report_names_a_nodes_own_problems_and_lists_shared_ones_once() -> None:
+    node1 = {"node": "node1", "problems": ["invalid in the store (control): a.yaml: bad", "ztunnel is down"]}
+    node2 = {"node": "node2", "problems": ["invalid in the store (control): a.yaml: bad"]}
+    report = status.lab_report([node1, node2], "demo")
+    assert report["problems"] == ["invalid in the store (control): a.yaml: bad", "node1: ztunnel is down"]
+    assert not report["healthy"] and report["nodes"] == [node1, node2] and report["lab"] == "demo"
+    assert status.lab_report([{"node": "node1", "problems": []}], "demo")["healthy"]
