@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import Callable
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -21,12 +22,14 @@ from typing import Any
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from meshlet_contracts import build, ports
+from meshlet_contracts import build, log_levels, ports
 from meshlet_contracts.supervision import Supervisor
 from ztunnel.config.client import ConfigClient
 from ztunnel.inpod.client import ZdsClient
 from ztunnel.observe.accesslog import ACCESS_LOG
 from ztunnel.proxy.context import ProxyContext
+
+log = logging.getLogger(__name__)
 
 
 class Admin:
@@ -197,12 +200,19 @@ class Admin:
         return web.Response(text="draining\n")
 
     async def _logging(self, request: web.Request) -> web.Response:
-        access = request.query.get("access")
+        access, level = request.query.get("access"), request.query.get("level")
         if access not in ("on", "off", None):
             return web.Response(status=400, text=f"access={access!r}: expected on or off\n")
+        if level is not None:
+            try:
+                log_levels.set_level(level)
+            except log_levels.LevelError as exc:
+                return web.Response(status=400, text=f"{exc}\n")
+            log.warning("log level set to %s through the admin port", log_levels.current())
         if access is not None:
             ACCESS_LOG.set(access == "on")
-        return web.Response(text=f"access: {'on' if ACCESS_LOG.enabled else 'off'}\n")
+        access_now = "on" if ACCESS_LOG.enabled else "off"
+        return web.Response(text=f"level: {log_levels.current()}\naccess: {access_now}\n")
 
     async def _metrics(self, _: web.Request) -> web.Response:
         return web.Response(

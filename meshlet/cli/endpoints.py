@@ -82,9 +82,9 @@ def lab_nodes(lab_id: str | None) -> list[str] | None:
     return None if state is None else [n.name for n in state.plan.nodes]
 
 
-def _get(conn: http.client.HTTPConnection, path: str) -> tuple[int, bytes]:
+def _get(conn: http.client.HTTPConnection, path: str, method: str = "GET") -> tuple[int, bytes]:
     try:
-        conn.request("GET", path)
+        conn.request(method, path)
         resp = conn.getresponse()
         return resp.status, resp.read()
     finally:
@@ -103,6 +103,11 @@ def agent_status(ep: NodeEndpoints) -> dict[str, Any]:
 
 def ztunnel_get(ep: NodeEndpoints, path: str) -> tuple[int, bytes]:
     """GET `path` from ztunnel's admin (inside the lab node's netns when there is one)."""
+    return ztunnel_request(ep, "GET", path)
+
+
+def ztunnel_request(ep: NodeEndpoints, method: str, path: str) -> tuple[int, bytes]:
+    """`method` `path` on ztunnel's admin (inside the lab node's netns when there is one): (status, body)."""
     where = f"{ep.admin[0]}:{ep.admin[1]}" + (f" in netns {ep.netns}" if ep.netns else "")
     try:
         if ep.netns is not None:
@@ -112,7 +117,7 @@ def ztunnel_get(ep: NodeEndpoints, path: str) -> tuple[int, bytes]:
             sock = socket.create_connection(ep.admin, timeout=TIMEOUT)
         conn = http.client.HTTPConnection(*ep.admin, timeout=TIMEOUT)
         conn.sock = sock
-        return _get(conn, path)
+        return _get(conn, path, method)
     except (OSError, http.client.HTTPException) as exc:
         raise EndpointError(
             f"ztunnel's admin did not answer on {where} ({exc}); is ztunnel running on node {ep.node or 'here'}?"

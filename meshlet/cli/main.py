@@ -26,6 +26,7 @@ COMMANDS = {
     "uninstall": "meshlet.cli.install:uninstall",
     "validate": "meshlet.cli.validate:validate",
     "version": "meshlet.cli.version:version",
+    "log-level": "meshlet.cli.log_level:log_level",
     **{name: f"meshlet.cli.node:{name}" for name in NODE_COMMANDS},
 }
 """Command name -> where it is defined. Imported when named: `meshlet lab exec`, run hundreds of times by a

@@ -46,7 +46,7 @@ def output_option(f: Callable[..., Any], formats: tuple[str, ...] = ("table", "j
     return click.option("-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True)(f)
 
 
-def _endpoints(lab_id: str, node: str | None, agent_socket: Path | None) -> NodeEndpoints:
+def node_endpoints(lab_id: str, node: str | None, agent_socket: Path | None) -> NodeEndpoints:
     source = click.get_current_context().get_parameter_source("lab_id")
     named = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)  # not the default `demo`
     try:
@@ -107,7 +107,7 @@ def status(lab_id: str, node: str | None, agent_socket: Path | None, output: str
         reports = []
         for name in nodes:
             with progress.status(f"asking node {name}"):
-                reports.append(gather(_endpoints(lab_id, name, None)))
+                reports.append(gather(node_endpoints(lab_id, name, None)))
         whole = lab_report(reports, lab_id)
         if not _emit(whole, output):
             for report in reports:
@@ -116,7 +116,7 @@ def status(lab_id: str, node: str | None, agent_socket: Path | None, output: str
             _table([("Lab", f"{lab_id}: {len(reports)} nodes, {'healthy' if whole['healthy'] else 'problems'}",
                      whole["healthy"])], whole["problems"])  # fmt: skip
         sys.exit(0 if whole["healthy"] else 1)
-    ep = _endpoints(lab_id, node, agent_socket)
+    ep = node_endpoints(lab_id, node, agent_socket)
     with progress.status(f"asking node {ep.node or 'here'}"):
         report = gather(ep)
     if not _emit(report, output):
@@ -162,7 +162,7 @@ def check(lab_id: str, node: str | None, agent_socket: Path | None, output: str,
     """
     if pre_install:
         _pre_install(kubeconfig, sets, output)
-    ep = _endpoints(lab_id, node, agent_socket)
+    ep = node_endpoints(lab_id, node, agent_socket)
     with progress.status("checking"):
         groups = run_checks(ep)
     ok = all(c.ok for _, checks in groups for c in checks)
@@ -188,7 +188,7 @@ def _inspect_command(
     @click.option("-n", "--namespace", help="Only this namespace.")
     def command(lab_id: str, node: str | None, agent_socket: Path | None, output: str, namespace: str | None,
                 **extra: Any) -> None:  # fmt: skip
-        ep = _endpoints(lab_id, node, agent_socket)
+        ep = node_endpoints(lab_id, node, agent_socket)
         try:
             with progress.status(f"reading ztunnel's config on node {ep.node or 'here'}"):
                 dump = config_dump(ep)

@@ -122,6 +122,25 @@ def test_version_asks_control_and_every_nodes_agent_and_ztunnel(lab: Lab) -> Non
     assert table.count(cli["version"]) == 6  # the CLI, control, and two parts on each of two nodes
 
 
+def test_log_level_changes_agents_and_ztunnels_at_runtime(lab: Lab) -> None:
+    try:
+        report = cli_json(lab, "log-level", "debug", "--node", "node1")
+        assert report == {"level": "debug", "nodes": {"node1": {"agent": {"level": "debug"},
+                                                               "ztunnel": {"level": "debug"}}}}  # fmt: skip
+        # ztunnel says so in its log, and its admin port reads the level back; node2 kept its own.
+        log = Path(lab.status["directory"]) / "logs" / "ztunnel-node1.log"
+        assert "log level set to debug through the admin port" in log.read_text()
+        asked = "curl", "-sS", "-m", "2", "-X", "POST", "http://127.0.0.1:15000/logging"
+        assert lab.exec("node1", *asked).stdout.splitlines()[0] == "level: debug"
+        assert lab.exec("node2", *asked).stdout.splitlines()[0] == "level: info"
+    finally:
+        whole = cli_json(lab, "log-level", "info")
+    assert {a["level"] for parts in whole["nodes"].values() for a in parts.values()} == {"info"}
+    assert set(whole["nodes"]) == {"node1", "node2"}
+    refused = meshlet("log-level", "loud", "--lab", lab.id, check=False)
+    assert refused.returncode == 2 and "'loud' is not one of" in refused.stderr
+
+
 def test_check_passes_on_a_healthy_lab_node(lab: Lab) -> None:
     data = cli_json(lab, "check", "--node", "node2")
     assert data["ok"]

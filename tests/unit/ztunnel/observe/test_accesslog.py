@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import time
 from types import SimpleNamespace
 from typing import Any, cast
@@ -114,11 +115,31 @@ async def test_admin_switches_the_access_log_at_runtime() -> None:
     try:
         async with TestClient(TestServer(admin.admin_app())) as client:
             on = await client.post("/logging?access=on")
-            assert (on.status, await on.text(), ACCESS_LOG.enabled) == (200, "access: on\n", True)
+            assert (on.status, (await on.text()).splitlines()[-1], ACCESS_LOG.enabled) == (200, "access: on", True)
             off = await client.post("/logging?access=off")
-            assert (off.status, await off.text(), ACCESS_LOG.enabled) == (200, "access: off\n", False)
+            assert (off.status, (await off.text()).splitlines()[-1], ACCESS_LOG.enabled) == (200, "access: off", False)
             bad = await client.post("/logging?access=maybe")
             assert bad.status == 400 and "maybe" in await bad.text()
             assert ACCESS_LOG.enabled is False
     finally:
         ACCESS_LOG.set(was)
+
+
+@pytest.mark.asyncio
+async def test_admin_changes_the_log_level_at_runtime_and_refuses_a_level_that_is_not_one() -> None:
+    ctx = SimpleNamespace(metrics=Metrics(), tunnels=set(), pods={}, pool=None)
+    admin = Admin(cast(Any, ctx), cast(Any, SimpleNamespace()), cast(Any, SimpleNamespace()), lambda: None)
+    root = logging.getLogger()
+    was = root.level
+    try:
+        async with TestClient(TestServer(admin.admin_app())) as client:
+            debug = await client.post("/logging?level=DEBUG")
+            assert debug.status == 200 and (await debug.text()).splitlines()[0] == "level: debug"
+            assert root.getEffectiveLevel() == logging.DEBUG
+            bad = await client.post("/logging?level=loud")
+            assert bad.status == 400 and "expected one of debug, info, warning, error" in await bad.text()
+            assert root.getEffectiveLevel() == logging.DEBUG  # unchanged
+            asked = await client.post("/logging")
+            assert (await asked.text()).splitlines()[0] == "level: debug"
+    finally:
+        root.setLevel(was)
