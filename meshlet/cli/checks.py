@@ -1,7 +1,9 @@
 """`meshlet check`: grouped pre-flight and health checks, each with a hint when it fails (like `linkerd check`).
 
 Kernel and tool checks look at this machine; node checks talk to the node's agent, ztunnel and (from the
-node's credential) control. Nothing here changes anything.
+node's credential) control. Nothing here changes anything. A check is a failure (the mesh cannot work) or a
+warning (something it can do without: BTF, bcc and bpffs only matter to the eBPF backend, the iptables one
+works without them); each points to the README section that explains it. Only failures make it exit 1.
 """
 
 from __future__ import annotations
@@ -19,10 +21,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+from rich.markup import escape
+
 from meshlet.cli.endpoints import EndpointError, NodeEndpoints, agent_status, config_dump
 
 _DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 CLOCK_SKEW_MAX = 5.0
+
+
+SETUP = "README.md#on-a-fresh-machine-debian-12-vm-as-root"
+NODE = "README.md#looking-at-a-node"
+CONTROL = "README.md#control"
+FAIL_CLOSED = "README.md#fail-closed"
+WARNING_ONLY = frozenset({"bpffs", "BTF", "bcc", "kernel headers for bcc"})
+"""What only the eBPF backend needs: the iptables backend runs without, so these warn rather than fail."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,9 +44,17 @@ class Check:
     ok: bool
     detail: str
     hint: str = ""
+    docs: str = SETUP
+    """The README section about it (a path#anchor in the repository)."""
+
+    @property
+    def level(self) -> str:
+        """ "fail": the mesh cannot work without it; "warn": the eBPF backend cannot (iptables can)."""
+        return "warn" if self.name in WARNING_ONLY else "fail"
 
     def to_json(self) -> dict[str, Any]:
-        return {"name": self.name, "ok": self.ok, "detail": self.detail, "hint": self.hint if not self.ok else ""}
+        return {"name": self.name, "ok": self.ok, "level": self.level, "detail": self.detail,
+                "hint": self.hint if not self.ok else "", "docs": self.docs}  # fmt: skip
 
 
 def _mounted(path: str, fstype: str) -> bool:
@@ -89,28 +110,34 @@ def node_checks(ep: NodeEndpoints) -> list[Check]:
     checks: list[Check] = []
     try:
         agent = agent_status(ep)
-        checks.append(Check("agent socket", True, f"{ep.agent_socket}: node {agent['node']}, {agent['backend']}"))
+        checks.append(
+            Check("agent socket", True, f"{ep.agent_socket}: node {agent['node']}, {agent['backend']}", docs=NODE)
+        )
     except EndpointError as exc:
-        checks.append(Check("agent socket", False, str(exc), "start the agent (meshlet lab up, or the DaemonSet)"))
+        checks.append(
+            Check("agent socket", False, str(exc), "start the agent (meshlet lab up, or the DaemonSet)", NODE)
+        )
     try:
         dump: dict[str, Any] | None = config_dump(ep)
     except EndpointError as exc:
         dump = None
-        checks.append(Check("ztunnel admin", False, str(exc), "start ztunnel on this node"))
+        checks.append(Check("ztunnel admin", False, str(exc), "start ztunnel on this node", NODE))
     if dump is not None:
         hint = "see ztunnel's log; it needs config from control and the agent's pod snapshot"
-        checks.append(Check("ztunnel ready", dump["ready"], "; ".join(dump["problems"]) or "ready", hint))
+        checks.append(Check("ztunnel ready", dump["ready"], "; ".join(dump["problems"]) or "ready", hint, FAIL_CLOSED))
         config = dump["config"]
         checks.append(Check("control reachable from ztunnel", config["connected"],
                             f"{config['url']}: " + (config.get("lastError") or "connected"),
-                            "check control is running and the node's credential is registered"))  # fmt: skip
+                            "check control is running and the node's credential is registered", CONTROL))  # fmt: skip
     checks += _control_checks(ep)
     return checks
 
 
 def _control_checks(ep: NodeEndpoints) -> list[Check]:
     if ep.control_url is None or ep.credential_dir is None:
-        return [Check("clock and CA trust", True, "skipped: control's address is known only for lab nodes")]
+        return [
+            Check("clock and CA trust", True, "skipped: control's address is known only for lab nodes", docs=CONTROL)
+        ]
     checks = []
     host, _, port = ep.control_url.removeprefix("https://").rpartition(":")
     root = ep.credential_dir / "root-cert.pem"
@@ -119,10 +146,10 @@ def _control_checks(ep: NodeEndpoints) -> list[Check]:
         ctx.check_hostname = False  # the serving certificate names the listen IP; trust is what we check
         with socket.create_connection((host, int(port)), timeout=3) as raw, ctx.wrap_socket(raw) as tls:
             version = tls.version()
-        checks.append(Check("CA trust", True, f"control's certificate chains to {root} ({version})"))
+        checks.append(Check("CA trust", True, f"control's certificate chains to {root} ({version})", docs=CONTROL))
     except (OSError, ssl.SSLError) as exc:
         hint = "the node credential's root must be control's CA root: provision the node again"
-        checks.append(Check("CA trust", False, f"{ep.control_url}: {exc}", hint))
+        checks.append(Check("CA trust", False, f"{ep.control_url}: {exc}", hint, CONTROL))
     if ep.control_metrics:
         try:
             with _DIRECT.open(f"{ep.control_metrics}/healthz", timeout=3) as resp:
@@ -131,9 +158,9 @@ def _control_checks(ep: NodeEndpoints) -> list[Check]:
             ok = skew is not None and skew <= CLOCK_SKEW_MAX
             detail = f"{skew:.1f}s from control's clock" if skew is not None else "control sent no Date header"
             hint = f"keep clocks within {CLOCK_SKEW_MAX:.0f}s (NTP): certificates have validity windows"
-            checks.append(Check("clock", ok, detail, hint))
+            checks.append(Check("clock", ok, detail, hint, CONTROL))
         except OSError as exc:
-            checks.append(Check("clock", False, f"{ep.control_metrics}: {exc}", "control must be running"))
+            checks.append(Check("clock", False, f"{ep.control_metrics}: {exc}", "control must be running", CONTROL))
     return checks
 
 
@@ -141,3 +168,32 @@ def run_checks(ep: NodeEndpoints) -> list[tuple[str, list[Check]]]:
     groups = [("kernel", kernel_checks()), ("tools", tool_checks())]
     groups.append(("node " + (ep.node or os.uname().nodename), node_checks(ep)))
     return groups
+
+
+Groups = list[tuple[str, list[Check]]]
+
+
+def checks_report(groups: Groups) -> dict[str, Any]:
+    """The JSON of `meshlet check`: ok (no failure; warnings allowed), the counts, every check."""
+    failed = sum(1 for _, checks in groups for c in checks if not c.ok and c.level == "fail")
+    warned = sum(1 for _, checks in groups for c in checks if not c.ok and c.level == "warn")
+    return {"ok": not failed, "failures": failed, "warnings": warned,
+            "groups": [{"name": n, "checks": [c.to_json() for c in cs]} for n, cs in groups]}  # fmt: skip
+
+
+def print_checks(groups: Groups, console: Console) -> None:
+    """Each check with a mark (pass, fail, warning), a hint and its README section when it did not pass."""
+    marks = {"fail": "[red]\u2718[/red]", "warn": "[yellow]![/yellow]"}
+    for name, checks in groups:
+        console.print(f"[bold]{name}[/bold]")
+        for c in checks:
+            console.print(f"  {'[green]✔[/green]' if c.ok else marks[c.level]} {c.name}: {escape(c.detail)}",
+                          highlight=False)  # fmt: skip
+            if not c.ok:
+                console.print(f"      [yellow]hint:[/yellow] {escape(c.hint)} (see {c.docs})", highlight=False)
+    data = checks_report(groups)
+    warnings = f"{data['warnings']} warnings" if data["warnings"] else ""
+    if data["failures"]:
+        console.print(f"[red]{data['failures']} failed[/red]" + (f", {warnings}" if warnings else ""))
+    else:
+        console.print("[green]all checks passed[/green]" + (f" ([yellow]{warnings}[/yellow])" if warnings else ""))

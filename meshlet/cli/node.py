@@ -22,7 +22,7 @@ from rich.table import Table
 
 from meshlet.cli import inspect
 from meshlet.cli import routes as routes_view
-from meshlet.cli.checks import run_checks
+from meshlet.cli.checks import checks_report, print_checks, run_checks
 from meshlet.cli.endpoints import EndpointError, NodeEndpoints, config_dump, lab_nodes, resolve
 from meshlet.cli.kubecli import api_client, cluster_requested, kubeconfig_option
 from meshlet.cli.label import LabelError, parse_changes, relabel, relabel_cluster
@@ -156,7 +156,9 @@ def _pre_install(kubeconfig: Path | None, sets: tuple[str, ...], output: str) ->
 @click.option("--set", "sets", multiple=True, metavar="KEY=VALUE", help="With --pre-install: the install's values.")
 def check(lab_id: str, node: str | None, agent_socket: Path | None, output: str, pre_install: bool,
           kubeconfig: Path | None, sets: tuple[str, ...]) -> None:  # fmt: skip
-    """Check the kernel, tools and the node's components; a hint for every failure. Exits 1 on any.
+    """Check the kernel, tools and the node's components: a hint and a README section for what fails or warns.
+
+    Exits 1 on a failure; a warning (what only the eBPF backend needs) does not.
 
     With --pre-install: whether the cluster (of --kubeconfig, or kubectl's) can run meshlet.
     """
@@ -165,18 +167,10 @@ def check(lab_id: str, node: str | None, agent_socket: Path | None, output: str,
     ep = node_endpoints(lab_id, node, agent_socket)
     with progress.status("checking"):
         groups = run_checks(ep)
-    ok = all(c.ok for _, checks in groups for c in checks)
-    data = {"ok": ok, "groups": [{"name": n, "checks": [c.to_json() for c in cs]} for n, cs in groups]}
+    data = checks_report(groups)
     if not _emit(data, output):
-        for name, checks in groups:
-            console.print(f"[bold]{name}[/bold]")
-            for c in checks:
-                mark = "[green]\u2714[/green]" if c.ok else "[red]\u2718[/red]"
-                console.print(f"  {mark} {c.name}: {c.detail}", highlight=False)
-                if not c.ok:
-                    console.print(f"      [yellow]hint:[/yellow] {c.hint}", highlight=False)
-        console.print("[green]all checks passed[/green]" if ok else "[red]some checks failed[/red]")
-    sys.exit(0 if ok else 1)
+        print_checks(groups, console)
+    sys.exit(0 if data["ok"] else 1)
 
 
 def _inspect_command(
