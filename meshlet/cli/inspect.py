@@ -82,17 +82,33 @@ def _l7_policies(workload: dict[str, Any], authorization: list[dict[str, Any]], 
 
 
 def policies(dump: dict[str, Any], namespace: str | None) -> Rows:
+    """Each policy with its rules (whole in -o json|yaml), what it applies to (`scope`) and where it is enforced:
+    every policy by the ztunnel in front of the destination, an AuthorizationPolicy with HTTP rules per request
+    (L7), the others per connection."""
+    root = dump.get("rootNamespace", ROOT_NAMESPACE)
     rows = [
         {"kind": "AuthorizationPolicy", "name": p["name"], "namespace": p["namespace"], "selector": p["selector"],
-         "action": p["action"], "rules": len(p["rules"]), "needsL7": p.get("needsL7", False)}
+         "scope": _scope(p, root), "action": p["action"], "rules": p["rules"], "ruleCount": len(p["rules"]),
+         "needsL7": p.get("needsL7", False),
+         "enforcedBy": "the destination's ztunnel, "
+                       + ("per request (L7)" if p.get("needsL7") else "per connection (L4)")}
         for p in dump["policies"]["authorization"]
     ] + [
         {"kind": "PeerAuthentication", "name": p["name"], "namespace": p["namespace"], "selector": p["selector"],
-         "mode": p["mode"], "portModes": p["portModes"]}
+         "scope": _scope(p, root), "mode": p["mode"], "portModes": p["portModes"],
+         "enforcedBy": "the destination's ztunnel, on connections in"}
         for p in dump["policies"]["peerAuthentication"]
     ]  # fmt: skip
     rows.sort(key=lambda r: (r["namespace"], r["kind"], r["name"]))
     return [r for r in rows if namespace in (None, r["namespace"])]
+
+
+def _scope(policy: dict[str, Any], root: str) -> str:
+    selector = policy.get("selector")
+    where = "the whole mesh" if policy["namespace"] == root else f"namespace {policy['namespace']}"
+    if not selector:
+        return where
+    return f"workloads of {where} with " + ",".join(f"{k}={v}" for k, v in sorted(selector.items()))
 
 
 def certs(dump: dict[str, Any], namespace: str | None) -> Rows:
@@ -104,12 +120,28 @@ def certs(dump: dict[str, Any], namespace: str | None) -> Rows:
 
 
 def connections(dump: dict[str, Any], namespace: str | None) -> Rows:
-    """Open proxied connections; with a namespace, those whose ends are that namespace's workload IPs."""
-    rows: Rows = list(dump["connections"])
+    """Open proxied connections with the workloads and identities at both ends; with a namespace, those with an end
+    in it. `sentBytes` went towards the client (the response), `receivedBytes` came from it (the request), as
+    istio_tcp_sent_bytes_total and istio_tcp_received_bytes_total count them."""
+    by_ip = {ip: w for w in dump["workloads"] for ip in w["ips"]}
+    rows: Rows = []
+    for conn in dump["connections"]:
+        source, _, destination = str(conn["connection"]).partition(" -> ")
+        ends = {}
+        for end, address in (("source", source), ("destination", destination)):
+            w = by_ip.get(address.rpartition(":")[0].strip("[]"))
+            ends[end] = f"{w['namespace']}/{w['name']}" if w else None
+            ends[f"{end}Identity"] = w["identity"] if w and w.get("enrolled") else None
+        rows.append({**conn, **ends})
     if namespace is not None:
-        ips = {ip for w in dump["workloads"] if w["namespace"] == namespace for ip in w["ips"]}
-        rows = [r for r in rows if any(ip in r["connection"] for ip in ips)]
+        rows = [r for r in rows if any((r[e] or "").startswith(f"{namespace}/") for e in ("source", "destination"))]
     return rows
+
+
+CAPTIONS = {
+    "connections": "SENT: bytes towards the client (the response); RECEIVED: bytes from the client (the request), "
+    "as istio_tcp_sent_bytes_total and istio_tcp_received_bytes_total count them.",
+}
 
 
 COLUMNS: dict[str, list[tuple[str, str]]] = {
@@ -117,12 +149,13 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
                   ("IDENTITY", "identity"), ("ENROLLED", "enrolled"), ("L7", "l7")],
     "services": [("NAMESPACE", "namespace"), ("NAME", "name"), ("VIPS", "vips"), ("PORTS", "protocols"),
                  ("ENDPOINTS", "endpoints")],
-    "policies": [("NAMESPACE", "namespace"), ("KIND", "kind"), ("NAME", "name"), ("SELECTOR", "selector"),
-                 ("ACTION/MODE", "action")],
+    "policies": [("NAMESPACE", "namespace"), ("KIND", "kind"), ("NAME", "name"), ("SCOPE", "scope"),
+                 ("ACTION/MODE", "action"), ("RULES", "ruleCount"), ("ENFORCED BY", "enforcedBy")],
     "routes": routes.COLUMNS,
     "certs": [("IDENTITY", "identity"), ("NOT AFTER", "notAfter"), ("ERROR", "error")],
-    "connections": [("ID", "id"), ("DIRECTION", "direction"), ("CONNECTION", "connection"),
-                    ("SENT", "sentBytes"), ("RECEIVED", "receivedBytes"), ("AGE S", "ageSeconds")],
+    "connections": [("ID", "id"), ("DIRECTION", "direction"), ("FROM", "source"), ("TO", "destination"),
+                    ("CONNECTION", "connection"), ("SENT", "sentBytes"), ("RECEIVED", "receivedBytes"),
+                    ("AGE S", "ageSeconds")],
 }  # fmt: skip
 
 

@@ -192,7 +192,7 @@ def _inspect_command(
         if _emit(rows, output):
             return
         table = Table(*(title for title, _ in inspect.COLUMNS[kind]), title=f"{kind} (ztunnel on {dump['node']})",
-                      title_justify="left")  # fmt: skip
+                      title_justify="left", caption=inspect.CAPTIONS.get(kind), caption_justify="left")  # fmt: skip
         for row in rows:
             table.add_row(*(inspect.cell(row, key) for _, key in inspect.COLUMNS[kind]))
         console.print(table)

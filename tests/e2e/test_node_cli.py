@@ -167,8 +167,15 @@ def test_inspection_commands_show_the_mesh_as_json(lab: Lab) -> None:
         mesh_ips = sorted(lab.pod(p)["ip"] for p in ("web-1a", "web-2a"))
         assert sorted(e["ip"] for e in services[0]["endpoints"]) == mesh_ips
         policies = cli_json(lab, "policies", "--node", "node2")
-        assert policies == [{"kind": "AuthorizationPolicy", "name": "allow-mesh", "namespace": "mesh", "selector": None,
-                             "action": "ALLOW", "rules": 1, "needsL7": False}]  # fmt: skip
+        [row] = policies
+        assert {k: row[k] for k in ("kind", "name", "namespace", "selector", "action", "ruleCount", "needsL7")} == {
+            "kind": "AuthorizationPolicy", "name": "allow-mesh", "namespace": "mesh", "selector": None,
+            "action": "ALLOW", "ruleCount": 1, "needsL7": False}  # fmt: skip
+        assert row["scope"] == "namespace mesh"
+        assert row["enforcedBy"] == "the destination's ztunnel, per connection (L4)"
+        assert len(row["rules"]) == 1 and "mesh" in json.dumps(row["rules"])  # the rules themselves
+        table = meshlet("policies", "--lab", lab.id, "--node", "node2").stdout
+        assert "namespace mesh" in table and "per connection (L4)" in table
         certs = cli_json(lab, "certs", "--node", "node2")
         assert [c["identity"] for c in certs] == [WEB] and certs[0]["notAfter"] and certs[0]["error"] is None
         # A connection held open shows up while it lasts.
@@ -176,6 +183,8 @@ def test_inspection_commands_show_the_mesh_as_json(lab: Lab) -> None:
         try:
             conns = wait_for(lambda: cli_json(lab, "connections", "--node", "node1"), 10, "an open connection")
             assert conns[0]["direction"] == "outbound" and lab.pod("web-2a")["ip"] in conns[0]["connection"]
+            assert (conns[0]["source"], conns[0]["destination"]) == ("mesh/web-1a", "mesh/web-2a")
+            assert conns[0]["destinationIdentity"] == WEB
             yaml_out = meshlet("connections", "--lab", lab.id, "-o", "yaml").stdout
             assert "direction: outbound" in yaml_out
         finally:

@@ -108,3 +108,41 @@ def test_a_mesh_without_http_shows_no_l7_ports() -> None:
     rows = inspect.workloads(dump, "shop", None)
     assert all(r["l7"] == [] for r in rows)
     assert inspect.cell(rows[0], "l7") == "-"
+
+
+def test_policies_show_their_rules_scope_and_where_they_are_enforced() -> None:
+    dump = {**DUMP, "rootNamespace": "meshlet-system"}
+    dump["policies"] = {
+        "authorization": [
+            {**policy("shop", "web-paths", {"app": "web"}, True), "rules": [{"to": [{"paths": ["/a*"]}]}]},
+            policy("meshlet-system", "mesh-wide", None, False),
+        ],
+        "peerAuthentication": [
+            {"name": "strict", "namespace": "shop", "selector": None, "mode": "STRICT", "portModes": {}},
+        ],
+    }
+    rows = {r["name"]: r for r in inspect.policies(dump, None)}
+    assert rows["web-paths"]["scope"] == "workloads of namespace shop with app=web"
+    assert rows["web-paths"]["rules"] == [{"to": [{"paths": ["/a*"]}]}] and rows["web-paths"]["ruleCount"] == 1
+    assert rows["web-paths"]["enforcedBy"] == "the destination's ztunnel, per request (L7)"
+    assert rows["mesh-wide"]["scope"] == "the whole mesh"
+    assert rows["mesh-wide"]["enforcedBy"] == "the destination's ztunnel, per connection (L4)"
+    assert rows["strict"]["scope"] == "namespace shop" and inspect.cell(rows["strict"], "action") == "STRICT"
+    assert [h for h, _ in inspect.COLUMNS["policies"]] == [
+        "NAMESPACE", "KIND", "NAME", "SCOPE", "ACTION/MODE", "RULES", "ENFORCED BY",
+    ]  # fmt: skip
+
+
+def test_connections_name_the_workloads_and_identities_at_both_ends() -> None:
+    conn = {"id": 7, "direction": "outbound", "connection": "10.0.0.1:40000 -> 10.0.0.2:5432", "established": True,
+            "sentBytes": 10, "receivedBytes": 20, "ageSeconds": 1.5}  # fmt: skip
+    outside = {**conn, "id": 8, "connection": "10.0.0.1:40001 -> 192.0.2.9:443"}
+    web, db = workload("web-a", "uid-a", {}), {**workload("db-a", "uid-db", {}), "ips": ["10.0.0.2"]}
+    dump = {**DUMP, "workloads": [web, db], "connections": [conn, outside]}
+    first, second = inspect.connections(dump, None)
+    assert (first["source"], first["destination"]) == ("shop/web-a", "shop/db-a")
+    assert first["sourceIdentity"] == "spiffe://cluster.local/ns/shop/sa/default"
+    assert (second["destination"], second["destinationIdentity"]) == (None, None)  # outside the mesh
+    assert [r["id"] for r in inspect.connections(dump, "shop")] == [7, 8]
+    assert inspect.connections(dump, "other") == []
+    assert "RECEIVED: bytes from the client (the request)" in inspect.CAPTIONS["connections"]

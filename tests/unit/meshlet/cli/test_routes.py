@@ -73,7 +73,7 @@ def test_a_dump_without_routes_lists_none() -> None:
 @pytest.fixture
 def fake_node(monkeypatch: pytest.MonkeyPatch) -> None:
     here = node.NodeEndpoints(None, Path("/nonexistent"), ("127.0.0.1", 15000))
-    monkeypatch.setattr(node, "_endpoints", lambda *args: here)
+    monkeypatch.setattr(node, "node_endpoints", lambda *args: here)
     monkeypatch.setattr(node, "config_dump", lambda ep: DUMP)
 
 
