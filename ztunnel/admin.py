@@ -25,6 +25,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from meshlet_contracts import build, log_levels, ports
 from meshlet_contracts.supervision import Supervisor
 from ztunnel.config.client import ConfigClient
+from ztunnel.identity import chain
 from ztunnel.inpod.client import ZdsClient
 from ztunnel.observe.accesslog import ACCESS_LOG
 from ztunnel.proxy.context import ProxyContext
@@ -103,7 +104,8 @@ class Admin:
         certs = []
         for entry in ctx.identities.status():
             cert = ctx.identities.certs.get(str(entry["identity"]))
-            certs.append({**entry, "notBefore": cert.not_before.isoformat() if cert else None})
+            certs.append({**entry, "notBefore": cert.not_before.isoformat() if cert else None,
+                          "chain": chain.describe(cert) if cert else []})  # fmt: skip
         return {
             "node": ctx.node,
             "build": build.build(),

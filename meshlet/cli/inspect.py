@@ -112,10 +112,17 @@ def _scope(policy: dict[str, Any], root: str) -> str:
 
 
 def certs(dump: dict[str, Any], namespace: str | None) -> Rows:
-    rows = [
-        {"identity": c["identity"], "notBefore": c.get("notBefore"), "notAfter": c["notAfter"], "error": c["error"]}
-        for c in dump["certificates"]
-    ]
+    """One row per certificate of each identity's chain, the root included (`role`), with its serial, validity
+    window and state (valid, expiring, expired, not yet valid); an identity without a certificate yet is one row
+    with its error."""
+    rows: Rows = []
+    for c in dump["certificates"]:
+        head = {"identity": c["identity"], "error": c["error"]}
+        chain = c.get("chain") or []  # ztunnels before 2026-11-29 sent no chain
+        if not chain:
+            rows.append({**head, "role": "leaf", "serial": None, "notBefore": c.get("notBefore"),
+                         "notAfter": c["notAfter"], "state": None})  # fmt: skip
+        rows += [{**head, **entry} for entry in chain]
     return [r for r in rows if namespace is None or f"/ns/{namespace}/" in r["identity"]]
 
 
@@ -152,7 +159,8 @@ COLUMNS: dict[str, list[tuple[str, str]]] = {
     "policies": [("NAMESPACE", "namespace"), ("KIND", "kind"), ("NAME", "name"), ("SCOPE", "scope"),
                  ("ACTION/MODE", "action"), ("RULES", "ruleCount"), ("ENFORCED BY", "enforcedBy")],
     "routes": routes.COLUMNS,
-    "certs": [("IDENTITY", "identity"), ("NOT AFTER", "notAfter"), ("ERROR", "error")],
+    "certs": [("IDENTITY", "identity"), ("CERT", "role"), ("SERIAL", "serial"), ("NOT BEFORE", "notBefore"),
+              ("NOT AFTER", "notAfter"), ("STATE", "state"), ("ERROR", "error")],
     "connections": [("ID", "id"), ("DIRECTION", "direction"), ("FROM", "source"), ("TO", "destination"),
                     ("CONNECTION", "connection"), ("SENT", "sentBytes"), ("RECEIVED", "receivedBytes"),
                     ("AGE S", "ageSeconds")],

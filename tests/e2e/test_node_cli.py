@@ -177,7 +177,9 @@ def test_inspection_commands_show_the_mesh_as_json(lab: Lab) -> None:
         table = meshlet("policies", "--lab", lab.id, "--node", "node2").stdout
         assert "namespace mesh" in table and "per connection (L4)" in table
         certs = cli_json(lab, "certs", "--node", "node2")
-        assert [c["identity"] for c in certs] == [WEB] and certs[0]["notAfter"] and certs[0]["error"] is None
+        chain = [(c["identity"], c["role"], c["state"]) for c in certs]
+        assert chain == [(WEB, "leaf", "valid"), (WEB, "root", "valid")]
+        assert certs[0]["notAfter"] and certs[0]["serial"] and certs[0]["error"] is None
         # A connection held open shows up while it lasts.
         slow = hold_connection(lab, "web-1a", lab.pod("web-2a")["ip"], 8080, 30)
         try:
