@@ -261,6 +261,16 @@ def restart(ctx: click.Context, node: str, component: str, overlap: bool, output
 
 @lab.command()
 @lab_id_option
+@click.argument("name")
+@click.pass_context
+def ip(ctx: click.Context, name: str) -> None:
+    """Print the IP of a pod (NAME or NAMESPACE/NAME) or a node, for scripts and examples:
+    `meshlet lab exec web-1a -- curl -s http://$(meshlet lab ip web-2a):8080/`."""
+    click.echo(cluster.ip_of(_lab_id(ctx), name))
+
+
+@lab.command()
+@lab_id_option
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 @click.pass_context
 def status(ctx: click.Context, output: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 from meshlet.lab import kernel, kube_mesh, mesh, processes
 from meshlet.lab.apps import AppsState
 from meshlet.lab.objects import DATAPLANE_LABEL, lab_objects
-from meshlet.lab.plan import APP_PORT, LabPlan, PlanError, PodPlan, plan_lab, prefix_for
+from meshlet.lab.plan import APP_PORT, LabPlan, NodePlan, PlanError, PodPlan, plan_lab, prefix_for
 from meshlet.lab.state import LabState, free_slot, known_labs, lab_dir, locked
 from meshlet.lab.store import write_objects
 from meshlet_contracts.bpf_maps import PIN_ROOT
@@ -395,16 +395,26 @@ def status(lab_id: str) -> dict[str, Any]:
 
 def target(lab_id: str, name: str) -> tuple[str, str]:
     """(netns, cgroup) of a node or pod named `name`, `pod` or `namespace/pod`."""
+    found = _named(lab_id, name)
+    return found.netns, found.cgroup
+
+
+def ip_of(lab_id: str, name: str) -> str:
+    """The IP of a node or pod named `name`, `pod` or `namespace/pod` (`meshlet lab ip`)."""
+    return _named(lab_id, name).ip
+
+
+def _named(lab_id: str, name: str) -> NodePlan | PodPlan:
     state = load(lab_id)
     plan = state.plan
     for node in plan.nodes:
         if name == node.name:
-            return node.netns, node.cgroup
+            return node
     ns, _, pod_name = name.rpartition("/")
     pods = all_pods(state)
     matches = [p for p in pods if p.name == pod_name and ns in ("", p.namespace)]
     if len(matches) == 1:
-        return matches[0].netns, matches[0].cgroup
+        return matches[0]
     known = [n.name for n in plan.nodes] + [f"{p.namespace}/{p.name}" for p in pods]
     if not matches:
         raise LabError(f"no node or pod {name!r} in lab {lab_id!r}; known: {', '.join(known)}")
