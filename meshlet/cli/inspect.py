@@ -136,13 +136,20 @@ def connections(dump: dict[str, Any], namespace: str | None) -> Rows:
         source, _, destination = str(conn["connection"]).partition(" -> ")
         ends = {}
         for end, address in (("source", source), ("destination", destination)):
-            w = by_ip.get(address.rpartition(":")[0].strip("[]"))
+            w = by_ip.get(_host(address.strip()))
             ends[end] = f"{w['namespace']}/{w['name']}" if w else None
             ends[f"{end}Identity"] = w["identity"] if w and w.get("enrolled") else None
         rows.append({**conn, **ends})
     if namespace is not None:
         rows = [r for r in rows if any((r[e] or "").startswith(f"{namespace}/") for e in ("source", "destination"))]
     return rows
+
+
+def _host(address: str) -> str:
+    """The IP of `ip`, `ip:port` or `[v6]:port` (ztunnel writes the source without its port)."""
+    if address.startswith("["):
+        return address[1 : address.find("]")]
+    return address.partition(":")[0] if address.count(":") == 1 else address
 
 
 CAPTIONS = {

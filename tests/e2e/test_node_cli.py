@@ -4,14 +4,16 @@ asserting on their JSON output (the contract scripts rely on)."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from tests.conftest import wait_for
-from tests.e2e.conftest import Lab, meshlet
+from tests.e2e.conftest import MESHLET, Lab, meshlet
 from tests.e2e.mesh_helpers import end, get_json, hold_connection, reaches, remove_policy, stop, url, write_object
 
 WEB = "spiffe://cluster.local/ns/mesh/sa/web"
@@ -174,8 +176,10 @@ def test_inspection_commands_show_the_mesh_as_json(lab: Lab) -> None:
         assert row["scope"] == "namespace mesh"
         assert row["enforcedBy"] == "the destination's ztunnel, per connection (L4)"
         assert len(row["rules"]) == 1 and "mesh" in json.dumps(row["rules"])  # the rules themselves
-        table = meshlet("policies", "--lab", lab.id, "--node", "node2").stdout
-        assert "namespace mesh" in table and "per connection (L4)" in table
+        wide = {**os.environ, "COLUMNS": "200"}  # a wide terminal: the cells do not wrap
+        table = subprocess.run([MESHLET, "policies", "--lab", lab.id, "--node", "node2"], capture_output=True,
+                               text=True, env=wide, timeout=60, check=True).stdout  # fmt: skip
+        assert "namespace mesh" in table and "the destination's ztunnel, per connection (L4)" in table
         certs = cli_json(lab, "certs", "--node", "node2")
         chain = [(c["identity"], c["role"], c["state"]) for c in certs]
         assert chain == [(WEB, "leaf", "valid"), (WEB, "root", "valid")]

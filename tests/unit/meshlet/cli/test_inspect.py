@@ -134,9 +134,9 @@ def test_policies_show_their_rules_scope_and_where_they_are_enforced() -> None:
 
 
 def test_connections_name_the_workloads_and_identities_at_both_ends() -> None:
-    conn = {"id": 7, "direction": "outbound", "connection": "10.0.0.1:40000 -> 10.0.0.2:5432", "established": True,
+    conn = {"id": 7, "direction": "outbound", "connection": "10.0.0.1 -> 10.0.0.2:5432", "established": True,
             "sentBytes": 10, "receivedBytes": 20, "ageSeconds": 1.5}  # fmt: skip
-    outside = {**conn, "id": 8, "connection": "10.0.0.1:40001 -> 192.0.2.9:443"}
+    outside = {**conn, "id": 8, "connection": "10.0.0.1 -> 192.0.2.9:443"}
     web, db = workload("web-a", "uid-a", {}), {**workload("db-a", "uid-db", {}), "ips": ["10.0.0.2"]}
     dump = {**DUMP, "workloads": [web, db], "connections": [conn, outside]}
     first, second = inspect.connections(dump, None)
