@@ -97,7 +97,11 @@ def agent_status(ep: NodeEndpoints) -> dict[str, Any]:
     except (OSError, http.client.HTTPException, ValueError) as exc:
         raise EndpointError(
             f"the agent did not answer on {ep.agent_socket} ({exc}); is it running on this node? "
-            + ("start the lab with `meshlet lab up`" if ep.lab else "check the meshlet DaemonSet pod on this node")
+            + (
+                f"the lab is up: start it again with `meshlet lab --id {ep.lab} restart {ep.node} agent`"
+                if ep.lab
+                else "check the meshlet DaemonSet pod on this node"
+            )
         ) from None
 
 
@@ -119,8 +123,10 @@ def ztunnel_request(ep: NodeEndpoints, method: str, path: str) -> tuple[int, byt
         conn.sock = sock
         return _get(conn, path, method)
     except (OSError, http.client.HTTPException) as exc:
+        again = f"; start it again with `meshlet lab --id {ep.lab} restart {ep.node} ztunnel`" if ep.lab else ""
         raise EndpointError(
             f"ztunnel's admin did not answer on {where} ({exc}); is ztunnel running on node {ep.node or 'here'}?"
+            + again
         ) from None
 
 

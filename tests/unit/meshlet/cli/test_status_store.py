@@ -57,3 +57,17 @@ def test_the_lab_report_names_a_nodes_own_problems_and_lists_shared_ones_once() 
     assert report["problems"] == ["invalid in the store (control): a.yaml: bad", "node1: ztunnel is down"]
     assert not report["healthy"] and report["nodes"] == [node1, node2] and report["lab"] == "demo"
     assert status.lab_report([{"node": "node1", "problems": []}], "demo")["healthy"]
+
+
+def test_on_a_lab_the_hints_name_the_command_that_starts_the_part_again(tmp_path: Path) -> None:
+    from meshlet.cli.endpoints import agent_status, config_dump
+
+    ep = NodeEndpoints("node2", tmp_path / "agent.sock", ("127.0.0.1", 1), lab="demo")
+    with pytest.raises(EndpointError, match=r"`meshlet lab --id demo restart node2 agent`"):
+        agent_status(ep)
+    with pytest.raises(EndpointError, match=r"`meshlet lab --id demo restart node2 ztunnel`"):
+        config_dump(ep)
+    off_lab = NodeEndpoints(None, tmp_path / "agent.sock", ("127.0.0.1", 1))
+    with pytest.raises(EndpointError, match="DaemonSet pod on this node") as caught:
+        agent_status(off_lab)
+    assert "meshlet lab" not in str(caught.value)  # no lab here to name
