@@ -25,6 +25,8 @@ COMMANDS = {
     "install": "meshlet.cli.install:install",
     "uninstall": "meshlet.cli.install:uninstall",
     "validate": "meshlet.cli.validate:validate",
+    "apply": "meshlet.cli.apply:apply",
+    "delete": "meshlet.cli.apply:delete",
     "version": "meshlet.cli.version:version",
     "log-level": "meshlet.cli.log_level:log_level",
     **{name: f"meshlet.cli.node:{name}" for name in NODE_COMMANDS},

@@ -143,6 +143,24 @@ def test_log_level_changes_agents_and_ztunnels_at_runtime(lab: Lab) -> None:
     assert refused.returncode == 2 and "'loud' is not one of" in refused.stderr
 
 
+def test_apply_and_delete_put_a_policy_in_and_out_of_the_labs_store(lab: Lab, tmp_path: Path) -> None:
+    manifest = tmp_path / "deny.yaml"
+    manifest.write_text("apiVersion: security.istio.io/v1\nkind: AuthorizationPolicy\n"
+                        "metadata: {name: deny-9999, namespace: mesh}\n"
+                        "spec: {action: DENY, rules: [{to: [{operation: {ports: ['9999']}}]}]}\n")  # fmt: skip
+    try:
+        assert "created" in meshlet("apply", "-f", str(manifest), "--lab", lab.id).stdout
+        wait_for(lambda: [p["name"] for p in cli_json(lab, "policies", "-n", "mesh")] == ["deny-9999"], 10,
+                 "the policy at node1's ztunnel")  # fmt: skip
+        assert "unchanged" in meshlet("apply", "-f", str(manifest), "--lab", lab.id).stdout
+    finally:
+        gone = meshlet("delete", "-f", str(manifest), "--lab", lab.id, check=False)
+    assert gone.returncode == 0 and "deleted" in gone.stdout
+    wait_for(lambda: cli_json(lab, "policies", "-n", "mesh") == [], 10, "the policy gone from node1's ztunnel")
+    missing = meshlet("delete", "-f", str(manifest), "--lab", lab.id, check=False)
+    assert missing.returncode == 1 and "not found" in missing.stdout
+
+
 def test_check_passes_on_a_healthy_lab_node(lab: Lab) -> None:
     data = cli_json(lab, "check", "--node", "node2")
     assert data["ok"]

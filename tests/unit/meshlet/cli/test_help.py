@@ -58,3 +58,20 @@ def test_a_lab_command_does_not_load_the_kubernetes_client_or_controls_store() -
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
     assert proc.stdout.strip() == "[]", proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("command", "expected"),
+    [
+        ("apply", ["-f, --filename", "kubectl", "meshlet lab apply", "--lab"]),
+        ("delete", ["-f, --filename", "kubectl", "--lab"]),
+        ("validate", ["-f, --filename", "file, object and field"]),
+        ("version", ["--lab", "agent and ztunnel"]),
+        ("log-level", ["debug|info|warning|error", "--node", "--component"]),
+    ],
+)
+def test_the_commands_kubectl_and_istioctl_users_look_for_explain_themselves(command: str, expected: list[str]) -> None:
+    result = CliRunner().invoke(cli, [command, "--help"])
+    assert result.exit_code == 0, result.output
+    for word in expected:
+        assert word in result.output, (command, word)
