@@ -6,23 +6,20 @@ import json
 import os
 import sys
 import time
-import urllib.request
 
 import click
-from rich import box
 from rich.console import Console
-from rich.markup import escape
-from rich.table import Column, Table
+from rich.table import Table
 
+from meshlet.cli import demo_view
 from meshlet.lab import cluster, deploy, kernel, kube_mesh, processes
 from meshlet.lab import restart as restart_mod
 from meshlet.lab.apps import AppsError
 from meshlet.lab.apps_objects import Obj
-from meshlet.lab.demo import Call, traffic, ztunnel_summary
-from meshlet.lab.plan import REDIRECT_MODES, LabPlan, check_id
+from meshlet.lab.demo import traffic, ztunnel_summary
+from meshlet.lab.plan import REDIRECT_MODES, check_id
 
 console = Console()
-_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 """Talks to lab addresses directly, whatever http_proxy the environment sets."""
 progress = Console(stderr=True)  # spinners go to stderr, so stdout stays clean for -o json
 
@@ -353,76 +350,6 @@ def demo(ctx: click.Context, fresh: bool, source: str, output: str) -> None:
     _print_status(status)
     with progress.status("every pod calls every other pod with curl"):
         calls = traffic(state.plan, enrolled)
-    _print_calls(calls)
-    flag = "" if lab_id == "demo" else f" --id {lab_id}"
-    _print_control(state.plan)
-    for z in ztunnel_summary(state.plan):
-        console.print(
-            f"ztunnel {z['node']}: {z['mutualTls']} mTLS and {z['plaintext']} plaintext connections opened, "
-            f"{z['errors']} failed; mTLS identities: {', '.join(z['principals']) or '-'}"
-            + (f" [red]({z['error']})[/red]" if "error" in z else "")
-        )
-    console.print(
-        "\n[bold]What this shows:[/bold] pods on two nodes reach each other across the node network, and each app "
-        "sees its caller's pod IP. Namespace 'mesh' is enrolled: the agent on each node captures its pods' traffic "
-        "into that node's ztunnel, which carries mesh-to-mesh calls over mTLS (HBONE, SPIFFE identities from "
-        "control's CA) and passes other calls through in plaintext. Namespace 'plain' is not in the mesh.\n"
-        f"\nThe lab keeps running. Inspect: [cyan]meshlet lab{flag} status[/cyan], "
-        f"[cyan]meshlet lab{flag} exec node1 -- curl -s 127.0.0.1:15000/config_dump[/cyan], "
-        f"[cyan]meshlet lab{flag} exec web-1a -- curl -s http://{state.plan.pods[-1].ip}:8080/[/cyan], "
-        f"[cyan]curl -s {state.plan.control_metrics}/debug/status[/cyan]; "
-        f"store and logs under {state.directory}. Tear down: [cyan]meshlet lab{flag} down[/cyan]"
-    )
+    demo_view.print_demo(console, state, calls)
     if not all(c.ok for c in calls):
         sys.exit(1)
-
-
-def _print_control(plan: LabPlan) -> None:
-    try:
-        with _DIRECT.open(f"{plan.control_metrics}/debug/status", timeout=2) as resp:
-            st = json.load(resp)
-    except (OSError, ValueError) as exc:
-        console.print(f"[red]control at {plan.control_url} did not answer: {exc}[/red]")
-        return
-    workloads = ", ".join(f"{ns}: {n} pods" for ns, n in sorted(_pods_by_namespace(plan).items()))
-    console.print(
-        f"control {plan.control_url}: config version {st['version']}, {st['objects']} objects ({workloads}), "
-        f"{len(st['proxies'])} proxies connected, {len(st['errors'])} store errors"
-    )
-
-
-def _pods_by_namespace(plan: LabPlan) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for pod in plan.pods:
-        counts[pod.namespace] = counts.get(pod.namespace, 0) + 1
-    return counts
-
-
-def _print_calls(calls: list[Call]) -> None:
-    console.print(calls_table(calls))
-
-
-NOTICE = {
-    "mTLS": "mTLS between ztunnels; app saw caller's IP",
-    "plaintext out of the mesh (passthrough)": "leaves the mesh in plaintext (passthrough)",
-    "plaintext into the mesh (PERMISSIVE)": "enters the mesh in plaintext (PERMISSIVE)",
-    "plaintext, no mesh": "no mesh on either side: plain TCP",
-}
-"""What to notice about a call, one short sentence per path (the demo's table fits 80 columns)."""
-
-
-def calls_table(calls: list[Call]) -> Table:
-    """One line per call: pod@node to pod@node, the HTTP status, and in one sentence what to notice."""
-    table = Table(
-        Column("FROM", no_wrap=True), Column("TO", no_wrap=True), Column("OK", no_wrap=True), "WHAT TO NOTICE",
-        title="calls: every pod calls every other pod", title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-    )  # fmt: skip
-    for c in calls:
-        path = "mTLS" if c.security.startswith("mTLS") else c.security
-        table.add_row(
-            f"{c.source.name}@{c.source.node}",
-            f"{c.destination.name}@{c.destination.node}",
-            "[green]200[/green]" if c.ok else f"[red]{c.status or 'no'}[/red]",
-            NOTICE.get(path, path) if c.ok else f"[red]{escape(c.error)}[/red]",
-        )
-    return table

@@ -44,7 +44,7 @@ def test_the_ztunnel_summary_is_camel_case_even_when_a_node_does_not_answer(monk
 def test_the_demo_table_fits_80_columns_one_line_per_call() -> None:
     from rich.console import Console
 
-    from meshlet.cli.lab import calls_table
+    from meshlet.cli.demo_view import calls_table
     from meshlet.lab.demo import expected_path
 
     plan = plan_lab("t1", 0, 2, 2)
