@@ -151,8 +151,4 @@ def _json(answer: tuple[int, bytes], who: str) -> dict[str, Any]:
 
 
 def config_dump(ep: NodeEndpoints) -> dict[str, Any]:
-    status, body = ztunnel_get(ep, "/config_dump")
-    if status != 200:
-        raise EndpointError(f"ztunnel's /config_dump answered HTTP {status}")
-    result: dict[str, Any] = json.loads(body)
-    return result
+    return _json(ztunnel_get(ep, "/config_dump"), "ztunnel's /config_dump")

@@ -29,15 +29,18 @@ def _lab_id(ctx: click.Context) -> str:
     return lab_id
 
 
-def _sub_id(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
-    """`meshlet lab up --id X` as well as `meshlet lab --id X up`: one way to name a lab, wherever it is typed."""
-    if value is None:
-        return
+def _checked_id(lab_id: str) -> str:
     try:
-        check_id(value)
+        check_id(lab_id)
     except ValueError as exc:
         raise click.BadParameter(str(exc), param_hint="--id") from exc
-    ctx.ensure_object(dict)["lab_id"] = value
+    return lab_id
+
+
+def _sub_id(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+    """`meshlet lab up --id X` as well as `meshlet lab --id X up`: one way to name a lab, wherever it is typed."""
+    if value is not None:
+        ctx.ensure_object(dict)["lab_id"] = _checked_id(value)
 
 
 lab_id_option = click.option(
@@ -69,11 +72,7 @@ def lab(ctx: click.Context, lab_id: str) -> None:
     on 8080. Namespace, Node, Pod, Service and ServiceAccount objects are written as YAML
     into the lab's store directory, which the control service reads.
     """
-    try:
-        check_id(lab_id)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--id") from exc
-    ctx.obj = {"lab_id": lab_id}
+    ctx.obj = {"lab_id": _checked_id(lab_id)}
 
 
 @lab.command()

@@ -21,8 +21,8 @@ from rich.markup import escape
 from rich.table import Table
 
 from agent.status import set_log_level
-from meshlet.cli.endpoints import EndpointError, NodeEndpoints, lab_nodes, ztunnel_request
-from meshlet.cli.node import node_endpoints, node_options
+from meshlet.cli.endpoints import EndpointError, NodeEndpoints, ztunnel_request
+from meshlet.cli.node import node_options, targets
 from meshlet_contracts.log_levels import LEVELS
 
 console = Console()
@@ -58,14 +58,9 @@ def log_level(level: str, lab_id: str, node: str | None, agent_socket: Path | No
 
     Exits 1 when a component could not be reached or refused.
     """
-    names = lab_nodes(lab_id) if node is None and agent_socket is None else None
-    if names:
-        targets = [node_endpoints(lab_id, n, None) for n in names]
-    else:
-        targets = [node_endpoints(lab_id, node, agent_socket)]
     wanted = COMPONENTS if component == "all" else (component,)
     report: dict[str, Any] = {"level": level.lower(), "nodes": {}}
-    for ep in targets:
+    for ep in targets(lab_id, node, agent_socket):
         setters = {"agent": _agent, "ztunnel": _ztunnel}
         report["nodes"][ep.node or "this host"] = {c: setters[c](ep, level.lower()) for c in wanted}
     answers = [a for parts in report["nodes"].values() for a in parts.values()]

@@ -46,13 +46,27 @@ def output_option(f: Callable[..., Any], formats: tuple[str, ...] = ("table", "j
     return click.option("-o", "--output", type=click.Choice(formats), default=formats[0], show_default=True)(f)
 
 
-def node_endpoints(lab_id: str, node: str | None, agent_socket: Path | None) -> NodeEndpoints:
+def lab_named() -> bool:
+    """Whether the user named the lab (--lab, MESHLET_LAB) rather than leaving the default `demo`: a named lab
+    must be up."""
     source = click.get_current_context().get_parameter_source("lab_id")
-    named = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)  # not the default `demo`
+    return source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
+
+
+def node_endpoints(lab_id: str, node: str | None, agent_socket: Path | None) -> NodeEndpoints:
     try:
-        return resolve(lab_id, node, agent_socket, named)
+        return resolve(lab_id, node, agent_socket, lab_named())
     except EndpointError as exc:
         raise click.ClickException(str(exc)) from None
+
+
+def targets(lab_id: str, node: str | None, agent_socket: Path | None) -> list[NodeEndpoints]:
+    """The nodes a command asks: every node of the lab when it is up and neither --node nor --agent-socket is
+    given, else the one node they name (or this host's)."""
+    names = lab_nodes(lab_id) if node is None and agent_socket is None else None
+    if names:
+        return [node_endpoints(lab_id, name, None) for name in names]
+    return [node_endpoints(lab_id, node, agent_socket)]
 
 
 def _emit(data: Any, output: str) -> bool:
@@ -102,12 +116,12 @@ def status(lab_id: str, node: str | None, agent_socket: Path | None, output: str
     """
     if cluster or kubeconfig is not None:
         _cluster_status(kubeconfig, install_namespace, output)
-    nodes = lab_nodes(lab_id) if node is None and agent_socket is None else None
-    if nodes is not None:  # a lab, no --node: all of it at once
+    asked = targets(lab_id, node, agent_socket)
+    if asked[0].lab is not None and node is None:  # a lab, no --node: all of it at once
         reports = []
-        for name in nodes:
-            with progress.status(f"asking node {name}"):
-                reports.append(gather(node_endpoints(lab_id, name, None)))
+        for ep in asked:
+            with progress.status(f"asking node {ep.node}"):
+                reports.append(gather(ep))
         whole = lab_report(reports, lab_id)
         if not _emit(whole, output):
             for report in reports:
@@ -116,7 +130,7 @@ def status(lab_id: str, node: str | None, agent_socket: Path | None, output: str
             _table([("Lab", f"{lab_id}: {len(reports)} nodes, {'healthy' if whole['healthy'] else 'problems'}",
                      whole["healthy"])], whole["problems"])  # fmt: skip
         sys.exit(0 if whole["healthy"] else 1)
-    ep = node_endpoints(lab_id, node, agent_socket)
+    [ep] = asked
     with progress.status(f"asking node {ep.node or 'here'}"):
         report = gather(ep)
     if not _emit(report, output):

@@ -10,12 +10,12 @@ import sys
 from typing import Any
 
 import click
-from click.core import ParameterSource
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from meshlet.cli.endpoints import EndpointError, agent_status, config_dump, control_status, lab_nodes, resolve
+from meshlet.cli.endpoints import EndpointError, NodeEndpoints, agent_status, config_dump, control_status
+from meshlet.cli.node import targets
 from meshlet_contracts import build
 
 console = Console()
@@ -29,15 +29,14 @@ def _asked(read: Any) -> dict[str, Any]:
     return dict(answer["build"]) if answer is not None and "build" in answer else {"error": "no build in its status"}
 
 
-def gather(lab_id: str, named: bool) -> dict[str, Any]:
-    """{cli, control (None off a lab), nodes: {node: {agent, ztunnel}}}; each part's {version, python} or {error}."""
-    nodes = lab_nodes(lab_id)
-    report: dict[str, Any] = {"cli": build.build(), "lab": lab_id if nodes is not None else None, "nodes": {}}
-    first = resolve(lab_id, None, None, named)  # raises for a named lab that is not up
+def gather(asked: list[NodeEndpoints]) -> dict[str, Any]:
+    """{cli, lab, control (None off a lab), nodes: {node: {agent, ztunnel}}}: each part's {version, python} or
+    {error}."""
+    first = asked[0]
+    report: dict[str, Any] = {"cli": build.build(), "lab": first.lab, "nodes": {}}
     report["control"] = _asked(lambda: control_status(first)) if first.control_metrics else None
-    for node in nodes if nodes is not None else [None]:
-        ep = resolve(lab_id, node, None, named) if node is not None else first
-        report["nodes"][node or "this host"] = {
+    for ep in asked:
+        report["nodes"][ep.node or "this host"] = {
             "agent": _asked(lambda ep=ep: agent_status(ep)),
             "ztunnel": _asked(lambda ep=ep: config_dump(ep)),
         }
@@ -59,12 +58,7 @@ def _parts(report: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
 def version(lab_id: str, output: str) -> None:
     """The version of the CLI, control, and each node's agent and ztunnel. Exits 1 if a part does not answer."""
-    source = click.get_current_context().get_parameter_source("lab_id")
-    named = source in (ParameterSource.COMMANDLINE, ParameterSource.ENVIRONMENT)
-    try:
-        report = gather(lab_id, named)
-    except EndpointError as exc:
-        raise click.ClickException(str(exc)) from None
+    report = gather(targets(lab_id, None, None))
     ok = all("error" not in answer for _, _, answer in _parts(report))
     if output == "json":
         click.echo(json.dumps(report, indent=2, sort_keys=True))

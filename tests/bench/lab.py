@@ -117,14 +117,14 @@ class Lab:
         """`lab apply -f PATH`: Services, HTTPRoutes, TrafficPolicies, ... into the lab, as a user would."""
         return subprocess.run(self._cli("apply", "-f", str(path)), capture_output=True, text=True, timeout=120)
 
+    def processes(self) -> dict[str, int]:
+        """{what it is for (control, agent/node1, ztunnel/node1, app/ns/pod...): PID} from the lab's state file."""
+        state = json.loads(Path(f"/var/run/meshlet/labs/{self.lab_id}/lab.json").read_text())
+        return {key: int(proc["pid"]) for key, proc in state["processes"].items()}
+
     def node_proxies(self) -> dict[str, int]:
         """{node name: ztunnel PID} from the lab's state file."""
-        state = json.loads(Path(f"/var/run/meshlet/labs/{self.lab_id}/lab.json").read_text())
-        pids = {
-            key.split("/", 1)[1]: int(proc["pid"])
-            for key, proc in state["processes"].items()
-            if key.startswith("ztunnel/")
-        }
+        pids = {key.split("/", 1)[1]: pid for key, pid in self.processes().items() if key.startswith("ztunnel/")}
         if not pids:
             raise BenchError(f"lab {self.lab_id!r} runs no ztunnel (lab.json lists none)")
         return dict(sorted(pids.items()))

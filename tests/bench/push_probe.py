@@ -78,12 +78,6 @@ def lag_summary(before: dict[float, float], after: dict[float, float]) -> dict[s
     }
 
 
-def _processes(lab: Lab) -> dict[str, int]:
-    """{lab process (control, agent/node1, ...): PID}, the apps left out."""
-    state = json.loads((_lab_dir(lab) / "lab.json").read_text())
-    return {key: int(p["pid"]) for key, p in state["processes"].items() if not key.startswith("app/")}
-
-
 def _wait(what: str, deadline: float, check: Any) -> Any:
     while time.monotonic() < deadline:
         got = check()
@@ -116,7 +110,7 @@ def measure(lab: Lab, client: str, server_ip: str, workloads: int = WORKLOADS) -
         url = f"http://{server_ip}:{nginx.PORT}{nginx.SMALL_PATH}"
         nodes = [log.stem.removeprefix("ztunnel-") for log in logs]
         lag_before = {node: _lag_buckets(lab, node) for node in nodes}
-        processes = _processes(lab)
+        processes = {key: pid for key, pid in lab.processes().items() if not key.startswith("app/")}
         cpu_before = {key: cpu_us(pid) for key, pid in processes.items()}
         wrk = lab.spawn(client, wrk_argv(url, 1, WINDOW), stdout=-1)  # subprocess.PIPE
         time.sleep(1.0)
