@@ -47,7 +47,7 @@ def check(paths: tuple[Path, ...]) -> dict[str, Any]:
     store = ConfigStore(MeshSettings())
     quiet = logging.getLogger("control")
     level = quiet.level
-    quiet.setLevel(logging.ERROR)  # the store logs each refusal: here they are the report
+    quiet.setLevel(logging.CRITICAL)  # the store logs each refusal (at ERROR): here they are the report
     try:
         store.apply(batches)
     finally:

@@ -89,6 +89,13 @@ def test_the_table_shows_yaml_errors_verbatim(tmp_path: Path) -> None:
     assert "1 problems" in out and "unreadable YAML" in out and "[x" in out  # not eaten as markup
 
 
+def test_the_report_is_said_once_not_again_in_the_stores_log(tmp_path: Path, capfd: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "broken.yaml").write_text(BROKEN)
+    code, out = _run("-f", str(tmp_path), "-o", "json")
+    assert code == 1 and len(json.loads(out)["problems"]) == 3
+    assert "rejected" not in capfd.readouterr().err
+
+
 def test_a_path_that_does_not_exist_is_a_usage_error_naming_it(tmp_path: Path) -> None:
     code, out = _run("-f", str(tmp_path / "nope.yaml"))
     assert code == 2 and "nope.yaml" in out and "does not exist" in out
