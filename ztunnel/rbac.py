@@ -119,6 +119,17 @@ UNKNOWN_LABELS = "its labels, which a policy selects by, are unknown: the pod is
 """Why a connection to a served pod that control has not told this ztunnel about yet is refused (fail closed)."""
 
 
+def unknown_workload(
+    known: bool, policies: Iterable[AuthorizationPolicy], namespace: str, root_namespace: str
+) -> Decision | None:
+    """The refusal for a served pod control's config does not name yet (the agent handed it over first) where its
+    labels decide (`selects_by_label`): without them a DENY policy selecting it would not match. None otherwise:
+    decide as usual. Both connect-time checks (L4 and L7) start here."""
+    if known or not selects_by_label(policies, namespace, root_namespace):
+        return None
+    return Decision(False, UNKNOWN_LABELS, None)
+
+
 def authorize(
     policies: Sequence[AuthorizationPolicy],
     namespace: str,

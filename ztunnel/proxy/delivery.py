@@ -16,7 +16,7 @@ import logging
 from ztunnel.metrics import Labels
 from ztunnel.proxy.context import ProxyContext, ServedPod
 from ztunnel.proxy.relay import Owner, TcpSide, Tunnel
-from ztunnel.rbac import UNKNOWN_LABELS, Connection, Decision, authorize, selects_by_label
+from ztunnel.rbac import Connection, authorize, unknown_workload
 from ztunnel.state.mesh import MeshIndex
 
 log = logging.getLogger(__name__)
@@ -26,13 +26,9 @@ def allowed(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, conn: Connectio
     """Authorize `conn` to `pod` with the index the caller holds; counts and logs the decision."""
     workload = index.workloads.get(pod.uid)
     policies = index.policies.authorization
-    if workload is None and selects_by_label(policies, pod.namespace, ctx.root_namespace):
-        # The agent handed the pod over before control's config named it: without its labels a DENY policy that
-        # selects it would not match, so the connection waits for the config rather than passing.
-        decision = Decision(False, UNKNOWN_LABELS, None)
-    else:
-        labels = workload.labels if workload is not None else {}
-        decision = authorize(policies, pod.namespace, labels, conn, ctx.root_namespace)
+    decision = unknown_workload(workload is not None, policies, pod.namespace, ctx.root_namespace) or authorize(
+        policies, pod.namespace, workload.labels if workload is not None else {}, conn, ctx.root_namespace
+    )
     ctx.metrics.decisions[(direction, "allow" if decision.allowed else "deny")] += 1
     if not decision.allowed:
         log.info("denied %s -> %s/%s:%d: %s", conn.source_identity or conn.source_ip, pod.namespace, pod.name,

@@ -22,7 +22,7 @@ from ztunnel.metrics import Peer
 from ztunnel.proxy.context import ProxyContext, ServedPod, peer_of
 from ztunnel.proxy.delivery import deliver
 from ztunnel.proxy.http_common import BAD_PATH, DENIED, Call, begin, normalize_target, record, request_of
-from ztunnel.rbac import UNKNOWN_LABELS, Connection, Decision, applicable, selects_by_label
+from ztunnel.rbac import Connection, applicable, unknown_workload
 from ztunnel.rbac import Peer as Attributes
 from ztunnel.state.mesh import MeshIndex
 
@@ -151,11 +151,9 @@ def connection_allowed(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, conn
     """The connect-time check of an L7 connection: refused only when every request on it would be."""
     workload = index.workloads.get(pod.uid)
     policies = index.policies.authorization
-    if workload is None and selects_by_label(policies, pod.namespace, ctx.root_namespace):
-        verdict = Decision(False, UNKNOWN_LABELS, None)  # fail closed until control names the pod (delivery.py)
-    else:
-        labels = workload.labels if workload is not None else {}
-        verdict = authorize_connection(policies, pod.namespace, labels, conn, ctx.root_namespace)
+    verdict = unknown_workload(workload is not None, policies, pod.namespace, ctx.root_namespace) or (
+        authorize_connection(policies, pod.namespace, workload.labels if workload else {}, conn, ctx.root_namespace)
+    )
     if not verdict.allowed:
         ctx.metrics.decisions[(direction, "deny")] += 1
         log.info("denied %s -> %s/%s:%d: %s", conn.source_identity or conn.source_ip, pod.namespace, pod.name,
