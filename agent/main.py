@@ -41,6 +41,7 @@ from control.sources.kubernetes import KubeSource
 from control.store import ConfigStore
 from meshlet_contracts import build
 from meshlet_contracts.bpf_maps import PIN_ROOT
+from meshlet_contracts.mesh_config import DATAPLANE_LABEL, ISTIO_DATAPLANE_LABEL
 from meshlet_contracts.supervision import Supervisor
 
 log = logging.getLogger("agent")
@@ -72,7 +73,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--pods-cgroup", type=Path, help="cgroup v2 directory holding this node's pods (eBPF backend)")
     p.add_argument("--probe-ip", required=True, help="the node address kubelet probes come from")
-    p.add_argument("--dataplane-label", default="meshlet.io/dataplane-mode", help="label key that enrolls")
+    p.add_argument("--dataplane-label", default=DATAPLANE_LABEL, help="label key that enrolls (%(default)s)")
+    p.add_argument(
+        "--istio-compat", action="store_true",
+        help=f"{ISTIO_DATAPLANE_LABEL} enrolls and opts out too (give control the same flag)",
+    )  # fmt: skip
     p.add_argument("--resync", type=float, default=2.0, help="seconds between full reconcile passes")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -84,7 +89,7 @@ class Agent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.started = time.time()
-        self.mesh = MeshSettings(dataplane_label=args.dataplane_label)
+        self.mesh = MeshSettings(dataplane_label=args.dataplane_label, istio_compat=args.istio_compat)
         self.store = ConfigStore(self.mesh)
         self.source: FileSource | KubeSource
         self.annotator: PodAnnotator | None = None

@@ -25,6 +25,7 @@ from control.model.mesh import MeshSettings
 from control.nodes import NodeRegistry
 from control.server import Control, load_ca
 from control.settings import ControlSettings
+from meshlet_contracts.mesh_config import DATAPLANE_LABEL, ISTIO_DATAPLANE_LABEL, ISTIO_ROOT_NAMESPACE, ROOT_NAMESPACE
 
 log = logging.getLogger("control")
 
@@ -69,7 +70,15 @@ def parser() -> argparse.ArgumentParser:
     )
     serve.add_argument("--metrics", type=host_port, default=("127.0.0.1", 15014), help="operators (HTTP)")
     serve.add_argument("--trust-domain", default="cluster.local")
-    serve.add_argument("--dataplane-label", default="meshlet.io/dataplane-mode", help="label key that enrolls")
+    serve.add_argument("--dataplane-label", default=DATAPLANE_LABEL, help="label key that enrolls (%(default)s)")
+    serve.add_argument(
+        "--root-namespace", default=ROOT_NAMESPACE,
+        help="its policies apply to every workload; sent to every ztunnel (default %(default)s)",
+    )  # fmt: skip
+    serve.add_argument(
+        "--istio-compat", action="store_true",
+        help=f"also honor Istio's names: {ISTIO_ROOT_NAMESPACE} is a root namespace, {ISTIO_DATAPLANE_LABEL} enrolls",
+    )  # fmt: skip
     serve.add_argument("--cert-ttl", type=duration, default=timedelta(hours=24), help="workload certificate TTL")
     _ca_options(serve)
     serve.add_argument("--log-level", default="INFO")
@@ -133,7 +142,12 @@ def main(argv: list[str] | None = None) -> None:
             state=args.state,
             listen=args.listen,
             metrics_listen=args.metrics,
-            mesh=MeshSettings(trust_domain=args.trust_domain, dataplane_label=args.dataplane_label),
+            mesh=MeshSettings(
+                trust_domain=args.trust_domain,
+                dataplane_label=args.dataplane_label,
+                root_namespace=args.root_namespace,
+                istio_compat=args.istio_compat,
+            ),  # fmt: skip
             cert_ttl=args.cert_ttl,
             ca_cert=args.ca_cert,
             ca_key=args.ca_key,

@@ -27,6 +27,7 @@ from control.metrics import ControlMetrics
 from control.model.mesh import MeshState, diff
 from control.store import ConfigStore
 from meshlet_contracts import wire
+from meshlet_contracts.mesh_config import MESH_KEY, mesh_item
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 0.5
@@ -73,6 +74,8 @@ class ConfigHub:
         self.metrics = metrics
         self.send_timeout = send_timeout
         self.connections: set[ProxyConnection] = set()
+        self.mesh = mesh_item(store.settings.root_namespaces)
+        """The `mesh` object of every message: a few bytes, so a proxy never depends on having seen an earlier one."""
         self.closing = False
         """Set by `close`: no more pushes, no new streams."""
         store.subscribe(self._wake)
@@ -143,6 +146,7 @@ class ConfigHub:
                         "epoch": self.store.epoch,
                         "version": version,
                         "resources": {c: list(items.values()) for c, items in state.items()},
+                        MESH_KEY: self.mesh,
                     }
                 elif version != conn.sent_version:
                     upsert, remove = diff(sent, state)
@@ -153,6 +157,7 @@ class ConfigHub:
                         "base": conn.sent_version,
                         "upsert": {c: list(items.values()) for c, items in upsert.items()},
                         "remove": remove,
+                        MESH_KEY: self.mesh,
                     }
                 else:
                     conn.dirty.clear()

@@ -43,7 +43,11 @@ def control_args(values: Values) -> list[str]:
         values.trust_domain,
         "--dataplane-label",
         values.dataplane_label,
+        "--root-namespace",  # the install's namespace, as Istio's root is the one it is installed in
+        values.namespace,
     ]
+    if values.istio_compat:
+        args.append("--istio-compat")
     if values.ca_secret:
         args += ["--ca-cert", f"{CA_DIR}/ca-cert.pem", "--ca-key", f"{CA_DIR}/ca-key.pem"]
     return args

@@ -75,6 +75,8 @@ def agent_args(values: Values) -> list[str]:
         "--probe-ip", "$(HOST_IP)",
         "--dataplane-label", values.dataplane_label,
     ]  # fmt: skip
+    if values.istio_compat:  # as control's: the two must agree on which pods are enrolled
+        args.append("--istio-compat")
     if values.redirect != "iptables":
         args += ["--pods-cgroup", f"{HOST_CGROUP}/{values.pods_cgroup}"]
     return args
@@ -88,7 +90,7 @@ def ztunnel_args(values: Values) -> list[str]:
         "--root-cert", ROOT_CERT_PATH,
         "--zds-socket", ZDS_SOCKET,
         "--trust-domain", values.trust_domain,
-        "--root-namespace", values.namespace,
+        "--root-namespace", values.namespace,  # until control names the root namespaces (controls before 11-29)
         "--metrics", f"0.0.0.0:{ports.METRICS}",
         "--readiness", f"0.0.0.0:{ports.READINESS}",
         "--config-cache", "/var/lib/meshlet/ztunnel/config.json",

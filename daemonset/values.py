@@ -76,6 +76,9 @@ class Values:
     pods_cgroup: str = "kubepods.slice"
     """The pods' cgroup under the host's cgroup v2 root (`kubepods.slice` with the systemd driver, `kubepods`
     with cgroupfs): the eBPF backend attaches its socket programs there."""
+    istio_compat: bool = False
+    """Control and the agents honor Istio's names too: istio-system is a second root namespace (beside the
+    install's), `istio.io/dataplane-mode` enrolls and opts out."""
     control_replicas: int = 1
     ca_secret: str = ""
     """A Secret in the install's namespace holding a plug-in CA (`ca-cert.pem`, `ca-key.pem`, Istio's `cacerts`
@@ -98,6 +101,10 @@ class Values:
         if simple is not None:
             # _check has limited the Literal-typed ones (redirect, imagePullPolicy) to their allowed values.
             return dataclasses.replace(self, **{simple: _check(key, value)})  # type: ignore[arg-type]
+        if key == "istioCompat":
+            if value not in ("true", "false"):
+                raise ValuesError(f"--set {key}={value}: expected true or false")
+            return dataclasses.replace(self, istio_compat=value == "true")
         if key == "control.replicas":
             if not value.isascii() or not value.isdigit() or not 1 <= int(value) <= 10:
                 raise ValuesError(f"--set {key}={value}: expected a whole number in 1..10")
@@ -116,7 +123,8 @@ class Values:
             attr = f"{resource}_{kind.removesuffix('s')}"
             changed = dataclasses.replace(self.resources[container], **{attr: value})
             return dataclasses.replace(self, resources={**self.resources, container: changed})
-        known = [*_SIMPLE_KEYS, "control.replicas", "resources.<control|agent|ztunnel>.<requests|limits>.<cpu|memory>"]
+        resources = "resources.<control|agent|ztunnel>.<requests|limits>.<cpu|memory>"
+        known = [*_SIMPLE_KEYS, "istioCompat", "control.replicas", resources]
         raise ValuesError(f"--set {key}: unknown key; known keys: {', '.join(known)}")
 
 

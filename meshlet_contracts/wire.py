@@ -9,10 +9,11 @@ Config stream (a WebSocket at `/v1/config`, JSON text messages):
 - control -> proxy `delta`: {"type", "epoch", "version", "base", "upsert": {collection: [item]},
   "remove": {collection: [key]}}; `base` is the version the delta applies to.
 - proxy -> control `ack`: {"type": "ack", "version"} or `nack`: {"type": "nack", "version", "error"}.
-`epoch` changes when control restarts; versions count up within an epoch. Collections and their keys:
-workloads by `uid`, services by `namespace/name`, authorization policies and peer authentications by
-`namespace/name`, HTTPRoutes (`http_routes`) and TrafficPolicies (`traffic_policies`) by `namespace/name`; each
-item's shape is defined once in `meshlet_contracts.config_items`.
+Snapshots and deltas also carry `mesh`: {"rootNamespaces": [...]} (`meshlet_contracts.mesh_config`;
+optional: controls before 2026-11-29 sent none). `epoch` changes when control restarts; versions count up
+within an epoch. Collections and their keys: workloads by `uid`, services by `namespace/name`, authorization
+policies and peer authentications by `namespace/name`, HTTPRoutes (`http_routes`) and TrafficPolicies
+(`traffic_policies`) by `namespace/name`; each item's shape is defined once in `meshlet_contracts.config_items`.
 """
 
 from __future__ import annotations

@@ -109,7 +109,9 @@ class Admin:
         return {
             "node": ctx.node,
             "build": build.build(),
-            "rootNamespace": ctx.root_namespace,
+            "rootNamespaces": list(index.root_namespaces),
+            "rootNamespacesFrom": "control" if state.root_namespaces else "--root-namespace",
+            "rootNamespace": index.root_namespaces[0],  # what CLIs before 2026-11-29 read
             "startedAt": self.started.isoformat(),
             "ready": self.ready,
             "problems": self.problems(),

@@ -27,6 +27,7 @@ import uvloop
 from aiohttp import web
 
 from meshlet_contracts import ports
+from meshlet_contracts.mesh_config import ROOT_NAMESPACE
 from meshlet_contracts.supervision import Supervisor
 from ztunnel.admin import Admin
 from ztunnel.config.cache import ConfigCache, local_secret
@@ -74,7 +75,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--root-cert", type=Path, help="with --token: the mesh root, to verify control")
     p.add_argument("--zds-socket", type=Path, default=Path("/var/run/meshlet/ztunnel.sock"))
     p.add_argument("--trust-domain", default="cluster.local")
-    p.add_argument("--root-namespace", default="meshlet-system", help="mesh-wide policies live here")
+    p.add_argument(
+        "--root-namespace", default=ROOT_NAMESPACE,
+        help="mesh-wide policies live here, until control names its root namespaces (controls since 2026-11-29 do)",
+    )  # fmt: skip
     p.add_argument("--admin", type=host_port, default=("127.0.0.1", ports.ADMIN), help="admin (keep it on localhost)")
     p.add_argument("--metrics", type=host_port, default=("0.0.0.0", ports.METRICS))
     p.add_argument("--readiness", type=host_port, default=("0.0.0.0", ports.READINESS))
@@ -224,7 +228,6 @@ class Ztunnel:
         self.ctx = ProxyContext(
             node=args.node,
             trust_domain=args.trust_domain,
-            root_namespace=args.root_namespace,
             identities=IdentityManager(args.control, credential),
             sockets=NetnsSockets(OriginalDestination(args.bpf_dir)),
             config_wait=args.config_wait,
@@ -243,6 +246,8 @@ class Ztunnel:
                 idle_timeout=args.hbone_idle_timeout,
             ),
         )
+        self.default_roots: tuple[str, ...] = (args.root_namespace,)
+        """Root namespaces until control names them (a control before 2026-11-29 does not)."""
         self.cache = self._config_cache(args, credential)
         self.serving = PodServing(self.ctx)
         self.manager = WorkloadManager(self.serving)
@@ -271,11 +276,13 @@ class Ztunnel:
 
     def _validate(self, state: ConfigState) -> None:
         # Converting is the check: a version that cannot be converted is nacked, the last index stays.
-        self._built = {state.version: MeshIndex.from_config(state, self.ctx.index)}
+        self._built = {state.version: MeshIndex.from_config(state, self.ctx.index, self.default_roots)}
 
     def _updated(self, state: ConfigState) -> None:
         built = self._built.pop(state.version, None)
-        self.ctx.index = built if built is not None else MeshIndex.from_config(state, self.ctx.index)
+        if built is None:
+            built = MeshIndex.from_config(state, self.ctx.index, self.default_roots)
+        self.ctx.index = built
         self.ctx.clusters.installed(self.ctx.index)
         self.ctx.config_loaded.set()
         self.ctx.config_source = "control"

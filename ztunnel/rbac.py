@@ -94,25 +94,21 @@ def _address(text: str) -> _Address:
 
 
 def applicable(
-    policies: Iterable[AuthorizationPolicy], namespace: str, labels: Mapping[str, str], root_namespace: str
+    policies: Iterable[AuthorizationPolicy], namespace: str, labels: Mapping[str, str], roots: tuple[str, ...]
 ) -> list[AuthorizationPolicy]:
     """The policies that apply to a workload: those of its namespace whose selector (if any) matches its labels,
-    and those of the root namespace without a selector or with one matching its labels. A config version's
+    and those of the root namespaces (`roots`) without a selector or with one matching its labels. A config version's
     `AuthorizationPolicies` answer from their namespace index (sorted by `namespace/name`); any other iterable
     is scanned and keeps the order given."""
     if isinstance(policies, AuthorizationPolicies):
-        return policies.applicable(namespace, labels, root_namespace)
-    return [
-        p
-        for p in policies
-        if (p.namespace == namespace or p.namespace == root_namespace) and selects(p.selector, labels)
-    ]
+        return policies.applicable(namespace, labels, roots)
+    return [p for p in policies if (p.namespace == namespace or p.namespace in roots) and selects(p.selector, labels)]
 
 
-def selects_by_label(policies: Iterable[AuthorizationPolicy], namespace: str, root_namespace: str) -> bool:
-    """Whether a workload's labels decide which of `policies` apply to it: some policy of its namespace, or of the
+def selects_by_label(policies: Iterable[AuthorizationPolicy], namespace: str, roots: tuple[str, ...]) -> bool:
+    """Whether a workload's labels decide which of `policies` apply to it: some policy of its namespace, or of a
     root namespace, selects workloads by label. Then a workload whose labels are unknown cannot be authorized."""
-    return any(p.selector and (p.namespace == namespace or p.namespace == root_namespace) for p in policies)
+    return any(p.selector and (p.namespace == namespace or p.namespace in roots) for p in policies)
 
 
 UNKNOWN_LABELS = "its labels, which a policy selects by, are unknown: the pod is not in this ztunnel's config yet"
@@ -120,12 +116,12 @@ UNKNOWN_LABELS = "its labels, which a policy selects by, are unknown: the pod is
 
 
 def unknown_workload(
-    known: bool, policies: Iterable[AuthorizationPolicy], namespace: str, root_namespace: str
+    known: bool, policies: Iterable[AuthorizationPolicy], namespace: str, roots: tuple[str, ...]
 ) -> Decision | None:
     """The refusal for a served pod control's config does not name yet (the agent handed it over first) where its
     labels decide (`selects_by_label`): without them a DENY policy selecting it would not match. None otherwise:
     decide as usual. Both connect-time checks (L4 and L7) start here."""
-    if known or not selects_by_label(policies, namespace, root_namespace):
+    if known or not selects_by_label(policies, namespace, roots):
         return None
     return Decision(False, UNKNOWN_LABELS, None)
 
@@ -135,12 +131,12 @@ def authorize(
     namespace: str,
     labels: Mapping[str, str],
     conn: Connection,
-    root_namespace: str,
+    roots: tuple[str, ...],
 ) -> Decision:
     """Whether `conn` may reach the workload (`namespace`, `labels`): any matching DENY policy denies; otherwise,
     if no ALLOW policy applies, the connection is allowed, else it is allowed only if some ALLOW policy matches."""
     peer = Peer.of(conn)
-    selected = applicable(policies, namespace, labels, root_namespace)
+    selected = applicable(policies, namespace, labels, roots)
     for policy in selected:
         if policy.action == "DENY" and any(_rule_matches(rule, peer) for rule in policy.rules):
             return Decision(False, f"denied by DENY policy {policy.ref}", policy.ref)
@@ -155,17 +151,22 @@ def authorize(
 
 
 def mtls_mode(
-    peer_auths: Iterable[PeerAuthentication], namespace: str, labels: Mapping[str, str], port: int, root_namespace: str
+    peer_auths: Iterable[PeerAuthentication],
+    namespace: str,
+    labels: Mapping[str, str],
+    port: int,
+    roots: tuple[str, ...],
 ) -> MtlsMode:
     """The mTLS mode ("STRICT", "PERMISSIVE" or "DISABLE") for inbound connections to `port` of a workload.
 
     The most specific policy wins: one in the workload's namespace selecting it (its entry for `port`, if any,
-    before its mode), then the namespace-wide one, then the mesh-wide one (root namespace, no selector). UNSET
-    defers to the next of these, and PERMISSIVE applies when none sets a mode. Istio breaks ties between policies
-    of one level by age, which the wire does not carry; here the first by name wins, which is at least stable."""
+    before its mode), then the namespace-wide one, then the mesh-wide one (a root namespace's, no selector; the
+    first root's when several have one). UNSET defers to the next of these, and PERMISSIVE applies when none sets
+    a mode. Istio breaks ties between policies of one level by age, which the wire does not carry; here the first
+    by name wins, which is at least stable."""
     if not isinstance(peer_auths, PeerAuthentications):
         peer_auths = PeerAuthentications(tuple(peer_auths))
-    workload, namespace_wide, mesh_wide = peer_auths.levels(namespace, labels, root_namespace)
+    workload, namespace_wide, mesh_wide = peer_auths.levels(namespace, labels, roots)
     modes: list[MtlsMode] = []
     if workload is not None:
         modes.extend(mode for p, mode in workload.port_modes if p == port)

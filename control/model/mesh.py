@@ -15,6 +15,7 @@ from control.model.routes import HTTPRoute, with_status
 from control.model.security import AuthorizationPolicy, PeerAuthentication
 from control.model.traffic import TrafficPolicy
 from meshlet_contracts.config_items import ConfigItem, EndpointItem, ServiceItem, ServicePortItem, WorkloadItem
+from meshlet_contracts.mesh_config import DATAPLANE_LABEL, ROOT_NAMESPACE, dataplane_labels, root_namespaces
 from meshlet_contracts.wire import COLLECTIONS, item_key, spiffe_id
 
 WireItem = ConfigItem
@@ -28,20 +29,31 @@ class MeshSettings:
 
     trust_domain: str = "cluster.local"
     """The SPIFFE trust domain of every identity."""
-    dataplane_label: str = "meshlet.io/dataplane-mode"
-    """Namespace label (value `ambient`) that enrolls pods, and pod label (value `none`) that opts out.
-    Set it to `istio.io/dataplane-mode` to honor Istio's label."""
+    dataplane_label: str = DATAPLANE_LABEL
+    """Namespace label (value `ambient`) that enrolls pods, and pod label (value `none`) that opts out."""
     cluster_domain: str = "cluster.local"
-    root_namespace: str = "meshlet-system"
-    """Policies in this namespace without a selector apply to the whole mesh."""
+    root_namespace: str = ROOT_NAMESPACE
+    """Policies in this namespace apply to every workload of the mesh (sent to every ztunnel)."""
+    istio_compat: bool = False
+    """Honor Istio's names too: `istio-system` is a second root namespace, `istio.io/dataplane-mode` enrolls."""
+
+    @property
+    def dataplane_labels(self) -> tuple[str, ...]:
+        return dataplane_labels(self.dataplane_label, self.istio_compat)
+
+    @property
+    def root_namespaces(self) -> tuple[str, ...]:
+        return root_namespaces(self.root_namespace, self.istio_compat)
 
 
 def enrolled(pod: Pod, namespace: Namespace | None, settings: MeshSettings) -> bool:
-    """Namespace label `ambient` enrolls; pod label `none` opts out; host-network pods never."""
+    """Namespace label `ambient` enrolls; pod label `none` opts out (with Istio compatibility, either label of
+    either project does); host-network pods never."""
     if pod.host_network or namespace is None:
         return False
-    pod_mode = dict(pod.labels).get(settings.dataplane_label)
-    return dict(namespace.labels).get(settings.dataplane_label) == "ambient" and pod_mode != "none"
+    keys = settings.dataplane_labels
+    pod_labels, ns_labels = dict(pod.labels), dict(namespace.labels)
+    return any(ns_labels.get(k) == "ambient" for k in keys) and all(pod_labels.get(k) != "none" for k in keys)
 
 
 def workload_item(pod: Pod, namespace: Namespace | None, settings: MeshSettings) -> WorkloadItem:

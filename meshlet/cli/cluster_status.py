@@ -82,7 +82,7 @@ def _pods(core: Any, namespace: str, problems: list[str]) -> list[dict[str, Any]
     return out
 
 
-def _control(core: Any, namespace: str, problems: list[str]) -> dict[str, Any]:
+def _control(core: Any, namespace: str, problems: list[str], warnings: list[str]) -> dict[str, Any]:
     try:
         raw = core.connect_get_namespaced_service_proxy_with_path(
             f"{CONTROL}:{OPS_PORT}", namespace, "debug/status", _preload_content=False, _request_timeout=10
@@ -100,6 +100,7 @@ def _control(core: Any, namespace: str, problems: list[str]) -> dict[str, Any]:
     if len(errors) > 5:
         problems.append(f"... and {len(errors) - 5} more objects rejected by control")
     proxies = status.get("proxies") or []
+    warnings.extend(f"{w.get('object')}: {w.get('message')}" for w in status.get("warnings") or [])
     return {
         "reachable": True,
         "source": status.get("source"),
@@ -113,15 +114,17 @@ def _control(core: Any, namespace: str, problems: list[str]) -> dict[str, Any]:
 def gather(api: Any, namespace: str = "meshlet-system") -> dict[str, Any]:
     apps, core = typed_api(client.AppsV1Api, api), typed_api(client.CoreV1Api, api)
     problems: list[str] = []
+    warnings: list[str] = []
     report: dict[str, Any] = {"namespace": namespace}
     report["control"] = _deployment(apps, namespace, problems)
     report["daemonSet"] = _daemonset(apps, namespace, problems)
     report["nodes"] = _pods(core, namespace, problems)
-    report["controlStatus"] = _control(core, namespace, problems) if report["control"]["found"] else None
+    report["controlStatus"] = _control(core, namespace, problems, warnings) if report["control"]["found"] else None
     connected = {p["node"] for p in (report["controlStatus"] or {}).get("proxies", [])}
     for row in report["nodes"]:
         row["connectedToControl"] = row["node"] in connected if report["controlStatus"] else None
     report["problems"] = problems
+    report["warnings"] = warnings
     report["healthy"] = not problems
     return report
 

@@ -8,19 +8,25 @@ from __future__ import annotations
 from typing import Any
 
 from meshlet.cli import routes
+from meshlet_contracts.mesh_config import ROOT_NAMESPACE
 from meshlet_contracts.protocols import http_ports
 
 Rows = list[dict[str, Any]]
 
-ROOT_NAMESPACE = "meshlet-system"
-"""ztunnel's default `--root-namespace`: its policies apply to every workload of the mesh."""
+
+def _roots(dump: dict[str, Any]) -> tuple[str, ...]:
+    """The namespaces whose policies apply to every workload of the mesh, as the ztunnel holds them."""
+    if "rootNamespaces" in dump:
+        return tuple(dump["rootNamespaces"])
+    # ztunnels before 2026-11-29 held one root, and those before 11-28 did not say which
+    return (dump.get("rootNamespace", ROOT_NAMESPACE),)
 
 
 def workloads(dump: dict[str, Any], namespace: str | None, on_node: str | None) -> Rows:
     """`l7` lists the ports connections into the workload are handled at L7 on, each with why; a `port` of null
     means every port (a policy with HTTP rules selects the workload)."""
     targets = _http_targets(dump["services"])
-    root = dump.get("rootNamespace", ROOT_NAMESPACE)  # ztunnels before 2026-11-28 did not say
+    root = _roots(dump)
     rows = [
         {"name": w["name"], "namespace": w["namespace"], "node": w["node"], "ips": w["ips"],
          "serviceAccount": w["service_account"], "identity": w["identity"], "enrolled": w["enrolled"],
@@ -66,7 +72,7 @@ def _http_targets(services: list[dict[str, Any]]) -> dict[str, Rows]:
     return out
 
 
-def _l7_policies(workload: dict[str, Any], authorization: list[dict[str, Any]], root: str) -> Rows:
+def _l7_policies(workload: dict[str, Any], authorization: list[dict[str, Any]], root: tuple[str, ...]) -> Rows:
     """The AuthorizationPolicies with HTTP rules that select an enrolled workload: the ports those rules may apply
     to are then L7 (shown as every port: the dump's policy summary does not say which)."""
     if not workload["enrolled"]:
@@ -76,7 +82,7 @@ def _l7_policies(workload: dict[str, Any], authorization: list[dict[str, Any]], 
         {"port": None, "reason": f"AuthorizationPolicy {p['namespace']}/{p['name']} has HTTP rules"}
         for p in sorted(authorization, key=lambda p: (p["namespace"], p["name"]))
         if p.get("needsL7")
-        and p["namespace"] in (workload["namespace"], root)
+        and (p["namespace"] == workload["namespace"] or p["namespace"] in root)
         and all(labels.get(k) == v for k, v in (p.get("selector") or {}).items())
     ]
 
@@ -85,7 +91,7 @@ def policies(dump: dict[str, Any], namespace: str | None) -> Rows:
     """Each policy with its rules (whole in -o json|yaml), what it applies to (`scope`) and where it is enforced:
     every policy by the ztunnel in front of the destination, an AuthorizationPolicy with HTTP rules per request
     (L7), the others per connection."""
-    root = dump.get("rootNamespace", ROOT_NAMESPACE)
+    root = _roots(dump)
     rows = [
         {"kind": "AuthorizationPolicy", "name": p["name"], "namespace": p["namespace"], "selector": p["selector"],
          "scope": _scope(p, root), "action": p["action"], "rules": p["rules"], "ruleCount": len(p["rules"]),
@@ -103,9 +109,9 @@ def policies(dump: dict[str, Any], namespace: str | None) -> Rows:
     return [r for r in rows if namespace in (None, r["namespace"])]
 
 
-def _scope(policy: dict[str, Any], root: str) -> str:
+def _scope(policy: dict[str, Any], root: tuple[str, ...]) -> str:
     selector = policy.get("selector")
-    where = "the whole mesh" if policy["namespace"] == root else f"namespace {policy['namespace']}"
+    where = "the whole mesh" if policy["namespace"] in root else f"namespace {policy['namespace']}"
     if not selector:
         return where
     return f"workloads of {where} with " + ",".join(f"{k}={v}" for k, v in sorted(selector.items()))

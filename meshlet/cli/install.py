@@ -21,7 +21,7 @@ from meshlet.cli.kubecli import api_client, kubeconfig_option
 
 SET_HELP = (
     "Change one value (repeatable): namespace, image, imagePullPolicy, trustDomain, redirect (auto|ebpf|iptables), "
-    "dataplaneLabel, podsCgroup, caSecret, control.replicas, "
+    "dataplaneLabel, istioCompat (true|false), podsCgroup, caSecret, control.replicas, "
     "resources.<control|agent|ztunnel>.<requests|limits>.<cpu|memory>."
 )
 

@@ -120,6 +120,12 @@ def lab(ctx: click.Context, lab_id: str) -> None:
     "(the repository's test API server; pods get ServiceAccount tokens, ztunnels authenticate with them).",
 )
 @click.option(
+    "--istio-compat",
+    is_flag=True,
+    help="Control and the agents honor Istio's names too: istio-system is a root namespace (its policies apply to "
+    "the whole mesh) and istio.io/dataplane-mode enrolls.",
+)
+@click.option(
     "--apps",
     "apps_file",
     metavar="FILE",
@@ -136,6 +142,7 @@ def up(
     service_app_protocol: str,
     ztunnel_args: tuple[str, ...],
     source: str,
+    istio_compat: bool,
     apps_file: str | None,
 ) -> None:
     """Create the lab (removing any earlier one under the same id first)."""
@@ -153,6 +160,7 @@ def up(
             service_app_protocol,
             ztunnel_args,
             source,
+            istio_compat,
         )
     where = f"API server {kube_mesh.api_url(state)}" if source == "kubernetes" else f"store {state.store}"
     console.print(

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -80,7 +80,7 @@ def _emit(data: Any, output: str) -> bool:
     return False
 
 
-def _table(rows: list[tuple[str, str, bool | None]], problems: list[str]) -> None:
+def _table(rows: list[tuple[str, str, bool | None]], problems: list[str], warnings: Sequence[str] = ()) -> None:
     table = Table(show_header=False, box=None, pad_edge=False)
     for label, text, ok in rows:
         mark = "" if ok is None else ("[green]OK[/green] " if ok else "[red]!![/red] ")
@@ -88,6 +88,8 @@ def _table(rows: list[tuple[str, str, bool | None]], problems: list[str]) -> Non
     console.print(table)
     for problem in problems:
         console.print(f"[red]problem:[/red] {problem}", highlight=False)
+    for warning in warnings:
+        console.print(f"[yellow]warning:[/yellow] {warning}", highlight=False)
 
 
 def _cluster_status(kubeconfig: Path | None, namespace: str, output: str) -> None:
@@ -96,7 +98,7 @@ def _cluster_status(kubeconfig: Path | None, namespace: str, output: str) -> Non
     with progress.status("asking the cluster"):
         report = cluster_status.gather(api_client(kubeconfig), namespace)
     if not _emit(report, output):
-        _table(cluster_status.rows(report), report["problems"])
+        _table(cluster_status.rows(report), report["problems"], report["warnings"])
     sys.exit(0 if report["healthy"] else 1)
 
 
@@ -128,13 +130,13 @@ def status(lab_id: str, node: str | None, agent_socket: Path | None, output: str
                 _table(lines(report), [])
                 console.print()
             _table([("Lab", f"{lab_id}: {len(reports)} nodes, {'healthy' if whole['healthy'] else 'problems'}",
-                     whole["healthy"])], whole["problems"])  # fmt: skip
+                     whole["healthy"])], whole["problems"], whole["warnings"])  # fmt: skip
         sys.exit(0 if whole["healthy"] else 1)
     [ep] = asked
     with progress.status(f"asking node {ep.node or 'here'}"):
         report = gather(ep)
     if not _emit(report, output):
-        _table(lines(report), report["problems"])
+        _table(lines(report), report["problems"], report["warnings"])
     sys.exit(0 if report["healthy"] else 1)
 
 

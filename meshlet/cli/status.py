@@ -1,7 +1,9 @@
 """`meshlet status`: one screen about a node, from its agent's status API and ztunnel's admin.
 
 `gather` builds the report (also `-o json`, a stable shape for scripts); `problems` lists what is
-unhealthy in words an operator can act on, and the command exits 1 when there is any.
+unhealthy in words an operator can act on, and the command exits 1 when there is any. `warnings` are control's
+(control/model/advice.py): valid objects that will not do what they look meant to (a policy that selects nothing,
+Istio's labels with Istio compatibility off); they do not make the mesh unhealthy.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from meshlet.cli.endpoints import EndpointError, NodeEndpoints, agent_status, co
 
 
 def gather(ep: NodeEndpoints) -> dict[str, Any]:
-    report: dict[str, Any] = {"node": ep.node, "lab": ep.lab, "problems": []}
+    report: dict[str, Any] = {"node": ep.node, "lab": ep.lab, "problems": [], "warnings": []}
     problems: list[str] = report["problems"]
     try:
         agent: dict[str, Any] | None = agent_status(ep)
@@ -34,7 +36,7 @@ def gather(ep: NodeEndpoints) -> dict[str, Any]:
     report["agent"] = _agent(agent, problems)
     report["ztunnel"] = _ztunnel(dump, agent, problems)
     report["control"] = _control(dump, problems)
-    report["store"] = _store(ep, agent, problems)
+    report["store"] = _store(ep, agent, problems, report["warnings"])
     report["pods"] = _pods(agent, problems)
     report["certificates"] = _certificates(dump, problems)
     bpf = (agent or {}).get("bpf", {})
@@ -85,7 +87,7 @@ def _ztunnel(dump: dict[str, Any] | None, agent: dict[str, Any] | None, problems
     }
 
 
-def _store(ep: NodeEndpoints, agent: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:
+def _store(ep: NodeEndpoints, agent: dict[str, Any] | None, problems: list[str], warnings: list[str]) -> dict[str, Any]:
     """Every error in the store, each a problem: control's (it reads every object) where its operator port is known,
     else the agent's (which reads only Namespaces and its node's Pods)."""
     try:
@@ -96,6 +98,7 @@ def _store(ep: NodeEndpoints, agent: dict[str, Any] | None, problems: list[str])
     if control is not None:
         errors = [": ".join(str(e[k]) for k in ("origin", "object", "reason") if e.get(k)) for e in control["errors"]]
         seen_by = "control"
+        warnings.extend(f"{w['object']}: {w['message']}" for w in control.get("warnings", []))  # since 2026-11-29
     else:
         errors = list((agent or {}).get("store", {}).get("errors", []))
         seen_by = "agent"
@@ -176,7 +179,8 @@ def lab_report(reports: list[dict[str, Any]], lab: str) -> dict[str, Any]:
             counts[problem] = counts.get(problem, 0) + 1
     shared = [p for p, n in counts.items() if n == len(reports)]
     problems = shared + [f"{r['node']}: {p}" for r in reports for p in r["problems"] if p not in shared]
-    return {"lab": lab, "healthy": not problems, "nodes": reports, "problems": problems}
+    warnings = list(dict.fromkeys(w for r in reports for w in r["warnings"]))  # control's: the same for every node
+    return {"lab": lab, "healthy": not problems, "nodes": reports, "problems": problems, "warnings": warnings}
 
 
 def lines(report: dict[str, Any]) -> list[tuple[str, str, bool | None]]:

@@ -5,7 +5,9 @@ of its own) and every object goes through control's converters in a fresh store,
 what control would refuse, with the file, the object and the field: a bad enum, a selector of the wrong type, a
 missing port, an IP two pods claim, a second TrafficPolicy on a port. Kinds the mesh does not read (Deployments,
 ConfigMaps) are counted, not errors; Istio kinds meshlet does not apply (VirtualService, DestinationRule) are,
-with what to use instead. Like `istioctl analyze`, it exits 1 when anything is wrong.
+with what to use instead. Then the warnings control would give (control/model/advice.py): Istio's root namespace
+or labels without `--istio-compat`, and, when the files hold the pods too, policies that select nothing. Like
+`istioctl analyze`, it exits 1 when anything is wrong (warnings alone do not).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from control.model.advice import mesh_warnings
+from control.model.kube import Pod
 from control.model.mesh import MeshSettings
 from control.sources.base import SourceBatch
 from control.sources.files import SUFFIXES, FileSource
@@ -41,10 +45,13 @@ def batches_of(paths: tuple[Path, ...]) -> list[SourceBatch]:
     return out
 
 
-def check(paths: tuple[Path, ...]) -> dict[str, Any]:
-    """{ok, files, objects, problems: [{file, object, problem}]}: what control would refuse, and why."""
+def check(paths: tuple[Path, ...], istio_compat: bool = False) -> dict[str, Any]:
+    """{ok, files, objects, problems: [{file, object, problem}], warnings: [{file, object, code, warning}]}: what
+    control would refuse, and why; what it would take but warn about (control/model/advice.py). Without a Pod
+    among the files, only the warnings the objects show alone (no cluster's pods to see what a policy selects)."""
     batches = batches_of(paths)
-    store = ConfigStore(MeshSettings())
+    settings = MeshSettings(istio_compat=istio_compat)
+    store = ConfigStore(settings)
     quiet = logging.getLogger("control")
     level = quiet.level
     quiet.setLevel(logging.CRITICAL)  # the store logs each refusal (at ERROR): here they are the report
@@ -57,7 +64,12 @@ def check(paths: tuple[Path, ...]) -> dict[str, Any]:
         for e in sorted(store.all_errors(), key=lambda e: (e.origin, e.object or "", e.reason))
     ]
     objects = sum(len(b.upserts) for b in batches)
-    return {"ok": not problems, "files": len(batches), "objects": objects, "problems": problems}
+    held = list(store.objects.values())
+    warnings = [
+        {"file": _shown(store.origin(w.key) or ""), "object": w.object, "code": w.code, "warning": w.message}
+        for w in mesh_warnings(held, settings, workloads_known=any(isinstance(o, Pod) for o in held))
+    ]
+    return {"ok": not problems, "files": len(batches), "objects": objects, "problems": problems, "warnings": warnings}
 
 
 def _shown(origin: str) -> str:
@@ -74,19 +86,27 @@ _FILES_HELP = f"A YAML file, or a directory of them ({', '.join(SUFFIXES)}, recu
 @click.option("-f", "--filename", "paths", multiple=True, required=True, type=click.Path(exists=True, path_type=Path),
               help=_FILES_HELP)  # fmt: skip
 @click.option("-o", "--output", type=click.Choice(["table", "json"]), default="table", show_default=True)
-def validate(paths: tuple[Path, ...], output: str) -> None:
-    """Check Kubernetes-shaped YAML as control would, offline: every problem with its file, object and field.
+@click.option("--istio-compat", is_flag=True, help="As a control run with --istio-compat would see them.")
+def validate(paths: tuple[Path, ...], output: str, istio_compat: bool) -> None:
+    """Check Kubernetes-shaped YAML as control would, offline: every problem with its file, object and field,
+    then the warnings (objects control takes that will not do what they look meant to).
 
-    Exits 0 when control would take every object, 1 when it would refuse any.
+    Exits 0 when control would take every object (warnings or not), 1 when it would refuse any.
     """
-    report = check(paths)
+    report = check(paths, istio_compat)
     if output == "json":
         click.echo(json.dumps(report, indent=2, sort_keys=True))
-    elif report["ok"]:
+        sys.exit(0 if report["ok"] else 1)
+    if report["ok"]:
         console.print(f"[green]no problems[/green] in {report['objects']} objects, {report['files']} files")
     else:
         table = Table("FILE", "OBJECT", "PROBLEM", title=f"{len(report['problems'])} problems", title_justify="left")
         for p in report["problems"]:
             table.add_row(escape(p["file"]), escape(p["object"] or "-"), escape(p["problem"]))  # YAML has [brackets]
+        console.print(table)
+    if report["warnings"]:
+        table = Table("FILE", "OBJECT", "WARNING", title=f"{len(report['warnings'])} warnings", title_justify="left")
+        for w in report["warnings"]:
+            table.add_row(escape(w["file"]), escape(w["object"]), escape(w["warning"]))
         console.print(table)
     sys.exit(0 if report["ok"] else 1)

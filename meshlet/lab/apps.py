@@ -32,6 +32,7 @@ from meshlet.lab.apps_objects import (
     replica_set_object,
 )
 from meshlet.lab.plan import LabPlan, PodPlan
+from meshlet_contracts.mesh_config import ROOT_NAMESPACE, root_namespaces
 
 SAFE_ALPHABET = "bcdfghjklmnpqrstvwxz2456789"
 """The characters Kubernetes uses for generated name suffixes: no vowels (no words), no look-alikes."""
@@ -212,7 +213,8 @@ def plan_apply(lab: LabPlan, current: AppsState, manifests: Iterable[Obj]) -> Ch
     """Converge `current` towards the manifests (objects not named in them are left alone, as kubectl does)."""
     state = AppsState(dict(current.objects), list(current.pods))
     change = Change(state)
-    namespaces = set(LAB_NAMESPACES) | {
+    roots = root_namespaces(ROOT_NAMESPACE, lab.istio_compat)  # in the store from `up`, as an install makes them
+    namespaces = set(LAB_NAMESPACES) | set(roots) | {
         o["metadata"]["name"] for o in state.objects.values() if o["kind"] == "Namespace"
     }
     ordered = sorted(manifests, key=lambda o: {"Namespace": 0, "ServiceAccount": 1, "Service": 2}.get(o["kind"], 3))

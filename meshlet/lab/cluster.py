@@ -20,11 +20,12 @@ from typing import Any
 
 from meshlet.lab import kernel, kube_mesh, mesh, processes
 from meshlet.lab.apps import AppsState
-from meshlet.lab.objects import DATAPLANE_LABEL, lab_objects
+from meshlet.lab.objects import lab_objects
 from meshlet.lab.plan import APP_PORT, LabPlan, NodePlan, PlanError, PodPlan, plan_lab, prefix_for
 from meshlet.lab.state import LabState, free_slot, known_labs, lab_dir, locked
 from meshlet.lab.store import write_objects
 from meshlet_contracts.bpf_maps import PIN_ROOT
+from meshlet_contracts.mesh_config import DATAPLANE_LABEL
 
 READY_TIMEOUT = 20.0
 
@@ -55,6 +56,7 @@ def up(
     service_app_protocol: str = "",
     ztunnel_args: tuple[str, ...] = (),
     source: str = "file",
+    istio_compat: bool = False,
 ) -> LabState:
     with locked():
         if LabState.load(lab_id) is not None or _leftovers(lab_id):
@@ -69,6 +71,7 @@ def up(
             service_app_protocol,
             ztunnel_args,
             source,
+            istio_compat,
         )
         _check_addresses_free(plan)
         directory = lab_dir(lab_id)
@@ -315,7 +318,7 @@ def _enrolled_pods(state: LabState) -> set[tuple[str, str]]:
     from control.sources.files import FileSource
     from control.store import ConfigStore
 
-    store = ConfigStore(MeshSettings(dataplane_label=DATAPLANE_LABEL))
+    store = ConfigStore(MeshSettings(dataplane_label=DATAPLANE_LABEL, istio_compat=state.plan.istio_compat))
     if state.plan.source == "kubernetes":
         store.apply([SourceBatch("kubernetes", tuple(kube_mesh.enrollment_objects(state)))])
     else:
@@ -351,6 +354,7 @@ def status(lab_id: str) -> dict[str, Any]:
         "redirect": plan.redirect,
         "directory": state.directory,
         "source": plan.source,
+        "istioCompat": plan.istio_compat,
         "store": str(state.store) if plan.source == "file" else None,
         "apiServer": kube_mesh.api_url(state) if plan.source == "kubernetes" else None,
         "underlay": plan.underlay,

@@ -133,8 +133,7 @@ def seed(state: LabState) -> None:
     try:
         for crd in [*crds(), *(_open_crd(*c) for c in OTHER_CRDS)]:
             api.apply(crd)
-        system = [
-            {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": SYSTEM_NAMESPACE}},
+        system = [  # lab_objects holds the Namespace (the mesh's root)
             {
                 "apiVersion": "v1",
                 "kind": "ServiceAccount",

@@ -73,9 +73,15 @@ def start_control(state: LabState) -> processes.Started:
     argv = processes.python_module(
         "control", "serve", *source_args(state), "--state", str(control_state(state)),
         "--listen", f"{plan.host_ip}:{CONTROL_PORT}", "--metrics", f"{plan.host_ip}:{CONTROL_METRICS_PORT}",
-        "--trust-domain", TRUST_DOMAIN,
+        "--trust-domain", TRUST_DOMAIN, *compat_args(plan),
     )  # fmt: skip
     return processes.spawn(argv, None, plan.control_cgroup, state.logs / "control.log")
+
+
+def compat_args(plan: LabPlan) -> list[str]:
+    """Control and every agent get the same Istio-compatibility setting: one without it would disagree about which
+    pods are enrolled (control sends them as such, the agent would not capture them)."""
+    return ["--istio-compat"] if plan.istio_compat else []
 
 
 def wait_control_ready(plan: LabPlan, started: processes.Started) -> None:
@@ -123,7 +129,7 @@ def start_node(state: LabState, node: NodePlan) -> dict[str, processes.Started]:
     agent = processes.python_module(
         "agent", "--node", node.name, *source_args(state), "--zds-socket", str(run / "ztunnel.sock"),
         "--status-socket", str(run / "agent.sock"), "--redirect", state.plan.redirect, "--probe-ip", node.gateway,
-        "--bpf-dir", str(bpf_dir), "--pods-cgroup", str(pods_cgroup),
+        "--bpf-dir", str(bpf_dir), "--pods-cgroup", str(pods_cgroup), *compat_args(state.plan),
     )  # fmt: skip
     ztunnel = processes.python_module(
         "ztunnel", "--node", node.name, "--control", state.plan.control_url,

@@ -12,9 +12,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from meshlet.lab.plan import APP_PORT, MESH_NAMESPACE, SERVICE_PORT, LabPlan, NodePlan, PodPlan, ServicePlan
+from meshlet_contracts.mesh_config import DATAPLANE_LABEL, ROOT_NAMESPACE, root_namespaces
 
 Obj = dict[str, Any]
-DATAPLANE_LABEL = "meshlet.io/dataplane-mode"
 LAB_LABEL = "meshlet.io/lab"
 
 
@@ -104,9 +104,11 @@ def service_account_object(plan: LabPlan, name: str, namespace: str) -> Obj:
 
 
 def lab_objects(plan: LabPlan) -> list[Obj]:
-    """All objects of the lab, namespaces first (the order an API server would need them in)."""
+    """All objects of the lab, namespaces first (the order an API server would need them in). The root
+    namespaces exist, empty, as an install makes them: mesh-wide policies go there (`meshlet apply` wants them)."""
     namespaces = sorted({p.namespace for p in plan.pods})
-    objs: list[Obj] = [namespace_object(plan, ns) for ns in namespaces]
+    roots = root_namespaces(ROOT_NAMESPACE, plan.istio_compat)
+    objs: list[Obj] = [namespace_object(plan, ns) for ns in (*roots, *namespaces)]
     objs += [node_object(plan, n) for n in plan.nodes]
     for ns in namespaces:
         objs += [service_account_object(plan, "default", ns), service_account_object(plan, "web", ns)]

@@ -104,6 +104,8 @@ class LabPlan:
     """Appended to every node's ztunnel argv (`lab up --ztunnel-arg`): later flags win, so these override."""
     source: str = "file"
     """Where control and the agents read the lab's objects: its store directory, or a Kubernetes API server."""
+    istio_compat: bool = False
+    """Control and the agents run with `--istio-compat` (istio-system a root namespace, Istio's label enrolls)."""
 
     @property
     def prefix(self) -> str:
@@ -154,6 +156,7 @@ def plan_lab(
     service_app_protocol: str = "",
     ztunnel_args: tuple[str, ...] = (),
     source: str = "file",
+    istio_compat: bool = False,
 ) -> LabPlan:
     """Plan a lab of `nodes` nodes with `pods_per_node` pods each, alternating mesh and plain namespaces; each
     namespace's `web` service has one port, named `service_port_name`, with `service_app_protocol` if set;
@@ -232,4 +235,5 @@ def plan_lab(
         services=services,
         ztunnel_args=tuple(ztunnel_args),
         source=source,
+        istio_compat=istio_compat,
     )

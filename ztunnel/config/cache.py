@@ -35,6 +35,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from meshlet_contracts.mesh_config import MESH_KEY, mesh_item
 from meshlet_contracts.wire import COLLECTIONS
 from ztunnel.config.state import ConfigRejected, ConfigState, Validator, apply
 
@@ -92,6 +93,7 @@ def encode(state: ConfigState, node: str, trust_domain: str, key: bytes, now: fl
             "epoch": state.epoch,
             "version": state.version,
             "resources": {c: list(state.items(c).values()) for c in COLLECTIONS},
+            **({} if state.root_namespaces is None else {MESH_KEY: mesh_item(state.root_namespaces)}),
         },
         separators=(",", ":"),
         sort_keys=True,
@@ -129,6 +131,8 @@ def decode(
     if not isinstance(version, int) or version < 1 or not isinstance(epoch, str):
         raise CacheError("version and epoch: expected a positive integer and a string")
     message = {"type": "snapshot", "epoch": epoch, "version": version, "resources": doc.get("resources")}
+    if MESH_KEY in doc:  # files written before control named its root namespaces have none
+        message[MESH_KEY] = doc[MESH_KEY]
     try:
         state = apply(ConfigState(), message, validate)
     except (ConfigRejected, ValueError, TypeError, KeyError, AttributeError) as exc:

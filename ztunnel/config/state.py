@@ -3,6 +3,10 @@
 `apply` is sans-IO: it takes the held state and a decoded message and returns the new state, or raises
 `ConfigRejected` with the reason (which the client sends back as a nack). The data path reads
 `ConfigState` objects and never sees one half-applied.
+
+Besides the collections, a state holds the root namespaces control named in the message's `mesh` object
+(`meshlet_contracts.mesh_config`): a snapshot without one (a control before it) leaves them unset, so the
+ztunnel's own flag governs; a delta without one keeps what the held state had.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from meshlet_contracts.mesh_config import MESH_KEY, MeshConfigError, parse_mesh
 from meshlet_contracts.wire import COLLECTIONS, item_key
 
 Items = Mapping[str, Mapping[str, Any]]
@@ -30,6 +35,9 @@ class ConfigState:
     resources: Mapping[str, Items] = field(
         default_factory=lambda: MappingProxyType({c: MappingProxyType({}) for c in COLLECTIONS})
     )
+
+    root_namespaces: tuple[str, ...] | None = None
+    """What control named in the `mesh` object (None: it named none; the ztunnel's `--root-namespace` holds)."""
 
     def items(self, collection: str) -> Items:
         return self.resources.get(collection, MappingProxyType({}))
@@ -55,6 +63,7 @@ def _check_items(collection: str, items: object) -> dict[str, Any]:
 
 def apply(held: ConfigState, message: Mapping[str, Any], validate: Validator | None = None) -> ConfigState:
     """The state after `message` (a decoded snapshot or delta)."""
+    roots = _roots(message, None if message["type"] == "snapshot" else held.root_namespaces)
     if message["type"] == "snapshot":
         resources = message["resources"]
         if not isinstance(resources, Mapping):
@@ -83,7 +92,17 @@ def apply(held: ConfigState, message: Mapping[str, Any], validate: Validator | N
         epoch=str(message["epoch"]),
         version=int(message["version"]),
         resources=MappingProxyType({c: MappingProxyType(v) for c, v in new.items()}),
+        root_namespaces=roots,
     )
     if validate is not None:
         validate(state)
     return state
+
+
+def _roots(message: Mapping[str, Any], held: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    if MESH_KEY not in message:
+        return held
+    try:
+        return parse_mesh(message[MESH_KEY])
+    except MeshConfigError as exc:
+        raise ConfigRejected(str(exc)) from None

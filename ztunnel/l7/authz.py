@@ -87,14 +87,14 @@ def authorize_request(
     labels: Mapping[str, str],
     conn: Connection,
     request: Request,
-    root_namespace: str,
+    roots: tuple[str, ...],
     peer: Peer | None = None,
 ) -> Decision:
     """Whether `request`, arriving on `conn`, may reach the workload (`namespace`, `labels`); `audit` is set
     when an AUDIT policy matches it. `peer` is `Peer.of(conn)` when the caller keeps it (one per connection:
     parsing its addresses is most of the cost of a decision)."""
     peer = peer if peer is not None else Peer.of(conn)
-    selected = applicable(policies, namespace, labels, root_namespace)
+    selected = applicable(policies, namespace, labels, roots)
     strict, lenient = _Context.of(peer, request, False), _Context.of(peer, request, True)
     audit = any(_policy_matches(p, lenient) is True for p in selected if p.action == "AUDIT")
     for policy in selected:
@@ -115,12 +115,12 @@ def authorize_connection(
     namespace: str,
     labels: Mapping[str, str],
     conn: Connection,
-    root_namespace: str,
+    roots: tuple[str, ...],
 ) -> Decision:
     """The connect-time check for a destination that authorizes each request: deny `conn` only when every
     request on it would be denied, leaving everything that depends on a request to `authorize_request`."""
     peer = Peer.of(conn)
-    selected = applicable(policies, namespace, labels, root_namespace)
+    selected = applicable(policies, namespace, labels, roots)
     for policy in selected:
         if policy.action == "DENY" and _policy_matches(policy, _Context.of(peer, None, True)) is True:
             return Decision(False, f"denied by DENY policy {policy.ref}", policy.ref)
@@ -139,12 +139,16 @@ def authorize_connection(
 
 
 def has_http_rules(
-    policies: Iterable[AuthorizationPolicy], namespace: str, labels: Mapping[str, str], port: int, root_namespace: str
+    policies: Iterable[AuthorizationPolicy],
+    namespace: str,
+    labels: Mapping[str, str],
+    port: int,
+    roots: tuple[str, ...],
 ) -> bool:
     """Whether an ALLOW or DENY policy applying to the workload has a rule that looks at the HTTP request
     (hosts, methods, paths or a `request.headers` condition) and can apply to destination port `port`: then
     connections to that port must be handled per request. AUDIT policies alone do not make a port HTTP."""
-    for policy in applicable(policies, namespace, labels, root_namespace):
+    for policy in applicable(policies, namespace, labels, roots):
         if policy.action in ("ALLOW", "DENY") and any(_rule_needs_request(rule, port) for rule in policy.rules):
             return True
     return False

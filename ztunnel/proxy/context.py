@@ -49,7 +49,6 @@ class ServedPod:
 class ProxyContext:
     node: str
     trust_domain: str
-    root_namespace: str
     identities: IdentityManager
     metrics: Metrics = field(default_factory=Metrics)
     index: MeshIndex = field(default_factory=MeshIndex)

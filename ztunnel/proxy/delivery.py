@@ -26,8 +26,8 @@ def allowed(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, conn: Connectio
     """Authorize `conn` to `pod` with the index the caller holds; counts and logs the decision."""
     workload = index.workloads.get(pod.uid)
     policies = index.policies.authorization
-    decision = unknown_workload(workload is not None, policies, pod.namespace, ctx.root_namespace) or authorize(
-        policies, pod.namespace, workload.labels if workload is not None else {}, conn, ctx.root_namespace
+    decision = unknown_workload(workload is not None, policies, pod.namespace, index.root_namespaces) or authorize(
+        policies, pod.namespace, workload.labels if workload is not None else {}, conn, index.root_namespaces
     )
     ctx.metrics.decisions[(direction, "allow" if decision.allowed else "deny")] += 1
     if not decision.allowed:

@@ -65,7 +65,8 @@ class InboundHttp(Untried):
             ctx, pod = self.ctx, self.pod
             workload = index.workloads.get(pod.uid)
             self._labels = workload.labels if workload is not None else {}
-            self._selected = applicable(index.policies.authorization, pod.namespace, self._labels, ctx.root_namespace)
+            policies = index.policies.authorization
+            self._selected = applicable(policies, pod.namespace, self._labels, index.root_namespaces)
             self._destination = peer_of(workload, pod.identity, ctx.metrics.cluster)
             self._index = index
         return self._selected
@@ -79,14 +80,21 @@ class InboundHttp(Untried):
         call.mutual_tls = self.mutual_tls
         if not normalize_target(exchange.head):
             return BAD_PATH
-        selected = self._policies(ctx.index)  # the current version: a policy change applies to the next request
+        index = ctx.index
+        selected = self._policies(index)  # the current version: a policy change applies to the next request
         call.destination = self._destination
         if not selected:  # nothing to decide: no request attribute can change that
             ctx.metrics.decisions[(self.direction, "allow")] += 1
             call.decision = "allow"
             return None
         verdict = authorize_request(
-            selected, pod.namespace, self._labels, self.conn, request_of(exchange.head), ctx.root_namespace, self._peer
+            selected,
+            pod.namespace,
+            self._labels,
+            self.conn,
+            request_of(exchange.head),
+            index.root_namespaces,
+            self._peer,
         )
         ctx.metrics.decisions[(self.direction, "allow" if verdict.allowed else "deny")] += 1
         call.note(verdict)
@@ -142,7 +150,7 @@ def l7_reason(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, port: int) ->
         return declared, True
     workload = index.workloads.get(pod.uid)
     labels = workload.labels if workload is not None else {}
-    if has_http_rules(index.policies.authorization, pod.namespace, labels, port, ctx.root_namespace):
+    if has_http_rules(index.policies.authorization, pod.namespace, labels, port, index.root_namespaces):
         return "an AuthorizationPolicy has HTTP rules for this port", False
     return None
 
@@ -151,8 +159,8 @@ def connection_allowed(ctx: ProxyContext, index: MeshIndex, pod: ServedPod, conn
     """The connect-time check of an L7 connection: refused only when every request on it would be."""
     workload = index.workloads.get(pod.uid)
     policies = index.policies.authorization
-    verdict = unknown_workload(workload is not None, policies, pod.namespace, ctx.root_namespace) or (
-        authorize_connection(policies, pod.namespace, workload.labels if workload else {}, conn, ctx.root_namespace)
+    verdict = unknown_workload(workload is not None, policies, pod.namespace, index.root_namespaces) or (
+        authorize_connection(policies, pod.namespace, workload.labels if workload else {}, conn, index.root_namespaces)
     )
     if not verdict.allowed:
         ctx.metrics.decisions[(direction, "deny")] += 1

@@ -162,7 +162,7 @@ class OutboundHttp:
             workload.labels if workload is not None else {},
             conn,
             request_of(exchange.head),
-            ctx.root_namespace,
+            self.index.root_namespaces,
         )
         ctx.metrics.decisions[("inbound", "allow" if verdict.allowed else "deny")] += 1
         call.note(verdict)

@@ -212,7 +212,7 @@ class InboundPlaintext(Accepted):
             pod.namespace,
             workload.labels if workload is not None else {},
             port,
-            ctx.root_namespace,
+            index.root_namespaces,
         )
         cluster = ctx.metrics.cluster
         source = peer_of(index.by_ip.get(source_ip), None, cluster)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from meshlet_contracts.config_items import ItemError, ServiceItem, WorkloadItem
+from meshlet_contracts.mesh_config import ROOT_NAMESPACE
 from meshlet_contracts.protocols import http_ports
 from meshlet_contracts.routes import HTTPRoute
 from meshlet_contracts.traffic import TrafficPolicy
@@ -127,6 +128,8 @@ class MeshIndex:
     """`namespace/name` -> service."""
     by_vip: Mapping[str, Service] = field(default_factory=dict)
     policies: PolicySet = field(default_factory=PolicySet)
+    root_namespaces: tuple[str, ...] = (ROOT_NAMESPACE,)
+    """Whose policies govern every workload: as control named them, else the ztunnel's `--root-namespace`."""
     http_targets: Mapping[tuple[str, int], str] = field(default_factory=dict)
     """(workload uid, its port) -> why connections into that port are HTTP: a service it backs says so."""
     traffic: Mapping[tuple[str, int | None], TrafficPolicy] = field(default_factory=dict)
@@ -140,9 +143,11 @@ class MeshIndex:
     """What the next version's conversion may reuse (`converting.Conversion`)."""
 
     @classmethod
-    def from_config(cls, state: ConfigState, previous: MeshIndex | None = None) -> MeshIndex:
+    def from_config(
+        cls, state: ConfigState, previous: MeshIndex | None = None, default_roots: tuple[str, ...] = (ROOT_NAMESPACE,)
+    ) -> MeshIndex:
         """Convert `state`, reusing what `previous` converted from the very same items; raises ConfigRejected
-        naming the item that could not be converted."""
+        naming the item that could not be converted. `default_roots` serve when control named no root namespaces."""
         from ztunnel.state.converting import convert, http_routes, traffic_policies  # it imports this module
 
         conversion = convert(state, previous._conversion if previous is not None else None)
@@ -159,6 +164,7 @@ class MeshIndex:
             conversion.services,
             conversion.by_vip,
             policies,
+            state.root_namespaces or default_roots,
             http_targets=conversion.http_targets,
             traffic=traffic_policies(state),
             routes=http_routes(state),

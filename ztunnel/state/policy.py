@@ -2,7 +2,7 @@
 with the shared types of `meshlet_contracts.policy`, and indexed so that a decision looks only at the policies
 that can apply.
 
-A workload is governed by the policies of its own namespace and of the root namespace, so both collections are
+A workload is governed by the policies of its own namespace and of the root namespaces, so both collections are
 indexed by namespace; within a namespace, policies are kept sorted by name, with those that select every
 workload apart from those with a selector. Decisions (`ztunnel.rbac`) and their reasons then do not depend on
 the order control sent the items in.
@@ -102,11 +102,13 @@ class _Indexed(Sequence[P]):
 class AuthorizationPolicies(_Indexed[AuthorizationPolicy]):
     """Every AuthorizationPolicy of one config version."""
 
-    def applicable(self, namespace: str, labels: Mapping[str, str], root_namespace: str) -> list[AuthorizationPolicy]:
+    def applicable(
+        self, namespace: str, labels: Mapping[str, str], roots: tuple[str, ...]
+    ) -> list[AuthorizationPolicy]:
         """The policies that apply to a workload, sorted by `namespace/name`: those of its namespace and of the
-        root namespace that select every workload or whose selector matches its labels."""
+        root namespaces that select every workload or whose selector matches its labels."""
         out: list[AuthorizationPolicy] = []
-        for ns in sorted({namespace, root_namespace}):
+        for ns in sorted({namespace, *roots}):
             everyone, selected = self._groups(ns)
             chosen = [*everyone, *(p for p in selected if selects(p.selector, labels))]
             # Both parts are sorted by name already; only a mix of the two needs sorting again.
@@ -119,14 +121,15 @@ class PeerAuthentications(_Indexed[PeerAuthentication]):
     """Every PeerAuthentication of one config version."""
 
     def levels(
-        self, namespace: str, labels: Mapping[str, str], root_namespace: str
+        self, namespace: str, labels: Mapping[str, str], roots: tuple[str, ...]
     ) -> tuple[PeerAuthentication | None, PeerAuthentication | None, PeerAuthentication | None]:
         """The policies that may set a workload's mode, most specific first: the first by name of its namespace
-        selecting it, the first of its namespace without a selector, the first of the root namespace without one."""
+        selecting it, the first of its namespace without a selector, the first without one of the first root
+        namespace that has one."""
         own_everyone, own_selected = self._groups(namespace)
-        root_everyone, _ = self._groups(root_namespace)
+        mesh_wide = next((p for root in roots for p in self._groups(root)[0]), None)
         workload = next((p for p in own_selected if selects(p.selector, labels)), None)
-        return workload, next(iter(own_everyone), None), next(iter(root_everyone), None)
+        return workload, next(iter(own_everyone), None), mesh_wide
 
 
 @dataclass(frozen=True, slots=True)

@@ -128,7 +128,6 @@ class ServedNode:
         self.ctx = ProxyContext(
             node=f"node-{pod.name}",
             trust_domain="cluster.local",
-            root_namespace="meshlet-system",
             # Never called: the pod's certificate is in hand already.
             identities=IdentityManager("https://127.0.0.1:9", NodeCredential.in_dir(Path("/nonexistent"))),
             limits=limits or HboneLimits(),

@@ -77,7 +77,7 @@ def accepted(monkeypatch: pytest.MonkeyPatch) -> Refs:
 async def served_pod(ca: CertificateAuthority) -> AsyncIterator[tuple[ProxyContext, int]]:
     """ztunnel's serving of one pod on loopback; yields the context and the pod's 15008 port."""
     identities = cast(IdentityManager, _Identities(workload_certificate(ca, SERVER_ID)))
-    ctx = ProxyContext("node1", TD, "meshlet-system", identities=identities)
+    ctx = ProxyContext("node1", TD, identities=identities)
     sockets = {name: socket.create_server((LOOPBACK, 0)) for name in ("outbound", "inbound_plaintext", "hbone")}
     listeners = PodListeners(-1, sockets)
     pods = serving.PodServing(ctx)

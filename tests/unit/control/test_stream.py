@@ -161,3 +161,16 @@ async def test_after_a_nack_the_next_version_is_a_snapshot() -> None:
         assert sock.sent[-1]["type"] == "snapshot" and sock.sent[-1]["version"] == 3
         hub._on_reply(conn, json.dumps({"type": "ack", "version": 3}))
         assert conn.last_error is None and conn.acked_version == 3
+
+
+async def test_every_message_names_the_root_namespaces() -> None:
+    async with proxy("n") as (store, hub, conn, sock, metrics):
+        await until(lambda: len(sock.sent) == 1)
+        store.apply([SourceBatch("g", (pod("p2", "10.0.0.2"),))])
+        await until(lambda: len(sock.sent) == 2)
+        assert [(m["type"], m["mesh"]) for m in sock.sent] == [
+            ("snapshot", {"rootNamespaces": ["meshlet-system"]}),
+            ("delta", {"rootNamespaces": ["meshlet-system"]}),
+        ]
+    compat = ConfigStore(MeshSettings(root_namespace="platform", istio_compat=True))
+    assert ConfigHub(compat, ControlMetrics()).mesh == {"rootNamespaces": ["platform", "istio-system"]}

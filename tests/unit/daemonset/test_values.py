@@ -58,6 +58,15 @@ def test_each_value_reaches_the_manifests() -> None:
     assert deployment["spec"]["replicas"] == 2
 
 
+def test_istio_compat_reaches_control_and_every_agent_and_control_names_the_install_namespace_root() -> None:
+    by_name = {c["name"]: c for c in containers(render(Values().with_sets(["istioCompat=true", "namespace=mesh"])))}
+    assert "--istio-compat" in by_name["control"]["args"] and "--istio-compat" in by_name["agent"]["args"]
+    args = by_name["control"]["args"]
+    assert args[args.index("--root-namespace") + 1] == "mesh"
+    plain = {c["name"]: c for c in containers(render(Values()))}
+    assert all("--istio-compat" not in c["args"] for c in plain.values())
+
+
 def test_a_later_set_wins() -> None:
     assert Values().with_sets(["redirect=ebpf", "redirect=iptables"]).redirect == "iptables"
 
@@ -77,6 +86,7 @@ def test_a_later_set_wins() -> None:
         ("dataplaneLabel=a b", "--set dataplaneLabel=a b: not a label key"),
         ("imagePullPolicy=sometimes", "expected one of IfNotPresent, Always, Never"),
         ("control.replicas=0", "--set control.replicas=0: expected a whole number in 1..10"),
+        ("istioCompat=yes", "--set istioCompat=yes: expected true or false"),
         ("podsCgroup=/sys/fs/cgroup", "expected a path under the cgroup root"),
         ("image=", "expected an image reference"),
     ],

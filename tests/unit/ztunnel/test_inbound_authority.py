@@ -62,7 +62,7 @@ def test_inbound_answers_400_to_a_port_not_in_ascii_digits(
 
     monkeypatch.setattr(inbound, "deliver", deliver)
     # Nothing before the answer touches the identity manager or the pod's netns.
-    ctx = ProxyContext("node1", "cluster.local", "meshlet-system", identities=cast(IdentityManager, None))
+    ctx = ProxyContext("node1", "cluster.local", identities=cast(IdentityManager, None))
     pod = ServedPod("u1", "web-1", "mesh", "web", "spiffe://cluster.local/ns/mesh/sa/web", (POD_IP,), netns_fd=-1)
     conn = inbound.InboundHbone(ctx, pod)
     conn.peer_identity = "spiffe://cluster.local/ns/mesh/sa/client"
@@ -89,7 +89,7 @@ def _serve_once(monkeypatch: pytest.MonkeyPatch, authority: str, config: bool) -
         raise OSError("no app in a unit test")
 
     monkeypatch.setattr(inbound, "deliver", deliver)
-    ctx = ProxyContext("node1", "cluster.local", "meshlet-system", identities=cast(IdentityManager, None))
+    ctx = ProxyContext("node1", "cluster.local", identities=cast(IdentityManager, None))
     ctx.config_wait = 0.05
     if config:
         ctx.config_loaded.set()

@@ -12,6 +12,7 @@ from ztunnel.l7.authz import Request, authorize_connection, authorize_request, h
 from ztunnel.rbac import Connection
 
 ROOT = "istio-system"
+ROOTS = (ROOT,)
 NS = "app"
 LABELS = {"app": "web"}
 CLIENT = "spiffe://cluster.local/ns/client/sa/sleep"
@@ -38,7 +39,7 @@ def request(
 
 
 def allowed(policies: list[AuthorizationPolicy], req: Request, conn: Connection = CONN) -> bool:
-    return authorize_request(policies, NS, LABELS, conn, req, ROOT).allowed
+    return authorize_request(policies, NS, LABELS, conn, req, ROOTS).allowed
 
 
 # Each row: an ALLOW rule, a request, whether the rule matches it (so the request is allowed).
@@ -105,7 +106,7 @@ ALLOW_CASES = [
 
 @pytest.mark.parametrize(("rule", "req", "expected"), ALLOW_CASES)
 def test_allow_rule_matches_request(rule: Rule, req: Request, expected: bool) -> None:
-    decision = authorize_request([policy("ALLOW", rule)], NS, LABELS, CONN, req, ROOT)
+    decision = authorize_request([policy("ALLOW", rule)], NS, LABELS, CONN, req, ROOTS)
     assert decision.allowed is expected
     assert decision.reason == (
         "allowed by ALLOW policy app/p" if expected else "no ALLOW policy matched (app/p select this workload)"
@@ -139,14 +140,14 @@ DENY_CASES = [
 
 @pytest.mark.parametrize(("rule", "req", "expected"), DENY_CASES)
 def test_deny_rule_matches_request(rule: Rule, req: Request, expected: bool) -> None:
-    decision = authorize_request([policy("DENY", rule, name="d")], NS, LABELS, CONN, req, ROOT)
+    decision = authorize_request([policy("DENY", rule, name="d")], NS, LABELS, CONN, req, ROOTS)
     assert decision.allowed is not expected
     assert (decision.policy == "app/d") is expected
 
 
 def test_deny_is_evaluated_before_allow() -> None:
     policies = [policy("ALLOW", to(methods=("GET",)), name="a"), policy("DENY", to(paths=("/secret",)), name="d")]
-    decision = authorize_request(policies, NS, LABELS, CONN, request(path="/secret"), ROOT)
+    decision = authorize_request(policies, NS, LABELS, CONN, request(path="/secret"), ROOTS)
     assert (decision.allowed, decision.reason) == (False, "denied by DENY policy app/d")
     assert allowed(policies, request(path="/open"))
 
@@ -160,11 +161,11 @@ def test_allow_policies_deny_by_default_and_none_allow_all() -> None:
 
 def test_audit_marks_matching_requests_without_changing_the_decision() -> None:
     audit = policy("AUDIT", to(paths=("/user/profile/*",)), name="audit")
-    marked = authorize_request([audit], NS, LABELS, CONN, request(path="/user/profile/7"), ROOT)
+    marked = authorize_request([audit], NS, LABELS, CONN, request(path="/user/profile/7"), ROOTS)
     assert (marked.allowed, marked.audit) == (True, True)
-    assert not authorize_request([audit], NS, LABELS, CONN, request(path="/home"), ROOT).audit
+    assert not authorize_request([audit], NS, LABELS, CONN, request(path="/home"), ROOTS).audit
     denied = authorize_request(
-        [audit, policy("DENY", to(paths=("/user/*",)))], NS, LABELS, CONN, request(path="/user/profile/7"), ROOT
+        [audit, policy("DENY", to(paths=("/user/*",)))], NS, LABELS, CONN, request(path="/user/profile/7"), ROOTS
     )
     assert (denied.allowed, denied.audit) == (False, True)
 
@@ -201,13 +202,13 @@ CONNECT_CASES = [
 def test_connect_time_refuses_only_what_every_request_would_be_refused(
     policies: list[AuthorizationPolicy], expected: bool
 ) -> None:
-    assert authorize_connection(policies, NS, LABELS, CONN, ROOT).allowed is expected
+    assert authorize_connection(policies, NS, LABELS, CONN, ROOTS).allowed is expected
 
 
 def test_connect_time_decision_names_the_policy() -> None:
-    decision = authorize_connection([policy("DENY", to(ports=(8080,)), name="d")], NS, LABELS, CONN, ROOT)
+    decision = authorize_connection([policy("DENY", to(ports=(8080,)), name="d")], NS, LABELS, CONN, ROOTS)
     assert (decision.reason, decision.policy) == ("denied by DENY policy app/d", "app/d")
-    maybe = authorize_connection([policy("ALLOW", to(paths=("/x",)), name="a")], NS, LABELS, CONN, ROOT)
+    maybe = authorize_connection([policy("ALLOW", to(paths=("/x",)), name="a")], NS, LABELS, CONN, ROOTS)
     assert maybe.allowed and maybe.policy == "app/a"
 
 
@@ -233,7 +234,7 @@ def test_connect_time_decision_names_the_policy() -> None:
     ],
 )
 def test_has_http_rules_for_a_port(policies: list[AuthorizationPolicy], port: int, expected: bool) -> None:
-    assert has_http_rules(policies, NS, LABELS, port, ROOT) is expected
+    assert has_http_rules(policies, NS, LABELS, port, ROOTS) is expected
 
 
 def test_policies_of_other_workloads_do_not_apply() -> None:
@@ -241,4 +242,4 @@ def test_policies_of_other_workloads_do_not_apply() -> None:
     root = AuthorizationPolicy("r", ROOT, None, "DENY", (to(methods=("DELETE",)),))
     assert allowed([other], request(method="POST"))
     assert not allowed([other, root], request(method="DELETE"))
-    assert not has_http_rules([other], NS, LABELS, 8080, ROOT)
+    assert not has_http_rules([other], NS, LABELS, 8080, ROOTS)

@@ -25,6 +25,7 @@ from ztunnel.rbac import Connection, authorize, mtls_mode
 from ztunnel.state.policy import PolicySet
 
 ROOT = "meshlet-system"
+ROOTS = (ROOT,)
 NS = "app"
 WEB = {"app": "web", "version": "v1"}
 SLEEP = "spiffe://cluster.local/ns/client/sa/sleep"
@@ -136,15 +137,15 @@ def test_decision(
     allowed: bool,
     by: str | None,
 ) -> None:
-    decision = authorize(held(policies).authorization, NS, labels, connection, ROOT)
+    decision = authorize(held(policies).authorization, NS, labels, connection, ROOTS)
     assert (decision.allowed, decision.policy) == (allowed, by)
     # Indexed or scanned, the verdict and its reason are the same.
-    assert authorize(sorted(policies, key=lambda p: (p.namespace, p.name)), NS, labels, connection, ROOT) == decision
+    assert authorize(sorted(policies, key=lambda p: (p.namespace, p.name)), NS, labels, connection, ROOTS) == decision
 
 
 def test_denial_by_default_names_the_allow_policies_that_applied() -> None:
     policies = held([allow("b", FROM_OTHER), allow("a", FROM_OTHER, ns=ROOT), allow("c", ns="other")])
-    decision = authorize(policies.authorization, NS, WEB, MTLS, ROOT)
+    decision = authorize(policies.authorization, NS, WEB, MTLS, ROOTS)
     # Sorted by namespace/name, whatever the order control sent them in; the other namespace's is not named.
     assert decision.reason == "no ALLOW policy matched (app/b, meshlet-system/a select this workload)"
 
@@ -190,8 +191,8 @@ MODES: list[tuple[str, list[PeerAuthentication], Mapping[str, str], int, MtlsMod
 @pytest.mark.parametrize(("auths", "labels", "port", "mode"), [m[1:] for m in MODES], ids=[m[0] for m in MODES])
 def test_mtls_mode(auths: list[PeerAuthentication], labels: Mapping[str, str], port: int, mode: MtlsMode) -> None:
     held_auths = PolicySet.from_wire([], [a.to_wire() for a in auths]).peer_authentication
-    assert mtls_mode(held_auths, NS, labels, port, ROOT) == mode
-    assert mtls_mode(list(reversed(auths)), NS, labels, port, ROOT) == mode
+    assert mtls_mode(held_auths, NS, labels, port, ROOTS) == mode
+    assert mtls_mode(list(reversed(auths)), NS, labels, port, ROOTS) == mode
 
 
 # Random policy sets: the namespace index gives the decision a scan of every policy gives.
@@ -216,4 +217,6 @@ def test_the_index_decides_as_a_scan_of_every_policy(
 ) -> None:
     ordered = sorted(policies, key=lambda p: (p.namespace, p.name))
     indexed = held(policies).authorization
-    assert authorize(indexed, namespace, WEB, connection, ROOT) == authorize(ordered, namespace, WEB, connection, ROOT)
+    assert authorize(indexed, namespace, WEB, connection, ROOTS) == authorize(
+        ordered, namespace, WEB, connection, ROOTS
+    )

@@ -12,6 +12,7 @@ from ztunnel.rbac import Connection, Decision, applicable, authorize, mtls_mode,
 from ztunnel.state.policy import AuthorizationPolicy, PeerAuthentication, PolicyError, PolicySet
 
 ROOT = "istio-system"
+ROOTS = (ROOT,)
 NS = "app"
 LABELS = {"app": "web", "version": "v1"}
 CLIENT = "spiffe://cluster.local/ns/client/sa/sleep"
@@ -72,7 +73,7 @@ def conn(
 
 
 def decide(policies: list[AuthorizationPolicy], connection: Connection | None = None) -> Decision:
-    return authorize(policies, NS, LABELS, connection or conn(), ROOT)
+    return authorize(policies, NS, LABELS, connection or conn(), ROOTS)
 
 
 # --- decision order -------------------------------------------------------------------------------------------
@@ -133,14 +134,14 @@ def test_audit_never_changes_the_decision() -> None:
 )
 def test_applicable(namespace: str, selector: dict[str, str] | None, applies: bool) -> None:
     p = policy(namespace=namespace, selector=selector)
-    assert applicable([p], NS, LABELS, ROOT) == ([p] if applies else [])
+    assert applicable([p], NS, LABELS, ROOTS) == ([p] if applies else [])
     # An ALLOW policy without rules shows whether it applied: it denies exactly what it selects.
     assert decide([policy(namespace=namespace, selector=selector, rules=[])]).allowed is not applies
 
 
 def test_applicable_keeps_the_given_order() -> None:
     ps = [policy("z"), policy("m", namespace=ROOT), policy("x", namespace="other"), policy("a")]
-    assert [p.name for p in applicable(ps, NS, LABELS, ROOT)] == ["z", "m", "a"]
+    assert [p.name for p in applicable(ps, NS, LABELS, ROOTS)] == ["z", "m", "a"]
 
 
 # --- matching at L4: one rule, one connection, and whether the rule matches it (as ALLOW and as DENY) ----------
@@ -334,14 +335,14 @@ MTLS = [
 
 @pytest.mark.parametrize(("peer_auths", "mode"), [m[1:] for m in MTLS], ids=[m[0] for m in MTLS])
 def test_mtls_mode(peer_auths: list[PeerAuthentication], mode: str) -> None:
-    assert mtls_mode(peer_auths, NS, LABELS, 8080, ROOT) == mode
-    assert mtls_mode(reversed(peer_auths), NS, LABELS, 8080, ROOT) == mode  # order given does not matter
+    assert mtls_mode(peer_auths, NS, LABELS, 8080, ROOTS) == mode
+    assert mtls_mode(reversed(peer_auths), NS, LABELS, 8080, ROOTS) == mode  # order given does not matter
 
 
 def test_mtls_mode_in_the_root_namespace() -> None:
     auths = [peer("default", "STRICT", ROOT), peer("w", "DISABLE", ROOT, WEB)]
-    assert mtls_mode(auths, ROOT, LABELS, 8080, ROOT) == "DISABLE"
-    assert mtls_mode(auths, ROOT, {"app": "db"}, 8080, ROOT) == "STRICT"
+    assert mtls_mode(auths, ROOT, LABELS, 8080, ROOTS) == "DISABLE"
+    assert mtls_mode(auths, ROOT, {"app": "db"}, 8080, ROOTS) == "STRICT"
 
 
 # --- conversion -----------------------------------------------------------------------------------------------
@@ -364,7 +365,7 @@ def test_policy_set_converts_once_and_sorts() -> None:
         [{"name": "default", "namespace": ROOT, "selector": None, "mode": "STRICT", "portModes": {}}],
     )
     assert [p.ref for p in ps.authorization] == [f"{NS}/a", f"{NS}/b", "z/a"]
-    assert mtls_mode(ps.peer_authentication, NS, LABELS, 8080, ROOT) == "STRICT"
+    assert mtls_mode(ps.peer_authentication, NS, LABELS, 8080, ROOTS) == "STRICT"
 
 
 def test_control_wire_items_round_trip() -> None:
@@ -395,8 +396,8 @@ def test_control_wire_items_round_trip() -> None:
     ps = PolicySet.from_wire([authz.to_wire()], [peer_auth.to_wire()])
     assert decide(list(ps.authorization)).allowed
     assert not decide(list(ps.authorization), conn(source_ip="10.0.1.6")).allowed
-    assert mtls_mode(ps.peer_authentication, NS, LABELS, 8080, ROOT) == "STRICT"
-    assert mtls_mode(ps.peer_authentication, NS, LABELS, 9090, ROOT) == "PERMISSIVE"
+    assert mtls_mode(ps.peer_authentication, NS, LABELS, 8080, ROOTS) == "STRICT"
+    assert mtls_mode(ps.peer_authentication, NS, LABELS, 9090, ROOTS) == "PERMISSIVE"
 
 
 def broken(path: tuple[Any, ...], value: Any) -> dict[str, Any]:
@@ -471,8 +472,8 @@ def test_malformed_peer_authentication_names_policy_and_field(change: dict[str, 
 
 
 def test_labels_decide_only_where_a_policy_of_the_namespace_or_the_root_selects_by_label() -> None:
-    assert not selects_by_label([], NS, ROOT)
-    assert not selects_by_label([policy(), policy("root-wide", namespace=ROOT)], NS, ROOT)  # no selector
-    assert not selects_by_label([policy("elsewhere", namespace="other", selector={"app": "x"})], NS, ROOT)
-    assert selects_by_label([policy("mine", action="DENY", selector={"app": "x"})], NS, ROOT)
-    assert selects_by_label([policy("mesh-wide", namespace=ROOT, selector={"app": "x"})], NS, ROOT)
+    assert not selects_by_label([], NS, ROOTS)
+    assert not selects_by_label([policy(), policy("root-wide", namespace=ROOT)], NS, ROOTS)  # no selector
+    assert not selects_by_label([policy("elsewhere", namespace="other", selector={"app": "x"})], NS, ROOTS)
+    assert selects_by_label([policy("mine", action="DENY", selector={"app": "x"})], NS, ROOTS)
+    assert selects_by_label([policy("mesh-wide", namespace=ROOT, selector={"app": "x"})], NS, ROOTS)

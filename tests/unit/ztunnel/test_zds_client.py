@@ -139,7 +139,7 @@ async def proxy(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIterato
         raise AssertionError("unreachable")
 
     monkeypatch.setattr(identities, "_request", no_answer)
-    ctx = ProxyContext(node="node1", trust_domain="cluster.local", root_namespace="istio-system",
+    ctx = ProxyContext(node="node1", trust_domain="cluster.local",
                        identities=identities)  # fmt: skip
     try:
         yield ctx

@@ -27,7 +27,7 @@ def test_ztunnel_args_are_passed_through_in_order(monkeypatch: pytest.MonkeyPatc
     argv = ["lab", "--id", "t", "up", "--ztunnel-arg=--http-upstream-idle-timeout", "--ztunnel-arg", "0"]
     result = CliRunner().invoke(cli, argv)
     assert isinstance(result.exception, _Stop), result.output
-    assert seen[0][-2] == ("--http-upstream-idle-timeout", "0")  # then the source
+    assert seen[0][-3] == ("--http-upstream-idle-timeout", "0")  # then the source and Istio compatibility
 
 
 def test_without_the_option_ztunnel_gets_nothing_extra(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -41,4 +41,7 @@ def test_without_the_option_ztunnel_gets_nothing_extra(monkeypatch: pytest.Monke
     monkeypatch.setattr(lab_cli.cluster, "up", fake_up)
     result = CliRunner().invoke(cli, ["lab", "--id", "t", "up"])
     assert isinstance(result.exception, _Stop), result.output
-    assert seen[0][-2] == () and seen[0][-1] == "file"
+    assert seen[0][-3:] == ((), "file", False)
+    result = CliRunner().invoke(cli, ["lab", "--id", "t", "up", "--istio-compat"])
+    assert isinstance(result.exception, _Stop), result.output
+    assert seen[1][-1] is True

@@ -23,9 +23,12 @@ def test_every_control_error_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> No
         {"origin": "/s/p.yaml", "object": "AuthorizationPolicy mesh/bad", "reason": "spec.action: unknown"},
         {"origin": "/s/y.yaml", "object": None, "reason": "unreadable YAML"},
     ]
-    monkeypatch.setattr(status, "control_status", lambda ep: {"errors": errors})
+    warned = [{"code": "istio-label-ignored", "object": "Namespace x", "message": "label it so"}]
+    monkeypatch.setattr(status, "control_status", lambda ep: {"errors": errors, "warnings": warned})
     problems: list[str] = []
-    store = status._store(_ep("http://10.250.0.1:15014"), AGENT, problems)
+    warnings: list[str] = []
+    store = status._store(_ep("http://10.250.0.1:15014"), AGENT, problems, warnings)
+    assert warnings == ["Namespace x: label it so"]  # said, but not a problem
     assert problems == [
         "invalid in the store (control): /s/p.yaml: AuthorizationPolicy mesh/bad: spec.action: unknown",
         "invalid in the store (control): /s/y.yaml: unreadable YAML",
@@ -35,7 +38,7 @@ def test_every_control_error_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> No
 
 def test_without_control_the_agents_errors_are_listed_all_of_them() -> None:
     problems: list[str] = []
-    assert status._store(_ep(None), AGENT, problems)["seenBy"] == "agent"
+    assert status._store(_ep(None), AGENT, problems, [])["seenBy"] == "agent"
     assert problems == ["invalid in the store (agent): rejected a.yaml: bad",
                         "invalid in the store (agent): rejected b.yaml: worse"]  # fmt: skip
 
@@ -46,17 +49,20 @@ def test_control_not_answering_is_named(monkeypatch: pytest.MonkeyPatch) -> None
 
     monkeypatch.setattr(status, "control_status", refuse)
     problems: list[str] = []
-    status._store(_ep("http://10.250.0.1:15014"), AGENT, problems)
+    status._store(_ep("http://10.250.0.1:15014"), AGENT, problems, [])
     assert problems[0].startswith("control did not answer") and len(problems) == 3  # then the agent's two
 
 
 def test_the_lab_report_names_a_nodes_own_problems_and_lists_shared_ones_once() -> None:
-    node1 = {"node": "node1", "problems": ["invalid in the store (control): a.yaml: bad", "ztunnel is down"]}
-    node2 = {"node": "node2", "problems": ["invalid in the store (control): a.yaml: bad"]}
+    node1 = {"node": "node1", "problems": ["invalid in the store (control): a.yaml: bad", "ztunnel is down"],
+             "warnings": ["Namespace x: a warning"]}  # fmt: skip
+    node2 = {"node": "node2", "problems": ["invalid in the store (control): a.yaml: bad"],
+             "warnings": ["Namespace x: a warning"]}  # fmt: skip
     report = status.lab_report([node1, node2], "demo")
     assert report["problems"] == ["invalid in the store (control): a.yaml: bad", "node1: ztunnel is down"]
     assert not report["healthy"] and report["nodes"] == [node1, node2] and report["lab"] == "demo"
-    assert status.lab_report([{"node": "node1", "problems": []}], "demo")["healthy"]
+    assert report["warnings"] == ["Namespace x: a warning"]  # control's, the same from every node: said once
+    assert status.lab_report([{"node": "node1", "problems": [], "warnings": ["w"]}], "demo")["healthy"]
 
 
 def test_on_a_lab_the_hints_name_the_command_that_starts_the_part_again(tmp_path: Path) -> None:

@@ -8,9 +8,10 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from meshlet.lab.objects import DATAPLANE_LABEL, lab_objects
+from meshlet.lab.objects import lab_objects
 from meshlet.lab.plan import plan_lab
 from meshlet.lab.store import object_filename, write_objects
+from meshlet_contracts.mesh_config import DATAPLANE_LABEL
 
 K8S_VERSION = "1.33"
 
