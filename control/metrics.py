@@ -36,4 +36,9 @@ class ControlMetrics:
         self.config_errors = Gauge(
             "meshlet_control_config_errors", "Objects or files currently rejected by validation", registry=r
         )
+        self.config_warnings = Gauge(
+            "meshlet_control_config_warnings",
+            "Valid objects that will not do what they look meant to (see /debug/status warnings)",
+            registry=r,
+        )
         self.objects = Gauge("meshlet_control_objects", "Valid objects in the store", ["kind"], registry=r)

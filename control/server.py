@@ -6,7 +6,7 @@ Kubernetes a client without a certificate may instead send its pod's ServiceAcco
 Bearer`), which control/node_tokens.py maps to the pod's node; control then also publishes the mesh root as a
 ConfigMap for the DaemonSet to mount (control/root_configmap.py).
 15014 serves /healthz, /ready (store loaded, no long-lived task down), /metrics and /debug/status (version,
-proxies, errors, mesh settings, warnings (control/model/advice.py), tasks). The long-lived tasks (the file source's
+proxies, errors, mesh settings, warnings (control/advisor.py), tasks). The long-lived tasks (the file source's
 watch, the serving certificate's renewal) run under a `Supervisor`: one that fails is restarted with backoff, and
 /ready answers 503 naming it meanwhile. Stopping (`stop`, then each runner's cleanup) ends the config streams
 first, so no push goes out after it, and gives requests in flight at most `SHUTDOWN_GRACE` seconds: control exits
@@ -30,13 +30,13 @@ from kubernetes.client.exceptions import ApiException
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from urllib3.exceptions import HTTPError
 
+from control.advisor import Advisor
 from control.ca import CertificateAuthority
 from control.ca_secret import NAME as CA_SECRET
 from control.ca_secret import adopt
 from control.certificates import CertificateService
 from control.kube_client import load_client
 from control.metrics import ControlMetrics
-from control.model.advice import mesh_warnings
 from control.node_tokens import NodeTokenAuthenticator
 from control.nodes import NodeAuthError, NodeRegistry
 from control.root_configmap import keep_published
@@ -135,6 +135,7 @@ class Control:
         else:
             self.source = FileSource(settings.store, settings.poll_interval)
         self.hub = ConfigHub(self.store, self.metrics, settings.send_timeout)
+        self.advisor = Advisor(self.store, settings.mesh, self.metrics)
         self.certificates = CertificateService(self.ca, self.store, self.metrics, settings.cert_ttl)
         self.supervisor = Supervisor()
         self.kube_client: Any = None
@@ -213,9 +214,8 @@ class Control:
         return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_LATEST})
 
     async def _status(self, _: web.Request) -> web.Response:
-        # Worked out per request, in a thread: a pass over every object (10,000 pods: tens of ms).
-        objects, mesh = list(self.store.objects.values()), self.settings.mesh
-        warnings = await asyncio.to_thread(mesh_warnings, objects, mesh)
+        mesh = self.settings.mesh
+        warnings = await self.advisor.current()
         return web.json_response(
             {
                 "build": build.build(),
@@ -249,6 +249,7 @@ class Control:
             kube, namespace, root = self.kube_client, self.settings.namespace, self.ca.root_pem
             self.supervisor.start("root-configmap", lambda: keep_published(kube, namespace, root))
         await self._load_store()
+        self.supervisor.start("advisor", self.advisor.run)
         host, port = self.settings.listen
         tls, self._serving_not_after = server_tls(self.ca, host, self.settings.namespace)
         self.supervisor.start("serving-cert", lambda: self._renew_serving_cert(tls, host))

@@ -112,22 +112,28 @@ class ConfigStore:
         self._built = BuildCache()
         self.state: MeshState = build_state([], settings, self._built)
         self.objects: dict[ObjectKey, Converted] = {}
+        self.revision = 0
+        """Counts changes to `objects`, also those that make no new version (a Namespace without pods)."""
         self.errors: dict[str, list[StoreError]] = {}
         self._origin: dict[ObjectKey, str] = {}
         self._pod_ips: dict[str, ObjectKey] = {}
         self._vips: dict[str, ObjectKey] = {}
         self._listeners: list[Callable[[], None]] = []
+        self._object_listeners: list[Callable[[], None]] = []
         self._parked: dict[ObjectKey, tuple[dict[str, Any], str]] = {}
         """Objects rejected only for an address another object holds: retried when addresses free up."""
         self.traffic_conflicts: dict[str, str] = {}
         """TrafficPolicy `namespace/name` -> why it is not in force (an older one targets the same Service port)."""
 
-    def subscribe(self, listener: Callable[[], None]) -> Callable[[], None]:
-        """Call `listener` after every new version; returns the function that unsubscribes."""
-        self._listeners.append(listener)
-        return lambda: self._listeners.remove(listener)
+    def subscribe(self, listener: Callable[[], None], objects: bool = False) -> Callable[[], None]:
+        """Call `listener` after every new version (`objects`: after every `apply` that changed an object, new
+        version or not); returns the function that unsubscribes."""
+        listeners = self._object_listeners if objects else self._listeners
+        listeners.append(listener)
+        return lambda: listeners.remove(listener)
 
     def apply(self, batches: Sequence[SourceBatch]) -> None:
+        revision = self.revision
         for batch in batches:
             self._apply_batch(batch)
         self._retry_parked()
@@ -145,6 +151,9 @@ class ConfigStore:
         for kind in CONVERTERS:
             self.metrics.objects.labels(kind).set(kinds.get(kind, 0))
         self.metrics.config_errors.set(sum(len(e) for e in self.errors.values()))
+        if self.revision != revision:
+            for listener in list(self._object_listeners):
+                listener()
 
     def _apply_batch(self, batch: SourceBatch) -> None:
         errors = [StoreError(batch.origin, None, reason) for reason in batch.errors]
@@ -228,6 +237,7 @@ class ConfigStore:
     def _put(self, obj: Converted, origin: str) -> None:
         self._remove(obj.key)
         self.objects[obj.key] = obj
+        self.revision += 1
         self._origin[obj.key] = origin
         if isinstance(obj, Pod) and _holds_ip(obj):
             self._pod_ips.update(dict.fromkeys(obj.ips, obj.key))
@@ -237,6 +247,8 @@ class ConfigStore:
     def _remove(self, key: ObjectKey) -> None:
         old = self.objects.pop(key, None)
         self._origin.pop(key, None)
+        if old is not None:
+            self.revision += 1
         if isinstance(old, Pod):
             for ip in old.ips:
                 if self._pod_ips.get(ip) == key:

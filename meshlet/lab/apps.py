@@ -214,9 +214,11 @@ def plan_apply(lab: LabPlan, current: AppsState, manifests: Iterable[Obj]) -> Ch
     state = AppsState(dict(current.objects), list(current.pods))
     change = Change(state)
     roots = root_namespaces(ROOT_NAMESPACE, lab.istio_compat)  # in the store from `up`, as an install makes them
-    namespaces = set(LAB_NAMESPACES) | set(roots) | {
-        o["metadata"]["name"] for o in state.objects.values() if o["kind"] == "Namespace"
-    }
+    namespaces = (
+        set(LAB_NAMESPACES)
+        | set(roots)
+        | {o["metadata"]["name"] for o in state.objects.values() if o["kind"] == "Namespace"}
+    )
     ordered = sorted(manifests, key=lambda o: {"Namespace": 0, "ServiceAccount": 1, "Service": 2}.get(o["kind"], 3))
     for raw in ordered:
         try:

@@ -33,6 +33,7 @@ def test_a_file_nested_3000_deep_is_reported_and_later_changes_still_apply(contr
     assert control.metric("meshlet_control_config_errors") == 1
     assert [(t["name"], t["running"], t["restarts"]) for t in status["tasks"]] == [
         ("file-source", True, 0),
+        ("advisor", True, 0),
         ("serving-cert", True, 0),
     ]
     assert control.get("/ready")[0] == 200  # a bad file is the file's error, not control's
