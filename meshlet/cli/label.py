@@ -1,6 +1,6 @@
 """`meshlet label namespace|pod NAME KEY=VALUE | KEY-`: change labels in the local store or on a cluster.
 
-The store is a directory of Kubernetes-shaped YAML: the file holding the Namespace is rewritten
+The store is a directory of Kubernetes-shaped YAML: the file holding the Namespace (or Pod) is rewritten
 atomically (other documents in it untouched), and the agents and control pick the change up from
 there. On a cluster (`relabel_cluster`) the change is a merge patch of metadata.labels through the API
 server, as `kubectl label --overwrite` sends it, and control and the agents see it through their watches.
@@ -46,12 +46,18 @@ def parse_changes(args: tuple[str, ...]) -> dict[str, str | None]:
     return changes
 
 
-def _is(doc: Any, kind: str, name: str) -> bool:
-    return isinstance(doc, Mapping) and doc.get("kind") == kind and (doc.get("metadata") or {}).get("name") == name
+def _is(doc: Any, kind: str, name: str, namespace: str | None) -> bool:
+    if not isinstance(doc, Mapping) or doc.get("kind") != kind:
+        return False
+    meta = doc.get("metadata") or {}
+    return bool(meta.get("name") == name and (namespace is None or (meta.get("namespace") or "default") == namespace))
 
 
-def relabel(store: Path, kind: str, name: str, changes: Mapping[str, str | None]) -> tuple[Path, dict[str, str]]:
-    """Apply `changes` to the labels of the cluster-scoped object `kind/name`; returns its file and new labels."""
+def relabel(
+    store: Path, kind: str, name: str, changes: Mapping[str, str | None], namespace: str | None = None
+) -> tuple[Path, dict[str, str]]:
+    """Apply `changes` to the labels of `kind/name` (in `namespace`; None: a cluster-scoped kind); returns its file
+    and new labels."""
     if not store.is_dir():
         raise LabelError(f"the store {store} is not a directory")
     for path in sorted(store.glob("*.y*ml")):
@@ -59,7 +65,7 @@ def relabel(store: Path, kind: str, name: str, changes: Mapping[str, str | None]
             docs = list(yaml.safe_load_all(path.read_text()))
         except (OSError, yaml.YAMLError):
             continue  # broken files are control's to report; they cannot hold the object we change
-        hits = [d for d in docs if _is(d, kind, name)]
+        hits = [d for d in docs if _is(d, kind, name, namespace)]
         if not hits:
             continue
         labels: dict[str, str] = {}
@@ -78,7 +84,8 @@ def relabel(store: Path, kind: str, name: str, changes: Mapping[str, str | None]
         data = yaml.safe_dump_all([d for d in docs if d is not None], sort_keys=False)
         write_atomic(path, data.encode())
         return path, labels
-    raise LabelError(f"no {kind} {name!r} in the store {store}")
+    where = f" in namespace {namespace!r}" if namespace is not None else ""
+    raise LabelError(f"no {kind} {name!r}{where} in the store {store}")
 
 
 def relabel_cluster(

@@ -242,6 +242,7 @@ def label(kind: str, name: str, changes: tuple[str, ...], lab_id: str, store: Pa
     \b
     meshlet label namespace plain meshlet.io/dataplane-mode=ambient
     meshlet label namespace plain meshlet.io/dataplane-mode-
+    meshlet label pod web-1a -n mesh meshlet.io/dataplane-mode=none
     meshlet label --kubeconfig ~/.kube/config pod web-0 -n shop meshlet.io/dataplane-mode=none
     """
     try:
@@ -261,15 +262,13 @@ def label(kind: str, name: str, changes: tuple[str, ...], lab_id: str, store: Pa
         where = f" -n {namespace}" if kind == "pod" else ""
         console.print(f"{kind} {name}{where} labelled on the cluster; labels now: {shown}", highlight=False)
         return
-    if kind == "pod":
-        raise click.ClickException("pods are labelled on a cluster only: pass --kubeconfig or set KUBECONFIG")
     if store is None:
         state = LabState.load(lab_id)
         if state is None:
             raise click.ClickException(f"no lab {lab_id!r} is up; pass --store DIR for another store")
         store = state.store
     try:
-        path, labels = relabel(store, kind.capitalize(), name, parsed)
+        path, labels = relabel(store, kind.capitalize(), name, parsed, namespace if kind == "pod" else None)
     except LabelError as exc:
         raise click.ClickException(str(exc)) from None
     shown = ", ".join(f"{k}={v}" for k, v in sorted(labels.items())) or "none"

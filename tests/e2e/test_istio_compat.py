@@ -80,6 +80,10 @@ def test_with_compat_istios_mesh_wide_strict_refuses_plaintext_and_istios_label_
             True, ["meshlet-system", "istio-system"], []
         )  # fmt: skip
         assert cli_json(lab, "status")["warnings"] == []
+        # Istio's opt-out label on one pod releases it: plaintext again, refused by the mesh-wide STRICT.
+        meshlet("label", "pod", "web-1b", "-n", "plain", "istio.io/dataplane-mode=none", "--lab", lab.id)
+        wait_for(lambda: captured(lab, "node1") == 1, POLICY_TIMEOUT, "web-1b released by Istio's opt-out label")
+        wait_for(lambda: refused(lab, "web-1b", target), POLICY_TIMEOUT, "web-1b's plaintext refused again")
 
 
 def test_without_compat_istios_policy_and_label_are_ignored_and_warned_about(shared_lab: Lab, tmp_path: Path) -> None:

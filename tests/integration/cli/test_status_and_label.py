@@ -11,6 +11,7 @@ from typing import Any
 from urllib.parse import unquote
 
 import pytest
+import yaml
 
 from tests.integration.cli.conftest import meshlet, seed
 from tests.json_stub import json_server
@@ -129,10 +130,19 @@ def test_label_a_namespace_and_a_pod_on_the_cluster(api: KubeApiServer, kubeconf
 
 
 def test_label_without_a_kubeconfig_stays_local(tmp_path: Path) -> None:
-    result = meshlet("label", "pod", "web-0", "a=b", env={"HOME": str(tmp_path)})
-    assert result.exit_code == 1 and "pods are labelled on a cluster only" in result.output
+    result = meshlet("label", "pod", "web-0", "a=b", "--lab", "nolab", env={"HOME": str(tmp_path)})
+    assert result.exit_code == 1 and "no lab 'nolab' is up" in result.output
     store = tmp_path / "store"
     store.mkdir()
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-0", "namespace": "shop"}}
+    (store / "pod.yaml").write_text(yaml.safe_dump(pod))
+    result = meshlet("label", "--store", str(store), "pod", "web-0", "-n", "shop", "meshlet.io/dataplane-mode=none",
+                     env={"HOME": str(tmp_path)})  # fmt: skip
+    assert result.exit_code == 0, result.output
+    labelled = yaml.safe_load((store / "pod.yaml").read_text())["metadata"]["labels"]
+    assert labelled == {"meshlet.io/dataplane-mode": "none"}
+    other = meshlet("label", "--store", str(store), "pod", "web-0", "a=b", env={"HOME": str(tmp_path)})
+    assert other.exit_code == 1 and "no Pod 'web-0' in namespace 'default'" in other.output
     (store / "ns.yaml").write_text("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: shop\n")
     result = meshlet("label", "--store", str(store), "namespace", "shop", "a=b", env={"HOME": str(tmp_path)})
     assert result.exit_code == 0, result.output
