@@ -116,6 +116,8 @@ def test_without_compat_istios_policy_and_label_are_ignored_and_warned_about(sha
         checked = meshlet("validate", "-f", lab.status["store"], "-o", "json")
         offline = {w["object"]: w["code"] for w in json.loads(checked.stdout)["warnings"]}
         assert offline == expected
+        shown = " ".join(meshlet("validate", "-f", lab.status["store"]).stdout.split())
+        assert "no problems" in shown and "2 warnings" in shown and "istio-system/default" in shown
         quiet = meshlet("validate", "-f", lab.status["store"], "--istio-compat", "-o", "json")
         assert json.loads(quiet.stdout)["warnings"] == []
     finally:
