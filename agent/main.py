@@ -126,6 +126,7 @@ class Agent:
             "build": build.build(),
             "backend": self.backend.name,
             "backendReason": self.backend_reason,
+            "dataplaneLabels": list(self.mesh.dataplane_labels),
             "bpf": self.backend.status() if isinstance(self.backend, EbpfBackend) else {"programs": []},
             "startedAt": self.started,
             "ztunnel": {"connected": self.zds.connected, "connects": self.zds.connects, "served": len(self.zds.served),

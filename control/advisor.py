@@ -55,7 +55,7 @@ class Advisor:
     async def run(self) -> None:
         """Work the warnings out after each settled change; runs until cancelled."""
         while True:
+            self._changed.clear()  # first: a change made while the pass below runs wakes the next one
             await self.current()
-            self._changed.clear()
             await self._changed.wait()
             await asyncio.sleep(SETTLE)

@@ -25,6 +25,7 @@ from control.model.mesh import MeshSettings
 from control.nodes import NodeRegistry
 from control.server import Control, load_ca
 from control.settings import ControlSettings
+from meshlet_contracts.identity import DNS_LABEL
 from meshlet_contracts.mesh_config import DATAPLANE_LABEL, ISTIO_DATAPLANE_LABEL, ISTIO_ROOT_NAMESPACE, ROOT_NAMESPACE
 
 log = logging.getLogger("control")
@@ -43,6 +44,13 @@ def duration(text: str) -> timedelta:
         raise argparse.ArgumentTypeError(f"{text!r} is not a duration like 90s, 30m, 24h or 7d")
     unit = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days"}[m.group(2)]
     return timedelta(**{unit: int(m.group(1))})
+
+
+def namespace_name(text: str) -> str:
+    # Checked here: a root every ztunnel refuses (parse_mesh) would have them nack every version, for ever.
+    if not DNS_LABEL.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a namespace name (lowercase a-z, 0-9, '-', at most 63)")
+    return text
 
 
 def parser() -> argparse.ArgumentParser:
@@ -72,7 +80,7 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--trust-domain", default="cluster.local")
     serve.add_argument("--dataplane-label", default=DATAPLANE_LABEL, help="label key that enrolls (%(default)s)")
     serve.add_argument(
-        "--root-namespace", default=ROOT_NAMESPACE,
+        "--root-namespace", default=ROOT_NAMESPACE, type=namespace_name,
         help="its policies apply to every workload; sent to every ztunnel (default %(default)s)",
     )  # fmt: skip
     serve.add_argument(

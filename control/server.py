@@ -233,7 +233,7 @@ class Control:
                 "errors": [
                     {"origin": e.origin, "object": e.object, "reason": e.reason} for e in self.store.all_errors()
                 ],
-                "warnings": [w.to_json() for w in warnings],
+                "warnings": [w.to_json() for w in warnings] + self.hub.root_warnings(),
                 "tasks": self.supervisor.status(),
             }
         )

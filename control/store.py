@@ -235,19 +235,20 @@ class ConfigStore:
                     raise ValidationError(f"cluster IP {vip} is already used by {holder}", "spec.clusterIP")
 
     def _put(self, obj: Converted, origin: str) -> None:
-        self._remove(obj.key)
+        if self.objects.get(obj.key) != obj:  # a watch resends objects whose fields the mesh reads did not change
+            self.revision += 1
+        self._remove(obj.key, counted=False)
         self.objects[obj.key] = obj
-        self.revision += 1
         self._origin[obj.key] = origin
         if isinstance(obj, Pod) and _holds_ip(obj):
             self._pod_ips.update(dict.fromkeys(obj.ips, obj.key))
         if isinstance(obj, Service):
             self._vips.update(dict.fromkeys(obj.vips, obj.key))
 
-    def _remove(self, key: ObjectKey) -> None:
+    def _remove(self, key: ObjectKey, counted: bool = True) -> None:
         old = self.objects.pop(key, None)
         self._origin.pop(key, None)
-        if old is not None:
+        if old is not None and counted:
             self.revision += 1
         if isinstance(old, Pod):
             for ip in old.ips:

@@ -27,7 +27,7 @@ from control.metrics import ControlMetrics
 from control.model.mesh import MeshState, diff
 from control.store import ConfigStore
 from meshlet_contracts import wire
-from meshlet_contracts.mesh_config import MESH_KEY, mesh_item
+from meshlet_contracts.mesh_config import MESH_KEY, ROOT_NAMESPACE, MeshConfigError, mesh_item, parse_mesh
 
 log = logging.getLogger(__name__)
 CLOSE_TIMEOUT = 0.5
@@ -45,6 +45,9 @@ class ProxyConnection:
     acked_version: int = 0
     last_error: str | None = None
     """The error of the proxy's last nack, cleared by its next ack."""
+    root_namespaces: tuple[str, ...] | None = None
+    """The root namespaces its last ack said it applies (None: it did not say: a ztunnel before 2026-11-29, which
+    ignores ours and applies its own --root-namespace)."""
     needs_snapshot: bool = False
     """After a nack the proxy holds an older version than we sent: its next update is a full snapshot."""
     snapshot_now: bool = False
@@ -63,6 +66,7 @@ class ProxyConnection:
             "sentVersion": self.sent_version,
             "ackedVersion": self.acked_version,
             "lastError": self.last_error,
+            "rootNamespaces": None if self.root_namespaces is None else list(self.root_namespaces),
         }
 
 
@@ -120,6 +124,10 @@ class ConfigHub:
         if message["type"] == "ack":
             conn.acked_version = message["version"]
             conn.last_error = None
+            try:
+                conn.root_namespaces = parse_mesh(message[MESH_KEY]) if MESH_KEY in message else None
+            except MeshConfigError:
+                conn.root_namespaces = None
             self.metrics.acks.inc()
         elif message["type"] == "nack":
             conn.last_error = str(message["error"])
@@ -207,3 +215,21 @@ class ConfigHub:
 
     def status(self) -> list[dict[str, object]]:
         return sorted((c.status() for c in self.connections), key=lambda s: str(s["node"]))
+
+    def root_warnings(self) -> list[dict[str, str]]:
+        """A warning for each proxy that applies other root namespaces than ours: its mesh-wide policies are not
+        the mesh's. One that does not say (older than the field) counts where ours are not the default, which is
+        all it can apply."""
+        ours = tuple(self.mesh["rootNamespaces"])
+        out = []
+        for conn in sorted(self.connections, key=lambda c: c.node):
+            held = conn.root_namespaces
+            if conn.acked_version == 0 or held == ours or (held is None and ours == (ROOT_NAMESPACE,)):
+                continue
+            said = f"applies {', '.join(held)}" if held else "does not apply the root namespaces control sends"
+            out.append({
+                "code": "proxy-roots-differ", "object": f"ztunnel of node {conn.node}",
+                "message": f"it {said}, not {', '.join(ours)}: mesh-wide policies of the others do not apply to "
+                           "its pods; upgrade it (ztunnels before 2026-11-29 use their --root-namespace)",
+            })  # fmt: skip
+        return out

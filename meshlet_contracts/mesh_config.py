@@ -3,8 +3,9 @@
 The root namespaces travel on the config stream, as the optional top-level `mesh` object of every snapshot and
 delta (`{"rootNamespaces": ["meshlet-system"]}`), so one control setting reaches every ztunnel and changes with
 no ztunnel restart. A message without it (from a control before it) leaves a ztunnel on its own
-`--root-namespace`; a ztunnel before it ignores the field, as it ignores any top-level key it does not read,
-so either side may be upgraded first.
+`--root-namespace`; a ztunnel before it ignores the field, as it ignores any top-level key it does not read, and
+keeps applying its own flag. A ztunnel echoes the roots it applies in each ack, so control names (in its warnings)
+every ztunnel that applies others: with `--istio-compat`, an old ztunnel would not apply istio-system's policies.
 
 Istio compatibility (`control serve --istio-compat`, the agent's flag of the same name) adds Istio's names to
 meshlet's own: `istio-system` becomes a second root namespace, and `istio.io/dataplane-mode` enrolls and opts

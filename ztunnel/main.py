@@ -248,6 +248,7 @@ class Ztunnel:
         )
         self.default_roots: tuple[str, ...] = (args.root_namespace,)
         """Root namespaces until control names them (a control before 2026-11-29 does not)."""
+        self.ctx.index = MeshIndex(root_namespaces=self.default_roots)  # what /config_dump shows before any config
         self.cache = self._config_cache(args, credential)
         self.serving = PodServing(self.ctx)
         self.manager = WorkloadManager(self.serving)

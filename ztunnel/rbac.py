@@ -160,8 +160,8 @@ def mtls_mode(
     """The mTLS mode ("STRICT", "PERMISSIVE" or "DISABLE") for inbound connections to `port` of a workload.
 
     The most specific policy wins: one in the workload's namespace selecting it (its entry for `port`, if any,
-    before its mode), then the namespace-wide one, then the mesh-wide one (a root namespace's, no selector; the
-    first root's when several have one). UNSET defers to the next of these, and PERMISSIVE applies when none sets
+    before its mode), then the namespace-wide one, then the mesh-wide ones (each root namespace's, no selector,
+    in the roots' order). UNSET defers to the next of these, and PERMISSIVE applies when none sets
     a mode. Istio breaks ties between policies of one level by age, which the wire does not carry; here the first
     by name wins, which is at least stable."""
     if not isinstance(peer_auths, PeerAuthentications):
@@ -171,7 +171,9 @@ def mtls_mode(
     if workload is not None:
         modes.extend(mode for p, mode in workload.port_modes if p == port)
         modes.append(workload.mode)
-    modes.extend(p.mode for p in (namespace_wide, mesh_wide) if p is not None)
+    if namespace_wide is not None:
+        modes.append(namespace_wide.mode)
+    modes.extend(p.mode for p in mesh_wide)
     return next((mode for mode in modes if mode != "UNSET"), "PERMISSIVE")
 
 

@@ -82,7 +82,9 @@ def _policy_warnings(
     roots = settings.root_namespaces
     everyone = [m for ms in members.values() for m in ms]
     for p in policies:
-        if p.namespace in roots:
+        # A root's AuthorizationPolicies select across the mesh; its PeerAuthentications with a selector, only in
+        # the root namespace itself (as Istio's): those are judged as any namespace's.
+        if p.namespace in roots and (isinstance(p, AuthorizationPolicy) or not p.selector):
             if known and p.selector and not any(_matches(p.selector, m) for m in everyone):
                 nothing = f"selector {_labels(p.selector)} matches no enrolled workload of the mesh"
                 yield MeshWarning("selector-matches-nothing", p.key, nothing)
@@ -96,11 +98,12 @@ def _policy_warnings(
                 f"applies to {reach}; move it to {roots[0]}, or {COMPAT_HINT}",
             )  # fmt: skip
         elif empty:
-            yield MeshWarning(
-                "policy-in-empty-namespace", p.key,
-                f"namespace {p.namespace} has no enrolled workload and is not a root namespace ({', '.join(roots)}): "
-                "this policy applies to nothing",
-            )  # fmt: skip
+            if p.namespace in roots:
+                why = f"a PeerAuthentication with a selector applies in its own namespace only, and {p.namespace} has"
+            else:
+                why = f"namespace {p.namespace} is not a root namespace ({', '.join(roots)}) and has"
+            why += " no enrolled workload"
+            yield MeshWarning("policy-in-empty-namespace", p.key, f"{why}: this policy applies to nothing")
         elif known and p.selector and not any(_matches(p.selector, m) for m in members[p.namespace]):
             yield MeshWarning("selector-matches-nothing", p.key,
                               f"selector {_labels(p.selector)} matches no enrolled workload of namespace "
@@ -134,12 +137,12 @@ def _shadowed_modes(policies: list[Policy], settings: MeshSettings) -> Iterable[
             key=lambda p: p.name, default=None)
         for root in settings.root_namespaces
     ]  # fmt: skip
-    present = [p for p in mesh_wide if p is not None]
+    present = [p for p in mesh_wide if p is not None and p.mode != "UNSET"]  # UNSET defers to the next root
     for p in present[1:]:
         yield MeshWarning(
             "mesh-wide-mode-shadowed", p.key,
             f"{_ref(present[0])} sets the mesh-wide mTLS mode ({present[0].mode}): the first root namespace's "
-            f"wins, so this one's {p.mode} applies to nothing",
+            f"that sets one wins, so this one's {p.mode} applies to nothing",
         )  # fmt: skip
 
 

@@ -101,7 +101,7 @@ def policies(dump: dict[str, Any], namespace: str | None) -> Rows:
         for p in dump["policies"]["authorization"]
     ] + [
         {"kind": "PeerAuthentication", "name": p["name"], "namespace": p["namespace"], "selector": p["selector"],
-         "scope": _scope(p, root), "mode": p["mode"], "portModes": p["portModes"],
+         "scope": _scope(p, root, peer_auth=True), "mode": p["mode"], "portModes": p["portModes"],
          "enforcedBy": "the destination's ztunnel, on connections in"}
         for p in dump["policies"]["peerAuthentication"]
     ]  # fmt: skip
@@ -109,9 +109,11 @@ def policies(dump: dict[str, Any], namespace: str | None) -> Rows:
     return [r for r in rows if namespace in (None, r["namespace"])]
 
 
-def _scope(policy: dict[str, Any], root: tuple[str, ...]) -> str:
+def _scope(policy: dict[str, Any], root: tuple[str, ...], peer_auth: bool = False) -> str:
     selector = policy.get("selector")
-    where = "the whole mesh" if policy["namespace"] in root else f"namespace {policy['namespace']}"
+    # A root's PeerAuthentication with a selector applies in the root namespace only (as Istio's).
+    mesh_wide = policy["namespace"] in root and not (peer_auth and selector)
+    where = "the whole mesh" if mesh_wide else f"namespace {policy['namespace']}"
     if not selector:
         return where
     return f"workloads of {where} with " + ",".join(f"{k}={v}" for k, v in sorted(selector.items()))

@@ -99,11 +99,24 @@ def _store(ep: NodeEndpoints, agent: dict[str, Any] | None, problems: list[str],
         errors = [": ".join(str(e[k]) for k in ("origin", "object", "reason") if e.get(k)) for e in control["errors"]]
         seen_by = "control"
         warnings.extend(f"{w['object']}: {w['message']}" for w in control.get("warnings", []))  # since 2026-11-29
+        _same_labels(agent, control, problems)
     else:
         errors = list((agent or {}).get("store", {}).get("errors", []))
         seen_by = "agent"
     problems.extend(f"invalid in the store ({seen_by}): {e}" for e in errors)
     return {"errors": errors, "seenBy": seen_by}
+
+
+def _same_labels(agent: dict[str, Any] | None, control: dict[str, Any], problems: list[str]) -> None:
+    """Control decides which workloads it sends as enrolled, the agent which pods it captures: by other labels (one
+    of them without --istio-compat), a pod only one enrolls is either known as enrolled but not captured (its
+    traffic passes the mesh by) or captured but sent as not enrolled."""
+    ours, theirs = (agent or {}).get("dataplaneLabels"), control.get("dataplaneLabels")  # since 2026-11-29
+    if ours is not None and theirs is not None and ours != theirs:
+        problems.append(
+            f"the agent enrolls by {', '.join(ours)} but control by {', '.join(theirs)}: give both the same "
+            "--istio-compat (and --dataplane-label)"
+        )
 
 
 def _control(dump: dict[str, Any] | None, problems: list[str]) -> dict[str, Any]:

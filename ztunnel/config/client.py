@@ -29,6 +29,7 @@ import aiohttp
 
 from meshlet_contracts import wire
 from meshlet_contracts.backoff import Backoff
+from meshlet_contracts.mesh_config import MESH_KEY, mesh_item
 from ztunnel.config import heap
 from ztunnel.config.state import ConfigRejected, ConfigState, Validator, apply
 
@@ -214,7 +215,10 @@ class ConfigClient:
                         continue
                 self.state = new
                 self.updated_at = time.time()
-                await ws.send_str(wire.encode({"type": "ack", "version": new.version}))
+                ack: dict[str, object] = {"type": "ack", "version": new.version}
+                if new.root_namespaces is not None:  # what it now applies: control tells old ztunnels apart by it
+                    ack[MESH_KEY] = mesh_item(new.root_namespaces)
+                await ws.send_str(wire.encode(ack))
                 if self.on_update is not None:
                     try:
                         self.on_update(new)

@@ -171,6 +171,12 @@ class MeshIndex:
             _conversion=conversion,
         )
 
+    def __post_init__(self) -> None:
+        # A string here would be taken apart into letters by every decision: no root policy would apply.
+        roots: object = self.root_namespaces  # as given at run time, whatever the annotation says
+        if isinstance(roots, str):
+            raise TypeError("root_namespaces is a tuple of namespaces, not a string")
+
     def traffic_policy(self, service: str, port: int) -> TrafficPolicy | None:
         """The TrafficPolicy for `port` of `service` (`namespace/name`): one naming that port wins over one for
         the whole Service, as Istio's port-level settings do."""

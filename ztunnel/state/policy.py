@@ -122,12 +122,12 @@ class PeerAuthentications(_Indexed[PeerAuthentication]):
 
     def levels(
         self, namespace: str, labels: Mapping[str, str], roots: tuple[str, ...]
-    ) -> tuple[PeerAuthentication | None, PeerAuthentication | None, PeerAuthentication | None]:
+    ) -> tuple[PeerAuthentication | None, PeerAuthentication | None, tuple[PeerAuthentication, ...]]:
         """The policies that may set a workload's mode, most specific first: the first by name of its namespace
-        selecting it, the first of its namespace without a selector, the first without one of the first root
-        namespace that has one."""
+        selecting it, the first of its namespace without a selector, then each root namespace's first without one,
+        in the roots' order (a root's UNSET defers to the next root)."""
         own_everyone, own_selected = self._groups(namespace)
-        mesh_wide = next((p for root in roots for p in self._groups(root)[0]), None)
+        mesh_wide = tuple(everyone[0] for root in roots if (everyone := self._groups(root)[0]))
         workload = next((p for p in own_selected if selects(p.selector, labels)), None)
         return workload, next(iter(own_everyone), None), mesh_wide
 

@@ -49,6 +49,9 @@ async def test_snapshot_on_connect_is_acked(control: ControlProcess, client: Con
     await until(lambda: control.status()["proxies"][0]["ackedVersion"] == client.state.version, 5, "ack")
     assert control.status()["proxies"][0]["node"] == "node1"
     assert control.metric("meshlet_control_connected_proxies") == 1
+    # The roots control sent came back in the ack: this ztunnel applies them (control warns of one that does not).
+    assert client.state.root_namespaces == ("meshlet-system",)
+    assert control.status()["proxies"][0]["rootNamespaces"] == ["meshlet-system"]
 
 
 async def test_added_pod_reaches_client_within_a_second(control: ControlProcess, client: ConfigClient) -> None:

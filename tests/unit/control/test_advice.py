@@ -105,3 +105,15 @@ def test_a_second_root_mesh_wide_mode_is_shadowed() -> None:
     [warning] = mesh_warnings([*SHOP, ours, policy("peer", ISTIO_STRICT)], ON)
     assert warning.code == "mesh-wide-mode-shadowed" and warning.object == "PeerAuthentication istio-system/default"
     assert "PeerAuthentication meshlet-system/default sets the mesh-wide mTLS mode (PERMISSIVE)" in warning.message
+
+
+def test_a_root_peer_authentication_with_a_selector_applies_in_the_root_only() -> None:
+    scoped = policy("peer", ISTIO_STRICT.replace("spec: {", "spec: {selector: {matchLabels: {app: web}}, "))
+    [warning] = mesh_warnings([*SHOP, scoped], ON)  # web is enrolled, but in shop, not in istio-system
+    assert warning.code == "policy-in-empty-namespace"
+    assert "applies in its own namespace only" in warning.message
+
+
+def test_an_unset_first_root_shadows_nothing() -> None:
+    unset = policy("peer", ISTIO_STRICT.replace("istio-system", "meshlet-system").replace("STRICT", "UNSET"))
+    assert mesh_warnings([*SHOP, unset, policy("peer", ISTIO_STRICT)], ON) == []

@@ -52,6 +52,17 @@ def test_namespace_label_change_reenrolls_and_bumps_version(store: ConfigStore) 
     assert store.version == 2
 
 
+def test_the_revision_counts_object_changes_a_version_does_not_see_and_only_those(store: ConfigStore) -> None:
+    seen: list[int] = []
+    store.subscribe(lambda: seen.append(store.revision), objects=True)
+    revision, version = store.revision, store.version
+    store.apply([SourceBatch("a.yaml", (ns("mesh", ambient=True), ns("plain"), pod("p1", "10.0.0.1")))])
+    assert (store.revision, seen) == (revision, [])  # the same objects again (a watch's resend): no change
+    store.apply([SourceBatch("a.yaml", (ns("mesh", ambient=True), ns("plain", ambient=False), ns("extra"),
+                                        pod("p1", "10.0.0.1")))])  # fmt: skip
+    assert store.version == version and store.revision == revision + 1 and seen == [revision + 1]
+
+
 def test_pod_opt_out_label_and_host_network() -> None:
     s = ConfigStore(MeshSettings())
     hn = pod("h", "10.1.1.1")

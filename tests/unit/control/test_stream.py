@@ -174,3 +174,22 @@ async def test_every_message_names_the_root_namespaces() -> None:
         ]
     compat = ConfigStore(MeshSettings(root_namespace="platform", istio_compat=True))
     assert ConfigHub(compat, ControlMetrics()).mesh == {"rootNamespaces": ["platform", "istio-system"]}
+
+
+async def test_a_proxy_that_applies_other_roots_is_warned_about() -> None:
+    compat = ConfigStore(MeshSettings(istio_compat=True))
+    hub = ConfigHub(compat, ControlMetrics())
+    new, old, unacked = ProxyConnection("new", "a"), ProxyConnection("old", "b"), ProxyConnection("late", "c")
+    hub.connections.update((new, old, unacked))
+    both = {"rootNamespaces": ["meshlet-system", "istio-system"]}
+    hub._on_reply(new, json.dumps({"type": "ack", "version": 1, "mesh": both}))
+    hub._on_reply(old, json.dumps({"type": "ack", "version": 1}))  # a ztunnel before the field
+    assert new.root_namespaces == ("meshlet-system", "istio-system") and old.root_namespaces is None
+    [warning] = hub.root_warnings()
+    assert warning["object"] == "ztunnel of node old" and "upgrade it" in warning["message"]
+    hub._on_reply(new, json.dumps({"type": "ack", "version": 2, "mesh": {"rootNamespaces": ["x"]}}))
+    assert [w["object"] for w in hub.root_warnings()] == ["ztunnel of node new", "ztunnel of node old"]
+    # With the default root an old ztunnel applies what it always did: nothing to say.
+    plain = ConfigHub(ConfigStore(MeshSettings()), ControlMetrics())
+    plain.connections.add(old)
+    assert plain.root_warnings() == []

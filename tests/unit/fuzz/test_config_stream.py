@@ -41,7 +41,8 @@ def _control_snapshot() -> dict[str, Any]:
     store.apply([SourceBatch("mesh.yaml", tuple(MESH_OBJECTS))])
     assert not store.all_errors()
     resources = {c: list(items.values()) for c, items in store.state.items()}
-    return {"type": "snapshot", "epoch": "e1", "version": 3, "resources": resources}
+    return {"type": "snapshot", "epoch": "e1", "version": 3, "resources": resources,
+            "mesh": {"rootNamespaces": ["meshlet-system", "istio-system"]}}  # fmt: skip
 
 
 SNAPSHOT = _control_snapshot()
@@ -53,6 +54,7 @@ DELTA = {
     "base": 3,
     "upsert": {c: items[:1] for c, items in SNAPSHOT["resources"].items()},
     "remove": {"workloads": [SNAPSHOT["resources"]["workloads"][-1]["uid"]]},
+    "mesh": {"rootNamespaces": ["platform"]},
 }
 
 
@@ -103,8 +105,10 @@ def test_a_hostile_message_is_applied_whole_or_refused_and_the_last_good_state_s
     new = receive(text)
     assert held_copy() == HELD_BEFORE, "the held state was modified"
     if new is not None:
-        MeshIndex.from_config(new)  # what the client hands the data path must convert (again)
+        index = MeshIndex.from_config(new)  # what the client hands the data path must convert (again)
         assert isinstance(new.version, int)
+        roots = index.root_namespaces  # named by the message, or kept: never a string, never empty
+        assert isinstance(roots, tuple) and roots and all(isinstance(r, str) and r for r in roots)
 
 
 @fuzz_settings(100)

@@ -118,3 +118,16 @@ def test_the_first_root_with_a_mesh_wide_peer_authentication_sets_the_mesh_mode(
     only_istio = PeerAuthentications((PeerAuthentication("default", "istio-system", None, "STRICT"),))
     assert mtls_mode(only_istio, "shop", {}, 80, ("meshlet-system", "istio-system")) == "STRICT"
     assert mtls_mode(only_istio, "shop", {}, 80, ("meshlet-system",)) == "PERMISSIVE"
+
+
+def test_an_unset_mesh_wide_mode_in_the_first_root_defers_to_the_next_root() -> None:
+    auths = PeerAuthentications(
+        (PeerAuthentication("default", "meshlet-system", None, "UNSET"),
+         PeerAuthentication("default", "istio-system", None, "STRICT"))
+    )  # fmt: skip
+    assert mtls_mode(auths, "shop", {}, 80, ("meshlet-system", "istio-system")) == "STRICT"
+
+
+def test_an_index_refuses_a_string_for_its_roots() -> None:
+    with pytest.raises(TypeError, match="not a string"):
+        MeshIndex(root_namespaces="istio-system")  # type: ignore[arg-type]

@@ -77,3 +77,17 @@ def test_on_a_lab_the_hints_name_the_command_that_starts_the_part_again(tmp_path
     with pytest.raises(EndpointError, match="DaemonSet pod on this node") as caught:
         agent_status(off_lab)
     assert "meshlet lab" not in str(caught.value)  # no lab here to name
+
+
+def test_an_agent_and_a_control_enrolling_by_other_labels_is_a_problem(monkeypatch: pytest.MonkeyPatch) -> None:
+    both = ["meshlet.io/dataplane-mode", "istio.io/dataplane-mode"]
+    monkeypatch.setattr(status, "control_status", lambda ep: {"errors": [], "dataplaneLabels": both})
+    problems: list[str] = []
+    status._store(_ep("http://10.250.0.1:15014"), {**AGENT, "dataplaneLabels": both[:1]}, problems, [])
+    assert problems == [
+        "the agent enrolls by meshlet.io/dataplane-mode but control by meshlet.io/dataplane-mode, "
+        "istio.io/dataplane-mode: give both the same --istio-compat (and --dataplane-label)"
+    ]
+    problems.clear()
+    status._store(_ep("http://10.250.0.1:15014"), {**AGENT, "dataplaneLabels": both}, problems, [])
+    assert problems == []
