@@ -220,7 +220,7 @@ class ConfigHub:
         """A warning for each proxy that applies other root namespaces than ours: its mesh-wide policies are not
         the mesh's. One that does not say (older than the field) counts where ours are not the default, which is
         all it can apply."""
-        ours = tuple(self.mesh["rootNamespaces"])
+        ours = self.store.settings.root_namespaces
         out = []
         for conn in sorted(self.connections, key=lambda c: c.node):
             held = conn.root_namespaces

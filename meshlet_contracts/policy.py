@@ -40,6 +40,13 @@ Action = Literal["ALLOW", "DENY", "AUDIT"]
 MtlsMode = Literal["UNSET", "DISABLE", "PERMISSIVE", "STRICT"]
 Selector: TypeAlias = tuple[tuple[str, str], ...]
 """matchLabels as sorted pairs; None (not an empty tuple) selects every workload."""
+
+
+def selects(selector: Selector | None, labels: Mapping[str, str]) -> bool:
+    """Whether a policy's (or a Service's) selector picks a workload with these labels."""
+    return selector is None or all(labels.get(key) == value for key, value in selector)
+
+
 Network: TypeAlias = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 ACTIONS: dict[str, Action] = {a: a for a in get_args(Action)}

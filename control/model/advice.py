@@ -5,11 +5,10 @@ coming from Istio meets first, said once, with what to do instead:
 - a policy in a namespace where it can select nothing (no enrolled workload there and not a root namespace),
   or whose selector matches no enrolled workload;
 - Istio's enrolling label (`istio.io/dataplane-mode`) on a Namespace or Pod while Istio compatibility is off;
-- mesh-wide PeerAuthentications in two root namespaces (the first root's wins).
+- mesh-wide PeerAuthentications setting a mode in two root namespaces (the first root's wins).
 
-`mesh_warnings` is a pure function of the current objects: control's `/debug/status` computes it on request
-(never per version, so a push of thousands of pods pays nothing for it), `meshlet status` and `meshlet validate`
-show what it returns.
+`mesh_warnings` is a pure function of the current objects: control's advisor (control/advisor.py) works it out
+after changes settle, off the event loop; `meshlet status` and `meshlet validate` show what it returns.
 """
 
 from __future__ import annotations
@@ -22,6 +21,7 @@ from control.model.kube import Namespace, Pod
 from control.model.mesh import MeshSettings, enrolled
 from control.model.security import AuthorizationPolicy, PeerAuthentication
 from meshlet_contracts.mesh_config import ISTIO_DATAPLANE_LABEL, ISTIO_ROOT_NAMESPACE
+from meshlet_contracts.policy import selects
 
 Policy = AuthorizationPolicy | PeerAuthentication
 COMPAT_HINT = "run control and the agents with --istio-compat"
@@ -72,10 +72,6 @@ def mesh_warnings(objects: Iterable[object], settings: MeshSettings, workloads_k
     return sorted(found, key=lambda w: (w.object, w.code))
 
 
-def _ref(obj: Policy) -> str:
-    return str(obj.key)
-
-
 def _policy_warnings(
     policies: list[Policy], members: dict[str, list[Mapping[str, str]]], settings: MeshSettings, known: bool
 ) -> Iterable[MeshWarning]:
@@ -85,7 +81,7 @@ def _policy_warnings(
         # A root's AuthorizationPolicies select across the mesh; its PeerAuthentications with a selector, only in
         # the root namespace itself (as Istio's): those are judged as any namespace's.
         if p.namespace in roots and (isinstance(p, AuthorizationPolicy) or not p.selector):
-            if known and p.selector and not any(_matches(p.selector, m) for m in everyone):
+            if known and p.selector and not any(selects(p.selector, m) for m in everyone):
                 nothing = f"selector {_labels(p.selector)} matches no enrolled workload of the mesh"
                 yield MeshWarning("selector-matches-nothing", p.key, nothing)
             continue
@@ -104,7 +100,7 @@ def _policy_warnings(
                 why = f"namespace {p.namespace} is not a root namespace ({', '.join(roots)}) and has"
             why += " no enrolled workload"
             yield MeshWarning("policy-in-empty-namespace", p.key, f"{why}: this policy applies to nothing")
-        elif known and p.selector and not any(_matches(p.selector, m) for m in members[p.namespace]):
+        elif known and p.selector and not any(selects(p.selector, m) for m in members[p.namespace]):
             yield MeshWarning("selector-matches-nothing", p.key,
                               f"selector {_labels(p.selector)} matches no enrolled workload of namespace "
                               f"{p.namespace}")  # fmt: skip
@@ -141,13 +137,9 @@ def _shadowed_modes(policies: list[Policy], settings: MeshSettings) -> Iterable[
     for p in present[1:]:
         yield MeshWarning(
             "mesh-wide-mode-shadowed", p.key,
-            f"{_ref(present[0])} sets the mesh-wide mTLS mode ({present[0].mode}): the first root namespace's "
+            f"{present[0].key} sets the mesh-wide mTLS mode ({present[0].mode}): the first root namespace's "
             f"that sets one wins, so this one's {p.mode} applies to nothing",
         )  # fmt: skip
-
-
-def _matches(selector: tuple[tuple[str, str], ...], labels: Mapping[str, str]) -> bool:
-    return all(labels.get(k) == v for k, v in selector)
 
 
 def _labels(selector: tuple[tuple[str, str], ...]) -> str:

@@ -16,6 +16,7 @@ from control.model.security import AuthorizationPolicy, PeerAuthentication
 from control.model.traffic import TrafficPolicy
 from meshlet_contracts.config_items import ConfigItem, EndpointItem, ServiceItem, ServicePortItem, WorkloadItem
 from meshlet_contracts.mesh_config import DATAPLANE_LABEL, ROOT_NAMESPACE, dataplane_labels, root_namespaces
+from meshlet_contracts.policy import selects
 from meshlet_contracts.wire import COLLECTIONS, item_key, spiffe_id
 
 WireItem = ConfigItem
@@ -72,18 +73,13 @@ def workload_item(pod: Pod, namespace: Namespace | None, settings: MeshSettings)
     }
 
 
-def _selects(selector: tuple[tuple[str, str], ...], pod: Pod) -> bool:
-    pod_labels = dict(pod.labels)
-    return all(pod_labels.get(k) == v for k, v in selector)
-
-
 def service_item(service: Service, pods: Iterable[Pod], settings: MeshSettings) -> ServiceItem:
     endpoints: list[EndpointItem] = []
     if service.selector is not None:
         for pod in pods:
             if pod.namespace != service.namespace or not pod.ips or not pod.running:
                 continue
-            if not _selects(service.selector, pod):
+            if not selects(service.selector, dict(pod.labels)):
                 continue
             named = dict(pod.container_ports)
             port_map: dict[str, int] = {}

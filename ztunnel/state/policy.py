@@ -28,6 +28,7 @@ from meshlet_contracts.policy import (
     Rule,
     Selector,
     Source,
+    selects,
 )
 
 __all__ = [
@@ -51,10 +52,6 @@ __all__ = [
 
 
 P = TypeVar("P", AuthorizationPolicy, PeerAuthentication)
-
-
-def selects(selector: Selector | None, labels: Mapping[str, str]) -> bool:
-    return selector is None or all(labels.get(key) == value for key, value in selector)
 
 
 @dataclass(frozen=True, slots=True)
